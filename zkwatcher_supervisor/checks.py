@@ -1,0 +1,239 @@
+"""Run check commands without ever blocking the caller.
+
+One thread multiplexes every running check with a selector: the check's
+combined stdout/stderr pipe (kept as a short tail for the log), a pidfd that
+becomes readable when it exits, and its deadline.  Each check gets its own
+process group, stdin from /dev/null and never our stdout — that is the
+supervisord protocol channel.  At the deadline, and again when the check
+exits, the whole group is killed so no stray child lingers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from .health import CheckRun
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TAIL_BYTES = 2048
+# Without pidfd (Linux < 5.3) exits are noticed by polling at this interval.
+_POLL_INTERVAL = 0.05
+# Words that mean the command needs a shell; plain commands are exec'd directly.
+_SHELL_SYNTAX = frozenset("|&;<>()$`\\\"'*?[#~=\n")
+
+
+def command_argv(command: str) -> list[str]:
+    """The argv for ``command``: split on whitespace, or ``/bin/sh -c`` for shell syntax."""
+    if any(char in _SHELL_SYNTAX for char in command):
+        return ["/bin/sh", "-c", command]
+    return shlex.split(command)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    returncode: int | None
+    timed_out: bool
+    duration: float
+    output: str  # the last OUTPUT_TAIL_BYTES of stdout+stderr, or why it could not start
+
+    def describe(self) -> str:
+        if self.timed_out:
+            reason = f"timed out after {self.duration:.1f}s"
+        elif self.returncode is None:
+            reason = "could not start"
+        elif self.returncode < 0:
+            reason = f"killed by signal {-self.returncode}"
+        else:
+            reason = f"exit status {self.returncode}"
+        tail = self.output.strip().splitlines()[-1:] if self.output.strip() else []
+        return reason + (f": {tail[0]}" if tail else "")
+
+
+ResultCallback = Callable[[CheckRun, CheckOutcome], None]
+
+
+class _Running:
+    def __init__(self, run: CheckRun, process: subprocess.Popen, pidfd: int | None) -> None:
+        self.run = run
+        self.process = process
+        self.pidfd = pidfd
+        self.started = time.monotonic()
+        self.deadline = self.started + run.timeout
+        self.output = bytearray()
+        self.timed_out = False
+
+    def add_output(self, chunk: bytes) -> None:
+        self.output += chunk
+        del self.output[:-OUTPUT_TAIL_BYTES]
+
+
+class CheckRunner:
+    """Starts checks handed to :meth:`submit` and reports each outcome to ``on_result``.
+
+    ``on_result`` runs on the runner's thread; it must be quick.
+    """
+
+    def __init__(self, on_result: ResultCallback) -> None:
+        self._on_result = on_result
+        self._pending: deque[CheckRun] = deque()
+        self._running: dict[int, _Running] = {}  # by pid
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="checks", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, runs: list[CheckRun]) -> None:
+        """Queue checks to start now; never blocks."""
+        if runs:
+            self._pending.extend(runs)
+            self._wake()
+
+    def stop(self, timeout: float = 0.5) -> None:
+        """Kill every running check and stop the thread."""
+        self._stopping = True
+        self._wake()
+        self._thread.join(timeout)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # a wake-up is already pending
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            for key, _ in self._selector.select(self._select_timeout()):
+                if key.data is None:
+                    self._drain_wake_pipe()
+                else:
+                    kind, running = key.data
+                    if kind == "out":
+                        self._read_output(running)
+                    else:
+                        self._finish(running)
+            self._start_pending()
+            self._enforce_deadlines()
+            if not hasattr(os, "pidfd_open"):
+                self._poll_exits()
+        for running in list(self._running.values()):
+            self._kill_group(running)
+            self._finish(running)
+
+    def _select_timeout(self) -> float | None:
+        if self._pending:
+            return 0
+        deadlines = [r.deadline for r in self._running.values() if not r.timed_out]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        if self._running and not hasattr(os, "pidfd_open"):
+            timeout = _POLL_INTERVAL if timeout is None else min(timeout, _POLL_INTERVAL)
+        return timeout
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _start_pending(self) -> None:
+        while self._pending:
+            run = self._pending.popleft()
+            try:
+                process = subprocess.Popen(
+                    command_argv(run.command),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except (OSError, ValueError) as exc:
+                self._report(run, CheckOutcome(False, None, False, 0.0, str(exc)))
+                continue
+            pidfd = os.pidfd_open(process.pid) if hasattr(os, "pidfd_open") else None
+            running = _Running(run, process, pidfd)
+            self._running[process.pid] = running
+            os.set_blocking(process.stdout.fileno(), False)
+            self._selector.register(process.stdout, selectors.EVENT_READ, ("out", running))
+            if pidfd is not None:
+                self._selector.register(pidfd, selectors.EVENT_READ, ("exit", running))
+
+    def _read_output(self, running: _Running) -> None:
+        try:
+            chunk = os.read(running.process.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            running.add_output(chunk)
+        else:
+            self._selector.unregister(running.process.stdout)
+            running.process.stdout.close()
+
+    def _kill_group(self, running: _Running) -> None:
+        # The leader is not reaped yet (we reap in _finish), so its pid is
+        # still our process group id and cannot have been reused.
+        try:
+            os.killpg(running.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for running in list(self._running.values()):
+            if not running.timed_out and now >= running.deadline:
+                running.timed_out = True
+                self._kill_group(running)
+
+    def _poll_exits(self) -> None:
+        for running in list(self._running.values()):
+            if running.process.poll() is not None:
+                self._finish(running)
+
+    def _finish(self, running: _Running) -> None:
+        if running.process.pid not in self._running:
+            return
+        self._kill_group(running)  # whatever the check left behind
+        returncode = running.process.wait()
+        del self._running[running.process.pid]
+        if running.pidfd is not None:
+            self._selector.unregister(running.pidfd)
+            os.close(running.pidfd)
+        if not running.process.stdout.closed:
+            try:
+                running.add_output(os.read(running.process.stdout.fileno(), 65536))
+            except BlockingIOError:
+                pass
+            self._selector.unregister(running.process.stdout)
+            running.process.stdout.close()
+        duration = time.monotonic() - running.started
+        passed = returncode == 0 and not running.timed_out
+        output = running.output.decode("utf-8", "replace")
+        self._report(
+            running.run, CheckOutcome(passed, returncode, running.timed_out, duration, output)
+        )
+
+    def _report(self, run: CheckRun, outcome: CheckOutcome) -> None:
+        try:
+            self._on_result(run, outcome)
+        except Exception:
+            log.exception("handling the result of the check for [%s] failed", run.section)

@@ -1,0 +1,78 @@
+"""Command line entry point: ``zkwatcher-supervisor``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config
+from .payload import node_payload
+
+DEFAULT_CONFIG = "/etc/zk/config.cfg"
+EXIT_CONFIG_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zkwatcher-supervisor",
+        description="supervisord event listener that registers healthy services in ZooKeeper. "
+        "Run it from an [eventlistener:x] section with events = PROCESS_STATE,TICK_5.",
+    )
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help=f"service config file (default: {DEFAULT_CONFIG})")
+    parser.add_argument("-s", "--server",
+                        help="ZooKeeper hosts, host:port[,host:port...][/chroot]; "
+                        "overrides [zkwatcher] hosts (default: localhost:2181)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-l", "--syslog", action="store_true",
+                        help="log to syslog (/dev/log) instead of stderr")
+    parser.add_argument("--check-config", action="store_true",
+                        help="print each service's znode path and payload, then exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def setup_logging(verbose: bool, syslog: bool) -> None:
+    if syslog:
+        handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter(f"zkwatcher-supervisor[{os.getpid()}]: "
+                                               "%(levelname)s %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # kazoo logs every reconnect attempt at INFO/WARNING; keep its chatter for -v.
+    logging.getLogger("kazoo").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, hosts_override=args.server)
+    except ConfigError as exc:
+        print(f"zkwatcher-supervisor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+    if args.check_config:
+        for warning in config.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        zookeeper = config.zookeeper
+        print(f"zookeeper {zookeeper.hosts} session_timeout={zookeeper.session_timeout:g}s"
+              + (f" auth={zookeeper.auth.user}" if zookeeper.auth else ""))
+        for service in config.services:
+            print(f"[{service.name}] {service.node_path} "
+                  f"{node_payload(service, os.getpid()).decode()}")
+        return 0
+
+    setup_logging(args.verbose, args.syslog)
+    for warning in config.warnings:
+        logging.getLogger(__name__).warning("%s", warning)
+
+    from .listener import run  # imports kazoo; not needed for --check-config
+    return run(config)

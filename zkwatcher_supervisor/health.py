@@ -1,0 +1,158 @@
+"""The health state machine: events and check results in, desired up/down out.
+
+Pure logic — no threads, no I/O, no clock of its own (callers pass ``now``) —
+so every rule in DESIGN.md can be unit- and property-tested directly.
+
+A section is up when its process part and its check part both hold:
+
+* process part (only if ``program`` is set): at least one supervisord process
+  matches and every matched process is RUNNING;
+* check part (only if ``cmd`` is set): starts down, goes up after ``rise``
+  consecutive passes and down after ``fall`` consecutive failures.  While the
+  process part is down no check runs and the check part is held down; when the
+  process part comes up the check is due at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .config import ServiceSettings
+
+RUNNING = "RUNNING"
+
+# TICK events arrive on wall-clock boundaries, a little after or before an
+# exact multiple of ``refresh`` since our last run; a check this close to due
+# runs now rather than one whole tick later.
+TICK_SLACK = 0.5
+
+
+@dataclass(frozen=True)
+class CheckRun:
+    """A check the caller should start; hand ``token`` back with its result."""
+
+    section: str
+    command: str
+    timeout: float
+    token: int
+
+
+@dataclass
+class ProcessInfo:
+    state: str
+    pid: int = 0
+
+
+class SectionHealth:
+    def __init__(self, service: ServiceSettings) -> None:
+        self.service = service
+        self.processes: dict[tuple[str, str], ProcessInfo] = {}
+        self.check_up = False
+        self.passes = 0  # consecutive, since the last failure
+        self.failures = 0  # consecutive, since the last pass
+        self.last_result: bool | None = None
+        self.next_check_at = 0.0  # due at once
+        # The run whose result counts; cleared on reset, so the result of a run
+        # that began before the reset is dropped.
+        self.running_token: int | None = None
+
+    @property
+    def process_up(self) -> bool:
+        if self.service.program is None:
+            return True
+        return bool(self.processes) and all(p.state == RUNNING for p in self.processes.values())
+
+    @property
+    def up(self) -> bool:
+        if not self.process_up:
+            return False
+        return self.check_up if self.service.cmd is not None else True
+
+    def reset_check(self, now: float) -> None:
+        self.check_up = False
+        self.passes = self.failures = 0
+        self.running_token = None
+        self.next_check_at = now
+
+    def set_process(self, key: tuple[str, str], state: str, pid: int, now: float) -> None:
+        was_up = self.process_up
+        self.processes[key] = ProcessInfo(state, pid if state == RUNNING else 0)
+        if was_up != self.process_up:
+            self.reset_check(now)
+
+    def check_due(self, now: float) -> bool:
+        return (
+            self.service.cmd is not None
+            and self.process_up
+            and self.running_token is None
+            and now >= self.next_check_at - TICK_SLACK
+        )
+
+    def record_result(self, passed: bool) -> None:
+        self.last_result = passed
+        if passed:
+            self.passes += 1
+            self.failures = 0
+            if self.passes >= self.service.rise:
+                self.check_up = True
+        else:
+            self.failures += 1
+            self.passes = 0
+            if self.failures >= self.service.fall:
+                self.check_up = False
+
+
+class Health:
+    """Health of every configured section."""
+
+    def __init__(self, services: Iterable[ServiceSettings]) -> None:
+        self.sections = {service.name: SectionHealth(service) for service in services}
+        self._next_token = 1
+
+    def up_sections(self) -> set[str]:
+        return {name for name, section in self.sections.items() if section.up}
+
+    def process_state(self, group: str, name: str, state: str, pid: int, now: float) -> None:
+        """A supervisord process changed state (from an event or a state snapshot)."""
+        for section in self.sections.values():
+            program = section.service.program
+            if program is not None and program.matches(group, name):
+                section.set_process((group, name), state, pid, now)
+
+    def process_died(self, group: str, name: str, pid: int, now: float) -> None:
+        """The process we saw RUNNING with ``pid`` is gone, ahead of supervisord's event.
+
+        Only the pid we recorded counts: a late notice about an older pid of a
+        process that has been restarted since must not take the new one down.
+        """
+        for section in self.sections.values():
+            info = section.processes.get((group, name))
+            if info is not None and info.state == RUNNING and info.pid == pid:
+                section.set_process((group, name), "EXITED", 0, now)
+
+    def unmatched_programs(self) -> list[ServiceSettings]:
+        return [
+            s.service
+            for s in self.sections.values()
+            if s.service.program is not None and not s.processes
+        ]
+
+    def due_checks(self, now: float) -> list[CheckRun]:
+        """Checks to start now; each is marked running until its result comes back."""
+        runs = []
+        for name, section in self.sections.items():
+            if section.check_due(now):
+                token = self._next_token
+                self._next_token += 1
+                section.running_token = token
+                section.next_check_at = now + section.service.refresh
+                runs.append(CheckRun(name, section.service.cmd, section.service.timeout, token))
+        return runs
+
+    def check_result(self, section_name: str, token: int, passed: bool) -> None:
+        section = self.sections.get(section_name)
+        if section is None or section.running_token != token:
+            return  # stale: the section was reset or reloaded while this check ran
+        section.running_token = None
+        section.record_result(passed)

@@ -1,0 +1,199 @@
+"""The supervisord event listener: protocol loop, signals and wiring.
+
+The loop reads one event, feeds it to the health state machine, hands any due
+checks to the check runner and the wanted node set to the registry — each a
+queue push — and answers at once.  Nothing on that path waits for a check or
+for ZooKeeper, so supervisord never sees us BUSY for long and never overflows
+our event buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import BinaryIO, TextIO
+
+from supervisor import childutils
+
+from .checks import CheckOutcome, CheckRunner
+from .config import Config
+from .health import CheckRun, Health
+from .payload import node_payload
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+PROCESS_STATE_PREFIX = "PROCESS_STATE_"
+# How long to wait for supervisord's XML-RPC answer before going on with events alone.
+RPC_TIMEOUT = 5.0
+
+
+class Shutdown(Exception):
+    """Raised from the SIGTERM/SIGINT handler to leave the protocol loop."""
+
+
+class Watcher:
+    """Turns supervisord events and check results into the set of registered znodes."""
+
+    def __init__(self, config: Config, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self.services = {service.name: service for service in config.services}
+        self.health = Health(config.services)
+        self.checks = CheckRunner(self._on_check_result)
+        # Health is touched by the protocol loop and the check runner's thread;
+        # everything done under this lock is in-memory and quick.
+        self._lock = threading.Lock()
+        self._payloads: dict[str, bytes] = {}  # section -> node data, while up
+
+    def start(self) -> None:
+        self.registry.start()
+        self.checks.start()
+        self._update()
+
+    def stop(self) -> None:
+        self.checks.stop()
+        self.registry.stop()
+
+    def process_state(self, group: str, name: str, state: str, pid: int) -> None:
+        with self._lock:
+            self.health.process_state(group, name, state, pid, time.monotonic())
+        self._update()
+
+    def handle_event(self, headers: dict[str, str], payload: str) -> None:
+        """One supervisord event; quick and non-blocking."""
+        event = headers.get("eventname", "")
+        if event.startswith(PROCESS_STATE_PREFIX):
+            fields = childutils.get_headers(payload.split("\n", 1)[0])
+            state = event[len(PROCESS_STATE_PREFIX):]
+            pid = int(fields.get("pid", "0") or 0)
+            with self._lock:
+                self.health.process_state(
+                    fields.get("groupname", ""), fields.get("processname", ""), state, pid,
+                    time.monotonic(),
+                )
+        # TICK_* and anything else: just look for due checks.
+        self._update()
+
+    def _on_check_result(self, run: CheckRun, outcome: CheckOutcome) -> None:
+        with self._lock:
+            section = self.health.sections.get(run.section)
+            before = section.last_result if section else None
+            self.health.check_result(run.section, run.token, outcome.passed)
+        if before is not outcome.passed:
+            if outcome.passed:
+                log.info("[%s] check passed", run.section)
+            else:
+                log.warning("[%s] check failed: %s", run.section, outcome.describe())
+        self._update()
+
+    def _update(self) -> None:
+        """Start due checks and publish the wanted node set."""
+        with self._lock:
+            runs = self.health.due_checks(time.monotonic())
+            up = self.health.up_sections()
+            for name in sorted(up - set(self._payloads)):
+                self._payloads[name] = node_payload(self.services[name], os.getpid())
+                log.info("[%s] healthy: registering %s", name, self.services[name].node_path)
+            for name in sorted(set(self._payloads) - up):
+                del self._payloads[name]
+                log.info("[%s] unhealthy: deregistering %s", name, self.services[name].node_path)
+            wanted = {self.services[name].node_path: data for name, data in self._payloads.items()}
+        self.checks.submit(runs)
+        self.registry.set_wanted(wanted)
+
+    def load_process_states(self, rpc) -> bool:
+        """Seed process states from supervisord over XML-RPC; False if it did not answer."""
+        result: list = []
+
+        def fetch() -> None:
+            try:
+                result.append(rpc.supervisor.getAllProcessInfo())
+            except Exception as exc:
+                result.append(exc)
+
+        fetcher = threading.Thread(target=fetch, name="rpc", daemon=True)
+        fetcher.start()
+        fetcher.join(RPC_TIMEOUT)
+        if not result or isinstance(result[0], Exception):
+            reason = "no answer" if not result else repr(result[0])
+            log.warning("cannot read process states from supervisord (%s); waiting for events",
+                        reason)
+            return False
+        for info in result[0]:
+            self.process_state(info["group"], info["name"], info["statename"], info.get("pid", 0))
+        for service in self.health.unmatched_programs():
+            log.warning("[%s] program %s matches no supervisord process; section stays down",
+                        service.name, service.program)
+        return True
+
+
+def serve(stdin: BinaryIO, stdout: TextIO, watcher: Watcher) -> None:
+    """The supervisord listener protocol, until EOF on stdin."""
+    while True:
+        childutils.listener.ready(stdout)
+        line = stdin.readline()
+        if not line:
+            log.info("stdin closed: supervisord is gone")
+            return
+        headers = childutils.get_headers(line.decode("utf-8"))
+        payload = stdin.read(int(headers.get("len", 0))).decode("utf-8", "replace")
+        try:
+            watcher.handle_event(headers, payload)
+        except Exception:
+            # A bug must not wedge supervisord's event pool: log it and answer.
+            log.exception("handling %s failed", headers.get("eventname"))
+        childutils.listener.ok(stdout)
+
+
+def _raise_shutdown(signum: int, frame) -> None:
+    raise Shutdown(signal.Signals(signum).name)
+
+
+def claim_stdout() -> TextIO:
+    """Take fd 1 for the protocol and point fd 1 at stderr for everything else.
+
+    A stray print, a library warning or a child process that inherits fd 1 then
+    lands in the log instead of corrupting the protocol ("bad result line").
+    """
+    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", closefd=True)
+    os.set_inheritable(protocol.fileno(), False)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return protocol
+
+
+def run(config: Config, stdin: BinaryIO | None = None, stdout: TextIO | None = None) -> int:
+    """Run the listener until supervisord stops it; returns the exit status."""
+    if stdout is None:
+        stdout = claim_stdout()
+    if stdin is None:
+        stdin = sys.stdin.buffer
+    watcher = Watcher(config, Registry(config.zookeeper))
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    signal.signal(signal.SIGINT, _raise_shutdown)
+    try:
+        log.info("watching %d section(s), ZooKeeper at %s",
+                 len(config.services), config.zookeeper.hosts)
+        if any(service.program is not None for service in config.services):
+            try:
+                rpc = childutils.getRPCInterface(os.environ)
+            except KeyError:
+                log.warning("SUPERVISOR_SERVER_URL is not set: no XML-RPC access to "
+                            "supervisord; waiting for PROCESS_STATE events")
+            else:
+                watcher.load_process_states(rpc)
+        watcher.start()
+        serve(stdin, stdout, watcher)
+    except Shutdown as exc:
+        log.info("%s received", exc)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watcher.stop()
+        log.info("stopped")
+    return 0

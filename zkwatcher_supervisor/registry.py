@@ -1,0 +1,282 @@
+"""Keep ZooKeeper's ephemeral znodes equal to the set we want registered.
+
+The only module that talks to ZooKeeper.  Callers state the whole wanted set
+with :meth:`Registry.set_wanted` — a dict update and a wake-up, never a network
+call — and a worker thread makes ZooKeeper match it:
+
+* after every (re)connect it re-examines every node it wants or owns, because
+  a lost session takes our ephemeral nodes with it and old watches may be gone;
+* an ``exists`` watch on each wanted node brings it back if someone deletes it;
+* a node at our path owned by another session (our previous incarnation after
+  a crash and quick restart) is replaced when the ACL lets us, and otherwise
+  watched so ours goes in the moment it disappears;
+* nodes it never created (persistent ones, other sessions' that we do not want)
+  are never written.
+
+Reads and writes are pipelined with kazoo's async API, so a full reconcile of a
+thousand nodes costs a few round trips, not a thousand.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import threading
+from dataclasses import dataclass
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionLoss,
+    KazooException,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
+from kazoo.retry import KazooRetry
+from kazoo.security import CREATOR_ALL_ACL, READ_ACL_UNSAFE
+
+from .config import ZooKeeperSettings
+
+log = logging.getLogger(__name__)
+
+# Pause before retrying nodes whose last attempt failed for a reason other
+# than a lost connection (a reconnect wakes the worker by itself).
+RETRY_DELAY = 0.5
+# Upper bound on waiting for one pipelined batch of replies.
+REPLY_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class _Owned:
+    data: bytes
+    version: int
+
+
+class Registry:
+    """Registers ephemeral znodes; see the module docstring for the guarantees."""
+
+    def __init__(self, settings: ZooKeeperSettings) -> None:
+        auth_data = None
+        self._acl = None  # kazoo's default: open
+        if settings.auth is not None:
+            auth_data = [("digest", f"{settings.auth.user}:{settings.auth.password}")]
+            self._acl = CREATOR_ALL_ACL + READ_ACL_UNSAFE
+        self._client = KazooClient(
+            hosts=settings.hosts,
+            timeout=settings.session_timeout,
+            auth_data=auth_data,
+            # Reconnect for ever, quickly: registrations must come back within
+            # a second of the server returning.
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=1.0),
+        )
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        # Shared with the caller and kazoo's threads, under _lock.
+        self._wanted: dict[str, bytes] = {}
+        self._dirty: set[str] = set()
+        self._examine_all = True
+        # Worker thread only.
+        self._owned: dict[str, _Owned] = {}
+        self._session_id: int | None = None
+        self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
+
+    # -- public API ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting in the background; returns at once."""
+        self._client.add_listener(self._on_connection_state)
+        self._client.start_async()
+        self._thread.start()
+
+    def set_wanted(self, nodes: dict[str, bytes]) -> None:
+        """Make ``nodes`` (path -> data) the complete set we want registered. Never blocks."""
+        with self._lock:
+            changed = {
+                path
+                for path in set(nodes) | set(self._wanted)
+                if nodes.get(path) != self._wanted.get(path)
+            }
+            self._wanted = dict(nodes)
+            self._dirty |= changed
+        if changed:
+            self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    def registered(self) -> set[str]:
+        """Paths we currently hold in ZooKeeper, as last confirmed by the worker."""
+        return set(self._owned)
+
+    def stop(self, timeout: float = 0.8) -> None:
+        """Delete every node we own, close the session and stop; bounded by ``timeout``."""
+        self._stopping = True
+        self._wake.set()
+        closer = threading.Thread(target=self._close, name="registry-close", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            log.warning("ZooKeeper did not confirm the shutdown in %.1fs; exiting anyway", timeout)
+
+    # -- kazoo callbacks: never block here (kazoo issue 355) ------------------
+
+    def _on_connection_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            log.info("connected to ZooKeeper")
+            with self._lock:
+                self._examine_all = True
+            self._wake.set()
+        elif state == KazooState.SUSPENDED:
+            log.warning("ZooKeeper connection suspended; nodes stay until the session expires")
+        elif state == KazooState.LOST and not self._stopping:
+            log.warning("ZooKeeper session lost; will re-register on reconnect")
+
+    def _on_watch(self, event) -> None:
+        with self._lock:
+            self._dirty.add(event.path)
+        self._wake.set()
+
+    # -- worker ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            if not self._client.connected:
+                continue  # the CONNECTED callback wakes us again
+            with self._lock:
+                wanted = dict(self._wanted)
+                examine_all, self._examine_all = self._examine_all, False
+                paths, self._dirty = self._dirty, set()
+            session_id = self._client.client_id[0] if self._client.client_id else None
+            if session_id != self._session_id:
+                # A new session owns nothing yet; whatever the old one held is gone.
+                self._owned.clear()
+                self._session_id = session_id
+                examine_all = True
+            if examine_all:
+                paths |= set(wanted) | set(self._owned)
+            try:
+                retry = self._reconcile(sorted(paths), wanted, session_id)
+            except (ConnectionLoss, SessionExpiredError):
+                retry, pause = paths, 0.0
+                with self._lock:
+                    self._examine_all = True
+            else:
+                pause = RETRY_DELAY
+            if retry:
+                with self._lock:
+                    self._dirty |= set(retry)
+                if pause and not self._stopping:
+                    threading.Timer(pause, self._wake.set).start()
+                elif self._client.connected:
+                    self._wake.set()
+
+    def _reconcile(self, paths: list[str], wanted: dict[str, bytes], session_id) -> set[str]:
+        """One pass over ``paths``; returns those to try again."""
+        client = self._client
+        lookups = {
+            path: client.exists_async(path, watch=self._on_watch if path in wanted else None)
+            for path in paths
+        }
+        pending = {}  # path -> (action, async result, data)
+        retry: set[str] = set()
+        for path, lookup in lookups.items():
+            stat = lookup.get(timeout=REPLY_TIMEOUT)
+            data = wanted.get(path)
+            ours = stat is not None and stat.ephemeralOwner == session_id
+            if stat is None:
+                self._owned.pop(path, None)
+                if data is not None:
+                    pending[path] = ("create", self._create_async(path, data), data)
+            elif ours and data is None:
+                pending[path] = ("delete", client.delete_async(path, stat.version), None)
+            elif ours:
+                owned = self._owned.get(path)
+                if owned is None or owned.data != data or owned.version != stat.version:
+                    pending[path] = ("set", client.set_async(path, data, stat.version), data)
+            elif data is not None:
+                if stat.ephemeralOwner == 0:
+                    log.error("%s exists as a persistent node we did not create; leaving it", path)
+                    continue
+                log.info("%s is held by session 0x%x; replacing it", path, stat.ephemeralOwner)
+                pending[path] = ("replace", client.delete_async(path, stat.version), data)
+
+        for path, (action, result, data) in pending.items():
+            try:
+                outcome = result.get(timeout=REPLY_TIMEOUT)
+            except (ConnectionLoss, SessionExpiredError):
+                raise
+            except NoAuthError:
+                if action == "replace":
+                    log.warning(
+                        "%s is held by another session and our credentials may not delete it; "
+                        "registering when it goes away",
+                        path,
+                    )
+                else:
+                    log.error("%s: ZooKeeper refused %s (NoAuth); check [auth] and parent ACLs",
+                              path, action)
+                    retry.add(path)
+                continue
+            except NoNodeError:
+                if action == "create":
+                    self._ensure_parent(path)
+                else:
+                    self._owned.pop(path, None)
+                retry.add(path)
+                continue
+            except (NodeExistsError, BadVersionError):
+                retry.add(path)  # raced with someone; look again
+                continue
+            except KazooException as exc:
+                log.error("%s: %s failed: %r", path, action, exc)
+                retry.add(path)
+                continue
+            if action == "create":
+                self._owned[path] = _Owned(data, 0)
+                log.info("registered %s", path)
+            elif action == "set":
+                self._owned[path] = _Owned(data, outcome.version)
+                log.info("updated %s", path)
+            elif action == "delete":
+                self._owned.pop(path, None)
+                log.info("deregistered %s", path)
+            elif action == "replace":
+                retry.add(path)  # deleted the stale node; create ours next pass
+        return retry
+
+    def _create_async(self, path: str, data: bytes):
+        return self._client.create_async(path, data, acl=self._acl, ephemeral=True)
+
+    def _ensure_parent(self, path: str) -> None:
+        # Parents get the default open ACL so other hosts, with other
+        # credentials, can register beside us.
+        try:
+            self._client.ensure_path(posixpath.dirname(path))
+        except NoAuthError:
+            log.error("cannot create %s: NoAuth on a parent node", posixpath.dirname(path))
+
+    def _close(self) -> None:
+        self._thread.join(0.3)
+        if self._client.connected:
+            deletions = [
+                self._client.delete_async(path)
+                for path in list(self._owned)
+            ]
+            for deletion in deletions:
+                try:
+                    deletion.get(timeout=0.5)
+                except KazooException:
+                    pass  # closing the session below removes it anyway
+            if deletions:
+                log.info("deregistered %d node(s)", len(deletions))
+        self._owned.clear()
+        self._client.stop()
+        self._client.close()

@@ -1,0 +1,223 @@
+"""Throwaway local ZooKeeper and supervisord, for the demo, the tests and bench/.
+
+Both run as real servers on 127.0.0.1 under a scratch directory: ZooKeeper from
+Debian's ``zookeeper`` package (``apt-get install zookeeper``), supervisord from
+the ``supervisor`` Python package.  Nothing here is used by the listener itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+
+from supervisor.xmlrpc import SupervisorTransport
+
+ZOOKEEPER_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+ZOOKEEPER_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:g}s")
+        time.sleep(interval)
+
+
+def four_letter_word(port: int, word: str, timeout: float = 2.0) -> str:
+    """Send a ZooKeeper four-letter command (ruok, mntr, ...) and return the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(word.encode())
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks).decode()
+            chunks.append(chunk)
+
+
+class LocalZooKeeper:
+    """A standalone ZooKeeper server (or one member of a local ensemble)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, tick_ms: int = 500) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.tick_ms = tick_ms
+        self.process: subprocess.Popen | None = None
+        self.servers: list[tuple[int, int, int]] = []  # ensemble: (myid, peer, election)
+        self.myid = 0
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"tickTime={self.tick_ms}",
+            f"dataDir={data}",
+            f"clientPort={self.port}",
+            "clientPortAddress=127.0.0.1",
+            "initLimit=10",
+            "syncLimit=5",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=*",
+            # Let tests expire sessions quickly.
+            f"minSessionTimeout={2 * self.tick_ms}",
+        ]
+        for myid, peer, election in self.servers:
+            lines.append(f"server.{myid}=127.0.0.1:{peer}:{election}")
+        if self.servers:
+            (data / "myid").write_text(f"{self.myid}\n")
+        config = self.workdir / "zoo.cfg"
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> LocalZooKeeper:
+        if shutil.which("java") is None or not Path("/usr/share/java/zookeeper.jar").exists():
+            raise RuntimeError("ZooKeeper is not installed: run 'apt-get install -y zookeeper'")
+        config = self._write_config()
+        log = open(self.workdir / "zookeeper.log", "ab")
+        self.process = subprocess.Popen(
+            ["java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+             "-Dzookeeper.root.logger=WARN,CONSOLE", "-cp", ZOOKEEPER_CLASSPATH,
+             ZOOKEEPER_MAIN, str(config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def is_serving(self) -> bool:
+        try:
+            return four_letter_word(self.port, "ruok", timeout=0.5) == "imok" and (
+                "This ZooKeeper instance is not currently serving"
+                not in four_letter_word(self.port, "srvr", timeout=0.5)
+            )
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"ZooKeeper exited; see {self.workdir / 'zookeeper.log'}")
+            return self.is_serving()
+
+        wait_until(ready, timeout, interval=0.1, what=f"ZooKeeper on port {self.port}")
+
+    def mntr(self) -> dict[str, str]:
+        text = four_letter_word(self.port, "mntr")
+        return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+SUPERVISORD_CONF = """\
+[unix_http_server]
+file={workdir}/supervisor.sock
+
+[supervisord]
+logfile={workdir}/supervisord.log
+pidfile={workdir}/supervisord.pid
+childlogdir={workdir}
+loglevel={loglevel}
+nodaemon=true
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{workdir}/supervisor.sock
+
+"""
+
+
+class LocalSupervisord:
+    """A supervisord in the foreground with its own socket, logs and the given sections."""
+
+    def __init__(self, workdir: Path, sections: str, loglevel: str = "info") -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = self.workdir / "supervisord.conf"
+        self.config.write_text(
+            SUPERVISORD_CONF.format(workdir=self.workdir, loglevel=loglevel) + sections
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> LocalSupervisord:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.workdir / "supervisord.out", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def answering() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"supervisord exited; see {self.workdir}/supervisord.log")
+            try:
+                return self.rpc().supervisor.getState()["statename"] == "RUNNING"
+            except (OSError, xmlrpc.client.Fault):
+                return False
+
+        wait_until(answering, timeout, interval=0.05, what="supervisord")
+        return self
+
+    def rpc(self) -> xmlrpc.client.ServerProxy:
+        transport = SupervisorTransport(None, None, f"unix://{self.workdir}/supervisor.sock")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.config), *args],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    def info(self, name: str) -> dict:
+        return self.rpc().supervisor.getProcessInfo(name)
+
+    def log_text(self) -> str:
+        path = self.workdir / "supervisord.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
