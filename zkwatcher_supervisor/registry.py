@@ -137,7 +137,10 @@ class Registry:
 
     def _on_watch(self, event) -> None:
         with self._lock:
-            self._dirty.add(event.path)
+            if event.path is None:  # a session event (kazoo fires these at expiry)
+                self._examine_all = True
+            else:
+                self._dirty.add(event.path)
         self._wake.set()
 
     # -- worker ---------------------------------------------------------------
@@ -162,14 +165,19 @@ class Registry:
                 examine_all = True
             if examine_all:
                 paths |= set(wanted) | set(self._owned)
+            pause = RETRY_DELAY
             try:
                 retry = self._reconcile(sorted(paths), wanted, session_id)
             except (ConnectionLoss, SessionExpiredError):
                 retry, pause = paths, 0.0
                 with self._lock:
                     self._examine_all = True
-            else:
-                pause = RETRY_DELAY
+            except Exception:
+                # Never let the worker die: log, and try everything again shortly.
+                log.exception("reconciling ZooKeeper failed; retrying")
+                retry = paths
+                with self._lock:
+                    self._examine_all = True
             if retry:
                 with self._lock:
                     self._dirty |= set(retry)
@@ -256,10 +264,11 @@ class Registry:
         return self._client.create_async(path, data, acl=self._acl, ephemeral=True)
 
     def _ensure_parent(self, path: str) -> None:
-        # Parents get the default open ACL so other hosts, with other
-        # credentials, can register beside us.
+        # Parents we create get our ACL too: deleting a node needs DELETE on its
+        # parent, so an open parent would let anyone remove our registration.
+        # Parents that already exist are left as they are.
         try:
-            self._client.ensure_path(posixpath.dirname(path))
+            self._client.ensure_path(posixpath.dirname(path), acl=self._acl)
         except NoAuthError:
             log.error("cannot create %s: NoAuth on a parent node", posixpath.dirname(path))
 

@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; raise TimeoutError after ``timeout``."""
+    """Poll ``predicate`` until it returns something truthy, else raise TimeoutError."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -95,15 +95,14 @@ class LocalZooKeeper:
         if shutil.which("java") is None or not Path("/usr/share/java/zookeeper.jar").exists():
             raise RuntimeError("ZooKeeper is not installed: run 'apt-get install -y zookeeper'")
         config = self._write_config()
-        log = open(self.workdir / "zookeeper.log", "ab")
-        self.process = subprocess.Popen(
-            ["java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-             "-Dzookeeper.root.logger=WARN,CONSOLE", "-cp", ZOOKEEPER_CLASSPATH,
-             ZOOKEEPER_MAIN, str(config)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.workdir / "zookeeper.log", "ab") as log:
+            self.process = subprocess.Popen(
+                ["java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                 "-Dzookeeper.root.logger=WARN,CONSOLE", "-cp", ZOOKEEPER_CLASSPATH,
+                 ZOOKEEPER_MAIN, str(config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         if wait:
             self.wait_ready(timeout)
         return self
@@ -177,13 +176,12 @@ class LocalSupervisord:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> LocalSupervisord:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=open(self.workdir / "supervisord.out", "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.workdir / "supervisord.out", "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
         def answering() -> bool:
             if self.process.poll() is not None:

@@ -1,0 +1,168 @@
+"""Fixtures: real ZooKeeper and supervisord servers, and a raw protocol driver."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient
+
+from zkwatcher_supervisor.sandbox import LocalSupervisord, LocalZooKeeper, wait_until
+
+LISTENER = f"{sys.executable} -m zkwatcher_supervisor"
+
+
+@pytest.fixture(scope="session")
+def zookeeper(tmp_path_factory):
+    server = LocalZooKeeper(tmp_path_factory.mktemp("zookeeper")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zk(zookeeper):
+    """A separate client, as a consumer of the registrations would have."""
+    client = KazooClient(hosts=zookeeper.hosts, timeout=5)
+    client.start(timeout=30)
+    yield client
+    client.stop()
+    client.close()
+
+
+@pytest.fixture
+def base_path():
+    return f"/test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def write_config(tmp_path, zookeeper):
+    """Write a listener config pointing at the test ZooKeeper; returns its path."""
+
+    def write(body: str, name: str = "zkwatcher.cfg", hosts: str | None = None) -> Path:
+        path = tmp_path / name
+        header = f"[zkwatcher]\nhosts = {hosts or zookeeper.hosts}\nsession_timeout = 4\n\n"
+        path.write_text(header + textwrap.dedent(body))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def supervisord(tmp_path):
+    """Factory: start a real supervisord with the given program/listener sections."""
+    started: list[LocalSupervisord] = []
+
+    def start(sections: str, loglevel: str = "info") -> LocalSupervisord:
+        server = LocalSupervisord(tmp_path / f"supervisor{len(started)}",
+                                  textwrap.dedent(sections), loglevel=loglevel)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def listener_section(config: Path, events: str = "PROCESS_STATE,TICK_5", extra: str = "") -> str:
+    return textwrap.dedent(f"""
+        [eventlistener:zkwatcher]
+        command = {LISTENER} -c {config}
+        events = {events}
+        buffer_size = 1024
+        startsecs = 0
+        stopwaitsecs = 5
+        stderr_logfile = {config.parent}/zkwatcher.log
+        """) + extra
+
+
+def node_exists(zk: KazooClient, path: str) -> bool:
+    return zk.exists(path) is not None
+
+
+class ProtocolDriver:
+    """Plays supervisord's side of the listener protocol over pipes, byte for byte."""
+
+    def __init__(self, config: Path, env: dict | None = None) -> None:
+        self.stderr_path = config.parent / "listener.stderr"
+        with open(self.stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "zkwatcher_supervisor", "-c", str(config)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                env={**os.environ, **(env or {})},
+            )
+        self.stdout = b""  # read from the listener's stdout, not yet matched
+        self.transcript: list[bytes] = []  # protocol tokens matched so far
+        self.serial = 0
+
+    def _expect(self, token: bytes, timeout: float) -> None:
+        """Read until ``token`` arrives; it must be the very next thing on stdout."""
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        while len(self.stdout) < len(token):
+            assert token.startswith(self.stdout), f"stray bytes on stdout: {self.stdout!r}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise TimeoutError(f"no {token!r} on stdout within {timeout}s: {self.stdout!r}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError(f"listener closed stdout: {self.stdout!r}")
+            self.stdout += chunk
+        assert self.stdout.startswith(token), f"stray bytes on stdout: {self.stdout!r}"
+        self.stdout = self.stdout[len(token):]
+        self.transcript.append(token)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        self._expect(b"READY\n", timeout)
+
+    def send(self, eventname: str, payload: str, timeout: float = 5.0) -> float:
+        """Send one event and return the seconds until its RESULT came back."""
+        if self.transcript[-1] != b"READY\n":
+            self.wait_ready(timeout)
+        self.serial += 1
+        body = payload.encode()
+        header = (f"ver:3.0 server:supervisor serial:{self.serial} pool:zkwatcher "
+                  f"poolserial:{self.serial} eventname:{eventname} len:{len(body)}\n").encode()
+        started = time.monotonic()
+        self.process.stdin.write(header + body)
+        self.process.stdin.flush()
+        self._expect(b"RESULT 2\nOK", timeout)
+        return time.monotonic() - started
+
+    def tick(self) -> float:
+        return self.send("TICK_5", f"when:{int(time.time())}")
+
+    def close_stdin(self) -> None:
+        self.process.stdin.close()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def driver():
+    drivers: list[ProtocolDriver] = []
+
+    def start(config: Path, env: dict | None = None) -> ProtocolDriver:
+        d = ProtocolDriver(config, env)
+        drivers.append(d)
+        d.wait_ready()
+        return d
+
+    yield start
+    for d in drivers:
+        d.stop()
+
+
+__all__ = ["listener_section", "node_exists", "wait_until"]

@@ -1,0 +1,237 @@
+"""The listener speaking the supervisord protocol byte for byte, against a real ZooKeeper.
+
+Each test drives the listener process over pipes exactly as supervisord would,
+so it can measure how quickly every event is answered and assert that nothing
+but protocol text ever reaches stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import node_exists
+from faultproxy import FaultProxy
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
+
+from zkwatcher_supervisor.sandbox import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def cmd_section(base_path, cmd, name="svc", port=8080, extra=""):
+    return f"""
+        [{name}]
+        cmd = {cmd}
+        refresh = 1
+        timeout = 1
+        service_port = {port}
+        service_hostname = host1
+        zookeeper_path = {base_path}/{name}
+        {extra}
+        """
+
+
+def tick_until(drv, predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s\n{drv.stderr()}")
+        drv.tick()
+        time.sleep(0.2)
+
+
+def test_node_follows_check_with_exact_path_and_payload(
+        write_config, driver, zk, base_path, tmp_path):
+    flag = tmp_path / "up"
+    config = write_config(cmd_section(base_path, f"test -f {flag}",
+                                      extra="zookeeper_data = weight=10, zone = a "))
+    drv = driver(config)
+    node = f"{base_path}/svc/host1:8080"
+    tick_until(drv, lambda: "[svc] check failed" in drv.stderr(), 5, "first check")
+    assert not node_exists(zk, node)
+
+    flag.touch()
+    tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
+    data, stat = zk.get(node)
+    assert stat.ephemeralOwner != 0
+    payload = json.loads(data)
+    assert data == json.dumps(payload, separators=(",", ":")).encode()
+    assert payload["pid"] == drv.process.pid
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", payload["created"])
+    assert payload == {"pid": drv.process.pid, "created": payload["created"],
+                       "weight": "10", "zone": "a"}
+
+    flag.unlink()
+    tick_until(drv, lambda: not node_exists(zk, node), 5, "deregistration")
+
+
+def test_hung_check_is_killed_with_its_children_and_events_keep_flowing(
+        write_config, driver, zk, base_path, tmp_path):
+    hang, child_pid = tmp_path / "hang", tmp_path / "child.pid"
+    script = tmp_path / "check.sh"
+    script.write_text(f"if [ -f {hang} ]; then sleep 300 & echo $! > {child_pid}; sleep 300; fi\n")
+    config = write_config(cmd_section(base_path, f"sh {script}"))
+    drv = driver(config)
+    node = f"{base_path}/svc/host1:8080"
+    tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
+
+    hang.touch()
+    time.sleep(1.0)
+    drv.tick()  # starts the check that hangs
+    wait_until(child_pid.exists, 5, what="hung check started")
+    child = int(child_pid.read_text())
+    answer_times = []
+    started = time.monotonic()
+    while node_exists(zk, node):
+        assert time.monotonic() - started < 5, drv.stderr()
+        answer_times.append(drv.tick())
+        answer_times.append(drv.send(
+            "PROCESS_STATE_RUNNING",
+            "processname:other groupname:other from_state:STARTING pid:1"))
+    # Every event was answered at once while the check hung.
+    assert max(answer_times) < 0.25, answer_times
+    assert "timed out after 1.0s" in drv.stderr()
+    # The check's whole process group went, background child included.
+    wait_until(lambda: not os.path.exists(f"/proc/{child}"), 2, what="child killed")
+
+
+def test_check_writing_megabytes_neither_deadlocks_nor_leaks_to_stdout(
+        write_config, driver, zk, base_path, tmp_path):
+    script = tmp_path / "noisy.sh"
+    script.write_text("head -c 1048576 /dev/zero | tr '\\0' o\n"
+                      "head -c 1048576 /dev/zero | tr '\\0' e >&2\n")
+    config = write_config(cmd_section(base_path, f"sh {script}"))
+    drv = driver(config)
+    node = f"{base_path}/svc/host1:8080"
+    tick_until(drv, lambda: node_exists(zk, node), 10, "registration")
+    for _ in range(3):
+        drv.tick()  # the driver fails on any byte that is not protocol text
+        time.sleep(0.5)
+    assert node_exists(zk, node)
+    assert set(drv.transcript) == {b"READY\n", b"RESULT 2\nOK"}
+
+
+def test_auth_gives_creator_all_and_world_read(write_config, driver, zk, zookeeper, base_path):
+    config = write_config(cmd_section(base_path, "true") + """
+        [auth]
+        user = deploy
+        password = s3cret
+        """)
+    drv = driver(config)
+    node = f"{base_path}/svc/host1:8080"
+    tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
+    # ZooKeeper shows digest ids only to a client holding that identity.
+    owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", "deploy:s3cret")])
+    owner.start(timeout=30)
+    acls, _ = owner.get_acls(node)
+    digest = make_digest_acl_credential("deploy", "s3cret")
+    assert sorted(acls, key=str) == sorted([
+        ACL(Permissions.ALL, Id("digest", digest)),
+        ACL(Permissions.READ, Id("world", "anyone")),
+    ], key=str)
+    data, _ = zk.get(node)  # an unauthenticated consumer can read it ...
+    assert json.loads(data)["pid"] == drv.process.pid
+    with pytest.raises(NoAuthError):  # ... but not remove it
+        zk.delete(node)
+    # Deleting needs DELETE on the parent, so the parents we created carry our ACL too.
+    parent_acls, _ = owner.get_acls(f"{base_path}/svc")
+    assert sorted(parent_acls, key=str) == sorted(acls, key=str)
+    owner.stop()
+    owner.close()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "EOF"])
+def test_shutdown_removes_every_node_and_exits_0_within_1s(
+        how, write_config, driver, zk, base_path):
+    config = write_config(cmd_section(base_path, "true", name="a", port=1)
+                          + cmd_section(base_path, "true", name="b", port=2))
+    drv = driver(config)
+    nodes = [f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"]
+    tick_until(drv, lambda: all(node_exists(zk, n) for n in nodes), 5, "registration")
+    started = time.monotonic()
+    if how == "EOF":
+        drv.close_stdin()
+    else:
+        drv.process.send_signal(getattr(signal, how))
+    assert drv.process.wait(5) == 0
+    elapsed = time.monotonic() - started
+    assert not any(node_exists(zk, n) for n in nodes)
+    assert elapsed < 1.0, elapsed
+
+
+def test_bad_config_exits_2_naming_the_key_and_never_connects(tmp_path):
+    config = tmp_path / "bad.cfg"
+    config.write_text("[web]\ncmd = true\nzookeeper_path = /services/web\n")
+    trap = socket.create_server(("127.0.0.1", 0))
+    trap.settimeout(0.5)
+    port = trap.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "zkwatcher_supervisor", "-c", str(config),
+         "-s", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (f"zkwatcher-supervisor: {config}: [web] service_port: "
+                             "required key is missing\n")
+    assert result.stdout == ""
+    with pytest.raises(socket.timeout):
+        trap.accept()  # nobody ever tried to reach "ZooKeeper"
+    trap.close()
+
+
+def test_check_config_prints_paths_and_payloads(tmp_path):
+    config = tmp_path / "ok.cfg"
+    config.write_text("[web]\ncmd = true\nservice_port = 80\nservice_hostname = w1\n"
+                      "zookeeper_path = /services/web\nzookeeper_data = {\"weight\": 5}\n")
+    result = subprocess.run(
+        ["zkwatcher-supervisor", "-c", str(config), "--check-config"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "zookeeper localhost:2181 session_timeout=10s"
+    name, path, payload = lines[1].split(" ", 2)
+    assert (name, path) == ("[web]", "/services/web/w1:80")
+    assert json.loads(payload)["weight"] == 5
+
+
+def test_session_loss_recreates_nodes_and_steady_state_writes_nothing(
+        write_config, driver, zk, zookeeper, base_path):
+    proxy = FaultProxy(zookeeper.port)
+    try:
+        config = write_config(cmd_section(base_path, "true"), hosts=proxy.hosts)
+        drv = driver(config)
+        node = f"{base_path}/svc/host1:8080"
+        tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
+        _, first = zk.get(node)
+
+        # Steady state: checks keep passing and the node is never rewritten.
+        for _ in range(4):
+            time.sleep(1.0)
+            drv.tick()
+        _, later = zk.get(node)
+        assert (later.czxid, later.mzxid, later.version) == (first.czxid, first.czxid, 0)
+
+        # Cut the link for longer than the 4 s session timeout: the server expires
+        # the session and drops our node; the listener must put it back.
+        proxy.cut()
+        wait_until(lambda: not node_exists(zk, node), 15, what="session expiry")
+        for _ in range(3):
+            drv.tick()  # events are still answered while ZooKeeper is unreachable
+        proxy.restore()
+        wait_until(lambda: node_exists(zk, node), 10, what="re-registration")
+        _, second = zk.get(node)
+        assert second.ephemeralOwner != first.ephemeralOwner
+    finally:
+        proxy.close()
+
