@@ -113,12 +113,18 @@ class Health:
     def up_sections(self) -> set[str]:
         return {name for name, section in self.sections.items() if section.up}
 
-    def process_state(self, group: str, name: str, state: str, pid: int, now: float) -> None:
-        """A supervisord process changed state (from an event or a state snapshot)."""
+    def process_state(self, group: str, name: str, state: str, pid: int, now: float) -> bool:
+        """A supervisord process changed state (from an event or a state snapshot).
+
+        Returns whether any section follows this process.
+        """
+        bound = False
         for section in self.sections.values():
             program = section.service.program
             if program is not None and program.matches(group, name):
                 section.set_process((group, name), state, pid, now)
+                bound = True
+        return bound
 
     def process_died(self, group: str, name: str, pid: int, now: float) -> None:
         """The process we saw RUNNING with ``pid`` is gone, ahead of supervisord's event.

@@ -21,8 +21,9 @@ from supervisor import childutils
 
 from .checks import CheckOutcome, CheckRunner
 from .config import Config
-from .health import CheckRun, Health
+from .health import RUNNING, CheckRun, Health
 from .payload import node_payload
+from .pidwatch import PidWatcher
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Watcher:
         self.services = {service.name: service for service in config.services}
         self.health = Health(config.services)
         self.checks = CheckRunner(self._on_check_result)
+        self.pids = PidWatcher(self._on_process_died)
         # Health is touched by the protocol loop and the check runner's thread;
         # everything done under this lock is in-memory and quick.
         self._lock = threading.Lock()
@@ -53,15 +55,23 @@ class Watcher:
     def start(self) -> None:
         self.registry.start()
         self.checks.start()
+        self.pids.start()
         self._update()
 
     def stop(self) -> None:
+        self.pids.stop()
         self.checks.stop()
         self.registry.stop()
 
     def process_state(self, group: str, name: str, state: str, pid: int) -> None:
+        """A process's state, from an event or from supervisord's XML-RPC snapshot."""
         with self._lock:
-            self.health.process_state(group, name, state, pid, time.monotonic())
+            bound = self.health.process_state(group, name, state, pid, time.monotonic())
+        if bound:
+            if state == RUNNING and pid:
+                self.pids.watch(group, name, pid)
+            else:
+                self.pids.forget(group, name)
         self._update()
 
     def handle_event(self, headers: dict[str, str], payload: str) -> None:
@@ -69,14 +79,17 @@ class Watcher:
         event = headers.get("eventname", "")
         if event.startswith(PROCESS_STATE_PREFIX):
             fields = childutils.get_headers(payload.split("\n", 1)[0])
-            state = event[len(PROCESS_STATE_PREFIX):]
-            pid = int(fields.get("pid", "0") or 0)
-            with self._lock:
-                self.health.process_state(
-                    fields.get("groupname", ""), fields.get("processname", ""), state, pid,
-                    time.monotonic(),
-                )
-        # TICK_* and anything else: just look for due checks.
+            self.process_state(
+                fields.get("groupname", ""), fields.get("processname", ""),
+                event[len(PROCESS_STATE_PREFIX):], int(fields.get("pid", "0") or 0),
+            )
+        else:
+            self._update()  # TICK_* and anything else: just look for due checks
+
+    def _on_process_died(self, group: str, name: str, pid: int) -> None:
+        with self._lock:
+            self.health.process_died(group, name, pid, time.monotonic())
+        log.info("%s:%s (pid %d) died", group, name, pid)
         self._update()
 
     def _on_check_result(self, run: CheckRun, outcome: CheckOutcome) -> None:
