@@ -76,7 +76,8 @@ class Registry:
         self._stopping = False
         # Shared with the caller and kazoo's threads, under _lock.
         self._wanted: dict[str, bytes] = {}
-        self._dirty: set[str] = set()
+        self._dirty: set[str] = set()  # wanted data changed; what we wrote says what to do
+        self._suspect: set[str] = set()  # must be looked up: watches fired, retries
         self._examine_all = True
         # Worker thread only.
         self._owned: dict[str, _Owned] = {}
@@ -140,7 +141,7 @@ class Registry:
             if event.path is None:  # a session event (kazoo fires these at expiry)
                 self._examine_all = True
             else:
-                self._dirty.add(event.path)
+                self._suspect.add(event.path)
         self._wake.set()
 
     # -- worker ---------------------------------------------------------------
@@ -156,7 +157,8 @@ class Registry:
             with self._lock:
                 wanted = dict(self._wanted)
                 examine_all, self._examine_all = self._examine_all, False
-                paths, self._dirty = self._dirty, set()
+                changed, self._dirty = self._dirty, set()
+                suspect, self._suspect = self._suspect, set()
             session_id = self._client.client_id[0] if self._client.client_id else None
             if session_id != self._session_id:
                 # A new session owns nothing yet; whatever the old one held is gone.
@@ -164,58 +166,92 @@ class Registry:
                 self._session_id = session_id
                 examine_all = True
             if examine_all:
-                paths |= set(wanted) | set(self._owned)
+                suspect |= set(wanted) | set(self._owned)
             pause = RETRY_DELAY
             try:
-                retry = self._reconcile(sorted(paths), wanted, session_id)
+                retry = self._reconcile(changed - suspect, suspect, wanted, session_id)
             except (ConnectionLoss, SessionExpiredError):
-                retry, pause = paths, 0.0
+                retry, pause = changed | suspect, 0.0
                 with self._lock:
                     self._examine_all = True
             except Exception:
                 # Never let the worker die: log, and try everything again shortly.
                 log.exception("reconciling ZooKeeper failed; retrying")
-                retry = paths
+                retry = changed | suspect
                 with self._lock:
                     self._examine_all = True
             if retry:
                 with self._lock:
-                    self._dirty |= set(retry)
+                    self._suspect |= retry
                 if pause and not self._stopping:
                     threading.Timer(pause, self._wake.set).start()
                 elif self._client.connected:
                     self._wake.set()
 
-    def _reconcile(self, paths: list[str], wanted: dict[str, bytes], session_id) -> set[str]:
-        """One pass over ``paths``; returns those to try again."""
+    def _decide_from_memory(self, path: str, data: bytes | None) -> tuple | None:
+        """What to do for a path whose wanted data changed, from what this session wrote."""
+        owned = self._owned.get(path)
+        if data is None:
+            return ("delete", None, owned.version) if owned else None
+        if owned is None:
+            return ("create", data, 0)
+        return ("set", data, owned.version) if owned.data != data else None
+
+    def _decide_from_stat(self, path: str, data: bytes | None, stat, session_id) -> tuple | None:
+        """What to do for a path given what ZooKeeper says is there now."""
+        if stat is None:
+            self._owned.pop(path, None)
+            return ("create", data, 0) if data is not None else None
+        if stat.ephemeralOwner == session_id:
+            if data is None:
+                return ("delete", None, stat.version)
+            owned = self._owned.get(path)
+            if owned is None or owned.data != data or owned.version != stat.version:
+                return ("set", data, stat.version)
+            return None
+        if data is None:
+            return None  # not ours and not wanted: not our business
+        if stat.ephemeralOwner == 0:
+            log.error("%s exists as a persistent node we did not create; leaving it", path)
+            return None
+        log.info("%s is held by session 0x%x; replacing it", path, stat.ephemeralOwner)
+        return ("replace", data, stat.version)
+
+    def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
+                   session_id) -> set[str]:
+        """One pass; returns the paths to look at again.
+
+        ``changed`` paths only had their wanted data change, so what this
+        session wrote tells us what to do without a read.  ``suspect`` paths
+        (reconnects, watches, retries) are looked up first.
+        """
         client = self._client
         lookups = {
             path: client.exists_async(path, watch=self._on_watch if path in wanted else None)
-            for path in paths
+            for path in sorted(suspect)
         }
-        pending = {}  # path -> (action, async result, data)
-        retry: set[str] = set()
+        actions = {path: self._decide_from_memory(path, wanted.get(path)) for path in changed}
         for path, lookup in lookups.items():
             stat = lookup.get(timeout=REPLY_TIMEOUT)
-            data = wanted.get(path)
-            ours = stat is not None and stat.ephemeralOwner == session_id
-            if stat is None:
-                self._owned.pop(path, None)
-                if data is not None:
-                    pending[path] = ("create", self._create_async(path, data), data)
-            elif ours and data is None:
-                pending[path] = ("delete", client.delete_async(path, stat.version), None)
-            elif ours:
-                owned = self._owned.get(path)
-                if owned is None or owned.data != data or owned.version != stat.version:
-                    pending[path] = ("set", client.set_async(path, data, stat.version), data)
-            elif data is not None:
-                if stat.ephemeralOwner == 0:
-                    log.error("%s exists as a persistent node we did not create; leaving it", path)
-                    continue
-                log.info("%s is held by session 0x%x; replacing it", path, stat.ephemeralOwner)
-                pending[path] = ("replace", client.delete_async(path, stat.version), data)
+            actions[path] = self._decide_from_stat(path, wanted.get(path), stat, session_id)
 
+        pending = {}  # path -> (action, async result, data)
+        for path, action in actions.items():
+            if action is None:
+                continue
+            kind, data, version = action
+            if kind == "create":
+                result = self._create_async(path, data)
+                if path not in lookups:
+                    # Watch it from now on, so a deletion by hand brings it back.
+                    client.exists_async(path, watch=self._on_watch)
+            elif kind == "set":
+                result = client.set_async(path, data, version)
+            else:  # delete, replace
+                result = client.delete_async(path, version)
+            pending[path] = (kind, result, data)
+
+        retry: set[str] = set()
         for path, (action, result, data) in pending.items():
             try:
                 outcome = result.get(timeout=REPLY_TIMEOUT)

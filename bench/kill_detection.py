@@ -1,0 +1,125 @@
+"""How fast a killed program's znode disappears, beside supervisord's own EXITED event.
+
+    python bench/kill_detection.py [-n 50]
+
+Starts a local ZooKeeper and supervisord running a bound program, the
+zkwatcher listener and a second, bare listener that timestamps supervisord's
+PROCESS_STATE events.  Then N times: SIGKILL the program and measure, on one
+clock (CLOCK_MONOTONIC), the delay until
+
+* a separate kazoo client's watch sees the znode deleted, and
+* supervisord delivers PROCESS_STATE_EXITED for that pid.
+
+supervisord restarts the program after each kill and the node comes back
+before the next round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import summary_ms
+from kazoo.client import KazooClient
+
+from zkwatcher_supervisor.sandbox import LocalSupervisord, LocalZooKeeper, wait_until
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=50, help="kills (default 50)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="zkwatcher-bench-"))
+    zookeeper = LocalZooKeeper(work / "zk").start()
+    config = work / "zkwatcher.cfg"
+    config.write_text(f"""[zkwatcher]
+hosts = {zookeeper.hosts}
+
+[web]
+program = web
+service_port = 8080
+service_hostname = bench
+zookeeper_path = /bench/web
+""")
+    events_file = work / "events.txt"
+    supervisord = LocalSupervisord(work / "supervisor", f"""
+[program:web]
+command = sleep 100000
+startsecs = 0
+autorestart = true
+
+[eventlistener:zkwatcher]
+command = {sys.executable} -m zkwatcher_supervisor -c {config}
+events = PROCESS_STATE,TICK_5
+buffer_size = 1024
+stderr_logfile = {work}/zkwatcher.log
+
+[eventlistener:recorder]
+command = {sys.executable} {HERE / "exited_recorder.py"} {events_file}
+events = PROCESS_STATE
+buffer_size = 1024
+""").start()
+    zk = KazooClient(hosts=zookeeper.hosts)
+    zk.start()
+    node = "/bench/web/bench:8080"
+    deletions: list[float] = []
+    exits: list[float] = []
+    try:
+        for _ in range(args.n):
+            wait_until(lambda: zk.exists(node), 10, what="registration")
+            wait_until(lambda: supervisord.info("web")["statename"] == "RUNNING", 10,
+                       what="web RUNNING")
+            pid = supervisord.info("web")["pid"]
+            deleted = threading.Event()
+            stamp: list[float] = []
+
+            def watch(event, stamp=stamp, deleted=deleted):
+                stamp.append(time.monotonic())
+                deleted.set()
+
+            if not zk.exists(node, watch=watch):
+                continue
+            time.sleep(0.2)  # let everything settle
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            if not deleted.wait(10):
+                raise TimeoutError("node was not deleted")
+            deletions.append(stamp[0] - killed)
+
+            def exited_at(pid=pid):
+                for line in events_file.read_text().splitlines():
+                    name, event_pid, at = line.split()
+                    if name == "PROCESS_STATE_EXITED" and int(event_pid) == pid:
+                        return float(at)
+                return None
+
+            exits.append(wait_until(exited_at, 10, what="EXITED event") - killed)
+        server = zookeeper.mntr()
+    finally:
+        zk.stop()
+        supervisord.stop()
+        zookeeper.stop()
+
+    late = [d - e for d, e in zip(deletions, exits)]
+    print(f"kills: {len(deletions)}")
+    print(f"kill -> znode deleted (kazoo watch):   {summary_ms(deletions)}")
+    print(f"kill -> supervisord EXITED event:      {summary_ms(exits)}")
+    print(f"deletion minus EXITED, worst run:      {max(late) * 1000:+.1f} ms")
+    ahead = sum(d < e for d, e in zip(deletions, exits))
+    print(f"node gone before EXITED arrived:       {ahead}/{len(deletions)} runs")
+    print(f"ZooKeeper's own write latency (mntr):  p50 {server['zk_p50_updatelatency']} ms   "
+          f"p99 {server['zk_p99_updatelatency']} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
