@@ -135,9 +135,10 @@ class CheckRunner:
             self._enforce_deadlines()
             if not hasattr(os, "pidfd_open"):
                 self._poll_exits()
+        # Shutting down: kill what still runs; nobody wants those results.
         for running in list(self._running.values()):
             self._kill_group(running)
-            self._finish(running)
+            running.process.wait()
 
     def _select_timeout(self) -> float | None:
         if self._pending:

@@ -14,6 +14,7 @@ from .payload import node_payload
 
 DEFAULT_CONFIG = "/etc/zk/config.cfg"
 EXIT_CONFIG_ERROR = 2
+SYSLOG_SOCKET = "/dev/log"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool, syslog: bool) -> None:
-    if syslog:
-        handler: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log")
+    handler: logging.Handler
+    if syslog and os.path.exists(SYSLOG_SOCKET):
+        handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
         handler.setFormatter(logging.Formatter(f"zkwatcher-supervisor[{os.getpid()}]: "
                                                "%(levelname)s %(message)s"))
     else:
@@ -49,6 +51,9 @@ def setup_logging(verbose: bool, syslog: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # kazoo logs every reconnect attempt at INFO/WARNING; keep its chatter for -v.
     logging.getLogger("kazoo").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if syslog and not isinstance(handler, logging.handlers.SysLogHandler):
+        logging.getLogger(__name__).warning("--syslog: %s does not exist; logging to stderr",
+                                            SYSLOG_SOCKET)
 
 
 def main(argv: list[str] | None = None) -> int:
