@@ -80,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).warning("%s", warning)
 
     from .listener import run  # imports kazoo; not needed for --check-config
-    return run(config)
+    return run(config, hosts_override=args.server)

@@ -108,7 +108,36 @@ class Health:
 
     def __init__(self, services: Iterable[ServiceSettings]) -> None:
         self.sections = {service.name: SectionHealth(service) for service in services}
+        # Every supervisord process seen so far, so sections added by a reload
+        # start from the processes' current states.
+        self.processes: dict[tuple[str, str], ProcessInfo] = {}
         self._next_token = 1
+
+    def reconfigure(self, services: Iterable[ServiceSettings], now: float) -> None:
+        """Switch to a new set of sections (a config reload).
+
+        A section whose ``program`` and ``cmd`` are unchanged keeps its process
+        and check state — it does not flap — and takes its other settings from
+        the new config.  A new section, or one whose ``program`` or ``cmd``
+        changed, starts afresh: process states from what we know, check down
+        and due at once.
+        """
+        old, self.sections = self.sections, {}
+        for service in services:
+            section = old.get(service.name)
+            if (section is not None and section.service.program == service.program
+                    and section.service.cmd == service.cmd):
+                section.service = service
+            else:
+                section = SectionHealth(service)
+                section.next_check_at = now
+                if service.program is not None:
+                    section.processes = {
+                        key: ProcessInfo(info.state, info.pid)
+                        for key, info in self.processes.items()
+                        if service.program.matches(*key)
+                    }
+            self.sections[service.name] = section
 
     def up_sections(self) -> set[str]:
         return {name for name, section in self.sections.items() if section.up}
@@ -118,6 +147,7 @@ class Health:
 
         Returns whether any section follows this process.
         """
+        self.processes[(group, name)] = ProcessInfo(state, pid if state == RUNNING else 0)
         bound = False
         for section in self.sections.values():
             program = section.service.program
@@ -132,6 +162,9 @@ class Health:
         Only the pid we recorded counts: a late notice about an older pid of a
         process that has been restarted since must not take the new one down.
         """
+        known = self.processes.get((group, name))
+        if known is not None and known.state == RUNNING and known.pid == pid:
+            self.processes[(group, name)] = ProcessInfo("EXITED")
         for section in self.sections.values():
             info = section.processes.get((group, name))
             if info is not None and info.state == RUNNING and info.pid == pid:

@@ -15,12 +15,13 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from supervisor import childutils
 
 from .checks import CheckOutcome, CheckRunner
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .health import RUNNING, CheckRun, Health
 from .payload import node_payload
 from .pidwatch import PidWatcher
@@ -37,6 +38,15 @@ class Shutdown(Exception):
     """Raised from the SIGTERM/SIGINT handler to leave the protocol loop."""
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A node we want while its section is up."""
+
+    path: str
+    created: float
+    data: bytes
+
+
 class Watcher:
     """Turns supervisord events and check results into the set of registered znodes."""
 
@@ -50,7 +60,8 @@ class Watcher:
         # Health is touched by the protocol loop and the check runner's thread;
         # everything done under this lock is in-memory and quick.
         self._lock = threading.Lock()
-        self._payloads: dict[str, bytes] = {}  # section -> node data, while up
+        self._registrations: dict[str, Registration] = {}  # by section, while up
+        self.rpc = None  # supervisord's XML-RPC interface, when we have one
 
     def start(self) -> None:
         self.registry.start()
@@ -109,15 +120,40 @@ class Watcher:
         with self._lock:
             runs = self.health.due_checks(time.monotonic())
             up = self.health.up_sections()
-            for name in sorted(up - set(self._payloads)):
-                self._payloads[name] = node_payload(self.services[name], os.getpid())
-                log.info("[%s] healthy: registering %s", name, self.services[name].node_path)
-            for name in sorted(set(self._payloads) - up):
-                del self._payloads[name]
-                log.info("[%s] unhealthy: deregistering %s", name, self.services[name].node_path)
-            wanted = {self.services[name].node_path: data for name, data in self._payloads.items()}
+            for name in sorted(set(self._registrations) - up):
+                registration = self._registrations.pop(name)
+                log.info("[%s] unhealthy: deregistering %s", name, registration.path)
+            for name in sorted(up):
+                service = self.services[name]
+                current = self._registrations.get(name)
+                created = current.created if current else time.time()
+                data = node_payload(service, os.getpid(), created)
+                if current is None:
+                    log.info("[%s] healthy: registering %s", name, service.node_path)
+                elif (current.path, current.data) == (service.node_path, data):
+                    continue
+                self._registrations[name] = Registration(service.node_path, created, data)
+            wanted = {r.path: r.data for r in self._registrations.values()}
         self.checks.submit(runs)
         self.registry.set_wanted(wanted)
+
+    def reload(self, config: Config) -> None:
+        """Switch to a new config: unchanged sections keep their nodes untouched,
+        changed ones are updated in place or moved, removed ones deregistered."""
+        if config.zookeeper != self.config.zookeeper:
+            log.warning("reload: [zkwatcher]/[auth] changes need a restart; keeping %s",
+                        self.config.zookeeper.hosts)
+        with self._lock:
+            self.config = config
+            self.services = {service.name: service for service in config.services}
+            self.health.reconfigure(config.services, time.monotonic())
+            for name in set(self._registrations) - set(self.services):
+                log.info("[%s] removed from the config: deregistering %s",
+                         name, self._registrations.pop(name).path)
+        log.info("reloaded %s: %d section(s)", config.filename, len(config.services))
+        if self.rpc is not None:
+            self.load_process_states(self.rpc)  # also refreshes the pids we watch
+        self._update()
 
     def load_process_states(self, rpc) -> bool:
         """Seed process states from supervisord over XML-RPC; False if it did not answer."""
@@ -132,6 +168,7 @@ class Watcher:
         fetcher = threading.Thread(target=fetch, name="rpc", daemon=True)
         fetcher.start()
         fetcher.join(RPC_TIMEOUT)
+        self.rpc = rpc
         if not result or isinstance(result[0], Exception):
             reason = "no answer" if not result else repr(result[0])
             log.warning("cannot read process states from supervisord (%s); waiting for events",
@@ -180,7 +217,20 @@ def claim_stdout() -> TextIO:
     return protocol
 
 
-def run(config: Config, stdin: BinaryIO | None = None, stdout: TextIO | None = None) -> int:
+def reload_from_disk(watcher: Watcher, hosts_override: str | None) -> None:
+    """Re-read the config file; a broken one is rejected and the running config stays."""
+    try:
+        config = load_config(watcher.config.filename, hosts_override=hosts_override)
+    except ConfigError as exc:
+        log.error("reload rejected, keeping the running config: %s", exc)
+        return
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    watcher.reload(config)
+
+
+def run(config: Config, hosts_override: str | None = None,
+        stdin: BinaryIO | None = None, stdout: TextIO | None = None) -> int:
     """Run the listener until supervisord stops it; returns the exit status."""
     if stdout is None:
         stdout = claim_stdout()
@@ -189,6 +239,11 @@ def run(config: Config, stdin: BinaryIO | None = None, stdout: TextIO | None = N
     watcher = Watcher(config, Registry(config.zookeeper))
     signal.signal(signal.SIGTERM, _raise_shutdown)
     signal.signal(signal.SIGINT, _raise_shutdown)
+    # Reload on its own thread: the handler may interrupt the protocol loop
+    # while it holds the watcher's lock.
+    signal.signal(signal.SIGHUP, lambda signum, frame: threading.Thread(
+        target=reload_from_disk, args=(watcher, hosts_override), name="reload", daemon=True,
+    ).start())
     try:
         log.info("watching %d section(s), ZooKeeper at %s",
                  len(config.services), config.zookeeper.hosts)
@@ -207,6 +262,7 @@ def run(config: Config, stdin: BinaryIO | None = None, stdout: TextIO | None = N
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         watcher.stop()
         log.info("stopped")
     return 0
