@@ -69,7 +69,7 @@ class Registry:
             auth_data=auth_data,
             # Reconnect for ever, quickly: registrations must come back within
             # a second of the server returning.
-            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=1.0),
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
         )
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -225,9 +225,8 @@ class Registry:
         session wrote tells us what to do without a read.  ``suspect`` paths
         (reconnects, watches, retries) are looked up first.
         """
-        client = self._client
         lookups = {
-            path: client.exists_async(path, watch=self._on_watch if path in wanted else None)
+            path: self._client.exists_async(path, watch=self._on_watch if path in wanted else None)
             for path in sorted(suspect)
         }
         actions = {path: self._decide_from_memory(path, wanted.get(path)) for path in changed}
@@ -235,6 +234,28 @@ class Registry:
             stat = lookup.get(timeout=REPLY_TIMEOUT)
             actions[path] = self._decide_from_stat(path, wanted.get(path), stat, session_id)
 
+        retry: set[str] = set()
+        watched = set(lookups)
+        # Creates that wait on a parent we just made, or on a stale node we just
+        # deleted, go out in a second round at once rather than after a pause.
+        for _ in range(3):
+            actions, failed = self._apply(actions, watched)
+            retry |= failed
+            if not actions:
+                break
+            for parent in sorted({posixpath.dirname(path) for path, action in actions.items()
+                                  if action[0] == "create-parent"}):
+                self._ensure_path(parent)
+            actions = {path: ("create", data, 0) for path, (_, data, _) in actions.items()}
+            watched |= set(actions)
+        return retry | set(actions)
+
+    def _apply(self, actions: dict[str, tuple | None], watched: set[str]):
+        """Send every action pipelined, then collect the replies.
+
+        Returns the creates to send again right away and the paths to retry later.
+        """
+        client = self._client
         pending = {}  # path -> (action, async result, data)
         for path, action in actions.items():
             if action is None:
@@ -242,7 +263,7 @@ class Registry:
             kind, data, version = action
             if kind == "create":
                 result = self._create_async(path, data)
-                if path not in lookups:
+                if path not in watched:
                     # Watch it from now on, so a deletion by hand brings it back.
                     client.exists_async(path, watch=self._on_watch)
             elif kind == "set":
@@ -251,6 +272,7 @@ class Registry:
                 result = client.delete_async(path, version)
             pending[path] = (kind, result, data)
 
+        again: dict[str, tuple] = {}
         retry: set[str] = set()
         for path, (action, result, data) in pending.items():
             try:
@@ -271,10 +293,10 @@ class Registry:
                 continue
             except NoNodeError:
                 if action == "create":
-                    self._ensure_parent(path)
+                    again[path] = ("create-parent", data, 0)
                 else:
                     self._owned.pop(path, None)
-                retry.add(path)
+                    retry.add(path)
                 continue
             except (NodeExistsError, BadVersionError):
                 retry.add(path)  # raced with someone; look again
@@ -293,20 +315,20 @@ class Registry:
                 self._owned.pop(path, None)
                 log.info("deregistered %s", path)
             elif action == "replace":
-                retry.add(path)  # deleted the stale node; create ours next pass
-        return retry
+                again[path] = ("create", data, 0)  # the stale node is gone; ours goes in now
+        return again, retry
 
     def _create_async(self, path: str, data: bytes):
         return self._client.create_async(path, data, acl=self._acl, ephemeral=True)
 
-    def _ensure_parent(self, path: str) -> None:
+    def _ensure_path(self, path: str) -> None:
         # Parents we create get our ACL too: deleting a node needs DELETE on its
         # parent, so an open parent would let anyone remove our registration.
         # Parents that already exist are left as they are.
         try:
-            self._client.ensure_path(posixpath.dirname(path), acl=self._acl)
+            self._client.ensure_path(path, acl=self._acl)
         except NoAuthError:
-            log.error("cannot create %s: NoAuth on a parent node", posixpath.dirname(path))
+            log.error("cannot create %s: NoAuth on a parent node", path)
 
     def _close(self) -> None:
         self._thread.join(0.3)

@@ -1,0 +1,330 @@
+"""Registrations stay right through the faults a production host sees.
+
+Every case runs real servers: ZooKeeper (standalone or a 3-node ensemble on
+127.0.0.1) and, where the case involves programs, a real supervisord.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import threading
+import time
+from datetime import datetime
+
+import pytest
+from conftest import listener_section, node_exists
+from faultproxy import FaultProxy
+from kazoo.client import KazooClient
+from kazoo.security import ACL, Id, Permissions, make_digest_acl
+
+from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def section(base_path, name, port, *, cmd=None, program=None, data=""):
+    lines = [f"[{name}]"]
+    if cmd:
+        lines += [f"cmd = {cmd}", "refresh = 1", "timeout = 2"]
+    if program:
+        lines.append(f"program = {program}")
+    lines += [f"service_port = {port}", "service_hostname = host1",
+              f"zookeeper_path = {base_path}/{name}"]
+    if data:
+        lines.append(f"zookeeper_data = {data}")
+    return "\n".join(lines) + "\n\n"
+
+
+def sleeper(name, autostart=True):
+    return textwrap.dedent(f"""
+        [program:{name}]
+        command = sleep 100000
+        startsecs = 0
+        stopsignal = KILL
+        autostart = {str(autostart).lower()}
+        """)
+
+
+def log_time(log_text: str, message: str, after: float = 0.0) -> float:
+    """Wall-clock time of the first log line containing ``message`` at or after ``after``."""
+    for line in log_text.splitlines():
+        if message in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if stamp >= after:
+                return stamp
+    raise AssertionError(f"{message!r} not in log")
+
+
+@pytest.fixture
+def own_zookeeper(tmp_path):
+    """A ZooKeeper of this test's own, free to be killed and restarted."""
+    server = LocalZooKeeper(tmp_path / "own-zk").start()
+    yield server
+    server.stop()
+
+
+def client_for(hosts, **kwargs):
+    client = KazooClient(hosts=hosts, timeout=10, **kwargs)
+    client.start(timeout=30)
+    return client
+
+
+def test_zookeeper_down_10s_while_programs_change(
+        own_zookeeper, write_config, supervisord, base_path, tmp_path):
+    config = write_config(
+        section(base_path, "a", 1, program="a") + section(base_path, "b", 2, program="b"),
+        hosts=own_zookeeper.hosts)
+    server = supervisord(sleeper("a") + sleeper("b", autostart=False) + sleeper("churn")
+                         + listener_section(config))
+    zk = client_for(own_zookeeper.hosts)
+    node_a, node_b = f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"
+    wait_until(lambda: node_exists(zk, node_a), 15, what="a registered")
+    zk.stop()
+    zk.close()
+
+    own_zookeeper.kill()
+    outage_started = time.monotonic()
+    server.ctl("stop", "a")
+    server.ctl("start", "b")
+    for _ in range(20):  # a burst of events for the listener while ZooKeeper is gone
+        server.ctl("restart", "churn")
+    assert server.info("zkwatcher")["statename"] == "RUNNING"
+    time.sleep(max(0.0, 10 - (time.monotonic() - outage_started)))
+
+    own_zookeeper.start()
+    back = time.monotonic()
+    zk = client_for(own_zookeeper.hosts)
+    try:
+        wait_until(lambda: node_exists(zk, node_b) and not node_exists(zk, node_a), 10,
+                   interval=0.01, what="nodes matching the programs")
+        recovered = time.monotonic() - back
+        reconnected = log_time((config.parent / "zkwatcher.log").read_text(),
+                               "connected to ZooKeeper", after=time.time() - recovered - 0.5)
+        after_reconnect = time.time() - reconnected
+        print(f"ZooKeeper serving again -> nodes right: {recovered:.2f}s "
+              f"({after_reconnect:.2f}s after the listener reconnected)")
+        assert after_reconnect < 1.0
+        assert recovered < 2.0  # reconnect (retry backoff <= 0.5 s) + 1 s
+        supervisor_log = server.log_text()
+        assert "overflow" not in supervisor_log
+        assert "BUSY" not in supervisor_log.replace("ACKNOWLEDGED -> BUSY", "")
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def test_session_expiry_restores_wanted_nodes_only(
+        zookeeper, zk, write_config, driver, base_path, tmp_path):
+    flag = tmp_path / "b-up"
+    flag.touch()
+    proxy = FaultProxy(zookeeper.port)
+    try:
+        config = write_config(section(base_path, "a", 1, cmd="true")
+                              + section(base_path, "b", 2, cmd=f"test -f {flag}"),
+                              hosts=proxy.hosts)
+        drv = driver(config)
+        node_a, node_b = f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"
+        deadline = time.monotonic() + 10
+        while not (node_exists(zk, node_a) and node_exists(zk, node_b)):
+            assert time.monotonic() < deadline
+            drv.tick()
+            time.sleep(0.1)
+        old_owner = zk.exists(node_a).ephemeralOwner
+
+        proxy.cut()  # longer than the 4 s session timeout: the server expires the session
+        wait_until(lambda: not node_exists(zk, node_a), 15, what="session expiry")
+        flag.unlink()  # b goes unhealthy while we are cut off
+        time.sleep(1.1)
+        drv.tick()
+        wait_until(lambda: "[b] unhealthy" in drv.stderr(), 5, what="b down")
+
+        restored = time.time()
+        proxy.restore()
+        wait_until(lambda: node_exists(zk, node_a), 5, interval=0.01, what="re-registration")
+        stat = zk.exists(node_a)
+        assert stat.ephemeralOwner != old_owner
+        connected = log_time(drv.stderr(), "connected to ZooKeeper", after=restored - 0.01)
+        delay = stat.ctime / 1000 - connected
+        print(f"new session -> node back: {delay * 1000:.0f} ms")
+        assert delay < 1.0
+        time.sleep(1.0)
+        assert not node_exists(zk, node_b)  # unwanted: not recreated
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def ensemble(tmp_path):
+    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
+    servers = []
+    for myid, (client, _, _) in enumerate(ports, start=1):
+        server = LocalZooKeeper(tmp_path / f"zk{myid}", port=client)
+        server.servers = [(i, p, e) for i, (_, p, e) in enumerate(ports, start=1)]
+        server.myid = myid
+        servers.append(server.start(wait=False))
+    for server in servers:
+        server.wait_ready(90)
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def mode(server) -> str:
+    from zkwatcher_supervisor.sandbox import four_letter_word
+
+    for line in four_letter_word(server.port, "srvr").splitlines():
+        if line.startswith("Mode:"):
+            return line.split()[1]
+    return "down"
+
+
+def test_leader_killed_in_a_3_node_ensemble_loses_no_registration(
+        ensemble, write_config, driver, base_path):
+    hosts = ",".join(server.hosts for server in ensemble)
+    config = write_config(section(base_path, "a", 1, cmd="true"), hosts=hosts)
+    leader = next(server for server in ensemble if mode(server) == "leader")
+    follower = next(server for server in ensemble if mode(server) == "follower")
+    observer = client_for(follower.hosts)
+    node = f"{base_path}/a/host1:1"
+    drv = driver(config)
+    wait_until(lambda: node_exists(observer, node), 10, what="registration")
+    owner = observer.exists(node).ephemeralOwner
+
+    deletions = []
+    observer.exists(node, watch=lambda event: deletions.append(event))
+    leader.kill()
+    killed = time.monotonic()
+    # A new leader is elected and the listener's session moves to a live member.
+    wait_until(lambda: any(mode(s) == "leader" for s in ensemble if s is not leader),
+               30, interval=0.2, what="new leader")
+    print(f"new leader after {time.monotonic() - killed:.1f}s")
+    wait_until(lambda: observer.connected and observer.exists(node), 15, what="observer back")
+    for _ in range(5):
+        drv.tick()
+        time.sleep(1)
+    stat = observer.exists(node)
+    assert stat is not None and stat.ephemeralOwner == owner  # same session, never dropped
+    assert [e for e in deletions if e.type == "DELETED"] == []
+    observer.stop()
+    observer.close()
+
+
+def test_node_deleted_by_hand_comes_back_within_1s(zk, write_config, driver, base_path):
+    drv = driver(write_config(section(base_path, "a", 1, cmd="true")))
+    node = f"{base_path}/a/host1:1"
+    wait_until(lambda: node_exists(zk, node), 10, what="registration")
+    delays = []
+    for _ in range(5):
+        zk.delete(node)
+        deleted = time.monotonic()
+        wait_until(lambda: node_exists(zk, node), 1.0, interval=0.005, what="recreated")
+        delays.append(time.monotonic() - deleted)
+    print(f"deleted by hand -> recreated: {sorted(d * 1000 for d in delays)} ms")
+    assert drv.process.poll() is None
+
+
+def test_stale_node_from_crashed_listener_is_replaced(
+        zookeeper, zk, write_config, supervisord, base_path):
+    config = write_config(section(base_path, "a", 1, cmd="true"))
+    server = supervisord(listener_section(config, extra="autorestart = true\n"))
+    node = f"{base_path}/a/host1:1"
+    wait_until(lambda: node_exists(zk, node), 10, what="registration")
+    old_pid = server.info("zkwatcher")["pid"]
+    old_owner = zk.exists(node).ephemeralOwner
+    children_seen = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            children_seen.append(len(zk.get_children(f"{base_path}/a")))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    killed = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)  # the old session lives on for its 4 s timeout
+    try:
+        def ours_again():
+            try:
+                data, stat = zk.get(node)
+            except Exception:
+                return False
+            return stat.ephemeralOwner != old_owner and json.loads(data)["pid"] != old_pid
+
+        wait_until(ours_again, 4 + 1, interval=0.01, what="node owned by the new listener")
+        took = time.monotonic() - killed
+    finally:
+        stop.set()
+        sampler.join()
+    print(f"listener SIGKILLed -> new listener owns the node: {took:.2f}s")
+    data, _ = zk.get(node)
+    assert json.loads(data)["pid"] == server.info("zkwatcher")["pid"]
+    assert max(children_seen) == 1  # never doubled
+
+
+def test_stale_node_we_may_not_delete_is_left_and_replaced_when_it_goes(
+        zookeeper, zk, write_config, driver, base_path):
+    # Another identity owns the parent (no DELETE for us) and an ephemeral node at our path.
+    other = client_for(zookeeper.hosts, auth_data=[("digest", "other:pw")])
+    parent = f"{base_path}/a"
+    other.create(parent, makepath=True, acl=[
+        make_digest_acl("other", "pw", all=True),
+        ACL(Permissions.READ | Permissions.CREATE, Id("world", "anyone")),
+    ])
+    node = f"{parent}/host1:1"
+    other.create(node, b"theirs", ephemeral=True)
+    try:
+        drv = driver(write_config(section(base_path, "a", 1, cmd="true")))
+        wait_until(lambda: "our credentials may not delete it" in drv.stderr(), 10,
+                   what="NoAuth logged")
+        assert zk.get(node)[0] == b"theirs"  # untouched
+        other.stop()  # their session ends, their node goes
+        gone = time.monotonic()
+        wait_until(lambda: node_exists(zk, node) and zk.get(node)[0] != b"theirs", 2,
+                   interval=0.005, what="our node")
+        print(f"their node gone -> ours: {(time.monotonic() - gone) * 1000:.0f} ms")
+        assert json.loads(zk.get(node)[0])["pid"] == drv.process.pid
+    finally:
+        other.close()
+
+
+def test_sighup_reload(zk, write_config, driver, base_path, tmp_path):
+    keep = section(base_path, "keep", 1, cmd="true", data="v=1")
+    change = section(base_path, "change", 2, cmd="true", data="v=1")
+    remove = section(base_path, "remove", 3, cmd="true")
+    config = write_config(keep + change + remove)
+    drv = driver(config)
+    nodes = {name: f"{base_path}/{name}/host1:{port}"
+             for name, port in [("keep", 1), ("change", 2), ("remove", 3), ("added", 4)]}
+    wait_until(lambda: all(node_exists(zk, nodes[n]) for n in ("keep", "change", "remove")),
+               10, what="registration")
+    before = {name: zk.get(path) for name, path in nodes.items() if name != "added"}
+
+    write_config(keep + section(base_path, "change", 2, cmd="true", data="v=2")
+                 + section(base_path, "added", 4, cmd="true"))
+    drv.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: node_exists(zk, nodes["added"]) and not node_exists(zk, nodes["remove"]),
+               5, what="reload applied")
+    wait_until(lambda: json.loads(zk.get(nodes["change"])[0])["v"] == "2", 5, what="update")
+
+    data, stat = zk.get(nodes["keep"])
+    assert (data, stat.czxid, stat.mzxid) == (before["keep"][0], before["keep"][1].czxid,
+                                              before["keep"][1].mzxid)
+    data, stat = zk.get(nodes["change"])
+    assert stat.czxid == before["change"][1].czxid  # updated in place, not recreated
+    assert stat.version == 1
+    old_payload = json.loads(before["change"][0])
+    assert json.loads(data) == {**old_payload, "v": "2"}  # same pid and created
+
+    # A broken config is rejected; everything stays as it was.
+    config.write_text(config.read_text().replace("service_port = 4", "service_port = x"))
+    drv.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload rejected" in drv.stderr(), 5, what="rejection logged")
+    assert "[added] service_port: expected an integer, got 'x'" in drv.stderr()
+    time.sleep(0.5)
+    drv.tick()
+    assert node_exists(zk, nodes["added"]) and node_exists(zk, nodes["keep"])
+    assert drv.process.poll() is None
