@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, Callable, TextIO
 
 from supervisor import childutils
 
@@ -50,8 +50,10 @@ class Registration:
 class Watcher:
     """Turns supervisord events and check results into the set of registered znodes."""
 
-    def __init__(self, config: Config, registry: Registry) -> None:
+    def __init__(self, config: Config, registry: Registry,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self._clock = clock
         self.registry = registry
         self.services = {service.name: service for service in config.services}
         self.health = Health(config.services)
@@ -77,7 +79,7 @@ class Watcher:
     def process_state(self, group: str, name: str, state: str, pid: int) -> None:
         """A process's state, from an event or from supervisord's XML-RPC snapshot."""
         with self._lock:
-            bound = self.health.process_state(group, name, state, pid, time.monotonic())
+            bound = self.health.process_state(group, name, state, pid, self._clock())
         if bound:
             if state == RUNNING and pid:
                 self.pids.watch(group, name, pid)
@@ -99,7 +101,7 @@ class Watcher:
 
     def _on_process_died(self, group: str, name: str, pid: int) -> None:
         with self._lock:
-            self.health.process_died(group, name, pid, time.monotonic())
+            self.health.process_died(group, name, pid, self._clock())
         log.info("%s:%s (pid %d) died", group, name, pid)
         self._update()
 
@@ -118,7 +120,7 @@ class Watcher:
     def _update(self) -> None:
         """Start due checks and publish the wanted node set."""
         with self._lock:
-            runs = self.health.due_checks(time.monotonic())
+            runs = self.health.due_checks(self._clock())
             up = self.health.up_sections()
             for name in sorted(set(self._registrations) - up):
                 registration = self._registrations.pop(name)
@@ -146,7 +148,7 @@ class Watcher:
         with self._lock:
             self.config = config
             self.services = {service.name: service for service in config.services}
-            self.health.reconfigure(config.services, time.monotonic())
+            self.health.reconfigure(config.services, self._clock())
             for name in set(self._registrations) - set(self.services):
                 log.info("[%s] removed from the config: deregistering %s",
                          name, self._registrations.pop(name).path)

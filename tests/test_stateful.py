@@ -1,0 +1,244 @@
+"""Any order of events ends with exactly the right nodes in a real ZooKeeper.
+
+A hypothesis state machine drives the listener's core (health + registry, the
+registry talking to a real ZooKeeper through a proxy it can cut) with random
+sequences of process states, check results (current and stale), ticks,
+connection losses, nodes deleted by hand and config reloads.  After every
+step the znodes in ZooKeeper must settle to what DESIGN.md's rules give,
+computed here from a model that knows nothing of the implementation.
+
+Checks are the one part not run for real: the test delivers their results
+itself, so it can choose them (the check runner has its own end-to-end tests).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import uuid
+
+from faultproxy import FaultProxy
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from kazoo.exceptions import NoNodeError
+
+from zkwatcher_supervisor.checks import CheckOutcome
+from zkwatcher_supervisor.config import load_config
+from zkwatcher_supervisor.listener import Watcher
+from zkwatcher_supervisor.registry import Registry
+from zkwatcher_supervisor.sandbox import wait_until
+
+STATES = ["STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"]
+PROCESSES = [("p", "p_00"), ("p", "p_01"), ("q", "q")]
+PROGRAMS = {"proc": "p", "both": "q"}  # section -> group it follows
+COMMANDS = {"both", "cmd", "extra"}  # sections with a check
+
+
+class RecordedChecks:
+    """Stands in for the check runner: keeps the runs the watcher asks for."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, runs):
+        self.submitted.extend(runs)
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
+def config_text(base, hosts, version, extra):
+    text = f"""
+        [zkwatcher]
+        hosts = {hosts}
+        session_timeout = 10
+
+        [proc]
+        program = p:*
+        service_port = 1
+        service_hostname = h
+        zookeeper_path = {base}/proc
+
+        [both]
+        program = q
+        cmd = check-both
+        refresh = 1
+        service_port = 2
+        service_hostname = h
+        zookeeper_path = {base}/both
+
+        [cmd]
+        cmd = check-cmd
+        refresh = 1
+        service_port = 3
+        service_hostname = h
+        zookeeper_path = {base}/cmd
+        zookeeper_data = v={version}
+        """
+    if extra:
+        text += f"""
+        [extra]
+        cmd = check-extra
+        refresh = 1
+        service_port = 4
+        service_hostname = h
+        zookeeper_path = {base}/extra
+        """
+    return textwrap.dedent(text)
+
+
+def make_machine(zookeeper, zk, tmp_path):
+    class ListenerMachine(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            self.base = f"/stateful-{uuid.uuid4().hex[:10]}"
+            self.proxy = FaultProxy(zookeeper.port)
+            self.now = 0.0
+            self.version, self.extra = 1, False
+            self.config_path = tmp_path / f"{uuid.uuid4().hex}.cfg"
+            config = self.load()
+            self.watcher = Watcher(config, Registry(config.zookeeper), clock=lambda: self.now)
+            self.checks = RecordedChecks()
+            self.watcher.checks = self.checks
+            self.watcher.start()
+            # The model.
+            self.states: dict[tuple[str, str], str] = {}
+            self.check_up: dict[str, bool] = {}
+            self.outstanding: dict[str, list] = {}  # section -> [[run, valid]]
+            self.collect_runs()
+
+        def load(self):
+            self.config_path.write_text(
+                config_text(self.base, self.proxy.hosts, self.version, self.extra))
+            return load_config(str(self.config_path))
+
+        def sections(self):
+            return ["proc", "both", "cmd"] + (["extra"] if self.extra else [])
+
+        def process_part(self, section):
+            group = PROGRAMS.get(section)
+            if group is None:
+                return True
+            matched = [s for (g, _), s in self.states.items() if g == group]
+            return bool(matched) and all(s == "RUNNING" for s in matched)
+
+        def expected(self):
+            return {
+                section for section in self.sections()
+                if self.process_part(section)
+                and (section not in COMMANDS or self.check_up.get(section) is True)
+            }
+
+        def reset_check(self, section):
+            self.check_up.pop(section, None)
+            for entry in self.outstanding.get(section, []):
+                entry[1] = False
+
+        def collect_runs(self):
+            for run in self.checks.submitted:
+                self.outstanding.setdefault(run.section, []).append([run, True])
+            self.checks.submitted.clear()
+
+        # Half the time RUNNING, so sections come up often enough to go down again.
+        @rule(process=st.sampled_from(PROCESSES),
+              state=st.one_of(st.just("RUNNING"), st.sampled_from(STATES)))
+        def process_state(self, process, state):
+            group, name = process
+            before = {s: self.process_part(s) for s in self.sections()}
+            self.states[process] = state
+            for section in self.sections():
+                if before[section] != self.process_part(section):
+                    self.reset_check(section)
+            self.watcher.handle_event({"eventname": f"PROCESS_STATE_{state}"},
+                                      f"processname:{name} groupname:{group} from_state:X")
+            self.collect_runs()
+
+        @precondition(lambda self: any(self.outstanding.values()))
+        @rule(data=st.data(), passed=st.booleans(), oldest=st.booleans())
+        def check_result(self, data, passed, oldest):
+            section = data.draw(st.sampled_from(
+                sorted(s for s, runs in self.outstanding.items() if runs)))
+            run, valid = self.outstanding[section].pop(0 if oldest else -1)
+            if valid and section in self.sections():
+                self.check_up[section] = passed
+            self.watcher._on_check_result(
+                run, CheckOutcome(passed, 0 if passed else 1, False, 0.01, ""))
+            self.collect_runs()
+
+        @rule()
+        def tick(self):
+            self.now += 1.0
+            self.watcher.handle_event({"eventname": "TICK_5"}, "when:0")
+            self.collect_runs()
+
+        @rule()
+        def connection_loss(self):
+            self.proxy.cut()
+            wait_until(lambda: not self.watcher.registry.connected, 5, what="disconnect")
+            self.proxy.restore()
+
+        @rule(data=st.data())
+        def delete_by_hand(self, data):
+            found = self.registered()
+            if found:
+                section = data.draw(st.sampled_from(sorted(found)))
+                zk.delete(found[section][0])
+
+        @rule(version=st.sampled_from([1, 2]), extra=st.booleans())
+        def reload(self, version, extra):
+            if extra != self.extra:
+                self.reset_check("extra")
+            self.version, self.extra = version, extra
+            self.watcher.reload(self.load())
+            self.collect_runs()
+
+        def registered(self):
+            found = {}
+            for section in ["proc", "both", "cmd", "extra"]:
+                path = f"{self.base}/{section}"
+                try:
+                    for child in zk.get_children(path):
+                        node = f"{path}/{child}"
+                        found[section] = (node, zk.get(node)[0])
+                except NoNodeError:
+                    pass
+            return found
+
+        @invariant()
+        def zookeeper_matches_the_rules(self):
+            expected = self.expected()
+
+            def settled():
+                found = self.registered()
+                if set(found) != expected:
+                    return False
+                return "cmd" not in found or json.loads(found["cmd"][1])["v"] == str(self.version)
+
+            try:
+                wait_until(settled, 5, interval=0.005, what="ZooKeeper matching the model")
+            except TimeoutError:
+                raise AssertionError(
+                    f"ZooKeeper has {sorted(self.registered())}, rules say {sorted(expected)}"
+                ) from None
+
+        def teardown(self):
+            self.watcher.stop()
+            self.proxy.close()
+
+    return ListenerMachine
+
+
+def test_nodes_follow_the_rules_under_any_event_order(zookeeper, zk, tmp_path):
+    machine = make_machine(zookeeper, zk, tmp_path)
+    run_state_machine_as_test(
+        machine, settings=settings(max_examples=60, stateful_step_count=30, deadline=None))
