@@ -142,21 +142,21 @@ class Health:
     def up_sections(self) -> set[str]:
         return {name for name, section in self.sections.items() if section.up}
 
-    def process_state(self, group: str, name: str, state: str, pid: int, now: float) -> bool:
+    def process_state(self, group: str, name: str, state: str, pid: int, now: float) -> list[str]:
         """A supervisord process changed state (from an event or a state snapshot).
 
-        Returns whether any section follows this process.
+        Returns the sections that follow this process.
         """
         self.processes[(group, name)] = ProcessInfo(state, pid if state == RUNNING else 0)
-        bound = False
-        for section in self.sections.values():
+        bound = []
+        for section_name, section in self.sections.items():
             program = section.service.program
             if program is not None and program.matches(group, name):
                 section.set_process((group, name), state, pid, now)
-                bound = True
+                bound.append(section_name)
         return bound
 
-    def process_died(self, group: str, name: str, pid: int, now: float) -> None:
+    def process_died(self, group: str, name: str, pid: int, now: float) -> list[str]:
         """The process we saw RUNNING with ``pid`` is gone, ahead of supervisord's event.
 
         Only the pid we recorded counts: a late notice about an older pid of a
@@ -165,10 +165,13 @@ class Health:
         known = self.processes.get((group, name))
         if known is not None and known.state == RUNNING and known.pid == pid:
             self.processes[(group, name)] = ProcessInfo("EXITED")
-        for section in self.sections.values():
+        affected = []
+        for section_name, section in self.sections.items():
             info = section.processes.get((group, name))
             if info is not None and info.state == RUNNING and info.pid == pid:
                 section.set_process((group, name), "EXITED", 0, now)
+                affected.append(section_name)
+        return affected
 
     def unmatched_programs(self) -> list[ServiceSettings]:
         return [

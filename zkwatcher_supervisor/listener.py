@@ -15,13 +15,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, TextIO
 
 from supervisor import childutils
 
 from .checks import CheckOutcome, CheckRunner
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, ServiceSettings, load_config
 from .health import RUNNING, CheckRun, Health
 from .payload import node_payload
 from .pidwatch import PidWatcher
@@ -42,6 +43,7 @@ class Shutdown(Exception):
 class Registration:
     """A node we want while its section is up."""
 
+    service: ServiceSettings  # the settings it was built from
     path: str
     created: float
     data: bytes
@@ -85,7 +87,7 @@ class Watcher:
                 self.pids.watch(group, name, pid)
             else:
                 self.pids.forget(group, name)
-        self._update()
+            self._update(bound)  # entering RUNNING may make a check due
 
     def handle_event(self, headers: dict[str, str], payload: str) -> None:
         """One supervisord event; quick and non-blocking."""
@@ -97,13 +99,14 @@ class Watcher:
                 event[len(PROCESS_STATE_PREFIX):], int(fields.get("pid", "0") or 0),
             )
         else:
-            self._update()  # TICK_* and anything else: just look for due checks
+            self._update(())  # TICK_* and anything else: just start due checks
 
     def _on_process_died(self, group: str, name: str, pid: int) -> None:
         with self._lock:
-            self.health.process_died(group, name, pid, self._clock())
-        log.info("%s:%s (pid %d) died", group, name, pid)
-        self._update()
+            bound = self.health.process_died(group, name, pid, self._clock())
+        if bound:
+            log.info("%s:%s (pid %d) died", group, name, pid)
+            self._update(bound, schedule=False)
 
     def _on_check_result(self, run: CheckRun, outcome: CheckOutcome) -> None:
         with self._lock:
@@ -115,29 +118,47 @@ class Watcher:
                 log.info("[%s] check passed", run.section)
             else:
                 log.warning("[%s] check failed: %s", run.section, outcome.describe())
-        self._update()
+        # The section's next run is due at a later tick: no need to look for due checks.
+        self._update((run.section,), schedule=False)
 
-    def _update(self) -> None:
-        """Start due checks and publish the wanted node set."""
+    def _update(self, sections: Iterable[str] | None = None, schedule: bool = True) -> None:
+        """Start due checks and bring the registrations of ``sections`` (all if None)
+        in line with their health; each call costs only the sections it names."""
         with self._lock:
-            runs = self.health.due_checks(self._clock())
-            up = self.health.up_sections()
-            for name in sorted(set(self._registrations) - up):
-                registration = self._registrations.pop(name)
-                log.info("[%s] unhealthy: deregistering %s", name, registration.path)
-            for name in sorted(up):
-                service = self.services[name]
-                current = self._registrations.get(name)
-                created = current.created if current else time.time()
-                data = node_payload(service, os.getpid(), created)
-                if current is None:
-                    log.info("[%s] healthy: registering %s", name, service.node_path)
-                elif (current.path, current.data) == (service.node_path, data):
-                    continue
-                self._registrations[name] = Registration(service.node_path, created, data)
-            wanted = {r.path: r.data for r in self._registrations.values()}
+            runs = self.health.due_checks(self._clock()) if schedule else []
+            names = set(self.services) | set(self._registrations) if sections is None \
+                else sections
+            changes: dict[str, bytes | None] = {}
+            for name in names:
+                changes.update(self._sync_registration(name))
         self.checks.submit(runs)
-        self.registry.set_wanted(wanted)
+        if changes:
+            self.registry.update(changes)
+
+    def _sync_registration(self, name: str) -> dict[str, bytes | None]:
+        """The node changes that make section ``name``'s registration match its health."""
+        current = self._registrations.get(name)
+        service = self.services.get(name)
+        section = self.health.sections.get(name)
+        if section is None or not section.up:
+            if current is None:
+                return {}
+            del self._registrations[name]
+            why = "removed from the config" if service is None else "unhealthy"
+            log.info("[%s] %s: deregistering %s", name, why, current.path)
+            return {current.path: None}
+        if current is not None and current.service is service:
+            return {}  # up before, up now, same settings: nothing to write
+        created = current.created if current else time.time()
+        registration = Registration(service, service.node_path, created,
+                                    node_payload(service, os.getpid(), created))
+        self._registrations[name] = registration
+        changes: dict[str, bytes | None] = {registration.path: registration.data}
+        if current is None:
+            log.info("[%s] healthy: registering %s", name, registration.path)
+        elif current.path != registration.path:
+            changes[current.path] = None
+        return changes
 
     def reload(self, config: Config) -> None:
         """Switch to a new config: unchanged sections keep their nodes untouched,
@@ -149,9 +170,6 @@ class Watcher:
             self.config = config
             self.services = {service.name: service for service in config.services}
             self.health.reconfigure(config.services, self._clock())
-            for name in set(self._registrations) - set(self.services):
-                log.info("[%s] removed from the config: deregistering %s",
-                         name, self._registrations.pop(name).path)
         log.info("reloaded %s: %d section(s)", config.filename, len(config.services))
         if self.rpc is not None:
             self.load_process_states(self.rpc)  # also refreshes the pids we watch

@@ -1,8 +1,8 @@
 """Keep ZooKeeper's ephemeral znodes equal to the set we want registered.
 
-The only module that talks to ZooKeeper.  Callers state the whole wanted set
-with :meth:`Registry.set_wanted` — a dict update and a wake-up, never a network
-call — and a worker thread makes ZooKeeper match it:
+The only module that talks to ZooKeeper.  Callers change the wanted set with
+:meth:`Registry.update` — a dict update and a wake-up, never a network call —
+and a worker thread makes ZooKeeper match it:
 
 * after every (re)connect it re-examines every node it wants or owns, because
   a lost session takes our ephemeral nodes with it and old watches may be gone;
@@ -92,18 +92,18 @@ class Registry:
         self._client.start_async()
         self._thread.start()
 
-    def set_wanted(self, nodes: dict[str, bytes]) -> None:
-        """Make ``nodes`` (path -> data) the complete set we want registered. Never blocks."""
+    def update(self, changes: dict[str, bytes | None]) -> None:
+        """Want each path with its data, or (data None) no longer want it. Never blocks."""
         with self._lock:
-            changed = {
-                path
-                for path in set(nodes) | set(self._wanted)
-                if nodes.get(path) != self._wanted.get(path)
-            }
-            self._wanted = dict(nodes)
-            self._dirty |= changed
-        if changed:
-            self._wake.set()
+            for path, data in changes.items():
+                if self._wanted.get(path) == data:
+                    continue
+                if data is None:
+                    del self._wanted[path]
+                else:
+                    self._wanted[path] = data
+                self._dirty.add(path)
+        self._wake.set()
 
     @property
     def connected(self) -> bool:
