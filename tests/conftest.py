@@ -46,9 +46,11 @@ def base_path():
 def write_config(tmp_path, zookeeper):
     """Write a listener config pointing at the test ZooKeeper; returns its path."""
 
-    def write(body: str, name: str = "zkwatcher.cfg", hosts: str | None = None) -> Path:
+    def write(body: str, name: str = "zkwatcher.cfg", hosts: str | None = None,
+              session_timeout: float = 4) -> Path:
         path = tmp_path / name
-        header = f"[zkwatcher]\nhosts = {hosts or zookeeper.hosts}\nsession_timeout = 4\n\n"
+        header = (f"[zkwatcher]\nhosts = {hosts or zookeeper.hosts}\n"
+                  f"session_timeout = {session_timeout}\n\n")
         path.write_text(header + textwrap.dedent(body))
         return path
 

@@ -187,7 +187,10 @@ def mode(server) -> str:
 def test_leader_killed_in_a_3_node_ensemble_loses_no_registration(
         ensemble, write_config, driver, base_path):
     hosts = ",".join(server.hosts for server in ensemble)
-    config = write_config(section(base_path, "a", 1, cmd="true"), hosts=hosts)
+    # The DESIGN default session timeout: an election on a loaded 2-core machine
+    # must not look like a dead listener.
+    config = write_config(section(base_path, "a", 1, cmd="true"), hosts=hosts,
+                          session_timeout=10)
     leader = next(server for server in ensemble if mode(server) == "leader")
     follower = next(server for server in ensemble if mode(server) == "follower")
     observer = client_for(follower.hosts)
