@@ -16,11 +16,10 @@ from datetime import datetime
 
 import pytest
 from conftest import busy_periods, listener_section, node_exists
-from faultproxy import FaultProxy
 from kazoo.client import KazooClient
 from kazoo.security import ACL, Id, Permissions, make_digest_acl
 
-from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+from zkwatcher_supervisor.sandbox import FaultProxy, LocalZooKeeper, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

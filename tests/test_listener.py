@@ -18,12 +18,11 @@ import time
 
 import pytest
 from conftest import node_exists
-from faultproxy import FaultProxy
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
 
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
 
 pytestmark = pytest.mark.e2e
 

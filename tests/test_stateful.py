@@ -17,7 +17,6 @@ import json
 import textwrap
 import uuid
 
-from faultproxy import FaultProxy
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -33,7 +32,7 @@ from zkwatcher_supervisor.checks import CheckOutcome
 from zkwatcher_supervisor.config import load_config
 from zkwatcher_supervisor.listener import Watcher
 from zkwatcher_supervisor.registry import Registry
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
 
 STATES = ["STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"]
 PROCESSES = [("p", "p_00"), ("p", "p_01"), ("q", "q")]

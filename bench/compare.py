@@ -1,0 +1,364 @@
+"""zkwatcher-supervisor beside Nextdoor's zk_watcher 0.4.0, in one run, on one ZooKeeper.
+
+    python bench/compare.py detection [-n 30]     check starts failing -> znode deleted
+    python bench/compare.py kill [-n 30]          program SIGKILLed -> znode deleted
+    python bench/compare.py scale [--sizes 10,100,1000] [--window 60]
+    python bench/compare.py recovery [--sections 1000]
+    python bench/compare.py soak [--sections 1000] [--minutes 10]
+
+zk_watcher is installed from PyPI (zk-watcher==0.4.0) into its own virtualenv
+under ~/.cache/zkwatcher-bench on first use.  Both tools read the same
+config.cfg format (each its own copy, with its own zookeeper_path prefix, so a
+separate kazoo client can tell their nodes apart); ours runs under a real
+supervisord with TICK_5, zk_watcher as the standalone daemon it is.  Figures
+are medians over repeated measurements, with the ratio zk_watcher / ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import percentile
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
+from zkwatcher_supervisor.sandbox import (
+    FaultProxy,
+    LocalSupervisord,
+    LocalZooKeeper,
+    four_letter_word,
+    wait_until,
+)
+
+PEER_VENV = Path.home() / ".cache" / "zkwatcher-bench" / "zk_watcher-0.4.0"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def peer_command() -> Path:
+    """zk_watcher's entry point, installing it into its own virtualenv if needed."""
+    binary = PEER_VENV / "bin" / "zk_watcher"
+    if not binary.exists():
+        print(f"installing zk-watcher==0.4.0 into {PEER_VENV} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(PEER_VENV / "bin" / "pip"), "install", "-q", "zk-watcher==0.4.0"],
+                       check=True)
+    return binary
+
+
+def sections(count: int, prefix: str, cmd: str, refresh: int = 5, extra: str = "") -> str:
+    """``count`` zk_watcher-style sections; both tools read this text unchanged."""
+    return "".join(
+        f"[svc{i}]\ncmd: {cmd}\nrefresh: {refresh}\nservice_port: {10000 + i}\n"
+        f"service_hostname: bench\nzookeeper_path: {prefix}/svc\nzookeeper_data: n={i}\n"
+        f"{extra}\n"
+        for i in range(count)
+    )
+
+
+class ProcessStats:
+    """CPU (including reaped children, so check forks count), RSS and threads from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        return (utime + stime + cutime + cstime) / CLOCK_TICKS
+
+    def rss_mb(self) -> float:
+        return int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * PAGE / 2**20
+
+    def threads(self) -> int:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))
+
+
+class Bench:
+    """A ZooKeeper, a supervisord for our listener, and zk_watcher, all local."""
+
+    def __init__(self, session_timeout: int = 10) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="zkwatcher-compare-"))
+        self.zookeeper = LocalZooKeeper(self.work / "zk").start()
+        self.session_timeout = session_timeout
+        self.zk = KazooClient(hosts=self.zookeeper.hosts, timeout=30)
+        self.zk.start()
+        self.supervisord: LocalSupervisord | None = None
+        self.peer: subprocess.Popen | None = None
+
+    def start_ours(self, config_text: str, hosts: str | None = None,
+                   programs: str = "") -> ProcessStats:
+        config = self.work / "ours.cfg"
+        config.write_text(config_text)
+        self.supervisord = LocalSupervisord(self.work / "supervisor", f"""
+{programs}
+[eventlistener:zkwatcher]
+command = {sys.executable} -m zkwatcher_supervisor -c {config} -s {hosts or self.zookeeper.hosts}
+events = PROCESS_STATE,TICK_5
+buffer_size = 1024
+startsecs = 0
+stderr_logfile = {self.work}/ours.log
+""").start()
+        wait_until(lambda: self.supervisord.info("zkwatcher")["statename"] == "RUNNING", 10)
+        return ProcessStats(self.supervisord.info("zkwatcher")["pid"])
+
+    def start_peer(self, config_text: str, hosts: str | None = None) -> ProcessStats:
+        config = self.work / "peer.cfg"
+        config.write_text(config_text)
+        with open(self.work / "peer.log", "ab") as log:
+            self.peer = subprocess.Popen(
+                [str(peer_command()), "-c", str(config), "-s", hosts or self.zookeeper.hosts],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return ProcessStats(self.peer.pid)
+
+    def stop_ours(self) -> None:
+        if self.supervisord is not None:
+            self.supervisord.stop()
+            self.supervisord = None
+
+    def stop_peer(self) -> None:
+        if self.peer is not None and self.peer.poll() is None:
+            self.peer.terminate()
+            try:
+                self.peer.wait(30)
+            except subprocess.TimeoutExpired:
+                self.peer.kill()
+                self.peer.wait()
+        self.peer = None
+
+    def registered(self, prefix: str) -> int:
+        """How many of one tool's nodes exist (all sections share one parent)."""
+        try:
+            return len(self.zk.get_children(f"{prefix}/svc"))
+        except NoNodeError:
+            return 0
+
+    def zxid(self) -> int:
+        text = four_letter_word(self.zookeeper.port, "srvr")
+        return int(re.search(r"Zxid: (0x[0-9a-f]+)", text).group(1), 16)
+
+    def close(self) -> None:
+        self.stop_ours()
+        self.stop_peer()
+        self.zk.stop()
+        self.zk.close()
+        self.zookeeper.stop()
+
+
+def deletion_watch(zk: KazooClient, path: str) -> tuple[threading.Event, list[float]]:
+    fired, stamp = threading.Event(), []
+
+    def watch(event):
+        stamp.append(time.monotonic())
+        fired.set()
+
+    if zk.exists(path, watch=watch) is None:
+        raise RuntimeError(f"{path} is not registered")
+    return fired, stamp
+
+
+def row(label: str, ours: list[float], peer: list[float], unit: str = "ms",
+        scale: float = 1000.0) -> str:
+    o, p = statistics.median(ours) * scale, statistics.median(peer) * scale
+    ratio = f"{p / o:8.1f}x" if o else "       -"
+    return (f"{label:<34} {o:10.1f} {unit:<3} {p:10.1f} {unit:<3} {ratio}"
+            f"   (p99 {percentile(ours, 0.99) * scale:.1f} / {percentile(peer, 0.99) * scale:.1f})")
+
+
+HEADER = f"{'':<34} {'ours':>14} {'zk_watcher':>14} {'ratio':>9}"
+
+
+def detection(args) -> None:
+    """A check starts failing: both tools watch the same flag file with refresh 5."""
+    bench = Bench()
+    flag = bench.work / "flag"
+    flag.touch()
+    try:
+        bench.start_ours(sections(1, "/ours", f"test -f {flag}"))
+        bench.start_peer(sections(1, "/peer", f"test -f {flag}"))
+        ours, peer = [], []
+        for _ in range(args.n):
+            wait_until(lambda: bench.registered("/ours") and bench.registered("/peer"), 20)
+            time.sleep(random.uniform(0, 5))  # a random phase against ticks and polls
+            ours_gone, ours_at = deletion_watch(bench.zk, "/ours/svc/bench:10000")
+            peer_gone, peer_at = deletion_watch(bench.zk, "/peer/svc/bench:10000")
+            flag.unlink()
+            failed = time.monotonic()
+            if not (ours_gone.wait(20) and peer_gone.wait(20)):
+                raise TimeoutError("a node was not deleted")
+            ours.append(ours_at[0] - failed)
+            peer.append(peer_at[0] - failed)
+            flag.touch()
+    finally:
+        bench.close()
+    print(f"check starts failing -> znode deleted, refresh 5 s, n={len(ours)}")
+    print(HEADER)
+    print(row("delay (median)", ours, peer))
+
+
+def kill(args) -> None:
+    """A program is SIGKILLed: ours follows it; zk_watcher checks supervisorctl status."""
+    bench = Bench()
+    try:
+        programs = "[program:web]\ncommand = sleep 100000\nstartsecs = 0\nautorestart = true\n"
+        our_config = sections(1, "/ours", "true").replace("cmd: true\n", "program: web\n")
+        bench.start_ours(our_config, programs=programs)
+        status = (f"{sys.executable} -m supervisor.supervisorctl "
+                  f"-c {bench.supervisord.config} status web")
+        bench.start_peer(sections(1, "/peer", status))
+        ours, peer = [], []
+        for _ in range(args.n):
+            wait_until(lambda: bench.registered("/ours") and bench.registered("/peer"), 30)
+            time.sleep(random.uniform(0, 5))
+            pid = bench.supervisord.info("web")["pid"]
+            ours_gone, ours_at = deletion_watch(bench.zk, "/ours/svc/bench:10000")
+            peer_gone, peer_at = deletion_watch(bench.zk, "/peer/svc/bench:10000")
+            killed = time.monotonic()
+            os.kill(pid, 9)
+            if not ours_gone.wait(20):
+                raise TimeoutError("our node was not deleted")
+            ours.append(ours_at[0] - killed)
+            # zk_watcher only notices if its poll lands while web is down (about
+            # 1 s before supervisord restarts it); count a miss as never.
+            if peer_gone.wait(8):
+                peer.append(peer_at[0] - killed)
+    finally:
+        bench.close()
+    print(f"program SIGKILLed (supervisord restarts it) -> znode deleted, n={len(ours)}")
+    print(HEADER)
+    if peer:
+        print(row("delay (median)", ours, peer))
+    print(f"kills noticed: ours {len(ours)}/{len(ours)}, zk_watcher {len(peer)}/{len(ours)}")
+
+
+def scale(args) -> None:
+    """S sections, every check `true`, refresh 5: time to register, then a steady window."""
+    print(f"S sections, cmd = true, refresh 5 s; steady window {args.window} s")
+    print(f"{'S':>6} {'tool':<11} {'all up':>8} {'CPU %':>7} {'RSS MB':>7} {'threads':>8} "
+          f"{'ZK writes/min':>14}")
+    for count in [int(s) for s in args.sizes.split(",")]:
+        for tool in ("ours", "zk_watcher"):
+            bench = Bench()
+            try:
+                prefix = f"/{tool}"
+                text = sections(count, prefix, "true")
+                started = time.monotonic()
+                stats = bench.start_ours(text) if tool == "ours" else bench.start_peer(text)
+                wait_until(lambda b=bench, p=prefix, c=count: b.registered(p) == c, 300,
+                           interval=0.01)
+                all_up = time.monotonic() - started
+                time.sleep(6)  # let start-up writes settle before the window opens
+                cpu0, zxid0 = stats.cpu_seconds(), bench.zxid()
+                time.sleep(args.window)
+                cpu = (stats.cpu_seconds() - cpu0) / args.window * 100
+                writes = (bench.zxid() - zxid0) * 60 / args.window
+                print(f"{count:>6} {tool:<11} {all_up:>7.2f}s {cpu:>7.1f} {stats.rss_mb():>7.1f} "
+                      f"{stats.threads():>8} {writes:>14.0f}", flush=True)
+            finally:
+                bench.close()
+
+
+def recovery(args) -> None:
+    """Sessions expire with S registered: time until all S are back, for both tools."""
+    bench = Bench()
+    count = args.sections
+    ours_proxy, peer_proxy = FaultProxy(bench.zookeeper.port), FaultProxy(bench.zookeeper.port)
+    try:
+        bench.start_ours(sections(count, "/ours", "true"), hosts=ours_proxy.hosts)
+        bench.start_peer(sections(count, "/peer", "true"), hosts=peer_proxy.hosts)
+        results = {"ours": [], "zk_watcher": []}
+        for _ in range(args.n):
+            wait_until(lambda: bench.registered("/ours") == count
+                       and bench.registered("/peer") == count, 300, interval=0.1)
+            ours_proxy.cut()
+            peer_proxy.cut()
+            # Both sessions time out server-side (10 s negotiated) and their nodes go.
+            wait_until(lambda: bench.registered("/ours") == 0
+                       and bench.registered("/peer") == 0, 60, interval=0.1)
+            ours_proxy.restore()
+            peer_proxy.restore()
+            restored = time.monotonic()
+            done: dict[str, float] = {}
+            while len(done) < 2 and time.monotonic() - restored < 120:
+                for tool, prefix in (("ours", "/ours"), ("zk_watcher", "/peer")):
+                    if tool not in done and bench.registered(prefix) == count:
+                        done[tool] = time.monotonic() - restored
+                time.sleep(0.01)
+            for tool in results:
+                results[tool].append(done.get(tool, float("inf")))
+    finally:
+        bench.close()
+        ours_proxy.close()
+        peer_proxy.close()
+    print(f"session expiry with S={count} registered -> all back after the link returns, "
+          f"n={args.n}")
+    print(HEADER)
+    print(row("time (median)", results["ours"], results["zk_watcher"], unit="s", scale=1.0))
+
+
+def soak(args) -> None:
+    """S sections for a long time: RSS and CPU at start and end, both tools side by side."""
+    bench = Bench()
+    count = args.sections
+    try:
+        tools = {
+            "ours": bench.start_ours(sections(count, "/ours", "true")),
+            "zk_watcher": bench.start_peer(sections(count, "/peer", "true")),
+        }
+        wait_until(lambda: bench.registered("/ours") == count
+                   and bench.registered("/peer") == count, 300, interval=0.1)
+        time.sleep(10)
+        start = {t: (s.rss_mb(), s.cpu_seconds(), s.threads()) for t, s in tools.items()}
+        minute_cpu = {t: [] for t in tools}
+        for _ in range(args.minutes):
+            before = {t: s.cpu_seconds() for t, s in tools.items()}
+            time.sleep(60)
+            for t, s in tools.items():
+                minute_cpu[t].append((s.cpu_seconds() - before[t]) / 60 * 100)
+        print(f"soak: S={count}, {args.minutes} min, both running side by side")
+        print(f"{'tool':<11} {'RSS start':>10} {'RSS end':>9} {'threads':>12} "
+              f"{'CPU % 1st min':>14} {'CPU % last min':>15}")
+        for t, s in tools.items():
+            rss0, _, threads0 = start[t]
+            print(f"{t:<11} {rss0:>9.1f}M {s.rss_mb():>8.1f}M {threads0:>5} -> {s.threads():<4} "
+                  f"{minute_cpu[t][0]:>14.1f} {minute_cpu[t][-1]:>15.1f}")
+    finally:
+        bench.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("detection", "kill"):
+        sub = commands.add_parser(name)
+        sub.add_argument("-n", type=int, default=30)
+    sub = commands.add_parser("scale")
+    sub.add_argument("--sizes", default="10,100,1000")
+    sub.add_argument("--window", type=int, default=60, help="steady-state seconds")
+    sub = commands.add_parser("recovery")
+    sub.add_argument("--sections", type=int, default=1000)
+    sub.add_argument("-n", type=int, default=3)
+    sub = commands.add_parser("soak")
+    sub.add_argument("--sections", type=int, default=1000)
+    sub.add_argument("--minutes", type=int, default=10)
+    args = parser.parse_args()
+    peer_command()
+    {"detection": detection, "kill": kill, "scale": scale, "recovery": recovery,
+     "soak": soak}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
