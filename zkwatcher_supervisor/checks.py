@@ -2,10 +2,11 @@
 
 One thread multiplexes every running check with a selector: the check's
 combined stdout/stderr pipe (kept as a short tail for the log), a pidfd that
-becomes readable when it exits, and its deadline.  Each check gets its own
-process group, stdin from /dev/null and never our stdout — that is the
-supervisord protocol channel.  At the deadline, and again when the check
-exits, the whole group is killed so no stray child lingers.
+becomes readable when it exits, and its deadline.  Each check is started with
+``posix_spawn`` (a vfork: the cheapest way to start a process) in a session
+and process group of its own, with stdin from /dev/null and never our stdout —
+that is the supervisord protocol channel.  At the deadline, and again when
+the check exits, the whole group is killed so no stray child lingers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import selectors
 import shlex
 import signal
-import subprocess
 import threading
 import time
 from collections import deque
@@ -27,9 +27,13 @@ from .health import CheckRun
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 2048
+# Start at most this many checks before looking at results again, so with a
+# thousand due at once results flow while the rest are still being started.
+SPAWN_BATCH = 32
 # Without pidfd (Linux < 5.3) exits are noticed by polling at this interval.
 _POLL_INTERVAL = 0.05
-# Words that mean the command needs a shell; plain commands are exec'd directly.
+_HAVE_PIDFD = hasattr(os, "pidfd_open")
+# Characters that mean the command needs a shell; plain commands are exec'd directly.
 _SHELL_SYNTAX = frozenset("|&;<>()$`\\\"'*?[#~=\n")
 
 
@@ -64,10 +68,26 @@ class CheckOutcome:
 ResultCallback = Callable[[CheckRun, CheckOutcome], None]
 
 
+def _close_inherited_fds_on_exec() -> None:
+    """Mark every fd above 2 close-on-exec, so checks inherit only stdin/stdout/stderr.
+
+    Python opens its own fds close-on-exec already; this catches the ones we
+    were handed at start (posix_spawn, unlike Popen, does not close them).
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the fd listdir itself used, already closed
+
+
 class _Running:
-    def __init__(self, run: CheckRun, process: subprocess.Popen, pidfd: int | None) -> None:
+    def __init__(self, run: CheckRun, pid: int, output_fd: int, pidfd: int | None) -> None:
         self.run = run
-        self.process = process
+        self.pid = pid
+        self.output_fd: int | None = output_fd
         self.pidfd = pidfd
         self.started = time.monotonic()
         self.deadline = self.started + run.timeout
@@ -92,10 +112,12 @@ class CheckRunner:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="checks", daemon=True)
 
     def start(self) -> None:
+        _close_inherited_fds_on_exec()
         self._thread.start()
 
     def submit(self, runs: list[CheckRun]) -> None:
@@ -109,10 +131,6 @@ class CheckRunner:
         self._stopping = True
         self._wake()
         self._thread.join(timeout)
-
-    @property
-    def running_count(self) -> int:
-        return len(self._running)
 
     def _wake(self) -> None:
         try:
@@ -133,19 +151,19 @@ class CheckRunner:
                         self._finish(running)
             self._start_pending()
             self._enforce_deadlines()
-            if not hasattr(os, "pidfd_open"):
+            if not _HAVE_PIDFD:
                 self._poll_exits()
         # Shutting down: kill what still runs; nobody wants those results.
         for running in list(self._running.values()):
             self._kill_group(running)
-            running.process.wait()
+            os.waitpid(running.pid, 0)
 
     def _select_timeout(self) -> float | None:
         if self._pending:
             return 0
         deadlines = [r.deadline for r in self._running.values() if not r.timed_out]
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-        if self._running and not hasattr(os, "pidfd_open"):
+        if self._running and not _HAVE_PIDFD:
             timeout = _POLL_INTERVAL if timeout is None else min(timeout, _POLL_INTERVAL)
         return timeout
 
@@ -157,44 +175,53 @@ class CheckRunner:
             pass
 
     def _start_pending(self) -> None:
-        while self._pending:
-            run = self._pending.popleft()
-            try:
-                process = subprocess.Popen(
-                    command_argv(run.command),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except (OSError, ValueError) as exc:
-                self._report(run, CheckOutcome(False, None, False, 0.0, str(exc)))
-                continue
-            pidfd = os.pidfd_open(process.pid) if hasattr(os, "pidfd_open") else None
-            running = _Running(run, process, pidfd)
-            self._running[process.pid] = running
-            os.set_blocking(process.stdout.fileno(), False)
-            self._selector.register(process.stdout, selectors.EVENT_READ, ("out", running))
-            if pidfd is not None:
-                self._selector.register(pidfd, selectors.EVENT_READ, ("exit", running))
+        for _ in range(min(SPAWN_BATCH, len(self._pending))):
+            self._spawn(self._pending.popleft())
+
+    def _spawn(self, run: CheckRun) -> None:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        argv = command_argv(run.command)
+        try:
+            # Only fds 0-2 are passed on: everything else we hold is close-on-exec.
+            pid = os.posix_spawnp(argv[0], argv, os.environ, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                (os.POSIX_SPAWN_DUP2, write_fd, 1),
+                (os.POSIX_SPAWN_DUP2, write_fd, 2),
+            ])
+        except (OSError, ValueError, IndexError) as exc:
+            os.close(read_fd)
+            self._report(run, CheckOutcome(False, None, False, 0.0, str(exc)))
+            return
+        finally:
+            os.close(write_fd)
+        pidfd = os.pidfd_open(pid) if _HAVE_PIDFD else None
+        running = _Running(run, pid, read_fd, pidfd)
+        self._running[pid] = running
+        os.set_blocking(read_fd, False)
+        self._selector.register(read_fd, selectors.EVENT_READ, ("out", running))
+        if pidfd is not None:
+            self._selector.register(pidfd, selectors.EVENT_READ, ("exit", running))
 
     def _read_output(self, running: _Running) -> None:
         try:
-            chunk = os.read(running.process.stdout.fileno(), 65536)
+            chunk = os.read(running.output_fd, 65536)
         except BlockingIOError:
             return
         if chunk:
             running.add_output(chunk)
         else:
-            self._selector.unregister(running.process.stdout)
-            running.process.stdout.close()
+            self._close_output(running)
+
+    def _close_output(self, running: _Running) -> None:
+        self._selector.unregister(running.output_fd)
+        os.close(running.output_fd)
+        running.output_fd = None
 
     def _kill_group(self, running: _Running) -> None:
         # The leader is not reaped yet (we reap in _finish), so its pid is
         # still our process group id and cannot have been reused.
         try:
-            os.killpg(running.process.pid, signal.SIGKILL)
+            os.killpg(running.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
@@ -207,25 +234,25 @@ class CheckRunner:
 
     def _poll_exits(self) -> None:
         for running in list(self._running.values()):
-            if running.process.poll() is not None:
+            if os.waitid(os.P_PID, running.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
                 self._finish(running)
 
     def _finish(self, running: _Running) -> None:
-        if running.process.pid not in self._running:
+        if running.pid not in self._running:
             return
         self._kill_group(running)  # whatever the check left behind
-        returncode = running.process.wait()
-        del self._running[running.process.pid]
+        _, status = os.waitpid(running.pid, 0)
+        returncode = os.waitstatus_to_exitcode(status)
+        del self._running[running.pid]
         if running.pidfd is not None:
             self._selector.unregister(running.pidfd)
             os.close(running.pidfd)
-        if not running.process.stdout.closed:
+        if running.output_fd is not None:
             try:
-                running.add_output(os.read(running.process.stdout.fileno(), 65536))
+                running.add_output(os.read(running.output_fd, 65536))
             except BlockingIOError:
                 pass
-            self._selector.unregister(running.process.stdout)
-            running.process.stdout.close()
+            self._close_output(running)
         duration = time.monotonic() - running.started
         passed = returncode == 0 and not running.timed_out
         output = running.output.decode("utf-8", "replace")
