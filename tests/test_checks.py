@@ -72,3 +72,57 @@ def test_stdin_is_empty_and_nothing_inherits_our_fds(runner, tmp_path):
     assert runner(f"test -z \"$(cat)\" && ls /proc/self/fd > {probe}").passed
     # 0, 1, 2 and the fd ls opened to list the directory; none of ours.
     assert len(probe.read_text().split()) == 4
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on 127.0.0.1 answering /ok 200, /teapot 418, /slow never."""
+    import http.server
+    import socketserver
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/slow":
+                time.sleep(3)
+            self.send_response({"/ok": 200, "/teapot": 418}.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_tcp_check_connects_without_a_fork(runner, http_server):
+    from zkwatcher_supervisor.sandbox import free_port
+
+    assert runner(f"tcp://127.0.0.1:{http_server}").passed
+    closed = runner(f"tcp://127.0.0.1:{free_port()}")
+    assert not closed.passed
+    assert closed.describe() == "failed: connect: Connection refused"
+
+
+def test_http_check_wants_2xx_or_the_expected_status(http_server):
+    results: queue.Queue = queue.Queue()
+    checks = CheckRunner(lambda run, outcome: results.put(outcome))
+    checks.start()
+    base = f"http://127.0.0.1:{http_server}"
+    try:
+        for path, expect, passed in [("/ok", None, True), ("/teapot", None, False),
+                                     ("/teapot", 418, True), ("/missing", None, False)]:
+            checks.submit([CheckRun("s", base + path, 2.0, 1, expect)])
+            outcome = results.get(timeout=5)
+            assert outcome.passed is passed, (path, expect, outcome)
+        started = time.monotonic()
+        checks.submit([CheckRun("s", base + "/slow", 0.5, 1)])
+        outcome = results.get(timeout=5)
+        assert outcome.timed_out and not outcome.passed
+        assert time.monotonic() - started < 1.5
+    finally:
+        checks.stop()

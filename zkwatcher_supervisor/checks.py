@@ -1,4 +1,4 @@
-"""Run check commands without ever blocking the caller.
+"""Run checks without ever blocking the caller.
 
 One thread multiplexes every running check with a selector: the check's
 combined stdout/stderr pipe (kept as a short tail for the log), a pidfd that
@@ -7,21 +7,28 @@ becomes readable when it exits, and its deadline.  Each check is started with
 and process group of its own, with stdin from /dev/null and never our stdout —
 that is the supervisord protocol channel.  At the deadline, and again when
 the check exits, the whole group is killed so no stray child lingers.
+
+``tcp://host:port`` and ``http://host:port/path`` checks need no process: a
+non-blocking socket in the same selector connects (and for http sends a GET
+and reads the status line).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
 import shlex
 import signal
+import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from .config import BuiltinCheck
 from .health import CheckRun
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,7 @@ class CheckOutcome:
         if self.timed_out:
             reason = f"timed out after {self.duration:.1f}s"
         elif self.returncode is None:
-            reason = "could not start"
+            reason = "failed"
         elif self.returncode < 0:
             reason = f"killed by signal {-self.returncode}"
         else:
@@ -99,6 +106,20 @@ class _Running:
         del self.output[:-OUTPUT_TAIL_BYTES]
 
 
+class _Probe:
+    """A tcp:// or http:// check in flight."""
+
+    def __init__(self, run: CheckRun, check: BuiltinCheck, sock: socket.socket) -> None:
+        self.run = run
+        self.check = check
+        self.sock = sock
+        self.started = time.monotonic()
+        self.deadline = self.started + run.timeout
+        self.response = bytearray()
+        self.sent = False  # http: the request is out, now reading the answer
+        self.timed_out = False
+
+
 class CheckRunner:
     """Starts checks handed to :meth:`submit` and reports each outcome to ``on_result``.
 
@@ -109,6 +130,7 @@ class CheckRunner:
         self._on_result = on_result
         self._pending: deque[CheckRun] = deque()
         self._running: dict[int, _Running] = {}  # by pid
+        self._probes: set[_Probe] = set()
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -147,13 +169,17 @@ class CheckRunner:
                     kind, running = key.data
                     if kind == "out":
                         self._read_output(running)
-                    else:
+                    elif kind == "exit":
                         self._finish(running)
+                    else:
+                        self._probe_ready(running)
             self._start_pending()
             self._enforce_deadlines()
             if not _HAVE_PIDFD:
                 self._poll_exits()
         # Shutting down: kill what still runs; nobody wants those results.
+        for probe in self._probes:
+            probe.sock.close()
         for running in list(self._running.values()):
             self._kill_group(running)
             os.waitpid(running.pid, 0)
@@ -162,6 +188,7 @@ class CheckRunner:
         if self._pending:
             return 0
         deadlines = [r.deadline for r in self._running.values() if not r.timed_out]
+        deadlines += [p.deadline for p in self._probes]
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         if self._running and not _HAVE_PIDFD:
             timeout = _POLL_INTERVAL if timeout is None else min(timeout, _POLL_INTERVAL)
@@ -179,6 +206,14 @@ class CheckRunner:
             self._spawn(self._pending.popleft())
 
     def _spawn(self, run: CheckRun) -> None:
+        try:
+            builtin = BuiltinCheck.parse(run.command)
+        except ValueError as exc:
+            self._report(run, CheckOutcome(False, None, False, 0.0, str(exc)))
+            return
+        if builtin is not None:
+            self._start_probe(run, builtin)
+            return
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         argv = command_argv(run.command)
         try:
@@ -225,8 +260,77 @@ class CheckRunner:
         except ProcessLookupError:
             pass
 
+    def _start_probe(self, run: CheckRun, check: BuiltinCheck) -> None:
+        try:
+            # Name resolution blocks this thread only; use addresses to avoid it.
+            family, kind, proto, _, address = socket.getaddrinfo(
+                check.host, check.port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            self._report(run, CheckOutcome(False, None, False, 0.0, f"{check.host}: {exc}"))
+            return
+        sock.setblocking(False)
+        probe = _Probe(run, check, sock)
+        error = sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS):
+            self._end_probe(probe, False, os.strerror(error))
+            return
+        self._probes.add(probe)
+        self._selector.register(sock, selectors.EVENT_WRITE, ("probe", probe))
+
+    def _probe_ready(self, probe: _Probe) -> None:
+        if not probe.sent:
+            error = probe.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self._end_probe(probe, False, f"connect: {os.strerror(error)}")
+            elif probe.check.scheme == "tcp":
+                self._end_probe(probe, True, "connected")
+            else:
+                request = (f"GET {probe.check.path} HTTP/1.0\r\nHost: {probe.check.host}\r\n"
+                           "User-Agent: zkwatcher-supervisor\r\nConnection: close\r\n\r\n")
+                try:
+                    probe.sock.sendall(request.encode())  # fits any socket buffer
+                except OSError as exc:
+                    self._end_probe(probe, False, f"send: {exc}")
+                    return
+                probe.sent = True
+                self._selector.modify(probe.sock, selectors.EVENT_READ, ("probe", probe))
+            return
+        try:
+            chunk = probe.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._end_probe(probe, False, f"recv: {exc}")
+            return
+        probe.response += chunk
+        if b"\n" not in probe.response and chunk and len(probe.response) < 8192:
+            return  # the status line is not complete yet
+        status_line = bytes(probe.response).split(b"\n", 1)[0].decode("latin-1").strip()
+        parts = status_line.split()
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            self._end_probe(probe, False, f"no HTTP status line: {status_line[:80]!r}")
+            return
+        code = int(parts[1])
+        expected = probe.run.expect_status
+        passed = code == expected if expected is not None else 200 <= code < 300
+        self._end_probe(probe, passed, status_line)
+
+    def _end_probe(self, probe: _Probe, passed: bool, detail: str) -> None:
+        if probe in self._probes:
+            self._probes.discard(probe)
+            self._selector.unregister(probe.sock)
+        probe.sock.close()
+        duration = time.monotonic() - probe.started
+        self._report(probe.run, CheckOutcome(passed, 0 if passed else None, probe.timed_out,
+                                             duration, detail))
+
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
+        for probe in list(self._probes):
+            if now >= probe.deadline:
+                probe.timed_out = True
+                self._end_probe(probe, False, "no answer")
         for running in list(self._running.values()):
             if not running.timed_out and now >= running.deadline:
                 running.timed_out = True

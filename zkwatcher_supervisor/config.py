@@ -8,9 +8,13 @@ touches ZooKeeper.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import json
+import os
 import re
 import socket
+import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +26,9 @@ DEFAULT_SESSION_TIMEOUT = 10.0
 DEFAULT_REFRESH = 30
 DEFAULT_TIMEOUT = 10.0
 
-GLOBAL_KEYS = {"hosts", "session_timeout"}
+GLOBAL_KEYS = {"hosts", "session_timeout", "status_file", "metrics_port", "use_ssl", "ca",
+               "certfile", "keyfile"}
+PAYLOAD_FORMATS = ("nd_service_registry", "serverset", "curator")
 AUTH_KEYS = {"user", "password"}
 SERVICE_KEYS = {
     "program",
@@ -35,6 +41,8 @@ SERVICE_KEYS = {
     "service_hostname",
     "zookeeper_path",
     "zookeeper_data",
+    "payload_format",
+    "expect_status",
 }
 
 # supervisord process and group names: anything but ':' and whitespace.
@@ -93,10 +101,18 @@ class Auth:
 
 
 @dataclass(frozen=True)
+class TLSSettings:
+    ca: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+@dataclass(frozen=True)
 class ZooKeeperSettings:
     hosts: str = DEFAULT_HOSTS
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     auth: Auth | None = None
+    tls: TLSSettings | None = None  # None: plain TCP
 
 
 @dataclass(frozen=True)
@@ -114,10 +130,52 @@ class ServiceSettings:
     rise: int = 1
     fall: int = 1
     zookeeper_data: dict[str, Any] = field(default_factory=dict, hash=False)
+    payload_format: str = "nd_service_registry"
+    expect_status: int | None = None  # for http:// checks; None = any 2xx
 
     @property
     def node_path(self) -> str:
-        return f"{self.zookeeper_path.rstrip('/')}/{self.service_hostname}:{self.service_port}"
+        # Finagle's ServerSet readers only list children named member_*.
+        prefix = "member_" if self.payload_format == "serverset" else ""
+        return (f"{self.zookeeper_path.rstrip('/')}/"
+                f"{prefix}{self.service_hostname}:{self.service_port}")
+
+    @property
+    def builtin_check(self) -> BuiltinCheck | None:
+        return BuiltinCheck.parse(self.cmd) if self.cmd else None
+
+
+@dataclass(frozen=True)
+class BuiltinCheck:
+    """``cmd = tcp://host:port`` or ``cmd = http://host:port/path``: checked without a fork."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str = "/"
+
+    @classmethod
+    def parse(cls, cmd: str) -> BuiltinCheck | None:
+        scheme, sep, _ = cmd.partition("://")
+        if not sep or scheme not in ("tcp", "http", "https") or " " in cmd.strip():
+            return None
+        if scheme == "https":
+            raise ValueError("https:// is not built in; use e.g. cmd = curl -fsS https://...")
+        url = urllib.parse.urlsplit(cmd.strip())
+        try:
+            port = url.port
+        except ValueError:
+            raise ValueError(f"bad port in {cmd!r}") from None
+        if not url.hostname:
+            raise ValueError(f"no host in {cmd!r}")
+        if port is None:
+            if scheme == "tcp":
+                raise ValueError(f"tcp:// needs a port, got {cmd!r}")
+            port = 80
+        path = url.path or "/"
+        if url.query:
+            path += "?" + url.query
+        return cls(scheme, url.hostname, port, path)
 
 
 @dataclass(frozen=True)
@@ -126,6 +184,14 @@ class Config:
     zookeeper: ZooKeeperSettings
     services: tuple[ServiceSettings, ...]
     warnings: tuple[str, ...] = ()
+    status_file: str = ""
+    metrics_port: int | None = None
+
+
+def default_status_file(config_filename: str) -> str:
+    """Where the listener for ``config_filename`` publishes its state unless told otherwise."""
+    digest = hashlib.sha256(os.path.realpath(config_filename).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"zkwatcher-supervisor-{digest}.json")
 
 
 def parse_zookeeper_data(text: str) -> dict[str, Any]:
@@ -233,6 +299,19 @@ def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
     cmd = section.text("cmd")
     if program is None and cmd is None:
         raise section.error(None, "needs 'cmd', 'program' or both")
+    try:
+        builtin = BuiltinCheck.parse(cmd) if cmd else None
+    except ValueError as exc:
+        raise section.error("cmd", str(exc)) from None
+    payload_format = section.text("payload_format") or "nd_service_registry"
+    if payload_format not in PAYLOAD_FORMATS:
+        raise section.error("payload_format",
+                            f"expected one of {', '.join(PAYLOAD_FORMATS)}, got {payload_format!r}")
+    expect_status = None
+    if section.text("expect_status") is not None:
+        if builtin is None or builtin.scheme != "http":
+            raise section.error("expect_status", "only applies to cmd = http://...")
+        expect_status = section.integer("expect_status", 200, minimum=100, maximum=599)
 
     zookeeper_path = section.required("zookeeper_path")
     try:
@@ -264,11 +343,13 @@ def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
         rise=section.integer("rise", 1, minimum=1),
         fall=section.integer("fall", 1, minimum=1),
         zookeeper_data=data,
+        payload_format=payload_format,
+        expect_status=expect_status,
     )
 
 
 def _read_zookeeper(filename: str, parser: configparser.ConfigParser) -> ZooKeeperSettings:
-    hosts, timeout, auth = DEFAULT_HOSTS, DEFAULT_SESSION_TIMEOUT, None
+    hosts, timeout, auth, tls = DEFAULT_HOSTS, DEFAULT_SESSION_TIMEOUT, None, None
     if parser.has_section(GLOBAL_SECTION):
         section = _Section(filename, parser, GLOBAL_SECTION)
         hosts = section.text("hosts") or DEFAULT_HOSTS
@@ -277,10 +358,30 @@ def _read_zookeeper(filename: str, parser: configparser.ConfigParser) -> ZooKeep
         except ValueError as exc:
             raise section.error("hosts", str(exc)) from None
         timeout = section.seconds("session_timeout", DEFAULT_SESSION_TIMEOUT)
+        tls = _read_tls(section)
     if parser.has_section(AUTH_SECTION):
         section = _Section(filename, parser, AUTH_SECTION)
         auth = Auth(section.required("user"), section.required("password"))
-    return ZooKeeperSettings(hosts=hosts, session_timeout=timeout, auth=auth)
+    return ZooKeeperSettings(hosts=hosts, session_timeout=timeout, auth=auth, tls=tls)
+
+
+def _read_tls(section: _Section) -> TLSSettings | None:
+    use_ssl = (section.text("use_ssl") or "false").lower()
+    if use_ssl not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+        raise section.error("use_ssl", f"expected true or false, got {use_ssl!r}")
+    files = {key: section.text(key) for key in ("ca", "certfile", "keyfile")}
+    if use_ssl not in ("true", "yes", "1", "on"):
+        for key, value in files.items():
+            if value:
+                raise section.error(key, "set use_ssl = true to use it")
+        return None
+    for key, value in files.items():
+        if value and not os.access(value, os.R_OK):
+            raise section.error(key, f"cannot read {value}")
+    if bool(files["certfile"]) != bool(files["keyfile"]):
+        raise section.error("certfile" if not files["certfile"] else "keyfile",
+                            "certfile and keyfile go together")
+    return TLSSettings(**files)
 
 
 def load_config(filename: str, hosts_override: str | None = None) -> Config:
@@ -305,7 +406,8 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
             _check_hosts(hosts_override)
         except ValueError as exc:
             raise ConfigError(filename, f"--server: {exc}") from None
-        zookeeper = ZooKeeperSettings(hosts_override, zookeeper.session_timeout, zookeeper.auth)
+        zookeeper = ZooKeeperSettings(hosts_override, zookeeper.session_timeout, zookeeper.auth,
+                                      zookeeper.tls)
 
     warnings: list[str] = []
     for special, known in ((GLOBAL_SECTION, GLOBAL_KEYS), (AUTH_SECTION, AUTH_KEYS)):
@@ -331,4 +433,11 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
         services.append(service)
     if not services:
         raise ConfigError(filename, "no service sections; nothing to register")
-    return Config(filename, zookeeper, tuple(services), tuple(warnings))
+    status_file, metrics_port = default_status_file(filename), None
+    if parser.has_section(GLOBAL_SECTION):
+        section = _Section(filename, parser, GLOBAL_SECTION)
+        status_file = section.text("status_file") or status_file
+        if section.text("metrics_port") is not None:
+            metrics_port = section.integer("metrics_port", 0, minimum=1, maximum=65535)
+    return Config(filename, zookeeper, tuple(services), tuple(warnings), status_file,
+                  metrics_port)

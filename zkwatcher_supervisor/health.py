@@ -36,6 +36,7 @@ class CheckRun:
     command: str
     timeout: float
     token: int
+    expect_status: int | None = None  # http:// checks only
 
 
 @dataclass
@@ -189,7 +190,9 @@ class Health:
                 self._next_token += 1
                 section.running_token = token
                 section.next_check_at = now + section.service.refresh
-                runs.append(CheckRun(name, section.service.cmd, section.service.timeout, token))
+                service = section.service
+                runs.append(CheckRun(name, service.cmd, service.timeout, token,
+                                     service.expect_status))
         return runs
 
     def check_result(self, section_name: str, token: int, passed: bool) -> None:

@@ -1,18 +1,51 @@
-"""The data stored in each znode, as nd_service_registry (and so zk_watcher) wrote it."""
+"""The data stored in each znode, in the format its consumers read.
+
+* ``nd_service_registry`` (default): what zk_watcher wrote —
+  ``{"pid", "created"}`` updated with ``zookeeper_data`` (user keys win).
+* ``serverset``: Finagle/Aurora ServerSet member JSON — ``serviceEndpoint``,
+  ``additionalEndpoints``, ``status: ALIVE`` — updated with ``zookeeper_data``
+  (so ``shard`` or extra endpoints can be given there).
+* ``curator``: Apache Curator x-discovery ``ServiceInstance`` JSON; the service
+  name is the last element of ``zookeeper_path`` (Curator's
+  ``<basePath>/<name>/<id>`` layout), the id is the node name ``host:port``
+  and ``zookeeper_data`` becomes the instance payload.
+"""
 
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 
 from .config import ServiceSettings
 
 
 def node_payload(service: ServiceSettings, pid: int, created: float | None = None) -> bytes:
-    """Compact JSON of ``{"pid", "created"}`` updated with ``zookeeper_data`` (user keys win)."""
-    data = {
-        "pid": pid,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)),
-    }
-    data.update(service.zookeeper_data)
+    """The node data for ``service``: compact JSON in its ``payload_format``."""
+    if created is None:
+        created = time.time()
+    data: dict
+    if service.payload_format == "serverset":
+        data = {
+            "serviceEndpoint": {"host": service.service_hostname, "port": service.service_port},
+            "additionalEndpoints": {},
+            "status": "ALIVE",
+        }
+        data.update(service.zookeeper_data)
+    elif service.payload_format == "curator":
+        data = {
+            "name": posixpath.basename(service.zookeeper_path.rstrip("/")),
+            "id": f"{service.service_hostname}:{service.service_port}",
+            "address": service.service_hostname,
+            "port": service.service_port,
+            "sslPort": None,
+            "payload": service.zookeeper_data or None,
+            "registrationTimeUTC": int(created * 1000),
+            "serviceType": "DYNAMIC",
+            "uriSpec": None,
+            "enabled": True,
+        }
+    else:
+        data = {"pid": pid, "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))}
+        data.update(service.zookeeper_data)
     return json.dumps(data, separators=(",", ":")).encode("utf-8")
