@@ -14,7 +14,9 @@ setup(
     python_requires=">=3.9",
     install_requires=["kazoo>=2.9", "supervisor>=4.2"],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "ruff"],
+        "metrics": ["prometheus_client"],
+        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "ruff", "prometheus_client",
+                 "trustme"],
     },
     entry_points={
         "console_scripts": ["zkwatcher-supervisor = zkwatcher_supervisor.cli:main"],

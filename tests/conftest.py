@@ -47,10 +47,11 @@ def write_config(tmp_path, zookeeper):
     """Write a listener config pointing at the test ZooKeeper; returns its path."""
 
     def write(body: str, name: str = "zkwatcher.cfg", hosts: str | None = None,
-              session_timeout: float = 4) -> Path:
+              session_timeout: float = 4, settings: str = "") -> Path:
+        """``settings``: more ``key = value`` lines for the [zkwatcher] section."""
         path = tmp_path / name
         header = (f"[zkwatcher]\nhosts = {hosts or zookeeper.hosts}\n"
-                  f"session_timeout = {session_timeout}\n\n")
+                  f"session_timeout = {session_timeout}\n{textwrap.dedent(settings)}\n")
         path.write_text(header + textwrap.dedent(body))
         return path
 

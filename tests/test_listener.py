@@ -199,7 +199,8 @@ def test_check_config_prints_paths_and_payloads(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "zookeeper localhost:2181 session_timeout=10s"
-    name, path, payload = lines[1].split(" ", 2)
+    assert lines[1].startswith("status file /")
+    name, path, payload = lines[2].split(" ", 2)
     assert (name, path) == ("[web]", "/services/web/w1:80")
     assert json.loads(payload)["weight"] == 5
 

@@ -10,7 +10,9 @@ import sys
 
 from . import __version__
 from .config import ConfigError, load_config
+from .metrics import available as metrics_available
 from .payload import node_payload
+from .status import status_report
 
 DEFAULT_CONFIG = "/etc/zk/config.cfg"
 EXIT_CONFIG_ERROR = 2
@@ -23,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="supervisord event listener that registers healthy services in ZooKeeper. "
         "Run it from an [eventlistener:x] section with events = PROCESS_STATE,TICK_5.",
     )
+    parser.add_argument("command", nargs="?", choices=["run", "status"], default="run",
+                        help="run: the supervisord event listener (default); status: one line "
+                        "per section from the running listener and ZooKeeper, exit 0 only "
+                        "when every section is registered exactly when it is healthy")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                         help=f"service config file (default: {DEFAULT_CONFIG})")
     parser.add_argument("-s", "--server",
@@ -56,6 +62,21 @@ def setup_logging(verbose: bool, syslog: bool) -> None:
                                             SYSLOG_SOCKET)
 
 
+def show_status(config) -> int:
+    from .registry import read_existing  # imports kazoo
+
+    def read_nodes(paths: list[str]) -> dict[str, bool]:
+        try:
+            return read_existing(config.zookeeper, paths)
+        except Exception as exc:
+            print(f"ZooKeeper {config.zookeeper.hosts}: unreachable ({exc})")
+            return {}
+
+    lines, ok = status_report(config, read_nodes)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -64,12 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zkwatcher-supervisor: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
+    if args.command == "status":
+        return show_status(config)
+
+    if config.metrics_port and not metrics_available():
+        print(f"zkwatcher-supervisor: {config.filename}: [zkwatcher] metrics_port: needs "
+              "prometheus_client (pip install 'zkwatcher-supervisor[metrics]')", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
     if args.check_config:
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         zookeeper = config.zookeeper
         print(f"zookeeper {zookeeper.hosts} session_timeout={zookeeper.session_timeout:g}s"
               + (f" auth={zookeeper.auth.user}" if zookeeper.auth else ""))
+        print(f"status file {config.status_file}")
         for service in config.services:
             print(f"[{service.name}] {service.node_path} "
                   f"{node_payload(service, os.getpid()).decode()}")

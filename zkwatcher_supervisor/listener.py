@@ -27,6 +27,7 @@ from .health import RUNNING, CheckRun, Health
 from .payload import node_payload
 from .pidwatch import PidWatcher
 from .registry import Registry
+from .status import StatusFileWriter
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,59 @@ class Watcher:
         # everything done under this lock is in-memory and quick.
         self._lock = threading.Lock()
         self._registrations: dict[str, Registration] = {}  # by section, while up
+        self._last_checks: dict[str, tuple[float, CheckOutcome]] = {}  # wall time, outcome
         self.rpc = None  # supervisord's XML-RPC interface, when we have one
+        self.status = StatusFileWriter(config.status_file, self.snapshot)
+        registry.on_change = self.status.changed
 
     def start(self) -> None:
         self.registry.start()
         self.checks.start()
         self.pids.start()
+        self.status.start()
         self._update()
 
     def stop(self) -> None:
         self.pids.stop()
         self.checks.stop()
         self.registry.stop()
+        self.status.stop()
+
+    def snapshot(self) -> dict:
+        """Everything ``status`` and the metrics show, as plain JSON-able data."""
+        registered = self.registry.registered()
+        with self._lock:
+            sections = {}
+            for name, section in self.health.sections.items():
+                service = section.service
+                check = None
+                if service.cmd is not None:
+                    last_run, outcome = self._last_checks.get(name, (None, None))
+                    check = {
+                        "last_result": section.last_result, "last_run": last_run,
+                        "duration": outcome.duration if outcome else None,
+                        "detail": outcome.describe() if outcome else None,
+                        "passes": section.passes, "failures": section.failures,
+                        "rise": service.rise, "fall": service.fall,
+                    }
+                sections[name] = {
+                    "path": service.node_path,
+                    "healthy": section.up,
+                    "registered": service.node_path in registered,
+                    "processes": {f"{g}:{n}": p.state for (g, n), p in section.processes.items()},
+                    "check": check,
+                }
+        return {
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "config": self.config.filename,
+            "zookeeper": {"hosts": self.config.zookeeper.hosts,
+                          "connected": self.registry.connected,
+                          "connects": self.registry.connects},
+            "counters": {"registrations": self.registry.registrations,
+                         "deregistrations": self.registry.deregistrations},
+            "sections": sections,
+        }
 
     def process_state(self, group: str, name: str, state: str, pid: int) -> None:
         """A process's state, from an event or from supervisord's XML-RPC snapshot."""
@@ -113,6 +155,7 @@ class Watcher:
             section = self.health.sections.get(run.section)
             before = section.last_result if section else None
             self.health.check_result(run.section, run.token, outcome.passed)
+            self._last_checks[run.section] = (time.time(), outcome)
         if before is not outcome.passed:
             if outcome.passed:
                 log.info("[%s] check passed", run.section)
@@ -134,6 +177,7 @@ class Watcher:
         self.checks.submit(runs)
         if changes:
             self.registry.update(changes)
+        self.status.changed()
 
     def _sync_registration(self, name: str) -> dict[str, bytes | None]:
         """The node changes that make section ``name``'s registration match its health."""
@@ -257,6 +301,10 @@ def run(config: Config, hosts_override: str | None = None,
     if stdin is None:
         stdin = sys.stdin.buffer
     watcher = Watcher(config, Registry(config.zookeeper))
+    if config.metrics_port:
+        from . import metrics
+
+        metrics.serve(config.metrics_port, watcher.snapshot)
     signal.signal(signal.SIGTERM, _raise_shutdown)
     signal.signal(signal.SIGINT, _raise_shutdown)
     # Reload on its own thread: the handler may interrupt the protocol loop

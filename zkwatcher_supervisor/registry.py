@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient, KazooState
@@ -54,23 +55,46 @@ class _Owned:
     version: int
 
 
+def make_client(settings: ZooKeeperSettings) -> KazooClient:
+    """A kazoo client for ``settings``: hosts, session timeout, digest auth, TLS."""
+    options: dict = {}
+    if settings.auth is not None:
+        options["auth_data"] = [("digest", f"{settings.auth.user}:{settings.auth.password}")]
+    if settings.tls is not None:
+        options.update(use_ssl=True, verify_certs=True, ca=settings.tls.ca,
+                       certfile=settings.tls.certfile, keyfile=settings.tls.keyfile)
+    return KazooClient(
+        hosts=settings.hosts,
+        timeout=settings.session_timeout,
+        # Reconnect for ever, quickly: registrations must come back within
+        # a second of the server returning.
+        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
+        **options,
+    )
+
+
+def read_existing(settings: ZooKeeperSettings, paths: list[str],
+                  timeout: float = 5.0) -> dict[str, bool]:
+    """Which of ``paths`` exist, read by a short-lived client (for ``status``)."""
+    client = make_client(settings)
+    try:
+        client.start(timeout=timeout)
+        lookups = {path: client.exists_async(path) for path in paths}
+        return {path: lookup.get(timeout=timeout) is not None for path, lookup in lookups.items()}
+    finally:
+        client.stop()
+        client.close()
+
+
 class Registry:
     """Registers ephemeral znodes; see the module docstring for the guarantees."""
 
     def __init__(self, settings: ZooKeeperSettings) -> None:
-        auth_data = None
+        self.on_change: Callable[[], None] = lambda: None  # after ZooKeeper changed
+        self._client = make_client(settings)
         self._acl = None  # kazoo's default: open
         if settings.auth is not None:
-            auth_data = [("digest", f"{settings.auth.user}:{settings.auth.password}")]
             self._acl = CREATOR_ALL_ACL + READ_ACL_UNSAFE
-        self._client = KazooClient(
-            hosts=settings.hosts,
-            timeout=settings.session_timeout,
-            auth_data=auth_data,
-            # Reconnect for ever, quickly: registrations must come back within
-            # a second of the server returning.
-            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
-        )
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -79,6 +103,11 @@ class Registry:
         self._dirty: set[str] = set()  # wanted data changed; what we wrote says what to do
         self._suspect: set[str] = set()  # must be looked up: watches fired, retries
         self._examine_all = True
+        # Counters for status and metrics.
+        self.registrations = 0
+        self.deregistrations = 0
+        self.connects = 0
+        self._registered: frozenset[str] = frozenset()  # published copy of _owned's keys
         # Worker thread only.
         self._owned: dict[str, _Owned] = {}
         self._session_id: int | None = None
@@ -109,9 +138,9 @@ class Registry:
     def connected(self) -> bool:
         return self._client.connected
 
-    def registered(self) -> set[str]:
-        """Paths we currently hold in ZooKeeper, as last confirmed by the worker."""
-        return set(self._owned)
+    def registered(self) -> frozenset[str]:
+        """Paths we hold in ZooKeeper, as the worker last confirmed them."""
+        return self._registered
 
     def stop(self, timeout: float = 0.8) -> None:
         """Delete every node we own, close the session and stop; bounded by ``timeout``."""
@@ -126,7 +155,9 @@ class Registry:
     # -- kazoo callbacks: never block here (kazoo issue 355) ------------------
 
     def _on_connection_state(self, state: str) -> None:
+        self.on_change()
         if state == KazooState.CONNECTED:
+            self.connects += 1
             log.info("connected to ZooKeeper")
             with self._lock:
                 self._examine_all = True
@@ -163,6 +194,7 @@ class Registry:
             if session_id != self._session_id:
                 # A new session owns nothing yet; whatever the old one held is gone.
                 self._owned.clear()
+                self._registered = frozenset()
                 self._session_id = session_id
                 examine_all = True
             if examine_all:
@@ -180,6 +212,9 @@ class Registry:
                 retry = changed | suspect
                 with self._lock:
                     self._examine_all = True
+            if self._registered != self._owned.keys():
+                self._registered = frozenset(self._owned)
+                self.on_change()
             if retry:
                 with self._lock:
                     self._suspect |= retry
@@ -307,12 +342,14 @@ class Registry:
                 continue
             if action == "create":
                 self._owned[path] = _Owned(data, 0)
+                self.registrations += 1
                 log.info("registered %s", path)
             elif action == "set":
                 self._owned[path] = _Owned(data, outcome.version)
                 log.info("updated %s", path)
             elif action == "delete":
                 self._owned.pop(path, None)
+                self.deregistrations += 1
                 log.info("deregistered %s", path)
             elif action == "replace":
                 again[path] = ("create", data, 0)  # the stale node is gone; ours goes in now

@@ -21,7 +21,18 @@ from pathlib import Path
 
 from supervisor.xmlrpc import SupervisorTransport
 
-ZOOKEEPER_CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+# slf4j-simple (Debian's libslf4j-java, a zookeeper dependency) makes ZooKeeper's
+# own warnings and errors reach zookeeper.log instead of vanishing.  The Netty
+# codec and resolver jars are missing from zookeeper.jar's manifest, and the
+# Netty connection factory (needed for TLS) cannot start without them.
+ZOOKEEPER_CLASSPATH = ":".join([
+    "/etc/zookeeper/conf",
+    "/usr/share/java/zookeeper.jar",
+    "/usr/share/java/slf4j-simple.jar",
+    "/usr/share/java/netty-codec.jar",
+    "/usr/share/java/netty-resolver.jar",
+    "/usr/share/java/netty-transport-native-unix-common.jar",
+])
 ZOOKEEPER_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
@@ -65,6 +76,7 @@ class LocalZooKeeper:
         self.process: subprocess.Popen | None = None
         self.servers: list[tuple[int, int, int]] = []  # ensemble: (myid, peer, election)
         self.myid = 0
+        self.extra_config: list[str] = []  # more zoo.cfg lines (e.g. TLS settings)
 
     @property
     def hosts(self) -> str:
@@ -85,6 +97,7 @@ class LocalZooKeeper:
             # Let tests expire sessions quickly.
             f"minSessionTimeout={2 * self.tick_ms}",
         ]
+        lines += self.extra_config
         for myid, peer, election in self.servers:
             lines.append(f"server.{myid}=127.0.0.1:{peer}:{election}")
         if self.servers:
@@ -100,13 +113,17 @@ class LocalZooKeeper:
         with open(self.workdir / "zookeeper.log", "ab") as log:
             self.process = subprocess.Popen(
                 ["java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                 "-Dzookeeper.root.logger=WARN,CONSOLE", "-cp", ZOOKEEPER_CLASSPATH,
+                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", ZOOKEEPER_CLASSPATH,
                  ZOOKEEPER_MAIN, str(config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         if wait:
-            self.wait_ready(timeout)
+            try:
+                self.wait_ready(timeout)
+            except BaseException:
+                self.kill()
+                raise
         return self
 
     def is_serving(self) -> bool:

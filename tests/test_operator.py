@@ -1,0 +1,267 @@
+"""Operator tools and interop, against real ZooKeeper and supervisord servers:
+status, builtin tcp/http checks, payload formats, Prometheus metrics, TLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+
+import pytest
+import trustme
+from conftest import listener_section, node_exists
+from cryptography.hazmat.primitives import serialization
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
+from prometheus_client.parser import text_string_to_metric_families
+
+from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def web_program(port):
+    return textwrap.dedent(f"""
+        [program:web]
+        command = {sys.executable} -m http.server {port} --bind 127.0.0.1
+        startsecs = 1
+        stopsignal = KILL
+        """)
+
+
+def status(config):
+    return subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
+                           str(config)], capture_output=True, text=True, timeout=60)
+
+
+def test_status_shows_each_section_and_exits_0_only_when_consistent(
+        write_config, supervisord, zk, base_path, tmp_path):
+    port = free_port()
+    flag = tmp_path / "flag"
+    config = write_config(f"""
+        [web]
+        program = web
+        cmd = http://127.0.0.1:{port}/
+        refresh = 5
+        service_port = {port}
+        service_hostname = host1
+        zookeeper_path = {base_path}/web
+
+        [flag]
+        cmd = test -f {flag}
+        refresh = 5
+        service_port = 9
+        service_hostname = host1
+        zookeeper_path = {base_path}/flag
+        """, settings=f"status_file = {tmp_path}/status.json\n")
+    server = supervisord(web_program(port)
+                         + listener_section(config, extra="autorestart = false\n"))
+    web_node = f"{base_path}/web/host1:{port}"
+    wait_until(lambda: node_exists(zk, web_node), 20, what="web registered")
+    wait_until(lambda: (tmp_path / "status.json").exists(), 5, what="status file")
+    time.sleep(1)
+
+    result = status(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"listener: pid {server.info('zkwatcher')['pid']}, "
+                               "ZooKeeper connected")
+    assert lines[1].startswith(f"ok   [web] {web_node} registered, healthy; web:web=RUNNING; "
+                               "check pass")
+    assert lines[2].startswith(f"ok   [flag] {base_path}/flag/host1:9 not registered, "
+                               "unhealthy; check FAIL")
+    assert "exit status 1" in lines[2]
+
+    # Someone else's node where an unhealthy section would register: inconsistent.
+    zk.create(f"{base_path}/flag/host1:9", b"not ours", makepath=True)
+    result = status(config)
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.splitlines()[2].startswith("BAD  [flag]"), result.stdout
+    zk.delete(f"{base_path}/flag/host1:9")
+
+    # The listener dies: its pid is gone, so nothing can be vouched for.
+    os.kill(server.info("zkwatcher")["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    result = status(config)
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.splitlines()[0].startswith("listener: pid ")
+    assert " is gone; status from " in result.stdout.splitlines()[0]
+
+
+def test_tcp_and_http_checks_follow_a_real_server(write_config, supervisord, zk, base_path):
+    port = free_port()
+    config = write_config(f"""
+        [tcp]
+        cmd = tcp://127.0.0.1:{port}
+        refresh = 5
+        timeout = 1
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/tcp
+
+        [http]
+        cmd = http://127.0.0.1:{port}/missing
+        expect_status = 404
+        refresh = 5
+        timeout = 1
+        service_port = 2
+        service_hostname = host1
+        zookeeper_path = {base_path}/http
+        """)
+    server = supervisord(web_program(port) + listener_section(config))
+    nodes = [f"{base_path}/tcp/host1:1", f"{base_path}/http/host1:2"]
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 15, what="registration")
+    server.ctl("stop", "web")
+    wait_until(lambda: not any(node_exists(zk, n) for n in nodes), 12, what="deregistration")
+    log = (config.parent / "zkwatcher.log").read_text()
+    assert "[tcp] check failed: failed: connect: Connection refused" in log
+    server.ctl("start", "web")
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 12, what="re-registration")
+
+
+def test_payload_formats_decode_as_their_consumers_expect(write_config, driver, zk, base_path):
+    config = write_config(f"""
+        [finagle]
+        cmd = true
+        service_port = 8080
+        service_hostname = web1.example.com
+        zookeeper_path = {base_path}/serverset/web
+        zookeeper_data = {{"shard": 3}}
+        payload_format = serverset
+
+        [curator]
+        cmd = true
+        service_port = 9090
+        service_hostname = 10.0.0.7
+        zookeeper_path = {base_path}/discovery/api
+        zookeeper_data = {{"zone": "a"}}
+        payload_format = curator
+
+        [classic]
+        cmd = true
+        service_port = 80
+        service_hostname = web1
+        zookeeper_path = {base_path}/classic
+        """)
+    before = int(time.time() * 1000)
+    driver(config)
+    # Finagle lists children named member_* under the ServerSet path.
+    serverset = f"{base_path}/serverset/web"
+    wait_until(lambda: zk.exists(serverset) and zk.get_children(serverset), 10, what="serverset")
+    (member,) = zk.get_children(serverset)
+    assert member.startswith("member_")
+    data = json.loads(zk.get(f"{serverset}/{member}")[0])
+    assert data == {"serviceEndpoint": {"host": "web1.example.com", "port": 8080},
+                    "additionalEndpoints": {}, "status": "ALIVE", "shard": 3}
+
+    # Curator x-discovery: <basePath>/<name>/<id>, ServiceInstance JSON.
+    instance_path = f"{base_path}/discovery/api/10.0.0.7:9090"
+    wait_until(lambda: node_exists(zk, instance_path), 10, what="curator instance")
+    instance = json.loads(zk.get(instance_path)[0])
+    assert instance["name"] == "api" and instance["id"] == "10.0.0.7:9090"
+    assert instance["address"] == "10.0.0.7" and instance["port"] == 9090
+    assert instance["serviceType"] == "DYNAMIC"
+    assert instance["payload"] == {"zone": "a"}
+    assert isinstance(instance["registrationTimeUTC"], int)
+    assert before <= instance["registrationTimeUTC"] <= int(time.time() * 1000)
+    assert instance["sslPort"] is None and instance["uriSpec"] is None
+
+    classic = json.loads(zk.get(f"{base_path}/classic/web1:80")[0])
+    assert set(classic) == {"pid", "created"}
+
+
+def test_prometheus_metrics(write_config, driver, zk, base_path, tmp_path):
+    port = free_port()
+    config = write_config(f"""
+        [up]
+        cmd = true
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/up
+
+        [down]
+        cmd = false
+        service_port = 2
+        service_hostname = host1
+        zookeeper_path = {base_path}/down
+        """, settings=f"metrics_port = {port}\n")
+    driver(config)
+    wait_until(lambda: node_exists(zk, f"{base_path}/up/host1:1"), 10, what="registration")
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    samples = wait_until(lambda: (s := scrape()) and
+                         s.get(("zkwatcher_section_registered", (("section", "up"),))) and s, 5)
+    assert samples[("zkwatcher_section_up", (("section", "up"),))] == 1
+    assert samples[("zkwatcher_section_up", (("section", "down"),))] == 0
+    assert samples[("zkwatcher_section_registered", (("section", "down"),))] == 0
+    assert samples[("zkwatcher_check_duration_seconds", (("section", "up"),))] > 0
+    assert samples[("zkwatcher_registrations_total", ())] == 1
+    assert samples[("zkwatcher_zookeeper_connected", ())] == 1
+    assert samples[("zkwatcher_zookeeper_reconnects_total", ())] == 0
+
+
+def test_tls_to_a_zookeeper_secure_port(tmp_path, write_config, driver, base_path):
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    client_cert = ca.issue_cert("zkwatcher-client")
+    ca_pem, server_pem = tmp_path / "ca.pem", tmp_path / "server.pem"
+    client_cert_pem, client_key_pem = tmp_path / "client.pem", tmp_path / "client.key"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    # ZooKeeper's PEM key store reads PKCS#8 keys only.
+    server_key = serialization.load_pem_private_key(server_cert.private_key_pem.bytes(), None)
+    server_pem.write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()) + b"".join(c.bytes() for c in server_cert.cert_chain_pems))
+    client_cert.cert_chain_pems[0].write_to_path(str(client_cert_pem))
+    client_cert.private_key_pem.write_to_path(str(client_key_pem))
+
+    secure_port = free_port()
+    server = LocalZooKeeper(tmp_path / "tls-zk")
+    server.extra_config = [
+        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+        f"secureClientPort={secure_port}",
+        f"ssl.keyStore.location={server_pem}",
+        "ssl.keyStore.type=PEM",
+        f"ssl.trustStore.location={ca_pem}",
+        "ssl.trustStore.type=PEM",
+        "ssl.clientAuth=need",
+    ]
+    server.start()
+    try:
+        hosts = f"127.0.0.1:{secure_port}"
+        config = write_config(f"""
+            [svc]
+            cmd = true
+            service_port = 1
+            service_hostname = host1
+            zookeeper_path = {base_path}/svc
+            """, hosts=hosts, settings=f"use_ssl = true\nca = {ca_pem}\n"
+                                      f"certfile = {client_cert_pem}\nkeyfile = {client_key_pem}\n")
+        drv = driver(config)
+        reader = KazooClient(hosts=hosts, use_ssl=True, verify_certs=True, ca=str(ca_pem),
+                             certfile=str(client_cert_pem), keyfile=str(client_key_pem))
+        reader.start(timeout=30)
+        try:
+            wait_until(lambda: reader.exists(f"{base_path}/svc/host1:1"), 15,
+                       what="registration over TLS")
+        finally:
+            reader.stop()
+            reader.close()
+        assert "connected to ZooKeeper" in drv.stderr()
+        # A client speaking plain TCP to the secure port gets nowhere.
+        plain = KazooClient(hosts=hosts, timeout=3)
+        with pytest.raises(KazooTimeoutError):
+            plain.start(timeout=3)
+        plain.close()
+    finally:
+        server.stop()
