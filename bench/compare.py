@@ -196,7 +196,10 @@ def detection(args) -> None:
         ours, peer = [], []
         for _ in range(args.n):
             wait_until(lambda: bench.registered("/ours") and bench.registered("/peer"), 20)
-            time.sleep(random.uniform(0, 5))  # a random phase against ticks and polls
+            # Fail at a moment uniform over 30 s: a whole number of both tools'
+            # cycles (our 5 s ticks, zk_watcher's refresh + 1 s polls), so
+            # neither gets a phase it likes.
+            time.sleep(random.uniform(0, 30))
             ours_gone, ours_at = deletion_watch(bench.zk, "/ours/svc/bench:10000")
             peer_gone, peer_at = deletion_watch(bench.zk, "/peer/svc/bench:10000")
             flag.unlink()

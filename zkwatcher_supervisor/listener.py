@@ -304,7 +304,10 @@ def run(config: Config, hosts_override: str | None = None,
     if config.metrics_port:
         from . import metrics
 
-        metrics.serve(config.metrics_port, watcher.snapshot)
+        try:
+            metrics.serve(config.metrics_port, watcher.snapshot)
+        except OSError as exc:
+            log.error("metrics_port %d: %s; running without metrics", config.metrics_port, exc)
     signal.signal(signal.SIGTERM, _raise_shutdown)
     signal.signal(signal.SIGINT, _raise_shutdown)
     # Reload on its own thread: the handler may interrupt the protocol loop
