@@ -248,6 +248,9 @@ def kill(args) -> None:
     print(HEADER)
     if peer:
         print(row("delay (median)", ours, peer))
+    else:
+        print(f"{'delay (median)':<34} {statistics.median(ours) * 1000:10.1f} ms  "
+              f"{'never':>14}            (p99 {percentile(ours, 0.99) * 1000:.1f})")
     print(f"kills noticed: ours {len(ours)}/{len(ours)}, zk_watcher {len(peer)}/{len(ours)}")
 
 
