@@ -36,6 +36,15 @@ ZOOKEEPER_CLASSPATH = ":".join([
 ZOOKEEPER_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the process that started us dies,
+    so a killed test run or benchmark leaves no server behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -116,7 +125,7 @@ class LocalZooKeeper:
                  "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", ZOOKEEPER_CLASSPATH,
                  ZOOKEEPER_MAIN, str(config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         if wait:
             try:
@@ -199,7 +208,7 @@ class LocalSupervisord:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
 
         def answering() -> bool:
