@@ -7,6 +7,7 @@ the ``supervisor`` Python package.  Nothing here is used by the listener itself.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import selectors
 import shutil
@@ -36,13 +37,14 @@ ZOOKEEPER_CLASSPATH = ":".join([
 ZOOKEEPER_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: nothing may be imported after fork
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGKILL when the process that started us dies,
     so a killed test run or benchmark leaves no server behind."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
