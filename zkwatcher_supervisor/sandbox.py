@@ -43,7 +43,8 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """In the child before exec: get SIGKILL when the process that started us dies,
-    so a killed test run or benchmark leaves no server behind."""
+    so a killed test run or benchmark leaves no server behind.  (Linux ties this
+    to the starting *thread*: start servers from the main thread.)"""
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
