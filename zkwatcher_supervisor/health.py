@@ -22,10 +22,11 @@ from .config import ServiceSettings
 
 RUNNING = "RUNNING"
 
-# TICK events arrive on wall-clock boundaries, a little after or before an
-# exact multiple of ``refresh`` since our last run; a check this close to due
-# runs now rather than one whole tick later.
-TICK_SLACK = 0.5
+# supervisord sends a TICK from its main loop, which wakes at least once a
+# second, so ticks arrive up to ~1 s after their wall-clock boundary: two
+# TICK_5 can be 4 s apart.  A check this close to due runs now rather than one
+# whole tick later (a 5 s refresh on TICK_5 then runs on every tick).
+TICK_SLACK = 1.5
 
 
 @dataclass(frozen=True)
