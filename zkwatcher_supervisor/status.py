@@ -88,13 +88,12 @@ def read_status_file(path: str) -> dict | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a killed listener not yet reaped (a zombie) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _describe_check(check: dict | None, now: float) -> str:
