@@ -30,6 +30,7 @@ from typing import Callable
 
 from .config import BuiltinCheck
 from .health import CheckRun
+from .selectwake import Waker
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,7 @@ class CheckRunner:
         self._running: dict[int, _Running] = {}  # by pid
         self._probes: set[_Probe] = set()
         self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._waker = Waker(self._selector)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="checks", daemon=True)
@@ -146,25 +146,19 @@ class CheckRunner:
         """Queue checks to start now; never blocks."""
         if runs:
             self._pending.extend(runs)
-            self._wake()
+            self._waker.wake()
 
     def stop(self, timeout: float = 0.5) -> None:
         """Kill every running check and stop the thread."""
         self._stopping = True
-        self._wake()
+        self._waker.wake()
         self._thread.join(timeout)
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # a wake-up is already pending
 
     def _loop(self) -> None:
         while not self._stopping:
             for key, _ in self._selector.select(self._select_timeout()):
                 if key.data is None:
-                    self._drain_wake_pipe()
+                    self._waker.drain()
                 else:
                     kind, running = key.data
                     if kind == "out":
@@ -193,13 +187,6 @@ class CheckRunner:
         if self._running and not _HAVE_PIDFD:
             timeout = _POLL_INTERVAL if timeout is None else min(timeout, _POLL_INTERVAL)
         return timeout
-
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _start_pending(self) -> None:
         for _ in range(min(SPAWN_BATCH, len(self._pending))):

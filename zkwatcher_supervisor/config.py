@@ -140,10 +140,6 @@ class ServiceSettings:
         return (f"{self.zookeeper_path.rstrip('/')}/"
                 f"{prefix}{self.service_hostname}:{self.service_port}")
 
-    @property
-    def builtin_check(self) -> BuiltinCheck | None:
-        return BuiltinCheck.parse(self.cmd) if self.cmd else None
-
 
 @dataclass(frozen=True)
 class BuiltinCheck:

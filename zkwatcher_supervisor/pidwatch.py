@@ -20,6 +20,8 @@ import selectors
 import threading
 from typing import Callable
 
+from .selectwake import Waker, proc_stat
+
 log = logging.getLogger(__name__)
 
 ProcessKey = tuple[str, str]  # (group, name)
@@ -30,12 +32,8 @@ AVAILABLE = hasattr(os, "pidfd_open")
 
 def parent_pid(pid: int) -> int:
     """The parent of ``pid`` from /proc, or -1 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            # "pid (comm) state ppid ..." — comm may contain spaces and parens.
-            return int(stat.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
+    fields = proc_stat(pid)
+    return int(fields[1]) if fields else -1
 
 
 class PidWatcher:
@@ -47,8 +45,7 @@ class PidWatcher:
         self._lock = threading.Lock()
         self._requests: list[tuple[ProcessKey, int]] = []  # pid 0 = stop watching
         self._watched: dict[ProcessKey, tuple[int, int]] = {}  # key -> (pid, pidfd)
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._waker = Waker(self._selector)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="pidwatch", daemon=True)
 
@@ -60,7 +57,7 @@ class PidWatcher:
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake()
+        self._waker.wake()
 
     def watch(self, group: str, name: str, pid: int) -> None:
         """Watch ``pid`` as the RUNNING process ``group:name``; never blocks."""
@@ -74,22 +71,13 @@ class PidWatcher:
             return
         with self._lock:
             self._requests.append((key, pid))
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass
+        self._waker.wake()
 
     def _loop(self) -> None:
         while not self._stopping:
             for key, _ in self._selector.select():
                 if key.data is None:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
+                    self._waker.drain()
                 else:
                     self._died(key.data)
             with self._lock:

@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 from .config import Config
+from .selectwake import proc_stat
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,8 @@ def read_status_file(path: str) -> dict | None:
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs; a killed listener not yet reaped (a zombie) does not."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
+    fields = proc_stat(pid)
+    return bool(fields) and fields[0] not in (b"Z", b"X")
 
 
 def _describe_check(check: dict | None, now: float) -> str:
