@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from kazoo.exceptions import (
     NoNodeError,
     SessionExpiredError,
 )
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, READ_ACL_UNSAFE
 
@@ -43,8 +45,14 @@ from .config import ZooKeeperSettings
 log = logging.getLogger(__name__)
 
 # Pause before retrying nodes whose last attempt failed for a reason other
-# than a lost connection (a reconnect wakes the worker by itself).
+# than a lost connection (a reconnect wakes the worker by itself); it doubles
+# with each failure in a row, up to MAX_RETRY_DELAY, so a permanent refusal
+# (NoAuth) costs ZooKeeper one request per path every half minute.
 RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 30.0
+# Errors that mean "the connection, not this request": retry the whole pass
+# once connected again.
+CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError)
 # Upper bound on waiting for one pipelined batch of replies.
 REPLY_TIMEOUT = 10.0
 
@@ -87,10 +95,18 @@ def read_existing(settings: ZooKeeperSettings, paths: list[str],
 
 
 class Registry:
-    """Registers ephemeral znodes; see the module docstring for the guarantees."""
+    """Registers ephemeral znodes; see the module docstring for the guarantees.
+
+    :meth:`update` is called by one thread (the listener's event loop), so the
+    wanted set changes in exactly the order the loop decided.  ``on_change``
+    and ``on_fatal`` are called from the registry's own threads and must only
+    hand the news on.
+    """
 
     def __init__(self, settings: ZooKeeperSettings) -> None:
         self.on_change: Callable[[], None] = lambda: None  # after ZooKeeper changed
+        # An unexpected exception in the worker: the process must end.
+        self.on_fatal: Callable[[BaseException], None] = lambda exc: None
         self._client = make_client(settings)
         self._acl = None  # kazoo's default: open
         if settings.auth is not None:
@@ -103,6 +119,9 @@ class Registry:
         self._dirty: set[str] = set()  # wanted data changed; what we wrote says what to do
         self._suspect: set[str] = set()  # must be looked up: watches fired, retries
         self._examine_all = True
+        # Backoff for paths whose last attempt failed: failures in a row, next try.
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
         # Counters for status and metrics.
         self.registrations = 0
         self.deregistrations = 0
@@ -128,10 +147,11 @@ class Registry:
                 if self._wanted.get(path) == data:
                     continue
                 if data is None:
-                    del self._wanted[path]
+                    self._wanted.pop(path, None)
                 else:
                     self._wanted[path] = data
                 self._dirty.add(path)
+                self._failures.pop(path, None)  # new wishes are tried at once
         self._wake.set()
 
     @property
@@ -143,14 +163,15 @@ class Registry:
         return self._registered
 
     def stop(self, timeout: float = 0.8) -> None:
-        """Delete every node we own, close the session and stop; bounded by ``timeout``."""
+        """Close the session, which deletes every node we own; bounded by ``timeout``."""
         self._stopping = True
         self._wake.set()
         closer = threading.Thread(target=self._close, name="registry-close", daemon=True)
         closer.start()
         closer.join(timeout)
         if closer.is_alive():
-            log.warning("ZooKeeper did not confirm the shutdown in %.1fs; exiting anyway", timeout)
+            log.warning("ZooKeeper did not confirm the shutdown in %.1fs; exiting anyway "
+                        "(our nodes go when the session times out)", timeout)
 
     # -- kazoo callbacks: never block here (kazoo issue 355) ------------------
 
@@ -161,6 +182,8 @@ class Registry:
             log.info("connected to ZooKeeper")
             with self._lock:
                 self._examine_all = True
+                self._failures.clear()  # a new connection: try everything at once
+                self._retry_at.clear()
             self._wake.set()
         elif state == KazooState.SUSPENDED:
             log.warning("ZooKeeper connection suspended; nodes stay until the session expires")
@@ -178,50 +201,71 @@ class Registry:
     # -- worker ---------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:  # crash-only: the listener exits and is restarted
+            if not self._stopping:
+                log.critical("ZooKeeper worker failed", exc_info=True)
+                self.on_fatal(exc)
+
+    def _next_wait(self) -> float | None:
+        with self._lock:
+            if not self._retry_at:
+                return None
+            return max(0.0, min(self._retry_at.values()) - time.monotonic())
+
+    def _work(self) -> None:
         while True:
-            self._wake.wait()
+            self._wake.wait(self._next_wait())
             self._wake.clear()
             if self._stopping:
                 return
-            if not self._client.connected:
+            # Read once: kazoo's thread may drop the connection at any moment.
+            client_id = self._client.client_id if self._client.connected else None
+            if not client_id:
                 continue  # the CONNECTED callback wakes us again
+            session_id = client_id[0]
+            now = time.monotonic()
             with self._lock:
+                due = {path for path, when in self._retry_at.items() if when <= now}
+                for path in due:
+                    del self._retry_at[path]
                 wanted = dict(self._wanted)
                 examine_all, self._examine_all = self._examine_all, False
                 changed, self._dirty = self._dirty, set()
-                suspect, self._suspect = self._suspect, set()
-            session_id = self._client.client_id[0] if self._client.client_id else None
+                suspect, self._suspect = self._suspect | due, set()
             if session_id != self._session_id:
                 # A new session owns nothing yet; whatever the old one held is gone.
                 self._owned.clear()
-                self._registered = frozenset()
                 self._session_id = session_id
                 examine_all = True
             if examine_all:
                 suspect |= set(wanted) | set(self._owned)
-            pause = RETRY_DELAY
             try:
-                retry = self._reconcile(changed - suspect, suspect, wanted, session_id)
-            except (ConnectionLoss, SessionExpiredError):
-                retry, pause = changed | suspect, 0.0
+                failed = self._reconcile(changed - suspect, suspect, wanted, session_id)
+            except CONNECTION_ERRORS:
+                # Everything again once connected; a reconnect wakes us.
                 with self._lock:
+                    self._suspect |= changed | suspect
                     self._examine_all = True
-            except Exception:
-                # Never let the worker die: log, and try everything again shortly.
-                log.exception("reconciling ZooKeeper failed; retrying")
-                retry = changed | suspect
-                with self._lock:
-                    self._examine_all = True
+                if self._client.connected:
+                    self._wake.set()
+                failed = set()
+            self._schedule_retries(failed, (changed | suspect) - failed)
             if self._registered != self._owned.keys():
                 self._registered = frozenset(self._owned)
                 self.on_change()
-            if retry:
-                with self._lock:
-                    self._suspect |= retry
-                if pause and not self._stopping:
-                    threading.Timer(pause, self._wake.set).start()
-                elif self._client.connected:
-                    self._wake.set()
+
+    def _schedule_retries(self, failed: set[str], succeeded: set[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for path in succeeded:
+                self._failures.pop(path, None)
+            for path in failed:
+                count = self._failures.get(path, 0) + 1
+                self._failures[path] = count
+                delay = min(RETRY_DELAY * 2 ** (count - 1), MAX_RETRY_DELAY)
+                self._retry_at[path] = min(self._retry_at.get(path, now + delay), now + delay)
 
     def _decide_from_memory(self, path: str, data: bytes | None) -> tuple | None:
         """What to do for a path whose wanted data changed, from what this session wrote."""
@@ -265,11 +309,18 @@ class Registry:
             for path in sorted(suspect)
         }
         actions = {path: self._decide_from_memory(path, wanted.get(path)) for path in changed}
+        retry: set[str] = set()
         for path, lookup in lookups.items():
-            stat = lookup.get(timeout=REPLY_TIMEOUT)
+            try:
+                stat = lookup.get(timeout=REPLY_TIMEOUT)
+            except CONNECTION_ERRORS:
+                raise
+            except KazooException as exc:
+                log.error("%s: looking it up failed: %r", path, exc)
+                retry.add(path)
+                continue
             actions[path] = self._decide_from_stat(path, wanted.get(path), stat, session_id)
 
-        retry: set[str] = set()
         watched = set(lookups)
         # Creates that wait on a parent we just made, or on a stale node we just
         # deleted, go out in a second round at once rather than after a pause.
@@ -312,7 +363,7 @@ class Registry:
         for path, (action, result, data) in pending.items():
             try:
                 outcome = result.get(timeout=REPLY_TIMEOUT)
-            except (ConnectionLoss, SessionExpiredError):
+            except CONNECTION_ERRORS:
                 raise
             except NoAuthError:
                 if action == "replace":
@@ -368,19 +419,15 @@ class Registry:
             log.error("cannot create %s: NoAuth on a parent node", path)
 
     def _close(self) -> None:
-        self._thread.join(0.3)
-        if self._client.connected:
-            deletions = [
-                self._client.delete_async(path)
-                for path in list(self._owned)
-            ]
-            for deletion in deletions:
-                try:
-                    deletion.get(timeout=0.5)
-                except KazooException:
-                    pass  # closing the session below removes it anyway
-            if deletions:
-                log.info("deregistered %d node(s)", len(deletions))
-        self._owned.clear()
-        self._client.stop()
-        self._client.close()
+        self._thread.join(0.2)
+        owned = len(self._owned)
+        try:
+            # Closing the session makes ZooKeeper delete all its ephemeral
+            # nodes at once: one round trip, however many we hold.
+            self._client.stop()
+            self._client.close()
+        except Exception as exc:
+            log.warning("closing the ZooKeeper session failed: %r", exc)
+            return
+        if owned:
+            log.info("session closed: deregistered %d node(s)", owned)
