@@ -139,6 +139,7 @@ class Health:
         # due checks costs O(log n) per run, not a scan of every section.
         # Entries go stale freely; they are checked when they reach the top.
         self._schedule: list[tuple[float, str]] = []
+        self._cancelled: set[str] = set()  # see take_cancelled
         for name in self.sections:
             self.reschedule(name)
 
@@ -197,7 +198,7 @@ class Health:
             if program is not None and program.matches(group, name):
                 section.set_process((group, name), state, pid, now)
                 bound.append(section_name)
-                self.reschedule(section_name)
+                self._note_reset(section_name, section)
         return bound
 
     def process_died(self, group: str, name: str, pid: int, now: float) -> list[str]:
@@ -215,7 +216,7 @@ class Health:
             if info is not None and info.state == RUNNING and info.pid == pid:
                 section.set_process((group, name), "EXITED", 0, now)
                 affected.append(section_name)
-                self.reschedule(section_name)
+                self._note_reset(section_name, section)
         return affected
 
     def unmatched_programs(self) -> list[ServiceSettings]:
@@ -227,10 +228,14 @@ class Health:
 
     def take_cancelled(self) -> list[str]:
         """Sections whose running check a reset abandoned since the last call."""
-        cancelled = [name for name, section in self.sections.items() if section.cancelled]
-        for name in cancelled:
-            self.sections[name].cancelled = False
+        cancelled, self._cancelled = sorted(self._cancelled), set()
         return cancelled
+
+    def _note_reset(self, name: str, section: SectionHealth) -> None:
+        if section.cancelled:
+            section.cancelled = False
+            self._cancelled.add(name)
+        self.reschedule(name)
 
     def next_due(self) -> float | None:
         """When the earliest check that is not running falls due, or None."""

@@ -174,10 +174,13 @@ class Watcher:
                 self.registry.update(changes)
                 self.status.changed()
         now = self.loop.clock()
-        runs = self.health.due_checks(now, self.checks.busy_sections())
-        if runs:
-            self.checks.submit(runs)
-        self._arm_check_timer(self.health.next_due())
+        due = self.health.next_due()
+        if due is not None and due <= now:
+            runs = self.health.due_checks(now, self.checks.busy_sections())
+            if runs:
+                self.checks.submit(runs)
+            due = self.health.next_due()
+        self._arm_check_timer(due)
 
     def _arm_check_timer(self, when: float | None) -> None:
         """Wake the loop when the next check falls due, between supervisord's ticks."""
