@@ -272,3 +272,36 @@ def test_unexpected_error_ends_the_listener_nonzero_and_deregisters(
     assert drv.process.wait(5) == 1
     assert not node_exists(zk, node)  # gone with the session, not after its timeout
     assert "unexpected error" in drv.stderr()
+
+
+def test_two_credentials_register_side_by_side_under_a_new_tree(
+        write_config, driver, zk, zookeeper, base_path, tmp_path):
+    """As nd_service_registry: our credentials lock the node and its immediate
+    parent; the parents above it that we create stay open, so the first host of
+    one team does not lock the tree for another team's credentials."""
+    drivers = []
+    for team in ("alpha", "beta"):
+        config = write_config(cmd_section(f"{base_path}/services", "true", name=team) + f"""
+        [auth]
+        user = {team}
+        password = pw-{team}
+        """, name=f"{team}.cfg")
+        drivers.append(driver(config))
+        wait_until(lambda team=team: node_exists(zk, f"{base_path}/services/{team}/host1:8080"),
+                   10, what=f"{team} registered")
+    world_all = [ACL(Permissions.ALL, Id("world", "anyone"))]
+    assert zk.get_acls(base_path)[0] == world_all
+    assert zk.get_acls(f"{base_path}/services")[0] == world_all
+    for team in ("alpha", "beta"):
+        owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", f"{team}:pw-{team}")])
+        owner.start(timeout=30)
+        try:
+            digest = make_digest_acl_credential(team, f"pw-{team}")
+            expected = sorted([ACL(Permissions.ALL, Id("digest", digest)),
+                               ACL(Permissions.READ, Id("world", "anyone"))], key=str)
+            for path in (f"{base_path}/services/{team}",
+                         f"{base_path}/services/{team}/host1:8080"):
+                assert sorted(owner.get_acls(path)[0], key=str) == expected, path
+        finally:
+            owner.stop()
+            owner.close()

@@ -33,6 +33,7 @@ from .loop import EventLoop, Timer, offload
 from .payload import node_payload
 from .pidwatch import PidWatcher
 from .registry import Registry
+from .session_file import default_path as default_session_path
 from .status import StatusPublisher
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ RPC_TIMEOUT = 5.0
 REGISTRY_STOP_TIMEOUT = 0.7
 CHECKS_STOP_TIMEOUT = 0.1
 EXIT_CRASH = 1
+# After a restart, nodes of the reattached session that nothing wants are kept
+# until every section's health is known again (first check results, the
+# XML-RPC snapshot) — or this long past the slowest check's timeout.
+SETTLE_SLACK = 2.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ class Watcher:
         self._snapshot_again = False
         self._reload_reading = False
         self._reload_again = False
+        self._settle_by = loop.clock() + SETTLE_SLACK + max(
+            (service.timeout for service in config.services), default=0.0)
+        self._settled = False
+        self._snapshot_answered = False
         loop.on_idle(self.pump)
         registry.on_change = lambda: loop.post(self.status.changed)
         registry.on_fatal = loop.fail
@@ -98,6 +107,21 @@ class Watcher:
         self.registry.start()
         self.status.start()
         self._snapshot_if_bound()
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        """Tell the registry once every section's health is known after start."""
+        if self._settled:
+            return
+        snapshot_known = self._snapshot_answered or not self._snapshot_in_flight
+        checks_known = all(
+            section.last_result is not None or not section.process_up
+            for section in self.health.sections.values() if section.service.cmd is not None)
+        if (snapshot_known and checks_known) or self.loop.clock() >= self._settle_by:
+            self._settled = True
+            self.registry.settled()
+        else:
+            self.loop.call_later(0.1, self._check_settled)
 
     def _snapshot_if_bound(self) -> None:
         if self.rpc_env is not None and any(
@@ -325,6 +349,7 @@ class Watcher:
     def _snapshot_done(self, request: int, since: int, infos: list | None,
                        error: BaseException | None) -> None:
         self._snapshot_in_flight = False
+        self._snapshot_answered = True
         if error is not None:
             log.warning("cannot read process states from supervisord (%r); waiting for "
                         "events", error)
@@ -482,7 +507,8 @@ def run(config: Config, hosts_override: str | None = None,
         stdin = sys.stdin.buffer
     close_inherited_fds_on_exec()
     loop = EventLoop()
-    watcher = Watcher(config, Registry(config.zookeeper), loop, hosts_override)
+    registry = Registry(config.zookeeper, session_path=default_session_path(config.filename))
+    watcher = Watcher(config, registry, loop, hosts_override)
     _exit_on_thread_crash(loop)
     if config.metrics_port:
         from . import metrics

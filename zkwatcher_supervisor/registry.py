@@ -7,11 +7,12 @@ and a worker thread makes ZooKeeper match it:
 * after every (re)connect it re-examines every node it wants or owns, because
   a lost session takes our ephemeral nodes with it and old watches may be gone;
 * an ``exists`` watch on each wanted node brings it back if someone deletes it;
-* a node at our path owned by another session (our previous incarnation after
-  a crash and quick restart) is replaced when the ACL lets us, and otherwise
-  watched so ours goes in the moment it disappears;
-* nodes it never created (persistent ones, other sessions' that we do not want)
-  are never written.
+* after a crash and quick restart it reattaches to its previous session
+  (saved by :mod:`.session_file`), so the nodes it held simply stay;
+* a node at our path held by any other session — a zk_watcher still running
+  during a migration, a second listener started by mistake — is never
+  deleted: we log once, watch it, and register the moment it goes;
+* nodes it never created (persistent ones, other sessions') are never written.
 
 Reads and writes are pipelined with kazoo's async API, so a full reconcile of a
 thousand nodes costs a few round trips, not a thousand.
@@ -38,8 +39,9 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
-from kazoo.security import CREATOR_ALL_ACL, READ_ACL_UNSAFE
+from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
 
+from . import session_file
 from .config import ZooKeeperSettings
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,12 @@ REPLY_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class _Owned:
-    data: bytes
+    data: bytes | None  # None: held by a session we reattached to; contents unknown
     version: int
 
 
-def make_client(settings: ZooKeeperSettings) -> KazooClient:
+def make_client(settings: ZooKeeperSettings,
+                client_id: tuple[int, bytes] | None = None) -> KazooClient:
     """A kazoo client for ``settings``: hosts, session timeout, digest auth, TLS."""
     options: dict = {}
     if settings.auth is not None:
@@ -77,6 +80,7 @@ def make_client(settings: ZooKeeperSettings) -> KazooClient:
         # Reconnect for ever, quickly: registrations must come back within
         # a second of the server returning.
         connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
+        client_id=client_id,
         **options,
     )
 
@@ -103,11 +107,20 @@ class Registry:
     hand the news on.
     """
 
-    def __init__(self, settings: ZooKeeperSettings) -> None:
+    def __init__(self, settings: ZooKeeperSettings, session_path: str | None = None) -> None:
         self.on_change: Callable[[], None] = lambda: None  # after ZooKeeper changed
         # An unexpected exception in the worker: the process must end.
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
-        self._client = make_client(settings)
+        self._session_path = session_path
+        self._saved = session_file.load(session_path) if session_path else None
+        client_id = None
+        if self._saved is not None:
+            client_id = (self._saved.session_id, self._saved.password)
+            log.info("reattaching to ZooKeeper session 0x%x (%d node(s))",
+                     self._saved.session_id, len(self._saved.paths))
+        self._client = make_client(settings, client_id)
+        # As nd_service_registry: our credentials get everything and the world
+        # may read, on our nodes and on the parent we create for them.
         self._acl = None  # kazoo's default: open
         if settings.auth is not None:
             self._acl = CREATOR_ALL_ACL + READ_ACL_UNSAFE
@@ -130,6 +143,11 @@ class Registry:
         # Worker thread only.
         self._owned: dict[str, _Owned] = {}
         self._session_id: int | None = None
+        self._saved_paths: frozenset[str] | None = None  # as last written to the file
+        # Nodes of a reattached session that we do not want (yet): kept until
+        # the listener has worked out its health after the restart.
+        self._holding = True
+        self._foreign: dict[str, int] = {}  # path -> other session we logged about
         self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
 
     # -- public API ---------------------------------------------------------
@@ -152,6 +170,15 @@ class Registry:
                     self._wanted[path] = data
                 self._dirty.add(path)
                 self._failures.pop(path, None)  # new wishes are tried at once
+        self._wake.set()
+
+    def settled(self) -> None:
+        """The wanted set is now complete: nodes of a reattached session that are
+        not wanted may go.  Until then they are kept, so a restart does not flap
+        a node whose section turns out healthy a moment later."""
+        with self._lock:
+            self._holding = False
+            self._examine_all = True
         self._wake.set()
 
     @property
@@ -235,9 +262,7 @@ class Registry:
                 changed, self._dirty = self._dirty, set()
                 suspect, self._suspect = self._suspect | due, set()
             if session_id != self._session_id:
-                # A new session owns nothing yet; whatever the old one held is gone.
-                self._owned.clear()
-                self._session_id = session_id
+                self._new_session(session_id, client_id[1])
                 examine_all = True
             if examine_all:
                 suspect |= set(wanted) | set(self._owned)
@@ -254,7 +279,41 @@ class Registry:
             self._schedule_retries(failed, (changed | suspect) - failed)
             if self._registered != self._owned.keys():
                 self._registered = frozenset(self._owned)
+                self._save_session()
                 self.on_change()
+
+    def _new_session(self, session_id: int, password: bytes) -> None:
+        saved = self._saved
+        self._saved = None
+        if saved is not None and saved.session_id == session_id:
+            # The session of our previous incarnation is still alive: its nodes are ours.
+            self._owned = {path: _Owned(None, -1) for path in saved.paths}
+            log.info("reattached to session 0x%x; its %d node(s) stay", session_id,
+                     len(saved.paths))
+        else:
+            # A new session owns nothing yet; whatever the old one held is gone.
+            if saved is not None:
+                log.info("session 0x%x has expired; started 0x%x", saved.session_id,
+                         session_id)
+            self._owned.clear()
+        self._session_id = session_id
+        self._password = password
+        self._saved_paths = None
+        self._save_session()
+
+    def _save_session(self) -> None:
+        """Keep the session file in step with the nodes we hold."""
+        if self._session_path is None or self._session_id is None:
+            return
+        paths = frozenset(self._owned)
+        if paths == self._saved_paths:
+            return
+        try:
+            session_file.save(self._session_path, session_file.SavedSession(
+                self._session_id, self._password, paths))
+        except OSError as exc:
+            log.warning("cannot write the session file %s: %s", self._session_path, exc)
+        self._saved_paths = paths
 
     def _schedule_retries(self, failed: set[str], succeeded: set[str]) -> None:
         now = time.monotonic()
@@ -282,19 +341,25 @@ class Registry:
             self._owned.pop(path, None)
             return ("create", data, 0) if data is not None else None
         if stat.ephemeralOwner == session_id:
-            if data is None:
-                return ("delete", None, stat.version)
             owned = self._owned.get(path)
+            if data is None:
+                if self._holding and owned is not None and owned.data is None:
+                    return None  # a reattached node: wait until we know our health
+                return ("delete", None, stat.version)
             if owned is None or owned.data != data or owned.version != stat.version:
                 return ("set", data, stat.version)
             return None
+        self._owned.pop(path, None)
         if data is None:
             return None  # not ours and not wanted: not our business
         if stat.ephemeralOwner == 0:
             log.error("%s exists as a persistent node we did not create; leaving it", path)
             return None
-        log.info("%s is held by session 0x%x; replacing it", path, stat.ephemeralOwner)
-        return ("replace", data, stat.version)
+        if self._foreign.get(path) != stat.ephemeralOwner:
+            self._foreign[path] = stat.ephemeralOwner
+            log.warning("%s is held by another session (0x%x); leaving it alone and "
+                        "registering when it goes", path, stat.ephemeralOwner)
+        return None  # the exists watch set by the lookup tells us when it goes
 
     def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
                    session_id) -> set[str]:
@@ -354,7 +419,7 @@ class Registry:
                     client.exists_async(path, watch=self._on_watch)
             elif kind == "set":
                 result = client.set_async(path, data, version)
-            else:  # delete, replace
+            else:
                 result = client.delete_async(path, version)
             pending[path] = (kind, result, data)
 
@@ -366,16 +431,9 @@ class Registry:
             except CONNECTION_ERRORS:
                 raise
             except NoAuthError:
-                if action == "replace":
-                    log.warning(
-                        "%s is held by another session and our credentials may not delete it; "
-                        "registering when it goes away",
-                        path,
-                    )
-                else:
-                    log.error("%s: ZooKeeper refused %s (NoAuth); check [auth] and parent ACLs",
-                              path, action)
-                    retry.add(path)
+                log.error("%s: ZooKeeper refused %s (NoAuth); check [auth] and parent ACLs",
+                          path, action)
+                retry.add(path)
                 continue
             except NoNodeError:
                 if action == "create":
@@ -402,25 +460,33 @@ class Registry:
                 self._owned.pop(path, None)
                 self.deregistrations += 1
                 log.info("deregistered %s", path)
-            elif action == "replace":
-                again[path] = ("create", data, 0)  # the stale node is gone; ours goes in now
         return again, retry
 
     def _create_async(self, path: str, data: bytes):
         return self._client.create_async(path, data, acl=self._acl, ephemeral=True)
 
     def _ensure_path(self, path: str) -> None:
-        # Parents we create get our ACL too: deleting a node needs DELETE on its
-        # parent, so an open parent would let anyone remove our registration.
-        # Parents that already exist are left as they are.
+        # As nd_service_registry: the parent that holds our nodes gets our ACL
+        # (deleting a node needs DELETE on its parent, so an open parent would
+        # let anyone remove our registration); the ones above it that we have
+        # to create stay open, so one team's first host does not lock
+        # /services for every other team.  Existing nodes are left as they are.
         try:
+            grandparent = posixpath.dirname(path)
+            if grandparent != "/":
+                self._client.ensure_path(grandparent, acl=OPEN_ACL_UNSAFE)
             self._client.ensure_path(path, acl=self._acl)
         except NoAuthError:
             log.error("cannot create %s: NoAuth on a parent node", path)
+        except CONNECTION_ERRORS:
+            raise
+        except KazooException as exc:
+            log.error("cannot create %s: %r", path, exc)  # retried with backoff
 
     def _close(self) -> None:
         self._thread.join(0.2)
         owned = len(self._owned)
+        was_connected = self._client.connected
         try:
             # Closing the session makes ZooKeeper delete all its ephemeral
             # nodes at once: one round trip, however many we hold.
@@ -429,5 +495,7 @@ class Registry:
         except Exception as exc:
             log.warning("closing the ZooKeeper session failed: %r", exc)
             return
+        if self._session_path is not None and was_connected:
+            session_file.remove(self._session_path)  # closed: nothing to reattach to
         if owned:
             log.info("session closed: deregistered %d node(s)", owned)
