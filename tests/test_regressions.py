@@ -539,35 +539,39 @@ def test_sigterm_while_zookeeper_is_unreachable_exits_0_within_1s(
 
 def test_sigterm_with_a_registration_in_flight_over_a_slow_link_removes_every_node(
         write_config, driver, zk, zookeeper, base_path, tmp_path):
-    """ZooKeeper is slow to answer (0.4 s each way).  Section [a] is registered; section
-    [b] has just turned healthy and its create has reached the server but not yet been
-    confirmed when SIGTERM arrives.  Both nodes must be gone within 1.5 s — deleted, or
-    removed by closing the session, not left for the 4 s session timeout — and the
-    listener must exit 0 within 1 s."""
-    link = ZooKeeperLink(zookeeper.port, delay=0.4)
+    """ZooKeeper is slow to answer (0.3 s each way).  Section [a] is registered; section
+    [b] has just turned healthy and its create is on the wire when SIGTERM arrives.
+    1.5 s later neither node may exist — deleted, or removed by closing the session,
+    not left for the 4 s session timeout — and the listener must have exited 0 within
+    1 s."""
+    link = ZooKeeperLink(zookeeper.port, delay=0.3)
     flag = tmp_path / "b-up"
     try:
         drv = driver(write_config(section(base_path, "a", 1, cmd="true")
                                   + section(base_path, "b", 2, cmd=f"test -f {flag}"),
                                   hosts=link.hosts, session_timeout=4))
         node_a, node_b = f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"
+        zk.ensure_path(f"{base_path}/b")  # so b's create is a single request
         watch_a, watch_b = NodeWatch(zk, node_a), NodeWatch(zk, node_b)
         with Ticker(drv):
             assert watch_a.wait_for("CREATED", 0, 15), "a never registered"
             time.sleep(1.0)
+            touched = time.monotonic()
             flag.touch()
-            assert watch_b.wait_for("CREATED", 0, 10), "b never registered"
-            # The server has b; the listener hears so only 0.4 s from now.
+            # The moment the listener sends b's create: it reaches the server in 0.3 s.
+            wait_until(lambda: [t for t, op in link.requests if op in (1, 15) and t > touched],
+                       10, interval=0.001, what="b's create sent")
             started = time.monotonic()
             drv.process.terminate()
         status = drv.process.wait(10)
         exited = time.monotonic() - started
-        gone = [w.wait_for("DELETED", started, 7) for w in (watch_a, watch_b)]
+        time.sleep(max(0.0, started + 1.5 - time.monotonic()))
+        left = [n for n in (node_a, node_b) if node_exists(zk, n)]
+        gone = [w.wait_for("DELETED", started, 6) for w in (watch_a, watch_b)]
         took = [round(g - started, 2) if g else None for g in gone]
         print(f"SIGTERM -> exit {exited:.2f}s, nodes a, b deleted after {took} s")
         assert status == 0, drv.stderr()[-2000:]
-        assert all(g is not None and g - started < 1.5 for g in gone), \
-            f"nodes a, b deleted after {took} s (session timeout 4 s)"
+        assert left == [], f"{left} still registered 1.5 s after SIGTERM (deleted after {took} s)"
         assert exited < 1.0, exited
     finally:
         link.close()
