@@ -467,10 +467,10 @@ def test_permanent_refusal_backs_off_and_registers_once_allowed(
         write_config, driver, zk, zookeeper, base_path):
     """The parent ``zookeeper_path`` belongs to another identity and lets the world only
     read: every create is refused with NoAuth.  The listener must not hammer ZooKeeper:
-    from 4 s to 16 s after its first attempt it may send at most 12 requests (pings
-    aside) — a backoff doubling from 0.5 s sends 2 attempts in that window, a fixed
-    0.5 s retry about 50.  Once the ACL is fixed the node must go in within 32 s (a
-    30 s backoff cap)."""
+    from 4 s to 12 s after its first attempt it may send at most 8 requests (pings
+    aside) — a backoff doubling from 0.5 s makes one attempt in that window, a fixed
+    0.5 s retry 16.  Once the ACL is fixed the node must go in within 32 s (a 30 s
+    backoff cap)."""
     other = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", "other:pw")])
     other.start(timeout=30)
     parent = f"{base_path}/svc"
@@ -485,13 +485,13 @@ def test_permanent_refusal_backs_off_and_registers_once_allowed(
         with Ticker(drv, interval=1.0) as ticker:
             first = wait_until(lambda: next((t for t, op in link.requests if op in (1, 15)),
                                             None), 10, what="first create")
-            time.sleep(max(0.0, first + 16 - time.monotonic()))
-            sent = link.work_requests(first + 4, first + 16)
+            time.sleep(max(0.0, first + 12 - time.monotonic()))
+            sent = link.work_requests(first + 4, first + 12)
             threads = len(os.listdir(f"/proc/{drv.process.pid}/task"))
-            print(f"requests from 4 s to 16 s after the first refusal: {sent}; "
+            print(f"requests from 4 s to 12 s after the first refusal: {sent}; "
                   f"listener threads: {threads}")
             assert not node_exists(zk, f"{parent}/host1:1")
-            assert sent <= 12, f"{sent} requests in 12 s while every create is refused"
+            assert sent <= 8, f"{sent} requests in 8 s while every create is refused"
 
             other.set_acls(parent, [ACL(Permissions.ALL, Id("world", "anyone"))])
             fixed = time.monotonic()
