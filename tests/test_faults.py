@@ -328,3 +328,39 @@ def test_sighup_reload(zk, write_config, driver, base_path, tmp_path):
     drv.tick()
     assert node_exists(zk, nodes["added"]) and node_exists(zk, nodes["keep"])
     assert drv.process.poll() is None
+
+
+def test_second_listener_with_the_same_config_never_fights_the_first(
+        zk, write_config, driver, base_path):
+    """Started twice by mistake: the second neither shares the first's session
+    nor touches its node; it takes over only when the first is gone."""
+    config = write_config(section(base_path, "a", 1, cmd="true"), session_timeout=4)
+    first = driver(config)
+    node = f"{base_path}/a/host1:1"
+    wait_until(lambda: node_exists(zk, node), 10, what="first registered")
+    before = zk.exists(node)
+    second = driver(config)
+    wait_until(lambda: "held by another session" in second.stderr(), 10, what="second waits")
+    assert "not sharing its ZooKeeper session" in second.stderr()
+    time.sleep(2)
+    after = zk.exists(node)
+    assert (after.czxid, after.mzxid, after.ephemeralOwner) == \
+        (before.czxid, before.mzxid, before.ephemeralOwner)
+    first.process.terminate()
+    assert first.process.wait(5) == 0
+    wait_until(lambda: node_exists(zk, node) and json.loads(zk.get(node)[0])["pid"]
+               == second.process.pid, 2, interval=0.01, what="second registered")
+
+
+def test_restart_after_the_session_expired_starts_afresh(zk, write_config, driver, base_path):
+    config = write_config(section(base_path, "a", 1, cmd="true"), session_timeout=4)
+    first = driver(config)
+    node = f"{base_path}/a/host1:1"
+    wait_until(lambda: node_exists(zk, node), 10, what="registered")
+    first.process.kill()  # leaves its session file behind
+    first.process.wait()
+    wait_until(lambda: not node_exists(zk, node), 4 + 3, interval=0.05, what="expired")
+    second = driver(config)
+    wait_until(lambda: node_exists(zk, node), 5, interval=0.01, what="registered again")
+    assert json.loads(zk.get(node)[0])["pid"] == second.process.pid
+    assert "has expired; started" in second.stderr()

@@ -59,3 +59,17 @@ def test_default_location_is_not_a_world_writable_directory(tmp_path):
     path = session_file.default_path(str(tmp_path / "zk.cfg"))
     assert not path.startswith("/tmp/")
     assert path != session_file.default_path(str(tmp_path / "other.cfg"))
+
+
+def test_only_one_process_claims_a_session(tmp_path):
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "state" / "session.json")
+    assert session_file.claim(path) is not None
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys; from zkwatcher_supervisor import session_file; "
+         f"sys.exit(0 if session_file.claim({path!r}) is None else 1)"],
+        capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    assert "another listener is running with this config" in other.stderr

@@ -112,6 +112,10 @@ class Registry:
         self.on_change: Callable[[], None] = lambda: None  # after ZooKeeper changed
         # An unexpected exception in the worker: the process must end.
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+        # Held open (and locked) for the life of the process.
+        self._session_lock = session_file.claim(session_path) if session_path else None
+        if self._session_lock is None:
+            session_path = None  # another listener owns it; ours is a session of its own
         self._session_path = session_path
         self._saved = session_file.load(session_path) if session_path else None
         client_id = None

@@ -17,6 +17,7 @@ write is refused with a warning.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import logging
@@ -63,6 +64,26 @@ def _safe_directory(directory: str) -> bool:
                     directory)
         return False
     return True
+
+
+def claim(path: str) -> int | None:
+    """Lock the session for this process; None if another listener holds it.
+
+    Two listeners started with the same config would otherwise share one
+    session and take it from each other on every reconnect.  The lock goes
+    with the process, however it ends.
+    """
+    if not _safe_directory(os.path.dirname(path)):
+        return None
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        log.warning("another listener is running with this config (it holds %s.lock); "
+                    "not sharing its ZooKeeper session", path)
+        return None
+    return fd
 
 
 def load(path: str) -> SavedSession | None:
