@@ -121,9 +121,11 @@ class ZooKeeperLink:
 
     PING, AUTH, SET_WATCHES, CLOSE = 11, 100, 101, -11
 
-    def __init__(self, target_port: int, delay: float = 0.0) -> None:
+    def __init__(self, target_port: int, delay: float = 0.0,
+                 request_delay: float | None = None) -> None:
         self.target_port = target_port
-        self.delay = delay
+        self.delay = delay  # server -> client
+        self.request_delay = delay if request_delay is None else request_delay
         self.requests: list[tuple[float, int]] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
@@ -146,6 +148,16 @@ class ZooKeeperLink:
         """Stop delivering bytes either way while every connection stays open: a
         network partition that drops packets, as opposed to a refused connection."""
         self._flowing.clear()
+
+    def drop(self) -> None:
+        """Close every open connection (replies in flight are lost); new ones are accepted."""
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         self._closed = True
@@ -182,7 +194,7 @@ class ZooKeeperLink:
                 chunk = b""
             now = time.monotonic()
             with ready:
-                queue.append((now + self.delay, chunk))
+                queue.append((now + (self.request_delay if parse else self.delay), chunk))
                 ready.notify()
             if not chunk:
                 return

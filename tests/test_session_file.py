@@ -9,7 +9,8 @@ import stat
 from zkwatcher_supervisor import session_file
 from zkwatcher_supervisor.session_file import SavedSession
 
-SESSION = SavedSession(0x1234, b"p" * 16, frozenset({"/a/h:1", "/b/h:2"}))
+SESSION = SavedSession(0x1234, b"p" * 16, {"/a/h:1": "/a/h:1",
+                                           "/b/member_#h:2": "/b/member_0000000007"})
 
 
 def test_round_trip_with_private_modes(tmp_path):

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" auth={zookeeper.auth.user}" if zookeeper.auth else ""))
         print(f"status file {config.status_file}")
         for service in config.services:
-            print(f"[{service.name}] {service.node_path} "
+            print(f"[{service.name}] {service.display_path} "
                   f"{node_payload(service, os.getpid()).decode()}")
         return 0
 

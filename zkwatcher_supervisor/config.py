@@ -135,10 +135,20 @@ class ServiceSettings:
 
     @property
     def node_path(self) -> str:
-        # Finagle's ServerSet readers only list children named member_*.
-        prefix = "member_" if self.payload_format == "serverset" else ""
-        return (f"{self.zookeeper_path.rstrip('/')}/"
-                f"{prefix}{self.service_hostname}:{self.service_port}")
+        """The registration's key: the znode path, or for a ServerSet member
+        ``<path>/member_#<host>:<port>`` — ZooKeeper names the member itself
+        (``member_`` + a sequence number, as ServerSet readers expect)."""
+        parent = self.zookeeper_path.rstrip("/")
+        if self.payload_format == "serverset":
+            return f"{parent}/member_#{self.service_hostname}:{self.service_port}"
+        return f"{parent}/{self.service_hostname}:{self.service_port}"
+
+    @property
+    def display_path(self) -> str:
+        """The node path as an operator should read it (before ZooKeeper names a member)."""
+        if self.payload_format == "serverset":
+            return f"{self.zookeeper_path.rstrip('/')}/member_<sequence>"
+        return self.node_path
 
 
 @dataclass(frozen=True)
@@ -422,7 +432,7 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
         service = _read_service(section, default_hostname)
         if service.node_path in seen_paths:
             raise section.error(
-                None, f"same znode {service.node_path} as [{seen_paths[service.node_path]}]"
+                None, f"same znode {service.display_path} as [{seen_paths[service.node_path]}]"
             )
         seen_paths[service.node_path] = name
         warnings += section.unknown_keys(SERVICE_KEYS)

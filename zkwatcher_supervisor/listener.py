@@ -274,7 +274,8 @@ class Watcher:
                 if self._holder.get(current.path) == name:
                     del self._holder[current.path]
                 why = "removed from the config" if service is None else "unhealthy"
-                log.info("[%s] %s: deregistering %s", name, why, current.path)
+                log.info("[%s] %s: deregistering %s", name, why,
+                         self.registry.node_of(current.path) or current.service.display_path)
             return None
         if current is not None and current.service is service:
             return current.path  # up before, up now, same settings
@@ -291,7 +292,7 @@ class Watcher:
             del self._holder[current.path]
         self._holder[path] = name
         if current is None:
-            log.info("[%s] healthy: registering %s", name, path)
+            log.info("[%s] healthy: registering %s", name, service.display_path)
         return path
 
     # -- reload ---------------------------------------------------------------
@@ -413,7 +414,7 @@ class Watcher:
                     "due_by": due_by,
                 }
             sections[name] = {
-                "path": service.node_path,
+                "path": self.registry.node_of(service.node_path) or service.display_path,
                 "healthy": section.up,
                 "registered": service.node_path in registered,
                 "processes": {f"{g}:{n}": p.state for (g, n), p in section.processes.items()},

@@ -56,6 +56,18 @@ MAX_RETRY_DELAY = 30.0
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError)
+# A registration key whose last element is "<prefix>#<anything>" stands for one
+# ephemeral *sequential* znode "<prefix><10-digit sequence>" (ServerSet
+# members); the name ZooKeeper assigns is what we own, update and delete.
+SEQUENCE_MARK = "#"
+
+
+def sequence_prefix(key: str) -> str | None:
+    """The znode prefix for a sequential registration key, or None for a fixed path."""
+    parent, name = posixpath.split(key)
+    if SEQUENCE_MARK not in name:
+        return None
+    return posixpath.join(parent, name.split(SEQUENCE_MARK, 1)[0])
 # Upper bound on waiting for one pipelined batch of replies.
 REPLY_TIMEOUT = 10.0
 
@@ -122,7 +134,7 @@ class Registry:
         if self._saved is not None:
             client_id = (self._saved.session_id, self._saved.password)
             log.info("reattaching to ZooKeeper session 0x%x (%d node(s))",
-                     self._saved.session_id, len(self._saved.paths))
+                     self._saved.session_id, len(self._saved.nodes))
         self._client = make_client(settings, client_id)
         # As nd_service_registry: our credentials get everything and the world
         # may read, on our nodes and on the parent we create for them.
@@ -148,7 +160,18 @@ class Registry:
         # Worker thread only.
         self._owned: dict[str, _Owned] = {}
         self._session_id: int | None = None
-        self._saved_paths: frozenset[str] | None = None  # as last written to the file
+        self._saved_nodes: dict[str, str] | None = None  # as last written to the file
+        # Sequential keys: the znode ZooKeeper named for each, and back.  Read
+        # (not written) by kazoo's thread in _on_watch.
+        self._nodes: dict[str, str] = {}
+        self._keys: dict[str, str] = {}
+        # Sequential creates whose reply was lost: (parent cversion before, data).
+        self._uncertain: dict[str, tuple[int | None, bytes]] = {}
+        # After a reattach: parents whose members our old incarnation may have
+        # created without saving their names (killed in between); swept once settled.
+        self._reattached = False
+        self._sweep: set[str] = set()
+        self._published_nodes: dict[str, str] = {}
         # Nodes of a reattached session that we do not want (yet): kept until
         # the listener has worked out its health after the restart.
         self._holding = True
@@ -191,8 +214,14 @@ class Registry:
         return self._client.connected
 
     def registered(self) -> frozenset[str]:
-        """Paths we hold in ZooKeeper, as the worker last confirmed them."""
+        """Keys we hold in ZooKeeper, as the worker last confirmed them."""
         return self._registered
+
+    def node_of(self, key: str) -> str | None:
+        """The znode that holds ``key`` (a sequential member's assigned name)."""
+        if sequence_prefix(key) is None:
+            return key
+        return self._published_nodes.get(key)
 
     def hand_over(self, timeout: float = 0.5) -> bool:
         """Stop without closing the session: a successor reattaches to it (see
@@ -241,7 +270,7 @@ class Registry:
             if event.path is None:  # a session event (kazoo fires these at expiry)
                 self._examine_all = True
             else:
-                self._suspect.add(event.path)
+                self._suspect.add(self._keys.get(event.path, event.path))
         self._wake.set()
 
     # -- worker ---------------------------------------------------------------
@@ -299,8 +328,9 @@ class Registry:
                     self._wake.set()
                 failed = set()
             self._schedule_retries(failed, (changed | suspect) - failed)
-            if self._registered != self._owned.keys():
+            if self._registered != self._owned.keys() or self._published_nodes != self._nodes:
                 self._registered = frozenset(self._owned)
+                self._published_nodes = dict(self._nodes)
                 self._save_session()
                 self.on_change()
 
@@ -309,33 +339,49 @@ class Registry:
         self._saved = None
         if saved is not None and saved.session_id == session_id:
             # The session of our previous incarnation is still alive: its nodes are ours.
-            self._owned = {path: _Owned(None, -1) for path in saved.paths}
+            self._owned = {key: _Owned(None, -1) for key in saved.nodes}
+            self._nodes = {key: node for key, node in saved.nodes.items()
+                           if sequence_prefix(key) is not None}
+            self._reattached = True
             log.info("reattached to session 0x%x; its %d node(s) stay", session_id,
-                     len(saved.paths))
+                     len(saved.nodes))
         else:
             # A new session owns nothing yet; whatever the old one held is gone.
             if saved is not None:
                 log.info("session 0x%x has expired; started 0x%x", saved.session_id,
                          session_id)
             self._owned.clear()
+            self._nodes = {}
+        self._keys = {node: key for key, node in self._nodes.items()}
+        self._uncertain.clear()  # a lost create of the old session died with it
         self._session_id = session_id
         self._password = password
-        self._saved_paths = None
+        self._saved_nodes = None
         self._save_session()
 
     def _save_session(self) -> None:
         """Keep the session file in step with the nodes we hold."""
         if self._session_path is None or self._session_id is None:
             return
-        paths = frozenset(self._owned)
-        if paths == self._saved_paths:
+        nodes = {key: self._nodes.get(key, key) for key in self._owned}
+        if nodes == self._saved_nodes:
             return
         try:
             session_file.save(self._session_path, session_file.SavedSession(
-                self._session_id, self._password, paths))
+                self._session_id, self._password, nodes))
         except OSError as exc:
             log.warning("cannot write the session file %s: %s", self._session_path, exc)
-        self._saved_paths = paths
+        self._saved_nodes = nodes
+
+    def _node(self, key: str) -> str | None:
+        """The znode holding ``key``; None for a sequential member not created yet."""
+        return self._nodes.get(key) if sequence_prefix(key) is not None else key
+
+    def _forget_node(self, key: str) -> None:
+        self._owned.pop(key, None)
+        node = self._nodes.pop(key, None)
+        if node is not None:
+            self._keys.pop(node, None)
 
     def _schedule_retries(self, failed: set[str], succeeded: set[str]) -> None:
         now = time.monotonic()
@@ -362,7 +408,11 @@ class Registry:
         """What to do for a path given what ZooKeeper says is there now
         (``current``: its data, read for nodes of a reattached session)."""
         if stat is None:
-            self._owned.pop(path, None)
+            self._forget_node(path)
+            return ("create", data, 0) if data is not None else None
+        if stat.ephemeralOwner != session_id and sequence_prefix(path) is not None:
+            # The member we knew is not ours (any more): register a new one.
+            self._forget_node(path)
             return ("create", data, 0) if data is not None else None
         if stat.ephemeralOwner == session_id:
             owned = self._owned.get(path)
@@ -399,16 +449,28 @@ class Registry:
         session wrote tells us what to do without a read.  ``suspect`` paths
         (reconnects, watches, retries) are looked up first.
         """
+        if self._reattached:
+            self._find_unsaved_members(wanted)
+        if self._uncertain:
+            self._resolve_uncertain(session_id)
+        if self._reattached and not self._holding:
+            self._sweep_unclaimed(session_id)
         lookups = {}
+        actions = {}
         for path in sorted(suspect):
             watch = self._on_watch if path in wanted else None
             owned = self._owned.get(path)
-            if owned is not None and owned.data is None:
+            node = self._node(path)
+            if node is None:
+                # A member not created yet: nothing to look up.
+                actions[path] = self._decide_from_memory(path, wanted.get(path))
+            elif owned is not None and owned.data is None:
                 # A node of the session we reattached to: what does it hold?
-                lookups[path] = (True, self._client.get_async(path, watch=watch))
+                lookups[path] = (True, self._client.get_async(node, watch=watch))
             else:
-                lookups[path] = (False, self._client.exists_async(path, watch=watch))
-        actions = {path: self._decide_from_memory(path, wanted.get(path)) for path in changed}
+                lookups[path] = (False, self._client.exists_async(node, watch=watch))
+        actions.update({path: self._decide_from_memory(path, wanted.get(path))
+                        for path in changed})
         retry: set[str] = set()
         for path, (with_data, lookup) in lookups.items():
             current = None
@@ -449,25 +511,42 @@ class Registry:
         Returns the creates to send again right away and the paths to retry later.
         """
         client = self._client
-        pending = {}  # path -> (action, async result, data)
+        pending = {}  # key -> (action, async result, data, parent stat before a member create)
         for path, action in actions.items():
             if action is None:
                 continue
             kind, data, version = action
-            if kind == "create":
+            prefix = sequence_prefix(path)
+            parent_stat = None
+            if kind == "create" and prefix is not None:
+                # Sent first, answered first: the parent's cversion just before
+                # our create, so a create whose reply is lost can be found again.
+                parent_stat = client.exists_async(posixpath.dirname(path))
+                self._uncertain[path] = (None, data)
+                result = client.create_async(prefix, data, acl=self._acl, ephemeral=True,
+                                             sequence=True)
+            elif kind == "create":
                 result = self._create_async(path, data)
                 if path not in watched:
                     # Watch it from now on, so a deletion by hand brings it back.
                     client.exists_async(path, watch=self._on_watch)
             elif kind == "set":
-                result = client.set_async(path, data, version)
+                result = client.set_async(self._node(path), data, version)
             else:
-                result = client.delete_async(path, version)
-            pending[path] = (kind, result, data)
+                result = client.delete_async(self._node(path), version)
+            pending[path] = (kind, result, data, parent_stat)
 
         again: dict[str, tuple] = {}
         retry: set[str] = set()
-        for path, (action, result, data) in pending.items():
+        for path, (action, result, data, parent_stat) in pending.items():
+            if parent_stat is not None:
+                try:
+                    before = parent_stat.get(timeout=REPLY_TIMEOUT)
+                except CONNECTION_ERRORS:
+                    raise
+                except KazooException:
+                    before = None  # a lost create is then searched among all members
+                self._uncertain[path] = (before.cversion if before else None, data)
             try:
                 outcome = result.get(timeout=REPLY_TIMEOUT)
             except CONNECTION_ERRORS:
@@ -479,30 +558,118 @@ class Registry:
                 continue
             except NoNodeError:
                 if action == "create":
+                    self._uncertain.pop(path, None)
                     again[path] = ("create-parent", data, 0)
                 else:
-                    self._owned.pop(path, None)
+                    self._forget_node(path)
                     retry.add(path)
                 continue
             except (NodeExistsError, BadVersionError):
                 retry.add(path)  # raced with someone; look again
                 continue
             except KazooException as exc:
+                self._uncertain.pop(path, None)  # refused: nothing was created
                 log.error("%s: %s failed: %r", path, action, exc)
                 retry.add(path)
                 continue
             if action == "create":
                 self._owned[path] = _Owned(data, 0)
                 self.registrations += 1
-                log.info("registered %s", path)
+                if sequence_prefix(path) is not None:
+                    self._uncertain.pop(path, None)
+                    self._nodes[path], self._keys[outcome] = outcome, path
+                    client.exists_async(outcome, watch=self._on_watch)
+                log.info("registered %s", self._node(path))
             elif action == "set":
                 self._owned[path] = _Owned(data, outcome.version)
                 log.info("updated %s", path)
             elif action == "delete":
-                self._owned.pop(path, None)
+                log.info("deregistered %s", self._node(path))
+                self._forget_node(path)
                 self.deregistrations += 1
-                log.info("deregistered %s", path)
         return again, retry
+
+    def _find_unsaved_members(self, wanted: dict[str, bytes]) -> None:
+        """After a reattach, members the old incarnation created but never saved
+        the name of (it died in between) are looked for like lost creates."""
+        for key, data in wanted.items():
+            if sequence_prefix(key) is not None and key not in self._nodes:
+                self._uncertain.setdefault(key, (None, data))
+                self._sweep.add(posixpath.dirname(key))
+
+    def _sweep_unclaimed(self, session_id: int) -> None:
+        """Once settled after a reattach: delete members of our session that no
+        section claims, under the parents we looked in."""
+        self._reattached = False
+        for parent in sorted(self._sweep):
+            try:
+                children = self._client.get_children(parent)
+            except NoNodeError:
+                continue
+            for child in children:
+                node = posixpath.join(parent, child)
+                if node in self._keys or not child.startswith("member_"):
+                    continue
+                stat = self._client.exists(node)
+                if stat is not None and stat.ephemeralOwner == session_id:
+                    log.info("deleting %s: a member of our session that no section claims",
+                             node)
+                    self._client.delete(node, stat.version)
+        self._sweep.clear()
+
+    def _resolve_uncertain(self, session_id: int) -> None:
+        """Find the members whose create reply a lost connection swallowed.
+
+        Such a create may or may not have happened.  Only members numbered
+        from the parent's cversion read just before the create can be one
+        (not every member: at fleet scale that is every host), and only if our
+        session holds them.  The one whose data matches is kept; any other of
+        ours that no key claims is a duplicate and goes.
+        """
+        by_parent: dict[str, list[str]] = {}
+        for key in self._uncertain:
+            by_parent.setdefault(posixpath.dirname(key), []).append(key)
+        for parent, keys in by_parent.items():
+            floor = min((self._uncertain[key][0] or 0) for key in keys)
+            prefixes = {posixpath.basename(sequence_prefix(key)) for key in keys}
+            candidates = []
+            try:
+                children = self._client.get_children(parent)
+            except NoNodeError:
+                children = []  # no parent, so no member either
+            for child in children:
+                base = child.rstrip("0123456789")
+                digits = child[len(base):]
+                if base in prefixes and len(digits) == 10 and int(digits) >= floor:
+                    node = posixpath.join(parent, child)
+                    if node not in self._keys:
+                        candidates.append(node)
+            lookups = [(node, self._client.get_async(node)) for node in sorted(candidates)]
+            ours = []
+            for node, lookup in lookups:
+                try:
+                    data, stat = lookup.get(timeout=REPLY_TIMEOUT)
+                except NoNodeError:
+                    continue
+                if stat.ephemeralOwner == session_id:
+                    ours.append((node, data, stat))
+            for key in keys:
+                _, attempted = self._uncertain.pop(key)
+                match = next((entry for entry in ours
+                              if same_registration(entry[1], attempted)), None)
+                if match is not None:
+                    ours.remove(match)
+                    node, data, stat = match
+                    self._owned[key] = _Owned(data, stat.version)
+                    self._nodes[key], self._keys[node] = node, key
+                    self._client.exists_async(node, watch=self._on_watch)
+                    log.info("registered %s (its create's reply was lost)", node)
+            if self._reattached:
+                continue  # the sweep after settling deals with the rest
+            for node, _, stat in ours:
+                log.info("deleting %s: a duplicate member from a create whose reply was "
+                         "lost", node)
+                self._client.delete(node, stat.version)
 
     def _create_async(self, path: str, data: bytes):
         return self._client.create_async(path, data, acl=self._acl, ephemeral=True)

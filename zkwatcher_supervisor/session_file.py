@@ -5,7 +5,8 @@ timeout reattaches to its old session (kazoo's ``client_id``) instead of
 opening a new one, so its ephemeral nodes simply stay — no flap, and no need
 to delete a node held by "some other session" that may in fact be a live
 zk_watcher.  The file holds the session id, its password (a credential:
-mode 0600) and the paths the session holds.
+mode 0600) and the nodes the session holds (for sequential serverset
+members, the name ZooKeeper gave each one).
 
 It decides what gets registered, so nobody else may be able to write it: it
 lives in a directory only our user can write (``/run/zkwatcher-supervisor``
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class SavedSession:
     session_id: int
     password: bytes
-    paths: frozenset[str]
+    nodes: dict[str, str]  # registration key -> the znode that holds it
 
 
 def default_path(config_filename: str) -> str:
@@ -101,9 +102,12 @@ def load(path: str) -> SavedSession | None:
             return None
         try:
             saved = json.loads(handle.read(1 << 20))
+            nodes = saved.get("nodes", {})
+            if not isinstance(nodes, dict):
+                raise TypeError("nodes is not a mapping")
             return SavedSession(int(saved["session_id"]),
                                 base64.b64decode(saved["password"]),
-                                frozenset(saved.get("paths", [])))
+                                {str(key): str(path) for key, path in nodes.items()})
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("session file %s is unreadable (%s); starting a new session", path, exc)
             return None
@@ -116,7 +120,7 @@ def save(path: str, session: SavedSession) -> None:
         return
     text = json.dumps({"session_id": session.session_id,
                        "password": base64.b64encode(session.password).decode(),
-                       "paths": sorted(session.paths)})
+                       "nodes": dict(sorted(session.nodes.items()))})
     fd, temporary = tempfile.mkstemp(prefix=".session-", dir=directory)  # mode 0600
     try:
         with os.fdopen(fd, "w") as out:

@@ -167,12 +167,20 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
                      + (" — NOT UPDATING (stuck?)" if age > STALE_AFTER else ""))
         if age > STALE_AFTER:
             running = False  # what it says can no longer be trusted
-    present = read_nodes([service.node_path for service in config.services])
-    all_ok = running
     sections = (state or {}).get("sections", {})
+
+    def node(service) -> str:
+        # A ServerSet member's name is ZooKeeper's choice: the listener reports it.
+        info = sections.get(service.name) if running else None
+        return info["path"] if info and "<" not in info.get("path", "<") else \
+            service.display_path
+
+    present = read_nodes([node(service) for service in config.services
+                          if "<" not in node(service)])
+    all_ok = running
     for service in config.services:
         info = sections.get(service.name) if running else None
-        registered = present.get(service.node_path, False)
+        registered = present.get(node(service), False)
         if info is None:
             ok = False
             health = "unknown"
@@ -190,7 +198,7 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
                                         for name, state_ in sorted(info["processes"].items())))
             details.append(_describe_check(info.get("check"), now))
         lines.append(
-            f"{'ok  ' if ok else 'BAD '} [{service.name}] {service.node_path} "
+            f"{'ok  ' if ok else 'BAD '} [{service.name}] {node(service)} "
             f"{'registered' if registered else 'not registered'}, {health}"
             + "".join(f"; {d}" for d in details if d)
         )

@@ -1,0 +1,172 @@
+"""ServerSet members as real ServerSet readers expect them: ``member_`` plus a
+ZooKeeper sequence number, exactly one per healthy section, through flaps,
+session expiry, a create whose reply is lost, a crash and restart, and a
+payload change.  Real ZooKeeper; the reader does what ServerSet readers do."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import ProtocolDriver
+from kazoo.exceptions import NoNodeError
+from test_regressions import ZooKeeperLink
+
+from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
+
+pytestmark = pytest.mark.e2e
+
+CREATE_OPCODES = {1, 15}  # create, create2
+
+
+def serverset_section(base_path, flag, port=80, shard=0):
+    return f"""
+        [web{port}]
+        cmd = test -f {flag}
+        refresh = 1
+        timeout = 1
+        service_port = {port}
+        service_hostname = h2
+        zookeeper_path = {base_path}/web
+        payload_format = serverset
+        zookeeper_data = {{"shard": {shard}}}
+        """
+
+
+def read_serverset(zk, path):
+    """What a ServerSet reader sees: member_<int> children and their endpoints."""
+    members = {}
+    try:
+        children = zk.get_children(path)
+    except NoNodeError:
+        return members
+    for child in children:
+        if not child.startswith("member_"):
+            continue
+        sequence = int(child[len("member_"):])  # what GroupBase.znode_to_id does
+        try:
+            data = json.loads(zk.get(f"{path}/{child}")[0])
+        except NoNodeError:
+            continue
+        endpoint = data["serviceEndpoint"]
+        members[child] = (sequence, endpoint["host"], endpoint["port"], data["status"],
+                          data.get("shard"), data["additionalEndpoints"])
+    return members
+
+
+class Sampler:
+    """Samples the reader's view continuously; a failure in the sampler fails the test."""
+
+    def __init__(self, zk, path):
+        self.zk, self.path = zk, path
+        self.samples: list[dict] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                self.samples.append(read_serverset(self.zk, self.path))
+                time.sleep(0.005)
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        assert self.error is None, repr(self.error)
+        assert self.samples, "no sample taken"
+        for sample in self.samples:
+            ports = [member[2] for member in sample.values()]
+            assert len(ports) == len(set(ports)), f"two members for one section: {sample}"
+        return len(self.samples)
+
+
+def test_one_member_per_healthy_section_through_flaps_and_payload_changes(
+        write_config, driver, zk, base_path, tmp_path):
+    flag = tmp_path / "up"
+    flag.touch()
+    config = write_config(serverset_section(base_path, flag))
+    drv = driver(config)
+    path = f"{base_path}/web"
+    wait_until(lambda: read_serverset(zk, path), 5, what="member")
+    sampler = Sampler(zk, path)
+    for _ in range(3):
+        flag.unlink()
+        wait_until(lambda: not read_serverset(zk, path), 5, what="deregistered")
+        flag.touch()
+        wait_until(lambda: read_serverset(zk, path), 5, what="registered again")
+    (name, member), = read_serverset(zk, path).items()
+    assert member[1:5] == ("h2", 80, "ALIVE", 0)
+    version = zk.exists(f"{path}/{name}").version
+
+    config.write_text(config.read_text().replace('"shard": 0', '"shard": 3'))
+    drv.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: read_serverset(zk, path).get(name, (None,) * 5)[4] == 3, 5,
+               what="payload updated in place")
+    assert zk.exists(f"{path}/{name}").version == version + 1
+    print(f"serverset reader samples: {sampler.stop()}")
+    assert f"registered {path}/{name}" in drv.stderr()
+    status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
+                             str(config)], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"ok   [web80] {path}/{name} registered, healthy" in status.stdout
+
+
+def test_member_survives_session_expiry_crash_and_a_lost_create_reply(
+        zookeeper, write_config, driver, zk, base_path, tmp_path):
+    flag = tmp_path / "up"
+    path = f"{base_path}/web"
+    link = ZooKeeperLink(zookeeper.port, delay=0.3, request_delay=0.0)
+    proxy = FaultProxy(link.port)
+    config = write_config(serverset_section(base_path, flag), hosts=proxy.hosts,
+                          session_timeout=4)
+    zk.ensure_path(path)  # so the first create we see is the member's own
+    drv = driver(config)
+    sampler = Sampler(zk, path)
+    try:
+        # A create whose reply never arrives: the request reaches ZooKeeper, the
+        # connection drops while the answer is on its way back.
+        time.sleep(1.5)  # connected, first check failed
+        flag.touch()
+        wait_until(lambda: any(op in CREATE_OPCODES for _, op in link.requests), 5,
+                   interval=0.005, what="create sent")
+        time.sleep(0.1)
+        link.drop()
+        wait_until(lambda: len(read_serverset(zk, path)) == 1, 5, what="member")
+        time.sleep(2)  # reconnected, and any duplicate would have been made by now
+        assert len(read_serverset(zk, path)) == 1
+        assert "its create's reply was lost" in drv.stderr(), drv.stderr()
+
+        # Session expiry: the member goes with the session and comes back once.
+        (before,) = read_serverset(zk, path)
+        proxy.cut()
+        wait_until(lambda: not read_serverset(zk, path), 10, what="expired")
+        proxy.restore()
+        wait_until(lambda: read_serverset(zk, path), 10, what="back after expiry")
+        (after,) = read_serverset(zk, path)
+        assert after != before
+
+        # Crash and restart: the same member, through the saved session.
+        drv.process.kill()
+        drv.process.wait()
+        restarted = ProtocolDriver(config)
+        try:
+            restarted.wait_ready()
+            wait_until(lambda: "reattached to session" in restarted.stderr(), 5,
+                       what="reattached")
+            time.sleep(2)
+            assert list(read_serverset(zk, path)) == [after]
+        finally:
+            restarted.stop()
+    finally:
+        print(f"serverset reader samples: {sampler.stop()}")
+        proxy.close()
+        link.close()
