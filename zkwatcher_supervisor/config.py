@@ -522,7 +522,8 @@ def _read_text(filename: str) -> tuple[str, os.stat_result]:
         raise ConfigError(filename, f"larger than {MAX_CONFIG_BYTES // 2**20} MiB; "
                           "not a config file") from None
     try:
-        return raw.decode("utf-8"), stat
+        # Universal newlines, as zk_watcher's text-mode read gave configparser.
+        return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n"), stat
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise ConfigError(filename, "config file is not UTF-8 text", line=line) from None
