@@ -419,3 +419,10 @@ def test_command_line_names_file_and_line_and_exits_2(tmp_path, text, message):
     assert result.stderr.startswith(f"zkwatcher-supervisor: {path}: {message}")
     assert len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_unused_default_key_is_a_warning(tmp_path):
+    path = write(tmp_path, "[DEFAULT]\nrefrsh = 5\nenv = prod\nrefresh = 5\n"
+                           "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /%(env)s\n")
+    assert load_config(path).warnings == (f"{path}: line 2: [DEFAULT] refrsh: unknown key, "
+                                          "ignored",)

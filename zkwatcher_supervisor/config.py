@@ -47,6 +47,8 @@ SERVICE_KEYS = {
     "expect_status",
 }
 
+# %(key)s in a value, as configparser's BasicInterpolation reads it.
+_REFERENCE = re.compile(r"%\(([^)]*)\)s")
 # supervisord process and group names: anything but ':' and whitespace.
 _NAMESPEC = re.compile(r"^(?P<group>[^:\s]+)(?::(?P<name>[^:\s]+))?$")
 
@@ -313,6 +315,16 @@ class _File:
     def section(self, name: str) -> _Section:
         return _Section(self, name)
 
+    def warn_unknown_defaults(self, known: set[str]) -> None:
+        """[DEFAULT] keys that no section can use and no %(key)s refers to: typos."""
+        raw = [*self.parser.defaults().values()]
+        for name in self.parser.sections():
+            raw += [self.parser.get(name, key, raw=True) for key in self.parser.options(name)]
+        referenced = {self.parser.optionxform(ref) for value in raw
+                      for ref in _REFERENCE.findall(value or "")}
+        for key in sorted(set(self.parser.defaults()) - known - referenced):
+            self.warn(self.parser.default_section, key, "unknown key, ignored")
+
 
 class _Section:
     """Typed access to one section that turns every bad value into a located ConfigError."""
@@ -393,8 +405,10 @@ class _Section:
         names: set[str] = set()
         for key in raw.options(self.name):
             value = raw.get(self.name, key, raw=True) or ""
-            names.update(raw.optionxform(ref) for ref in re.findall(r"%\(([^)]*)\)s", value))
+            names.update(raw.optionxform(ref) for ref in _REFERENCE.findall(value))
         return names
+
+
 def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
     program = None
     if section.text("program") is not None:
@@ -620,6 +634,7 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
         services.append(service)
     if not services:
         raise ConfigError(filename, "no service sections; nothing to register")
+    file.warn_unknown_defaults(SERVICE_KEYS | GLOBAL_KEYS | AUTH_KEYS)
     status_file, metrics_port = default_status_file(filename), None
     if parser.has_section(GLOBAL_SECTION):
         section = file.section(GLOBAL_SECTION)
