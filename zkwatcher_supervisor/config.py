@@ -1,8 +1,11 @@
-"""Read a zk_watcher-compatible ``config.cfg`` into immutable settings.
+"""Read a zk_watcher ``config.cfg`` into immutable settings.
 
-Every problem is reported as a :class:`ConfigError` naming the file, the section
-and the key, so the command line can print one line and exit 2 before anything
-touches ZooKeeper.
+The file is parsed as zk_watcher 0.4.0 parsed it, with ``configparser.ConfigParser()``:
+``:`` and ``=``, ``[DEFAULT]`` inherited, ``%(key)s`` and ``%%`` interpolation.  Every
+problem is a :class:`ConfigError` naming the file, the line where there is one, the
+section and the key, so the command line can print one line and exit 2 before
+anything touches ZooKeeper.  What zk_watcher only tolerated loads as it behaved there,
+with a line in :attr:`Config.warnings`.
 """
 
 from __future__ import annotations
