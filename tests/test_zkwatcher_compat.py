@@ -331,7 +331,10 @@ def settled(case: Case, theirs: Outcome, ours: Outcome) -> bool:
     if case.differs is None:
         return bool(theirs.nodes) and theirs.nodes == ours.nodes
     ours_ok = ours.exit_code == 2 if case.ours == EXIT_2 else user_data(ours.nodes) == case.ours
-    return user_data(theirs.nodes) == case.zk_watcher and ours_ok
+    logged = not case.zk_watcher_log or case.zk_watcher_log in theirs.log
+    if case.differs == LOG_CHANGES:
+        logged = theirs.log.count("returned a failed exit code") >= 3
+    return user_data(theirs.nodes) == case.zk_watcher and ours_ok and logged
 
 
 SAME = [case for case in CORPUS if case.differs is None]
