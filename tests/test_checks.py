@@ -1,29 +1,51 @@
-"""The check runner on its own: real processes, no ZooKeeper needed."""
+"""The check runner on its own event loop: real processes, no ZooKeeper needed."""
 
 from __future__ import annotations
 
 import os
-import queue
 import time
 
 import pytest
 
-from zkwatcher_supervisor.checks import CheckRunner, command_argv
+from zkwatcher_supervisor.checks import CheckRunner, close_inherited_fds_on_exec, command_argv
 from zkwatcher_supervisor.health import CheckRun
+from zkwatcher_supervisor.loop import EventLoop
+
+
+class Harness:
+    """A loop with a runner; collects outcomes (None = a killed run was reaped)."""
+
+    def __init__(self) -> None:
+        close_inherited_fds_on_exec()  # as the listener does at start
+        self.loop = EventLoop()
+        self.results: list = []
+        self.checks = CheckRunner(self.loop, lambda run, outcome: self.results.append(
+            (run, outcome)))
+
+    def run_until(self, predicate, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out"
+            self.loop.run_once(timeout=0.05)
+
+    def run(self, command: str, timeout: float = 5.0, expect_status=None, section="s"):
+        count = len(self.results)
+        self.checks.submit([CheckRun(section, command, timeout, 1, expect_status)])
+        self.run_until(lambda: len(self.results) > count, timeout + 5)
+        return self.results[count][1]
 
 
 @pytest.fixture
-def runner():
-    results: queue.Queue = queue.Queue()
-    checks = CheckRunner(lambda run, outcome: results.put((run, outcome)))
-    checks.start()
+def harness():
+    h = Harness()
+    yield h
+    h.checks.stop()
+    h.loop.close()
 
-    def run(command: str, timeout: float = 5.0):
-        checks.submit([CheckRun("s", command, timeout, 1)])
-        return results.get(timeout=timeout + 5)[1]
 
-    yield run
-    checks.stop()
+@pytest.fixture
+def runner(harness):
+    return harness.run
 
 
 def test_plain_words_run_directly_and_shell_syntax_goes_to_sh():
@@ -108,21 +130,41 @@ def test_tcp_check_connects_without_a_fork(runner, http_server):
     assert closed.describe() == "failed: connect: Connection refused"
 
 
-def test_http_check_wants_2xx_or_the_expected_status(http_server):
-    results: queue.Queue = queue.Queue()
-    checks = CheckRunner(lambda run, outcome: results.put(outcome))
-    checks.start()
+def test_http_check_wants_2xx_or_the_expected_status(harness, http_server):
     base = f"http://127.0.0.1:{http_server}"
-    try:
-        for path, expect, passed in [("/ok", None, True), ("/teapot", None, False),
-                                     ("/teapot", 418, True), ("/missing", None, False)]:
-            checks.submit([CheckRun("s", base + path, 2.0, 1, expect)])
-            outcome = results.get(timeout=5)
-            assert outcome.passed is passed, (path, expect, outcome)
-        started = time.monotonic()
-        checks.submit([CheckRun("s", base + "/slow", 0.5, 1)])
-        outcome = results.get(timeout=5)
-        assert outcome.timed_out and not outcome.passed
-        assert time.monotonic() - started < 1.5
-    finally:
-        checks.stop()
+    for path, expect, passed in [("/ok", None, True), ("/teapot", None, False),
+                                 ("/teapot", 418, True), ("/missing", None, False)]:
+        outcome = harness.run(base + path, 2.0, expect)
+        assert outcome.passed is passed, (path, expect, outcome)
+    started = time.monotonic()
+    outcome = harness.run(base + "/slow", 0.5)
+    assert outcome.timed_out and not outcome.passed
+    assert time.monotonic() - started < 1.5
+
+
+def test_probe_by_host_name_resolves_off_the_loop(harness, http_server):
+    assert harness.run(f"tcp://localhost:{http_server}").passed
+
+
+def test_shell_that_exits_before_its_background_child_writes(harness, tmp_path):
+    """The check's exit and its pipe's end arrive in one select batch, in either
+    order, hundreds of times: every run reports exactly once and the runner
+    keeps going."""
+    runs = [CheckRun(f"s{i}", f"(sleep 0.0{i % 5}; echo x) & exit 0", 5.0, 1)
+            for i in range(200)]
+    harness.checks.submit(runs)
+    harness.run_until(lambda: len(harness.results) >= 200 and not harness.checks.running(),
+                      30)
+    outcomes = [outcome for _, outcome in harness.results if outcome is not None]
+    assert len(outcomes) == 200 and all(o.passed for o in outcomes)
+    assert harness.run("true").passed
+
+
+def test_cancelled_run_reports_nothing_and_frees_the_section_once_reaped(harness, tmp_path):
+    harness.checks.submit([CheckRun("s", "sleep 30", 60.0, 1)])
+    harness.run_until(lambda: harness.checks.running(), 5)
+    assert harness.checks.busy_sections() == {"s"}
+    harness.checks.cancel("s")
+    harness.run_until(lambda: harness.results, 5)
+    assert harness.results == [(harness.results[0][0], None)]  # freed, no outcome
+    assert harness.checks.busy_sections() == set()

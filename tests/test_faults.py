@@ -17,7 +17,6 @@ from datetime import datetime
 import pytest
 from conftest import busy_periods, listener_section, node_exists
 from kazoo.client import KazooClient
-from kazoo.security import ACL, Id, Permissions, make_digest_acl
 
 from zkwatcher_supervisor.sandbox import FaultProxy, LocalZooKeeper, free_port, wait_until
 
@@ -231,64 +230,58 @@ def test_node_deleted_by_hand_comes_back_within_1s(zk, write_config, driver, bas
     assert drv.process.poll() is None
 
 
-def test_stale_node_from_crashed_listener_is_replaced(
+def test_crashed_listener_reattaches_its_session_and_the_node_never_goes(
         zookeeper, zk, write_config, supervisord, base_path):
-    config = write_config(section(base_path, "a", 1, cmd="true"))
+    """SIGKILL, supervisord restarts the listener, and the new one takes over
+    the old session (saved in its session file): same node, same czxid, and a
+    consumer's watch never sees it deleted."""
+    config = write_config(section(base_path, "a", 1, cmd="true"), session_timeout=10)
     server = supervisord(listener_section(config, extra="autorestart = true\n"))
     node = f"{base_path}/a/host1:1"
     wait_until(lambda: node_exists(zk, node), 10, what="registration")
     old_pid = server.info("zkwatcher")["pid"]
-    old_owner = zk.exists(node).ephemeralOwner
-    children_seen = []
-    stop = threading.Event()
+    before = zk.exists(node)
+    deleted = threading.Event()
 
-    def sample():
-        while not stop.is_set():
-            children_seen.append(len(zk.get_children(f"{base_path}/a")))
-            time.sleep(0.01)
+    def watch(event):
+        if event.type == "DELETED":
+            deleted.set()
+        elif not deleted.is_set():
+            zk.exists(node, watch=watch)  # keep watching across data changes
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    killed = time.monotonic()
-    os.kill(old_pid, signal.SIGKILL)  # the old session lives on for its 4 s timeout
-    try:
-        def ours_again():
-            try:
-                data, stat = zk.get(node)
-            except Exception:
-                return False
-            return stat.ephemeralOwner != old_owner and json.loads(data)["pid"] != old_pid
-
-        wait_until(ours_again, 4 + 1, interval=0.01, what="node owned by the new listener")
-        took = time.monotonic() - killed
-    finally:
-        stop.set()
-        sampler.join()
-    print(f"listener SIGKILLed -> new listener owns the node: {took:.2f}s")
-    data, _ = zk.get(node)
-    assert json.loads(data)["pid"] == server.info("zkwatcher")["pid"]
-    assert max(children_seen) == 1  # never doubled
+    zk.exists(node, watch=watch)
+    os.kill(old_pid, signal.SIGKILL)
+    wait_until(lambda: server.info("zkwatcher")["statename"] == "RUNNING"
+               and server.info("zkwatcher")["pid"] != old_pid, 10, what="restart")
+    restarted = time.monotonic()
+    new_pid = server.info("zkwatcher")["pid"]
+    wait_until(lambda: json.loads(zk.get(node)[0])["pid"] == new_pid, 2, interval=0.01,
+               what="payload from the new listener")
+    print(f"restart -> node carries the new pid: {time.monotonic() - restarted:.2f}s")
+    after = zk.exists(node)
+    assert (after.czxid, after.ephemeralOwner) == (before.czxid, before.ephemeralOwner)
+    assert not deleted.is_set()
+    assert "reattached to session" in (config.parent / "zkwatcher.log").read_text()
 
 
-def test_stale_node_we_may_not_delete_is_left_and_replaced_when_it_goes(
+def test_node_held_by_another_session_is_never_deleted(
         zookeeper, zk, write_config, driver, base_path):
-    # Another identity owns the parent (no DELETE for us) and an ephemeral node at our path.
-    other = client_for(zookeeper.hosts, auth_data=[("digest", "other:pw")])
-    parent = f"{base_path}/a"
-    other.create(parent, makepath=True, acl=[
-        make_digest_acl("other", "pw", all=True),
-        ACL(Permissions.READ | Permissions.CREATE, Id("world", "anyone")),
-    ])
-    node = f"{parent}/host1:1"
-    other.create(node, b"theirs", ephemeral=True)
+    """A zk_watcher still running during a migration, or a second listener
+    started by mistake: we leave its node alone and register once it goes."""
+    other = client_for(zookeeper.hosts)
+    node = f"{base_path}/a/host1:1"
+    other.create(node, b"theirs", ephemeral=True, makepath=True)
     try:
+        theirs = zk.exists(node)
         drv = driver(write_config(section(base_path, "a", 1, cmd="true")))
-        wait_until(lambda: "our credentials may not delete it" in drv.stderr(), 10,
-                   what="NoAuth logged")
-        assert zk.get(node)[0] == b"theirs"  # untouched
+        wait_until(lambda: "held by another session" in drv.stderr(), 10, what="logged")
+        time.sleep(3)  # several check runs: still not touched
+        data, stat = zk.get(node)
+        assert (data, stat.czxid, stat.version) == (b"theirs", theirs.czxid, 0)
+        assert drv.stderr().count("held by another session") == 1
         other.stop()  # their session ends, their node goes
         gone = time.monotonic()
-        wait_until(lambda: node_exists(zk, node) and zk.get(node)[0] != b"theirs", 2,
+        wait_until(lambda: node_exists(zk, node) and zk.get(node)[0] != b"theirs", 1,
                    interval=0.005, what="our node")
         print(f"their node gone -> ours: {(time.monotonic() - gone) * 1000:.0f} ms")
         assert json.loads(zk.get(node)[0])["pid"] == drv.process.pid

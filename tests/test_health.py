@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zkwatcher_supervisor.config import ProgramSpec, ServiceSettings
-from zkwatcher_supervisor.health import TICK_SLACK, Health
+from zkwatcher_supervisor.health import OVERDUE_GRACE, Health
 
 
 def service(name="s", program=None, cmd="check", refresh=30, rise=1, fall=1):
@@ -49,11 +49,70 @@ def test_checks_follow_refresh_and_never_overlap():
     health = Health([service(refresh=30)])
     (run,) = health.due_checks(0.0)
     assert health.due_checks(100.0) == []  # still running: no second copy
-    health.check_result("s", run.token, True)
-    assert health.due_checks(10.0) == []
-    assert health.due_checks(30 - TICK_SLACK - 0.1) == []
-    # ticks land a little off the exact multiple; within TICK_SLACK counts as due
-    assert len(health.due_checks(30 - TICK_SLACK + 0.1)) == 1
+    assert health.next_due() is None  # nothing to wake up for while it runs
+    health.check_result("s", run.token, True, 0.5)
+    assert health.next_due() == 30.0
+    assert health.due_checks(29.9) == []
+    assert len(health.due_checks(30.0)) == 1
+
+
+def test_refresh_zero_runs_every_second():
+    health = Health([service(refresh=0)])
+    (run,) = health.due_checks(0.0)
+    health.check_result("s", run.token, True, 0.1)
+    assert health.next_due() == 1.0
+
+
+def test_a_busy_section_waits_until_rescheduled():
+    """A run killed at its deadline but not reaped yet blocks the next run."""
+    health = Health([service(refresh=1)])
+    (run,) = health.due_checks(0.0)
+    health.check_result("s", run.token, False, 0.5)  # counted failed at its deadline
+    assert health.due_checks(1.0, busy={"s"}) == []
+    assert health.next_due() is None  # no busy-looping timer while it is stuck
+    health.reschedule("s")  # reaped at last
+    assert [r.section for r in health.due_checks(1.5)] == ["s"]
+
+
+def test_reset_abandons_the_running_check_once():
+    health = Health([service(program="web", cmd="check")])
+    health.process_state("web", "web", "RUNNING", 7, 0.0)
+    health.due_checks(0.0)
+    assert health.take_cancelled() == []
+    health.process_state("web", "web", "STOPPING", 0, 1.0)
+    assert health.take_cancelled() == ["s"]
+    assert health.take_cancelled() == []
+
+
+def test_overdue_when_no_result_for_refresh_plus_grace_plus_timeout():
+    health = Health([service(refresh=10)])  # timeout 5
+    section = health.sections["s"]
+    (run,) = health.due_checks(0.0)
+    limit = 10 + OVERDUE_GRACE + 5
+    assert not section.overdue(limit)
+    assert section.overdue(limit + 0.1)
+    health.check_result("s", run.token, True, limit)
+    assert not section.overdue(limit + 0.1)
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 3), st.booleans()),
+                max_size=60))
+def test_scheduler_starts_exactly_the_checks_a_full_scan_finds_due(steps):
+    """The heap-based scheduler agrees with the plain definition of "due"."""
+    names = ["a", "b", "c"]
+    health = Health([service(name=n, refresh=r) for n, r in zip(names, [1, 2, 3])])
+    now, running = 0.0, {}
+    for name, advance, passed in steps:
+        now += advance * 0.5
+        due = {n for n, s in health.sections.items() if s.check_due(now)}
+        runs = health.due_checks(now)
+        assert {r.section for r in runs} == due
+        running.update({r.section: r for r in runs})
+        if name in running:
+            health.check_result(name, running.pop(name).token, passed, now)
+        upcoming = [s.next_check_at for s in health.sections.values()
+                    if s.running_token is None]
+        assert health.next_due() == (min(upcoming) if upcoming else None)
 
 
 def test_program_only_section_follows_process_state():

@@ -235,3 +235,73 @@ def test_session_loss_recreates_nodes_and_steady_state_writes_nothing(
     finally:
         proxy.close()
 
+
+
+def test_checks_keep_their_refresh_between_ticks(write_config, driver, zk, base_path, tmp_path):
+    """No TICK at all: the listener's own timer runs each check every ``refresh`` seconds."""
+    runs1, runs2 = tmp_path / "runs1", tmp_path / "runs2"
+    config = write_config(
+        cmd_section(base_path, f"sh -c 'echo x >> {runs1}'", name="one")
+        + cmd_section(base_path, f"sh -c 'echo x >> {runs2}'", name="two", port=8081)
+        .replace("refresh = 1", "refresh = 2"))
+    drv = driver(config)
+    wait_until(runs1.exists, 5, what="first run")
+    started = time.monotonic()
+    count1, count2 = len(runs1.read_text().split()), len(runs2.read_text().split())
+    time.sleep(6.0)
+    elapsed = time.monotonic() - started
+    ran1 = len(runs1.read_text().split()) - count1
+    ran2 = len(runs2.read_text().split()) - count2
+    assert abs(ran1 - elapsed / 1) <= 1, (ran1, elapsed, drv.stderr())
+    assert abs(ran2 - elapsed / 2) <= 1, (ran2, elapsed)
+    assert node_exists(zk, f"{base_path}/one/host1:8080")
+    assert drv.transcript == [b"READY\n"]  # all of it without a single event
+
+
+def test_unexpected_error_ends_the_listener_nonzero_and_deregisters(
+        write_config, driver, zk, base_path):
+    """Crash-only: corrupt protocol input is a bug we cannot recover from in
+    place; the listener exits 1 (supervisord restarts it) and closes its
+    session on the way, so no node outlives it."""
+    config = write_config(cmd_section(base_path, "true"))
+    drv = driver(config)
+    node = f"{base_path}/svc/host1:8080"
+    wait_until(lambda: node_exists(zk, node), 5, what="registration")
+    drv.process.stdin.write(b"ver:3.0 server:supervisor serial:1 eventname:TICK_5 len:x\n")
+    drv.process.stdin.flush()
+    assert drv.process.wait(5) == 1
+    assert not node_exists(zk, node)  # gone with the session, not after its timeout
+    assert "unexpected error" in drv.stderr()
+
+
+def test_two_credentials_register_side_by_side_under_a_new_tree(
+        write_config, driver, zk, zookeeper, base_path, tmp_path):
+    """As nd_service_registry: our credentials lock the node and its immediate
+    parent; the parents above it that we create stay open, so the first host of
+    one team does not lock the tree for another team's credentials."""
+    drivers = []
+    for team in ("alpha", "beta"):
+        config = write_config(cmd_section(f"{base_path}/services", "true", name=team) + f"""
+        [auth]
+        user = {team}
+        password = pw-{team}
+        """, name=f"{team}.cfg")
+        drivers.append(driver(config))
+        wait_until(lambda team=team: node_exists(zk, f"{base_path}/services/{team}/host1:8080"),
+                   10, what=f"{team} registered")
+    world_all = [ACL(Permissions.ALL, Id("world", "anyone"))]
+    assert zk.get_acls(base_path)[0] == world_all
+    assert zk.get_acls(f"{base_path}/services")[0] == world_all
+    for team in ("alpha", "beta"):
+        owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", f"{team}:pw-{team}")])
+        owner.start(timeout=30)
+        try:
+            digest = make_digest_acl_credential(team, f"pw-{team}")
+            expected = sorted([ACL(Permissions.ALL, Id("digest", digest)),
+                               ACL(Permissions.READ, Id("world", "anyone"))], key=str)
+            for path in (f"{base_path}/services/{team}",
+                         f"{base_path}/services/{team}/host1:8080"):
+                assert sorted(owner.get_acls(path)[0], key=str) == expected, path
+        finally:
+            owner.stop()
+            owner.close()

@@ -93,6 +93,33 @@ def test_status_shows_each_section_and_exits_0_only_when_consistent(
     assert " is gone; status from " in result.stdout.splitlines()[0]
 
 
+def test_status_exits_1_when_checks_are_overdue(write_config, driver, zk, base_path, tmp_path):
+    """A listener that stops making progress (here: SIGSTOPped) shows up in
+    ``status`` once its checks are overdue: refresh + 5 s + timeout."""
+    config = write_config(f"""
+        [svc]
+        cmd = true
+        refresh = 1
+        timeout = 1
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/svc
+        """, settings=f"status_file = {tmp_path}/status.json\n", session_timeout=10)
+    drv = driver(config)
+    wait_until(lambda: node_exists(zk, f"{base_path}/svc/host1:1"), 5, what="registered")
+    time.sleep(1)
+    assert status(config).returncode == 0
+    drv.process.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(1 + 5 + 1 + 1.5)
+        result = status(config)
+    finally:
+        drv.process.send_signal(signal.SIGCONT)
+    assert result.returncode == 1, result.stdout
+    assert "check OVERDUE" in result.stdout
+    wait_until(lambda: status(config).returncode == 0, 5, interval=0.5, what="recovered")
+
+
 def test_tcp_and_http_checks_follow_a_real_server(write_config, supervisord, zk, base_path):
     port = free_port()
     config = write_config(f"""

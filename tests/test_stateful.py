@@ -9,6 +9,8 @@ computed here from a model that knows nothing of the implementation.
 
 Checks are the one part not run for real: the test delivers their results
 itself, so it can choose them (the check runner has its own end-to-end tests).
+The event loop is not run either: the test is the loop, calling the watcher's
+input handlers and then its pump, exactly as one pass of the loop would.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kazoo.exceptions import NoNodeError
 from zkwatcher_supervisor.checks import CheckOutcome
 from zkwatcher_supervisor.config import load_config
 from zkwatcher_supervisor.listener import Watcher
+from zkwatcher_supervisor.loop import EventLoop
 from zkwatcher_supervisor.registry import Registry
 from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
 
@@ -49,10 +52,13 @@ class RecordedChecks:
     def submit(self, runs):
         self.submitted.extend(runs)
 
-    def start(self):
-        pass
+    def busy_sections(self):
+        return set()
 
-    def stop(self):
+    def cancel(self, section):
+        pass  # the model marks abandoned runs itself
+
+    def stop(self, timeout=0):
         pass
 
 
@@ -106,10 +112,14 @@ def make_machine(zookeeper, zk, tmp_path):
             self.version, self.extra = 1, False
             self.config_path = tmp_path / f"{uuid.uuid4().hex}.cfg"
             config = self.load()
-            self.watcher = Watcher(config, Registry(config.zookeeper), clock=lambda: self.now)
+            self.loop = EventLoop(clock=lambda: self.now)
+            self.watcher = Watcher(config, Registry(config.zookeeper), self.loop)
+            self.crashes = []
+            self.watcher.registry.on_fatal = self.crashes.append
             self.checks = RecordedChecks()
             self.watcher.checks = self.checks
             self.watcher.start()
+            self.watcher.pump()
             # The model.
             self.states: dict[tuple[str, str], str] = {}
             self.check_up: dict[str, bool] = {}
@@ -144,6 +154,7 @@ def make_machine(zookeeper, zk, tmp_path):
                 entry[1] = False
 
         def collect_runs(self):
+            self.watcher.pump()  # the end of a loop pass
             for run in self.checks.submitted:
                 self.outstanding.setdefault(run.section, []).append([run, True])
             self.checks.submitted.clear()
@@ -215,6 +226,7 @@ def make_machine(zookeeper, zk, tmp_path):
 
         @invariant()
         def zookeeper_matches_the_rules(self):
+            assert not self.crashes, self.crashes
             expected = self.expected()
 
             def settled():
@@ -232,6 +244,7 @@ def make_machine(zookeeper, zk, tmp_path):
 
         def teardown(self):
             self.watcher.stop()
+            self.loop.close()
             self.proxy.close()
 
     return ListenerMachine

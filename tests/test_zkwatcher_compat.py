@@ -364,8 +364,6 @@ def test_same_acls_on_nodes_and_their_parents(outcomes, case):
         assert (1, "world", "anyone") in ours.acls[node]
 
 
-@pytest.mark.xfail(strict=True, reason="nd_service_registry leaves the parents above the "
-                   "immediate one world-open; ours gives every parent it creates our ACL")
 def test_parents_above_the_immediate_one_are_left_open_like_zk_watcher(outcomes):
     case = next(case for case in CORPUS if case.name == "deep-path-auth")
     theirs, ours = outcomes[case.name]

@@ -1,28 +1,33 @@
-"""Run checks without ever blocking the caller.
+"""Run checks on the event loop without ever blocking it.
 
-One thread multiplexes every running check with a selector: the check's
+Each running check is a few file descriptors in the loop's selector: its
 combined stdout/stderr pipe (kept as a short tail for the log), a pidfd that
-becomes readable when it exits, and its deadline.  Each check is started with
-``posix_spawn`` (a vfork: the cheapest way to start a process) in a session
-and process group of its own, with stdin from /dev/null and never our stdout —
-that is the supervisord protocol channel.  At the deadline, and again when
-the check exits, the whole group is killed so no stray child lingers.
+becomes readable when it exits, and a deadline timer.  Each check is started
+with ``posix_spawn`` (a vfork: the cheapest way to start a process) in a
+session and process group of its own, with stdin from /dev/null and never our
+stdout — that is the supervisord protocol channel.  At the deadline, and again
+when the check exits, the whole group is killed so no stray child lingers.
+
+A check counts as failed at its deadline even if its process cannot be reaped
+(a process stuck in uninterruptible sleep ignores SIGKILL); the section then
+starts no new run until the old one is gone, so runs of one section never
+overlap.
 
 ``tcp://host:port`` and ``http://host:port/path`` checks need no process: a
-non-blocking socket in the same selector connects (and for http sends a GET
-and reads the status line).
+non-blocking socket connects (and for http sends a GET and reads the status
+line).  Host names are resolved off the loop and cached briefly.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import selectors
 import shlex
 import signal
 import socket
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,19 +35,23 @@ from typing import Callable
 
 from .config import BuiltinCheck
 from .health import CheckRun
-from .selectwake import Waker
+from .loop import EventLoop, Timer, offload
 
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 2048
-# Start at most this many checks before looking at results again, so with a
-# thousand due at once results flow while the rest are still being started.
+# Start at most this many checks per loop pass, so with a thousand due at once
+# events and results are handled while the rest are still being started.
 SPAWN_BATCH = 32
 # Without pidfd (Linux < 5.3) exits are noticed by polling at this interval.
 _POLL_INTERVAL = 0.05
 _HAVE_PIDFD = hasattr(os, "pidfd_open")
 # Characters that mean the command needs a shell; plain commands are exec'd directly.
 _SHELL_SYNTAX = frozenset("|&;<>()$`\\\"'*?[#~=\n")
+# How long a resolved host name is reused by tcp:// and http:// checks.
+RESOLVE_TTL = 30.0
+# A killed check still not reaped this long after its deadline is logged once.
+UNREAPED_WARNING_AFTER = 1.0
 
 
 def command_argv(command: str) -> list[str]:
@@ -76,7 +85,7 @@ class CheckOutcome:
 ResultCallback = Callable[[CheckRun, CheckOutcome], None]
 
 
-def _close_inherited_fds_on_exec() -> None:
+def close_inherited_fds_on_exec() -> None:
     """Mark every fd above 2 close-on-exec, so checks inherit only stdin/stdout/stderr.
 
     Python opens its own fds close-on-exec already; this catches the ones we
@@ -91,16 +100,20 @@ def _close_inherited_fds_on_exec() -> None:
                 pass  # the fd listdir itself used, already closed
 
 
-class _Running:
-    def __init__(self, run: CheckRun, pid: int, output_fd: int, pidfd: int | None) -> None:
+class _Process:
+    """A check command in flight, from spawn until it is reaped."""
+
+    def __init__(self, run: CheckRun, pid: int, output_fd: int, pidfd: int | None,
+                 now: float) -> None:
         self.run = run
         self.pid = pid
         self.output_fd: int | None = output_fd
         self.pidfd = pidfd
-        self.started = time.monotonic()
-        self.deadline = self.started + run.timeout
+        self.started = now
         self.output = bytearray()
+        self.reported = False  # the outcome went out (at exit, deadline or cancel)
         self.timed_out = False
+        self.timer: Timer | None = None
 
     def add_output(self, chunk: bytes) -> None:
         self.output += chunk
@@ -110,89 +123,89 @@ class _Running:
 class _Probe:
     """A tcp:// or http:// check in flight."""
 
-    def __init__(self, run: CheckRun, check: BuiltinCheck, sock: socket.socket) -> None:
+    def __init__(self, run: CheckRun, check: BuiltinCheck, now: float) -> None:
         self.run = run
         self.check = check
-        self.sock = sock
-        self.started = time.monotonic()
-        self.deadline = self.started + run.timeout
+        self.sock: socket.socket | None = None
+        self.started = now
         self.response = bytearray()
         self.sent = False  # http: the request is out, now reading the answer
-        self.timed_out = False
+        self.done = False
+        self.timer: Timer | None = None
 
 
 class CheckRunner:
-    """Starts checks handed to :meth:`submit` and reports each outcome to ``on_result``.
+    """Starts checks on ``loop`` and reports each outcome to ``on_result`` (on the loop)."""
 
-    ``on_result`` runs on the runner's thread; it must be quick.
-    """
-
-    def __init__(self, on_result: ResultCallback) -> None:
+    def __init__(self, loop: EventLoop, on_result: ResultCallback) -> None:
+        self._loop = loop
         self._on_result = on_result
         self._pending: deque[CheckRun] = deque()
-        self._running: dict[int, _Running] = {}  # by pid
-        self._probes: set[_Probe] = set()
-        self._selector = selectors.DefaultSelector()
-        self._waker = Waker(self._selector)
+        self._spawn_scheduled = False
+        self._processes: dict[int, _Process] = {}  # by pid, until reaped
+        self._probes: dict[str, _Probe] = {}  # by section
+        self._by_section: dict[str, _Process] = {}
+        self._addresses: dict[tuple[str, int], tuple[float, tuple]] = {}  # cache
+        self._resolving: dict[tuple[str, int], list[_Probe]] = {}
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="checks", daemon=True)
+        self._poller: Timer | None = None
 
-    def start(self) -> None:
-        _close_inherited_fds_on_exec()
-        self._thread.start()
+    # -- the runner's API (loop thread) -------------------------------------
 
     def submit(self, runs: list[CheckRun]) -> None:
-        """Queue checks to start now; never blocks."""
-        if runs:
-            self._pending.extend(runs)
-            self._waker.wake()
+        """Start ``runs`` soon, a batch per loop pass; never blocks."""
+        self._pending.extend(runs)
+        if self._pending and not self._spawn_scheduled:
+            self._spawn_scheduled = True
+            self._loop.call_soon(self._start_pending)
 
-    def stop(self, timeout: float = 0.5) -> None:
-        """Kill every running check and stop the thread."""
-        self._stopping = True
-        self._waker.wake()
-        self._thread.join(timeout)
+    def busy_sections(self) -> set[str]:
+        """Sections with a check queued, running, or killed but not yet reaped."""
+        busy = {run.section for run in self._pending}
+        busy.update(self._by_section)
+        busy.update(self._probes)
+        return busy
 
-    def _loop(self) -> None:
-        while not self._stopping:
-            for key, _ in self._selector.select(self._select_timeout()):
-                if key.data is None:
-                    self._waker.drain()
-                else:
-                    kind, running = key.data
-                    if kind == "out":
-                        self._read_output(running)
-                    elif kind == "exit":
-                        self._finish(running)
-                    else:
-                        self._probe_ready(running)
-            self._start_pending()
-            self._enforce_deadlines()
-            if not _HAVE_PIDFD:
-                self._poll_exits()
-        # Shutting down: kill what still runs; nobody wants those results.
-        for probe in self._probes:
-            probe.sock.close()
-        for running in list(self._running.values()):
-            self._kill_group(running)
-            os.waitpid(running.pid, 0)
+    def cancel(self, section: str) -> None:
+        """Abandon the section's run: its result no longer counts (a reset or a reload)."""
+        self._pending = deque(run for run in self._pending if run.section != section)
+        process = self._by_section.get(section)
+        if process is not None:
+            process.reported = True
+            self._kill_group(process)
+        probe = self._probes.get(section)
+        if probe is not None:
+            self._close_probe(probe)
 
-    def _select_timeout(self) -> float | None:
-        if self._pending:
-            return 0
-        deadlines = [r.deadline for r in self._running.values() if not r.timed_out]
-        deadlines += [p.deadline for p in self._probes]
-        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-        if self._running and not _HAVE_PIDFD:
-            timeout = _POLL_INTERVAL if timeout is None else min(timeout, _POLL_INTERVAL)
-        return timeout
+    def running(self) -> int:
+        return len(self._processes) + len(self._probes)
+
+    def stop(self, timeout: float = 0.2) -> None:
+        """Kill every check; reap what dies within ``timeout``.  Results are dropped."""
+        self._pending.clear()
+        for probe in list(self._probes.values()):
+            self._close_probe(probe)
+        for process in self._processes.values():
+            process.reported = True
+            self._kill_group(process)
+        deadline = time.monotonic() + timeout
+        for process in list(self._processes.values()):
+            while time.monotonic() < deadline:
+                if os.waitpid(process.pid, os.WNOHANG)[0]:
+                    break
+                time.sleep(0.005)
+
+    # -- processes ------------------------------------------------------------
 
     def _start_pending(self) -> None:
+        self._spawn_scheduled = False
         for _ in range(min(SPAWN_BATCH, len(self._pending))):
-            self._spawn(self._pending.popleft())
+            self._start(self._pending.popleft())
+        if self._pending:
+            self._spawn_scheduled = True
+            self._loop.call_soon(self._start_pending)
 
-    def _spawn(self, run: CheckRun) -> None:
+    def _start(self, run: CheckRun) -> None:
         try:
             builtin = BuiltinCheck.parse(run.command)
         except ValueError as exc:
@@ -200,8 +213,12 @@ class CheckRunner:
             return
         if builtin is not None:
             self._start_probe(run, builtin)
-            return
+        else:
+            self._spawn(run)
+
+    def _spawn(self, run: CheckRun) -> None:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(read_fd, False)  # only our end: the check's stdout stays blocking
         argv = command_argv(run.command)
         try:
             # Only fds 0-2 are passed on: everything else we hold is close-on-exec.
@@ -217,57 +234,159 @@ class CheckRunner:
         finally:
             os.close(write_fd)
         pidfd = os.pidfd_open(pid) if _HAVE_PIDFD else None
-        running = _Running(run, pid, read_fd, pidfd)
-        self._running[pid] = running
-        os.set_blocking(read_fd, False)
-        self._selector.register(read_fd, selectors.EVENT_READ, ("out", running))
+        process = _Process(run, pid, read_fd, pidfd, self._loop.clock())
+        self._processes[pid] = process
+        self._by_section[run.section] = process
+        self._loop.add_reader(read_fd, lambda: self._read_output(process))
         if pidfd is not None:
-            self._selector.register(pidfd, selectors.EVENT_READ, ("exit", running))
+            self._loop.add_reader(pidfd, lambda: self._reap(process))
+        elif self._poller is None:
+            self._poller = self._loop.call_later(_POLL_INTERVAL, self._poll_exits)
+        process.timer = self._loop.call_at(process.started + run.timeout,
+                                           lambda: self._deadline(process))
 
-    def _read_output(self, running: _Running) -> None:
+    def _read_output(self, process: _Process) -> None:
         try:
-            chunk = os.read(running.output_fd, 65536)
+            chunk = os.read(process.output_fd, 65536)
         except BlockingIOError:
             return
         if chunk:
-            running.add_output(chunk)
+            process.add_output(chunk)
         else:
-            self._close_output(running)
+            self._close_output(process)
 
-    def _close_output(self, running: _Running) -> None:
-        self._selector.unregister(running.output_fd)
-        os.close(running.output_fd)
-        running.output_fd = None
+    def _close_output(self, process: _Process) -> None:
+        if process.output_fd is not None:
+            self._loop.remove(process.output_fd)
+            os.close(process.output_fd)
+            process.output_fd = None
 
-    def _kill_group(self, running: _Running) -> None:
-        # The leader is not reaped yet (we reap in _finish), so its pid is
+    def _kill_group(self, process: _Process) -> None:
+        # The leader is not reaped yet (we reap in _reap), so its pid is
         # still our process group id and cannot have been reused.
         try:
-            os.killpg(running.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
+    def _deadline(self, process: _Process) -> None:
+        self._kill_group(process)
+        if not process.reported:
+            # Counted as failed now, not when (if ever) the kill takes effect.
+            process.timed_out = True
+            process.reported = True
+            self._report_process(process, None)
+        process.timer = self._loop.call_later(UNREAPED_WARNING_AFTER,
+                                              lambda: self._still_unreaped(process))
+
+    def _still_unreaped(self, process: _Process) -> None:
+        if process.pid in self._processes:
+            log.warning("[%s] check (pid %d) did not die after SIGKILL (uninterruptible "
+                        "sleep?); no new run until it does", process.run.section, process.pid)
+
+    def _reap(self, process: _Process) -> None:
+        if process.pid not in self._processes:
+            return
+        self._kill_group(process)  # whatever the check left behind
+        _, status = os.waitpid(process.pid, 0)  # it has exited: returns at once
+        del self._processes[process.pid]
+        if self._by_section.get(process.run.section) is process:
+            del self._by_section[process.run.section]
+        if process.timer is not None:
+            process.timer.cancel()
+        if process.pidfd is not None:
+            self._loop.remove(process.pidfd)
+            os.close(process.pidfd)
+        if process.output_fd is not None:
+            try:
+                process.add_output(os.read(process.output_fd, 65536))
+            except BlockingIOError:
+                pass
+            self._close_output(process)
+        if not process.reported:
+            process.reported = True
+            self._report_process(process, os.waitstatus_to_exitcode(status))
+        else:
+            # A killed or abandoned run is gone: the section may run again.
+            self._on_result(process.run, None)
+
+    def _report_process(self, process: _Process, returncode: int | None) -> None:
+        duration = self._loop.clock() - process.started
+        passed = returncode == 0 and not process.timed_out
+        output = process.output.decode("utf-8", "replace")
+        self._report(process.run,
+                     CheckOutcome(passed, returncode, process.timed_out, duration, output))
+
+    def _poll_exits(self) -> None:
+        self._poller = None
+        for process in list(self._processes.values()):
+            if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                self._reap(process)
+        if self._processes:
+            self._poller = self._loop.call_later(_POLL_INTERVAL, self._poll_exits)
+
+    # -- probes -----------------------------------------------------------------
+
     def _start_probe(self, run: CheckRun, check: BuiltinCheck) -> None:
+        probe = _Probe(run, check, self._loop.clock())
+        self._probes[run.section] = probe
+        probe.timer = self._loop.call_at(probe.started + run.timeout,
+                                         lambda: self._end_probe(probe, False, "no answer",
+                                                                 timed_out=True))
+        key = (check.host, check.port)
         try:
-            # Name resolution blocks this thread only; use addresses to avoid it.
-            family, kind, proto, _, address = socket.getaddrinfo(
-                check.host, check.port, type=socket.SOCK_STREAM)[0]
+            ipaddress.ip_address(check.host)
+        except ValueError:
+            pass
+        else:
+            self._connect(probe, socket.getaddrinfo(
+                check.host, check.port, type=socket.SOCK_STREAM,
+                flags=socket.AI_NUMERICHOST)[0])
+            return
+        cached = self._addresses.get(key)
+        if cached is not None and cached[0] > self._loop.clock():
+            self._connect(probe, cached[1])
+            return
+        waiting = self._resolving.setdefault(key, [])
+        waiting.append(probe)
+        if len(waiting) == 1:
+            # Name lookups block; one at a time per name, off the loop.
+            offload(self._loop,
+                    lambda: socket.getaddrinfo(check.host, check.port,
+                                               type=socket.SOCK_STREAM)[0],
+                    lambda address, error: self._resolved(key, address, error),
+                    name="resolve")
+
+    def _resolved(self, key: tuple[str, int], address, error: BaseException | None) -> None:
+        if error is None:
+            self._addresses[key] = (self._loop.clock() + RESOLVE_TTL, address)
+        for probe in self._resolving.pop(key, []):
+            if probe.done:
+                continue
+            if error is None:
+                self._connect(probe, address)
+            else:
+                self._end_probe(probe, False, f"{key[0]}: {error}")
+
+    def _connect(self, probe: _Probe, address: tuple) -> None:
+        family, kind, proto, _, sockaddr = address
+        try:
             sock = socket.socket(family, kind, proto)
         except OSError as exc:
-            self._report(run, CheckOutcome(False, None, False, 0.0, f"{check.host}: {exc}"))
+            self._end_probe(probe, False, f"socket: {exc}")
             return
         sock.setblocking(False)
-        probe = _Probe(run, check, sock)
-        error = sock.connect_ex(address)
+        probe.sock = sock
+        error = sock.connect_ex(sockaddr)
         if error not in (0, errno.EINPROGRESS):
-            self._end_probe(probe, False, os.strerror(error))
+            self._end_probe(probe, False, f"connect: {os.strerror(error)}")
             return
-        self._probes.add(probe)
-        self._selector.register(sock, selectors.EVENT_WRITE, ("probe", probe))
+        self._loop.add_writer(sock.fileno(), lambda: self._probe_ready(probe))
 
     def _probe_ready(self, probe: _Probe) -> None:
+        sock = probe.sock
         if not probe.sent:
-            error = probe.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
                 self._end_probe(probe, False, f"connect: {os.strerror(error)}")
             elif probe.check.scheme == "tcp":
@@ -276,15 +395,16 @@ class CheckRunner:
                 request = (f"GET {probe.check.path} HTTP/1.0\r\nHost: {probe.check.host}\r\n"
                            "User-Agent: zkwatcher-supervisor\r\nConnection: close\r\n\r\n")
                 try:
-                    probe.sock.sendall(request.encode())  # fits any socket buffer
+                    sock.send(request.encode())  # far smaller than any socket buffer
                 except OSError as exc:
                     self._end_probe(probe, False, f"send: {exc}")
                     return
                 probe.sent = True
-                self._selector.modify(probe.sock, selectors.EVENT_READ, ("probe", probe))
+                self._loop.modify(sock.fileno(), selectors.EVENT_READ,
+                                  lambda: self._probe_ready(probe))
             return
         try:
-            chunk = probe.sock.recv(4096)
+            chunk = sock.recv(4096)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -303,56 +423,25 @@ class CheckRunner:
         passed = code == expected if expected is not None else 200 <= code < 300
         self._end_probe(probe, passed, status_line)
 
-    def _end_probe(self, probe: _Probe, passed: bool, detail: str) -> None:
-        if probe in self._probes:
-            self._probes.discard(probe)
-            self._selector.unregister(probe.sock)
-        probe.sock.close()
-        duration = time.monotonic() - probe.started
-        self._report(probe.run, CheckOutcome(passed, 0 if passed else None, probe.timed_out,
+    def _close_probe(self, probe: _Probe) -> None:
+        probe.done = True
+        if self._probes.get(probe.run.section) is probe:
+            del self._probes[probe.run.section]
+        if probe.timer is not None:
+            probe.timer.cancel()
+        if probe.sock is not None:
+            self._loop.remove(probe.sock.fileno())
+            probe.sock.close()
+            probe.sock = None
+
+    def _end_probe(self, probe: _Probe, passed: bool, detail: str,
+                   timed_out: bool = False) -> None:
+        if probe.done:
+            return
+        self._close_probe(probe)
+        duration = self._loop.clock() - probe.started
+        self._report(probe.run, CheckOutcome(passed, 0 if passed else None, timed_out,
                                              duration, detail))
 
-    def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        for probe in list(self._probes):
-            if now >= probe.deadline:
-                probe.timed_out = True
-                self._end_probe(probe, False, "no answer")
-        for running in list(self._running.values()):
-            if not running.timed_out and now >= running.deadline:
-                running.timed_out = True
-                self._kill_group(running)
-
-    def _poll_exits(self) -> None:
-        for running in list(self._running.values()):
-            if os.waitid(os.P_PID, running.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                self._finish(running)
-
-    def _finish(self, running: _Running) -> None:
-        if running.pid not in self._running:
-            return
-        self._kill_group(running)  # whatever the check left behind
-        _, status = os.waitpid(running.pid, 0)
-        returncode = os.waitstatus_to_exitcode(status)
-        del self._running[running.pid]
-        if running.pidfd is not None:
-            self._selector.unregister(running.pidfd)
-            os.close(running.pidfd)
-        if running.output_fd is not None:
-            try:
-                running.add_output(os.read(running.output_fd, 65536))
-            except BlockingIOError:
-                pass
-            self._close_output(running)
-        duration = time.monotonic() - running.started
-        passed = returncode == 0 and not running.timed_out
-        output = running.output.decode("utf-8", "replace")
-        self._report(
-            running.run, CheckOutcome(passed, returncode, running.timed_out, duration, output)
-        )
-
     def _report(self, run: CheckRun, outcome: CheckOutcome) -> None:
-        try:
-            self._on_result(run, outcome)
-        except Exception:
-            log.exception("handling the result of the check for [%s] failed", run.section)
+        self._on_result(run, outcome)

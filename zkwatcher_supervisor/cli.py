@@ -6,6 +6,7 @@ import argparse
 import logging
 import logging.handlers
 import os
+import queue
 import sys
 
 from . import __version__
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbose: bool, syslog: bool) -> None:
+def setup_logging(verbose: bool, syslog: bool) -> logging.handlers.QueueListener:
+    """Log through a queue: the event loop never waits for stderr or syslog to
+    take a line.  Stop the returned listener to flush before exiting."""
     handler: logging.Handler
     if syslog and os.path.exists(SYSLOG_SOCKET):
         handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
@@ -52,14 +55,18 @@ def setup_logging(verbose: bool, syslog: bool) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    writer = logging.handlers.QueueListener(records, handler)
+    writer.start()
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # kazoo logs every reconnect attempt at INFO/WARNING; keep its chatter for -v.
     logging.getLogger("kazoo").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if syslog and not isinstance(handler, logging.handlers.SysLogHandler):
         logging.getLogger(__name__).warning("--syslog: %s does not exist; logging to stderr",
                                             SYSLOG_SOCKET)
+    return writer
 
 
 def show_status(config) -> int:
@@ -105,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{node_payload(service, os.getpid()).decode()}")
         return 0
 
-    setup_logging(args.verbose, args.syslog)
+    log_writer = setup_logging(args.verbose, args.syslog)
     for warning in config.warnings:
         logging.getLogger(__name__).warning("%s", warning)
 
     from .listener import run  # imports kazoo; not needed for --check-config
-    return run(config, hosts_override=args.server)
+    try:
+        return run(config, hosts_override=args.server)
+    finally:
+        log_writer.stop()  # every line written before we exit

@@ -11,22 +11,26 @@ A section is up when its process part and its check part both hold:
   consecutive passes and down after ``fall`` consecutive failures.  While the
   process part is down no check runs and the check part is held down; when the
   process part comes up the check is due at once.
+
+Checks are due every ``refresh`` seconds (at least 1); the caller starts them
+from its own timer (:meth:`Health.next_due`) as well as on supervisord's ticks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from .config import ServiceSettings
 
 RUNNING = "RUNNING"
 
-# supervisord sends a TICK from its main loop, which wakes at least once a
-# second, so ticks arrive up to ~1 s after their wall-clock boundary: two
-# TICK_5 can be 4 s apart.  A check this close to due runs now rather than one
-# whole tick later (a 5 s refresh on TICK_5 then runs on every tick).
-TICK_SLACK = 1.5
+# zk_watcher's ``refresh: 0`` meant "as often as its 1 s poll"; no check runs more often.
+MIN_REFRESH = 1.0
+# A check with no result for refresh + this + its timeout is overdue: the
+# runner is stuck, and ``status`` says so.
+OVERDUE_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class ProcessInfo:
 
 
 class SectionHealth:
-    def __init__(self, service: ServiceSettings) -> None:
+    def __init__(self, service: ServiceSettings, now: float = 0.0) -> None:
         self.service = service
         self.processes: dict[tuple[str, str], ProcessInfo] = {}
         self.check_up = False
@@ -58,6 +62,9 @@ class SectionHealth:
         # The run whose result counts; cleared on reset, so the result of a run
         # that began before the reset is dropped.
         self.running_token: int | None = None
+        self.cancelled = False  # a reset abandoned a running check
+        # When the check part last moved (a result, a reset): a basis for "overdue".
+        self.last_progress = now
 
     @property
     def process_up(self) -> bool:
@@ -71,11 +78,24 @@ class SectionHealth:
             return False
         return self.check_up if self.service.cmd is not None else True
 
+    @property
+    def refresh(self) -> float:
+        return max(MIN_REFRESH, self.service.refresh)
+
     def reset_check(self, now: float) -> None:
         self.check_up = False
         self.passes = self.failures = 0
+        if self.running_token is not None:
+            self.cancelled = True
         self.running_token = None
         self.next_check_at = now
+        self.last_progress = now
+
+    def overdue(self, now: float) -> bool:
+        """Whether a check result should have arrived by ``now`` and has not."""
+        return (self.service.cmd is not None and self.process_up
+                and now > self.last_progress + self.refresh + OVERDUE_GRACE
+                + self.service.timeout)
 
     def set_process(self, key: tuple[str, str], state: str, pid: int, now: float) -> None:
         was_up = self.process_up
@@ -88,11 +108,12 @@ class SectionHealth:
             self.service.cmd is not None
             and self.process_up
             and self.running_token is None
-            and now >= self.next_check_at - TICK_SLACK
+            and now >= self.next_check_at
         )
 
-    def record_result(self, passed: bool) -> None:
+    def record_result(self, passed: bool, now: float) -> None:
         self.last_result = passed
+        self.last_progress = now
         if passed:
             self.passes += 1
             self.failures = 0
@@ -108,12 +129,32 @@ class SectionHealth:
 class Health:
     """Health of every configured section."""
 
-    def __init__(self, services: Iterable[ServiceSettings]) -> None:
-        self.sections = {service.name: SectionHealth(service) for service in services}
+    def __init__(self, services: Iterable[ServiceSettings], now: float = 0.0) -> None:
+        self.sections = {service.name: SectionHealth(service, now) for service in services}
         # Every supervisord process seen so far, so sections added by a reload
         # start from the processes' current states.
         self.processes: dict[tuple[str, str], ProcessInfo] = {}
         self._next_token = 1
+        # (next_check_at, section) for sections that may need a run: finding
+        # due checks costs O(log n) per run, not a scan of every section.
+        # Entries go stale freely; they are checked when they reach the top.
+        self._schedule: list[tuple[float, str]] = []
+        self._cancelled: set[str] = set()  # see take_cancelled
+        for name in self.sections:
+            self.reschedule(name)
+
+    def reschedule(self, name: str) -> None:
+        """Look at section ``name`` again for a due check (after it changed or was freed)."""
+        section = self.sections.get(name)
+        if section is not None and section.service.cmd is not None:
+            heapq.heappush(self._schedule, (section.next_check_at, name))
+
+    def _current(self, entry: tuple[float, str]) -> bool:
+        when, name = entry
+        section = self.sections.get(name)
+        return (section is not None and section.next_check_at == when
+                and section.service.cmd is not None and section.process_up
+                and section.running_token is None)
 
     def reconfigure(self, services: Iterable[ServiceSettings], now: float) -> None:
         """Switch to a new set of sections (a config reload).
@@ -131,7 +172,7 @@ class Health:
                     and section.service.cmd == service.cmd):
                 section.service = service
             else:
-                section = SectionHealth(service)
+                section = SectionHealth(service, now)
                 section.next_check_at = now
                 if service.program is not None:
                     section.processes = {
@@ -140,6 +181,7 @@ class Health:
                         if service.program.matches(*key)
                     }
             self.sections[service.name] = section
+            self.reschedule(service.name)
 
     def up_sections(self) -> set[str]:
         return {name for name, section in self.sections.items() if section.up}
@@ -156,6 +198,7 @@ class Health:
             if program is not None and program.matches(group, name):
                 section.set_process((group, name), state, pid, now)
                 bound.append(section_name)
+                self._note_reset(section_name, section)
         return bound
 
     def process_died(self, group: str, name: str, pid: int, now: float) -> list[str]:
@@ -173,6 +216,7 @@ class Health:
             if info is not None and info.state == RUNNING and info.pid == pid:
                 section.set_process((group, name), "EXITED", 0, now)
                 affected.append(section_name)
+                self._note_reset(section_name, section)
         return affected
 
     def unmatched_programs(self) -> list[ServiceSettings]:
@@ -182,23 +226,54 @@ class Health:
             if s.service.program is not None and not s.processes
         ]
 
-    def due_checks(self, now: float) -> list[CheckRun]:
-        """Checks to start now; each is marked running until its result comes back."""
+    def take_cancelled(self) -> list[str]:
+        """Sections whose running check a reset abandoned since the last call."""
+        cancelled, self._cancelled = sorted(self._cancelled), set()
+        return cancelled
+
+    def _note_reset(self, name: str, section: SectionHealth) -> None:
+        if section.cancelled:
+            section.cancelled = False
+            self._cancelled.add(name)
+        self.reschedule(name)
+
+    def next_due(self) -> float | None:
+        """When the earliest check that is not running falls due, or None."""
+        while self._schedule and not self._current(self._schedule[0]):
+            heapq.heappop(self._schedule)
+        return self._schedule[0][0] if self._schedule else None
+
+    def due_checks(self, now: float, busy: Collection[str] = ()) -> list[CheckRun]:
+        """Checks to start now; each is marked running until its result comes back.
+
+        ``busy`` sections still have an earlier run's process around (killed
+        but not reaped yet): they wait for :meth:`reschedule`, so runs of one
+        section never overlap.
+        """
         runs = []
-        for name, section in self.sections.items():
-            if section.check_due(now):
-                token = self._next_token
-                self._next_token += 1
-                section.running_token = token
-                section.next_check_at = now + section.service.refresh
-                service = section.service
-                runs.append(CheckRun(name, service.cmd, service.timeout, token,
-                                     service.expect_status))
+        while self._schedule and self._schedule[0][0] <= now:
+            entry = heapq.heappop(self._schedule)
+            name = entry[1]
+            if not self._current(entry) or name in busy:
+                continue
+            section = self.sections[name]
+            token = self._next_token
+            self._next_token += 1
+            section.running_token = token
+            section.next_check_at = now + section.refresh
+            service = section.service
+            runs.append(CheckRun(name, service.cmd, service.timeout, token,
+                                 service.expect_status))
         return runs
 
-    def check_result(self, section_name: str, token: int, passed: bool) -> None:
+    def check_result(self, section_name: str, token: int, passed: bool,
+                     now: float = 0.0) -> bool:
+        """Record a result; False if it is stale (the section was reset or
+        reloaded while the check ran) and was dropped."""
         section = self.sections.get(section_name)
         if section is None or section.running_token != token:
-            return  # stale: the section was reset or reloaded while this check ran
+            return False
         section.running_token = None
-        section.record_result(passed)
+        section.record_result(passed, now)
+        self.reschedule(section_name)
+        return True

@@ -1,10 +1,16 @@
-"""The supervisord event listener: protocol loop, signals and wiring.
+"""The supervisord event listener: one event loop that owns all state.
 
-The loop reads one event, feeds it to the health state machine, hands any due
-checks to the check runner and the wanted node set to the registry — each a
-queue push — and answers at once.  Nothing on that path waits for a check or
-for ZooKeeper, so supervisord never sees us BUSY for long and never overflows
-our event buffer.
+Everything that can change what we register arrives on the main thread's
+event loop (:mod:`.loop`) and is handled there, in order, to completion:
+supervisord's events on stdin, check processes and probes, the pidfds of
+bound programs, signals (TERM, INT, HUP), timers, and the results of slow
+work done elsewhere (reading a reloaded config, supervisord's XML-RPC
+answer).  The :class:`Watcher` turns them into health (:mod:`.health`, pure)
+and health into the set of znodes we want, which it hands to the registry —
+the only other thread that matters, fed by that one ordered stream.
+
+Nothing on the path from reading an event to answering it waits for a check,
+for ZooKeeper, or for a file.
 """
 
 from __future__ import annotations
@@ -15,29 +21,34 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, TextIO
 
 from supervisor import childutils
 
-from .checks import CheckOutcome, CheckRunner
+from .checks import CheckOutcome, CheckRunner, close_inherited_fds_on_exec
 from .config import Config, ConfigError, ServiceSettings, load_config
-from .health import RUNNING, CheckRun, Health
+from .health import OVERDUE_GRACE, RUNNING, CheckRun, Health
+from .loop import EventLoop, Timer, offload
 from .payload import node_payload
 from .pidwatch import PidWatcher
 from .registry import Registry
-from .status import StatusFileWriter
+from .session_file import default_path as default_session_path
+from .status import StatusPublisher
 
 log = logging.getLogger(__name__)
 
 PROCESS_STATE_PREFIX = "PROCESS_STATE_"
-# How long to wait for supervisord's XML-RPC answer before going on with events alone.
+# How long to wait for supervisord's XML-RPC answer before saying so in the log.
 RPC_TIMEOUT = 5.0
-
-
-class Shutdown(Exception):
-    """Raised from the SIGTERM/SIGINT handler to leave the protocol loop."""
+# Shutdown budget: ZooKeeper's session close, and killing running checks.
+REGISTRY_STOP_TIMEOUT = 0.7
+CHECKS_STOP_TIMEOUT = 0.1
+EXIT_CRASH = 1
+# After a restart, nodes of the reattached session that nothing wants are kept
+# until every section's health is known again (first check results, the
+# XML-RPC snapshot) — or this long past the slowest check's timeout.
+SETTLE_SLACK = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,66 +62,345 @@ class Registration:
 
 
 class Watcher:
-    """Turns supervisord events and check results into the set of registered znodes."""
+    """Turns supervisord events and check results into the set of registered znodes.
 
-    def __init__(self, config: Config, registry: Registry,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    Every method runs on the event loop's thread; nothing here is shared.
+    """
+
+    def __init__(self, config: Config, registry: Registry, loop: EventLoop,
+                 hosts_override: str | None = None) -> None:
         self.config = config
-        self._clock = clock
+        self.loop = loop
         self.registry = registry
+        self.hosts_override = hosts_override
         self.services = {service.name: service for service in config.services}
-        self.health = Health(config.services)
-        self.checks = CheckRunner(self._on_check_result)
-        self.pids = PidWatcher(self._on_process_died)
-        # Health is touched by the protocol loop and the check runner's thread;
-        # everything done under this lock is in-memory and quick.
-        self._lock = threading.Lock()
+        self.health = Health(config.services, loop.clock())
+        self.checks = CheckRunner(loop, self._on_check_result)
+        self.pids = PidWatcher(loop, self._on_process_died)
+        self.status = StatusPublisher(loop, config.status_file, self.snapshot)
         self._registrations: dict[str, Registration] = {}  # by section, while up
+        self._holder: dict[str, str] = {}  # znode path -> the section registering it
+        self._wanted: dict[str, bytes] = {}  # what the registry was last told
+        self._dirty: set[str] = set(self.services)  # sections to bring in line
         self._last_checks: dict[str, tuple[float, CheckOutcome]] = {}  # wall time, outcome
-        self.rpc = None  # supervisord's XML-RPC interface, when we have one
-        self.status = StatusFileWriter(config.status_file, self.snapshot)
-        registry.on_change = self.status.changed
+        self._check_timer: Timer | None = None
+        # Ordering of process news: a snapshot requested before an event must
+        # not override that event.
+        self._event_seq = 0
+        self._process_seq: dict[tuple[str, str], int] = {}
+        self.rpc_env: dict[str, str] | None = None  # environment for supervisord's XML-RPC
+        self._snapshot_request = 0  # id of the newest snapshot asked for
+        self._snapshot_applied = 0
+        self._snapshot_in_flight = False
+        self._snapshot_again = False
+        self._reload_reading = False
+        self._reload_again = False
+        self._settle_by = loop.clock() + SETTLE_SLACK + max(
+            (service.timeout for service in config.services), default=0.0)
+        self._settled = False
+        self._snapshot_answered = False
+        loop.on_idle(self.pump)
+        registry.on_change = lambda: loop.post(self.status.changed)
+        registry.on_fatal = loop.fail
 
     def start(self) -> None:
         self.registry.start()
-        self.checks.start()
-        self.pids.start()
         self.status.start()
-        self._update()
+        self._snapshot_if_bound()
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        """Tell the registry once every section's health is known after start."""
+        if self._settled:
+            return
+        snapshot_known = self._snapshot_answered or not self._snapshot_in_flight
+        checks_known = all(
+            section.last_result is not None or not section.process_up
+            for section in self.health.sections.values() if section.service.cmd is not None)
+        if (snapshot_known and checks_known) or self.loop.clock() >= self._settle_by:
+            self._settled = True
+            self.registry.settled()
+        else:
+            self.loop.call_later(0.1, self._check_settled)
+
+    def _snapshot_if_bound(self) -> None:
+        if self.rpc_env is not None and any(
+                service.program is not None for service in self.services.values()):
+            self.request_snapshot()
 
     def stop(self) -> None:
         self.pids.stop()
-        self.checks.stop()
-        self.registry.stop()
+        self.checks.stop(CHECKS_STOP_TIMEOUT)
+        self.registry.stop(REGISTRY_STOP_TIMEOUT)
         self.status.stop()
+
+    # -- inputs -------------------------------------------------------------
+
+    def handle_event(self, headers: dict[str, str], payload: str) -> None:
+        """One supervisord event; in-memory only."""
+        event = headers.get("eventname", "")
+        if event.startswith(PROCESS_STATE_PREFIX):
+            fields = childutils.get_headers(payload.split("\n", 1)[0])
+            self._event_seq += 1
+            key = (fields.get("groupname", ""), fields.get("processname", ""))
+            self._process_seq[key] = self._event_seq
+            self.process_state(*key, event[len(PROCESS_STATE_PREFIX):],
+                               int(fields.get("pid", "0") or 0))
+        # TICK_* and anything else: the pump after this starts due checks.
+
+    def process_state(self, group: str, name: str, state: str, pid: int) -> None:
+        """A process's state, from an event or from supervisord's XML-RPC snapshot."""
+        bound = self.health.process_state(group, name, state, pid, self.loop.clock())
+        if bound:
+            if state == RUNNING and pid:
+                self.pids.watch(group, name, pid)
+            else:
+                self.pids.forget(group, name)
+            self._dirty.update(bound)
+
+    def _on_process_died(self, group: str, name: str, pid: int) -> None:
+        self._event_seq += 1
+        self._process_seq[(group, name)] = self._event_seq
+        bound = self.health.process_died(group, name, pid, self.loop.clock())
+        if bound:
+            log.info("%s:%s (pid %d) died", group, name, pid)
+            self._dirty.update(bound)
+
+    def _on_check_result(self, run: CheckRun, outcome: CheckOutcome | None) -> None:
+        if outcome is None:
+            # A killed or abandoned run was reaped: the section may run again.
+            self.health.reschedule(run.section)
+            return
+        section = self.health.sections.get(run.section)
+        before = section.last_result if section else None
+        if not self.health.check_result(run.section, run.token, outcome.passed,
+                                        self.loop.clock()):
+            return  # the section was reset or reloaded while it ran
+        self._last_checks[run.section] = (time.time(), outcome)
+        if before is not outcome.passed:
+            if outcome.passed:
+                log.info("[%s] check passed", run.section)
+            else:
+                log.warning("[%s] check failed: %s", run.section, outcome.describe())
+            self.status.changed()
+        self._dirty.add(run.section)
+
+    # -- after every pass of the loop ---------------------------------------
+
+    def pump(self) -> None:
+        """Apply what the inputs of this pass changed: nodes, checks, timers."""
+        for name in self.health.take_cancelled():
+            self.checks.cancel(name)
+        if self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            changes = self._sync_registrations(dirty)
+            if changes:
+                self.registry.update(changes)
+                self.status.changed()
+        now = self.loop.clock()
+        due = self.health.next_due()
+        if due is not None and due <= now:
+            runs = self.health.due_checks(now, self.checks.busy_sections())
+            if runs:
+                self.checks.submit(runs)
+            due = self.health.next_due()
+        self._arm_check_timer(due)
+
+    def _arm_check_timer(self, when: float | None) -> None:
+        """Wake the loop when the next check falls due, between supervisord's ticks."""
+        timer = self._check_timer
+        if timer is not None and not timer.cancelled and timer.when == when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._check_timer = None if when is None else self.loop.call_at(when, _wake_only)
+
+    def _sync_registrations(self, names: set[str]) -> dict[str, bytes | None]:
+        """Bring the registrations of ``names`` in line with their health.
+
+        Returns the znode changes for the registry: each touched path with the
+        data it must hold now, or None.  Decided per path from the final state,
+        so a node handed from one section to another (a renamed section) is
+        never deleted on the way.
+        """
+        previous = {reg.path: reg for name in names
+                    if (reg := self._registrations.get(name)) is not None}
+        touched: set[str] = set(previous)
+        for name in sorted(names):
+            path = self._sync_section(name, previous)
+            if path is not None:
+                touched.add(path)
+        changes: dict[str, bytes | None] = {}
+        for path in sorted(touched):
+            holder = self._holder.get(path)
+            data = self._registrations[holder].data if holder is not None else None
+            if self._wanted.get(path) != data:
+                changes[path] = data
+                if data is None:
+                    del self._wanted[path]
+                else:
+                    self._wanted[path] = data
+        return changes
+
+    def _sync_section(self, name: str, previous: dict[str, Registration]) -> str | None:
+        """Update one section's registration; returns the path it now wants, if any."""
+        current = self._registrations.get(name)
+        service = self.services.get(name)
+        section = self.health.sections.get(name)
+        if section is None or not section.up:
+            if current is not None:
+                del self._registrations[name]
+                if self._holder.get(current.path) == name:
+                    del self._holder[current.path]
+                why = "removed from the config" if service is None else "unhealthy"
+                log.info("[%s] %s: deregistering %s", name, why, current.path)
+            return None
+        if current is not None and current.service is service:
+            return current.path  # up before, up now, same settings
+        path = service.node_path
+        # Keep the creation time of the node this one continues (same section,
+        # or another section handing the same path over).
+        continued = current if current is not None else previous.get(path)
+        created = continued.created if continued is not None else time.time()
+        registration = Registration(service, path, created,
+                                    node_payload(service, os.getpid(), created))
+        self._registrations[name] = registration
+        if current is not None and current.path != path and \
+                self._holder.get(current.path) == name:
+            del self._holder[current.path]
+        self._holder[path] = name
+        if current is None:
+            log.info("[%s] healthy: registering %s", name, path)
+        return path
+
+    # -- reload ---------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: read the config off the loop; the newest request wins."""
+        if self._reload_reading:
+            self._reload_again = True
+            return
+        self._reload_reading = True
+        filename, hosts = self.config.filename, self.hosts_override
+        offload(self.loop, lambda: load_config(filename, hosts_override=hosts),
+                self._reload_read, name="reload")
+
+    def _reload_read(self, config: Config | None, error: BaseException | None) -> None:
+        self._reload_reading = False
+        if self._reload_again:
+            # Another HUP came while reading: that file may be newer than ours.
+            self._reload_again = False
+            self.request_reload()
+            return
+        if isinstance(error, ConfigError):
+            log.error("reload rejected, keeping the running config: %s", error)
+            return
+        if error is not None:
+            raise error
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        self.reload(config)
+
+    def reload(self, config: Config) -> None:
+        """Switch to a new config: unchanged sections keep their nodes untouched,
+        changed ones are updated in place or moved, removed ones deregistered."""
+        if config.zookeeper != self.config.zookeeper:
+            log.warning("reload: [zkwatcher]/[auth] changes need a restart; keeping %s",
+                        self.config.zookeeper.hosts)
+        old_sections = dict(self.health.sections)
+        self.config = config
+        self.services = {service.name: service for service in config.services}
+        self.health.reconfigure(config.services, self.loop.clock())
+        for name, section in old_sections.items():
+            if self.health.sections.get(name) is not section:
+                self.checks.cancel(name)  # its result would describe another check
+                self._last_checks.pop(name, None)
+        self._dirty.update(old_sections)
+        self._dirty.update(self.services)
+        log.info("reloaded %s: %d section(s)", config.filename, len(config.services))
+        self._snapshot_if_bound()  # new sections start from the processes' current states
+        self.status.changed()
+
+    # -- supervisord's XML-RPC snapshot ---------------------------------------
+
+    def request_snapshot(self) -> None:
+        """Ask supervisord for every process's state, off the loop."""
+        if self._snapshot_in_flight:
+            self._snapshot_again = True
+            return
+        self._snapshot_in_flight = True
+        self._snapshot_request += 1
+        request, since = self._snapshot_request, self._event_seq
+        env = self.rpc_env
+
+        def fetch() -> list:
+            return childutils.getRPCInterface(env).supervisor.getAllProcessInfo()
+
+        offload(self.loop, fetch,
+                lambda infos, error: self._snapshot_done(request, since, infos, error),
+                name="xmlrpc")
+        self.loop.call_later(RPC_TIMEOUT, lambda: self._snapshot_late(request))
+
+    def _snapshot_late(self, request: int) -> None:
+        if self._snapshot_in_flight and request == self._snapshot_request:
+            log.warning("supervisord has not answered XML-RPC in %.0fs; going on with "
+                        "events alone", RPC_TIMEOUT)
+
+    def _snapshot_done(self, request: int, since: int, infos: list | None,
+                       error: BaseException | None) -> None:
+        self._snapshot_in_flight = False
+        self._snapshot_answered = True
+        if error is not None:
+            log.warning("cannot read process states from supervisord (%r); waiting for "
+                        "events", error)
+        elif request > self._snapshot_applied:
+            self._snapshot_applied = request
+            for info in infos:
+                key = (info["group"], info["name"])
+                # An event seen after we asked is newer than this answer.
+                if self._process_seq.get(key, 0) <= since:
+                    self.process_state(*key, info["statename"], info.get("pid", 0))
+            for service in self.health.unmatched_programs():
+                log.warning("[%s] program %s matches no supervisord process; section stays "
+                            "down", service.name, service.program)
+        if self._snapshot_again:
+            self._snapshot_again = False
+            self.request_snapshot()
+
+    # -- status ---------------------------------------------------------------
 
     def snapshot(self) -> dict:
         """Everything ``status`` and the metrics show, as plain JSON-able data."""
         registered = self.registry.registered()
-        with self._lock:
-            sections = {}
-            for name, section in self.health.sections.items():
-                service = section.service
-                check = None
-                if service.cmd is not None:
-                    last_run, outcome = self._last_checks.get(name, (None, None))
-                    check = {
-                        "last_result": section.last_result, "last_run": last_run,
-                        "duration": outcome.duration if outcome else None,
-                        "detail": outcome.describe() if outcome else None,
-                        "passes": section.passes, "failures": section.failures,
-                        "rise": service.rise, "fall": service.fall,
-                    }
-                sections[name] = {
-                    "path": service.node_path,
-                    "healthy": section.up,
-                    "registered": service.node_path in registered,
-                    "processes": {f"{g}:{n}": p.state for (g, n), p in section.processes.items()},
-                    "check": check,
+        now, wall = self.loop.clock(), time.time()
+        sections = {}
+        for name, section in self.health.sections.items():
+            service = section.service
+            check = None
+            if service.cmd is not None:
+                last_run, outcome = self._last_checks.get(name, (None, None))
+                due_by = None
+                if section.process_up:
+                    due_by = wall + (section.last_progress + section.refresh + OVERDUE_GRACE
+                                     + service.timeout - now)
+                check = {
+                    "last_result": section.last_result, "last_run": last_run,
+                    "duration": outcome.duration if outcome else None,
+                    "detail": outcome.describe() if outcome else None,
+                    "passes": section.passes, "failures": section.failures,
+                    "rise": service.rise, "fall": service.fall,
+                    "due_by": due_by,
                 }
+            sections[name] = {
+                "path": service.node_path,
+                "healthy": section.up,
+                "registered": service.node_path in registered,
+                "processes": {f"{g}:{n}": p.state for (g, n), p in section.processes.items()},
+                "check": check,
+            }
         return {
             "pid": os.getpid(),
-            "updated": time.time(),
+            "updated": wall,
             "config": self.config.filename,
             "zookeeper": {"hosts": self.config.zookeeper.hosts,
                           "connected": self.registry.connected,
@@ -120,152 +410,67 @@ class Watcher:
             "sections": sections,
         }
 
-    def process_state(self, group: str, name: str, state: str, pid: int) -> None:
-        """A process's state, from an event or from supervisord's XML-RPC snapshot."""
-        with self._lock:
-            bound = self.health.process_state(group, name, state, pid, self._clock())
-        if bound:
-            if state == RUNNING and pid:
-                self.pids.watch(group, name, pid)
-            else:
-                self.pids.forget(group, name)
-            self._update(bound)  # entering RUNNING may make a check due
 
-    def handle_event(self, headers: dict[str, str], payload: str) -> None:
-        """One supervisord event; quick and non-blocking."""
-        event = headers.get("eventname", "")
-        if event.startswith(PROCESS_STATE_PREFIX):
-            fields = childutils.get_headers(payload.split("\n", 1)[0])
-            self.process_state(
-                fields.get("groupname", ""), fields.get("processname", ""),
-                event[len(PROCESS_STATE_PREFIX):], int(fields.get("pid", "0") or 0),
-            )
-        else:
-            self._update(())  # TICK_* and anything else: just start due checks
-
-    def _on_process_died(self, group: str, name: str, pid: int) -> None:
-        with self._lock:
-            bound = self.health.process_died(group, name, pid, self._clock())
-        if bound:
-            log.info("%s:%s (pid %d) died", group, name, pid)
-            self._update(bound, schedule=False)
-
-    def _on_check_result(self, run: CheckRun, outcome: CheckOutcome) -> None:
-        with self._lock:
-            section = self.health.sections.get(run.section)
-            before = section.last_result if section else None
-            self.health.check_result(run.section, run.token, outcome.passed)
-            self._last_checks[run.section] = (time.time(), outcome)
-        if before is not outcome.passed:
-            if outcome.passed:
-                log.info("[%s] check passed", run.section)
-            else:
-                log.warning("[%s] check failed: %s", run.section, outcome.describe())
-        # The section's next run is due at a later tick: no need to look for due checks.
-        self._update((run.section,), schedule=False)
-
-    def _update(self, sections: Iterable[str] | None = None, schedule: bool = True) -> None:
-        """Start due checks and bring the registrations of ``sections`` (all if None)
-        in line with their health; each call costs only the sections it names."""
-        with self._lock:
-            runs = self.health.due_checks(self._clock()) if schedule else []
-            names = set(self.services) | set(self._registrations) if sections is None \
-                else sections
-            changes: dict[str, bytes | None] = {}
-            for name in names:
-                changes.update(self._sync_registration(name))
-        self.checks.submit(runs)
-        if changes:
-            self.registry.update(changes)
-        self.status.changed()
-
-    def _sync_registration(self, name: str) -> dict[str, bytes | None]:
-        """The node changes that make section ``name``'s registration match its health."""
-        current = self._registrations.get(name)
-        service = self.services.get(name)
-        section = self.health.sections.get(name)
-        if section is None or not section.up:
-            if current is None:
-                return {}
-            del self._registrations[name]
-            why = "removed from the config" if service is None else "unhealthy"
-            log.info("[%s] %s: deregistering %s", name, why, current.path)
-            return {current.path: None}
-        if current is not None and current.service is service:
-            return {}  # up before, up now, same settings: nothing to write
-        created = current.created if current else time.time()
-        registration = Registration(service, service.node_path, created,
-                                    node_payload(service, os.getpid(), created))
-        self._registrations[name] = registration
-        changes: dict[str, bytes | None] = {registration.path: registration.data}
-        if current is None:
-            log.info("[%s] healthy: registering %s", name, registration.path)
-        elif current.path != registration.path:
-            changes[current.path] = None
-        return changes
-
-    def reload(self, config: Config) -> None:
-        """Switch to a new config: unchanged sections keep their nodes untouched,
-        changed ones are updated in place or moved, removed ones deregistered."""
-        if config.zookeeper != self.config.zookeeper:
-            log.warning("reload: [zkwatcher]/[auth] changes need a restart; keeping %s",
-                        self.config.zookeeper.hosts)
-        with self._lock:
-            self.config = config
-            self.services = {service.name: service for service in config.services}
-            self.health.reconfigure(config.services, self._clock())
-        log.info("reloaded %s: %d section(s)", config.filename, len(config.services))
-        if self.rpc is not None:
-            self.load_process_states(self.rpc)  # also refreshes the pids we watch
-        self._update()
-
-    def load_process_states(self, rpc) -> bool:
-        """Seed process states from supervisord over XML-RPC; False if it did not answer."""
-        result: list = []
-
-        def fetch() -> None:
-            try:
-                result.append(rpc.supervisor.getAllProcessInfo())
-            except Exception as exc:
-                result.append(exc)
-
-        fetcher = threading.Thread(target=fetch, name="rpc", daemon=True)
-        fetcher.start()
-        fetcher.join(RPC_TIMEOUT)
-        self.rpc = rpc
-        if not result or isinstance(result[0], Exception):
-            reason = "no answer" if not result else repr(result[0])
-            log.warning("cannot read process states from supervisord (%s); waiting for events",
-                        reason)
-            return False
-        for info in result[0]:
-            self.process_state(info["group"], info["name"], info["statename"], info.get("pid", 0))
-        for service in self.health.unmatched_programs():
-            log.warning("[%s] program %s matches no supervisord process; section stays down",
-                        service.name, service.program)
-        return True
+def _wake_only() -> None:
+    """A timer whose only job is to end the loop's wait; the pump does the work."""
 
 
-def serve(stdin: BinaryIO, stdout: TextIO, watcher: Watcher) -> None:
-    """The supervisord listener protocol, until EOF on stdin."""
-    while True:
-        childutils.listener.ready(stdout)
-        line = stdin.readline()
-        if not line:
-            log.info("stdin closed: supervisord is gone")
-            return
-        headers = childutils.get_headers(line.decode("utf-8"))
-        payload = stdin.read(int(headers.get("len", 0))).decode("utf-8", "replace")
+class ProtocolReader:
+    """supervisord's side of the conversation: events in on stdin, answers out on stdout.
+
+    stdin is read without blocking and parsed incrementally (header line, then
+    ``len`` bytes of payload); each complete event is handled and answered on
+    the spot with ``RESULT 2\\nOK`` and ``READY``.
+    """
+
+    def __init__(self, loop: EventLoop, stdin: BinaryIO, stdout: TextIO,
+                 on_event: Callable[[dict[str, str], str], None],
+                 on_eof: Callable[[], None]) -> None:
+        self._loop = loop
+        self._fd = stdin.fileno()
+        self._stdout = stdout
+        self._on_event = on_event
+        self._on_eof = on_eof
+        self._buffer = bytearray()
+        self._headers: dict[str, str] | None = None
+
+    def start(self) -> None:
+        os.set_blocking(self._fd, False)
+        self._loop.add_reader(self._fd, self._readable)
+        childutils.listener.ready(self._stdout)
+
+    def _readable(self) -> None:
         try:
-            watcher.handle_event(headers, payload)
-        except Exception:
-            # A bug must not wedge supervisord's event pool: log it and answer.
-            log.exception("handling %s failed", headers.get("eventname"))
-        childutils.listener.ok(stdout)
+            chunk = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._loop.remove(self._fd)
+            log.info("stdin closed: supervisord is gone")
+            self._on_eof()
+            return
+        self._buffer += chunk
+        while self._parse_one():
+            pass
 
-
-def _raise_shutdown(signum: int, frame) -> None:
-    raise Shutdown(signal.Signals(signum).name)
+    def _parse_one(self) -> bool:
+        if self._headers is None:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                return False
+            line = bytes(self._buffer[:end + 1]).decode("utf-8", "replace")
+            del self._buffer[:end + 1]
+            self._headers = childutils.get_headers(line)
+        length = int(self._headers.get("len", 0))
+        if len(self._buffer) < length:
+            return False
+        payload = bytes(self._buffer[:length]).decode("utf-8", "replace")
+        del self._buffer[:length]
+        headers, self._headers = self._headers, None
+        self._on_event(headers, payload)
+        childutils.listener.ok(self._stdout)
+        childutils.listener.ready(self._stdout)
+        return True
 
 
 def claim_stdout() -> TextIO:
@@ -281,16 +486,16 @@ def claim_stdout() -> TextIO:
     return protocol
 
 
-def reload_from_disk(watcher: Watcher, hosts_override: str | None) -> None:
-    """Re-read the config file; a broken one is rejected and the running config stays."""
-    try:
-        config = load_config(watcher.config.filename, hosts_override=hosts_override)
-    except ConfigError as exc:
-        log.error("reload rejected, keeping the running config: %s", exc)
-        return
-    for warning in config.warnings:
-        log.warning("%s", warning)
-    watcher.reload(config)
+def _exit_on_thread_crash(loop: EventLoop) -> None:
+    """Crash-only: a thread of ours that dies takes the listener down with it."""
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        log.critical("thread %s failed", args.thread.name if args.thread else "?",
+                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        loop.fail(args.exc_value)
+
+    threading.excepthook = hook
 
 
 def run(config: Config, hosts_override: str | None = None,
@@ -300,40 +505,54 @@ def run(config: Config, hosts_override: str | None = None,
         stdout = claim_stdout()
     if stdin is None:
         stdin = sys.stdin.buffer
-    watcher = Watcher(config, Registry(config.zookeeper))
+    close_inherited_fds_on_exec()
+    loop = EventLoop()
+    registry = Registry(config.zookeeper, session_path=default_session_path(config.filename))
+    watcher = Watcher(config, registry, loop, hosts_override)
+    _exit_on_thread_crash(loop)
     if config.metrics_port:
         from . import metrics
 
         try:
-            metrics.serve(config.metrics_port, watcher.snapshot)
+            metrics.serve(config.metrics_port, lambda: watcher.status.latest)
         except OSError as exc:
             log.error("metrics_port %d: %s; running without metrics", config.metrics_port, exc)
-    signal.signal(signal.SIGTERM, _raise_shutdown)
-    signal.signal(signal.SIGINT, _raise_shutdown)
-    # Reload on its own thread: the handler may interrupt the protocol loop
-    # while it holds the watcher's lock.
-    signal.signal(signal.SIGHUP, lambda signum, frame: threading.Thread(
-        target=reload_from_disk, args=(watcher, hosts_override), name="reload", daemon=True,
-    ).start())
+
+    stopping: list[str] = []
+
+    def on_signal(signum: int, frame) -> None:
+        # Runs between two bytecodes of the loop: only hand the signal over.
+        if signum == signal.SIGHUP:
+            loop.post(watcher.request_reload)
+        else:
+            stopping.append(signal.Signals(signum).name)
+            loop.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    signal.set_wakeup_fd(loop.wakeup_fd, warn_on_full_buffer=False)
+    protocol = ProtocolReader(loop, stdin, stdout, watcher.handle_event, loop.stop)
+    status = 0
     try:
         log.info("watching %d section(s), ZooKeeper at %s",
                  len(config.services), config.zookeeper.hosts)
-        if any(service.program is not None for service in config.services):
-            try:
-                rpc = childutils.getRPCInterface(os.environ)
-            except KeyError:
-                log.warning("SUPERVISOR_SERVER_URL is not set: no XML-RPC access to "
-                            "supervisord; waiting for PROCESS_STATE events")
-            else:
-                watcher.load_process_states(rpc)
+        if "SUPERVISOR_SERVER_URL" in os.environ:
+            watcher.rpc_env = dict(os.environ)
+        elif any(service.program is not None for service in config.services):
+            log.warning("SUPERVISOR_SERVER_URL is not set: no XML-RPC access to "
+                        "supervisord; waiting for PROCESS_STATE events")
         watcher.start()
-        serve(stdin, stdout, watcher)
-    except Shutdown as exc:
-        log.info("%s received", exc)
+        protocol.start()
+        loop.run()
+        if stopping:
+            log.info("%s received", stopping[0])
+    except Exception:
+        log.critical("unexpected error; exiting so that supervisord restarts us",
+                     exc_info=True)
+        status = EXIT_CRASH
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         watcher.stop()
         log.info("stopped")
-    return 0
+    return status

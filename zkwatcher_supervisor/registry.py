@@ -7,11 +7,12 @@ and a worker thread makes ZooKeeper match it:
 * after every (re)connect it re-examines every node it wants or owns, because
   a lost session takes our ephemeral nodes with it and old watches may be gone;
 * an ``exists`` watch on each wanted node brings it back if someone deletes it;
-* a node at our path owned by another session (our previous incarnation after
-  a crash and quick restart) is replaced when the ACL lets us, and otherwise
-  watched so ours goes in the moment it disappears;
-* nodes it never created (persistent ones, other sessions' that we do not want)
-  are never written.
+* after a crash and quick restart it reattaches to its previous session
+  (saved by :mod:`.session_file`), so the nodes it held simply stay;
+* a node at our path held by any other session — a zk_watcher still running
+  during a migration, a second listener started by mistake — is never
+  deleted: we log once, watch it, and register the moment it goes;
+* nodes it never created (persistent ones, other sessions') are never written.
 
 Reads and writes are pipelined with kazoo's async API, so a full reconcile of a
 thousand nodes costs a few round trips, not a thousand.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,27 +37,36 @@ from kazoo.exceptions import (
     NoNodeError,
     SessionExpiredError,
 )
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
-from kazoo.security import CREATOR_ALL_ACL, READ_ACL_UNSAFE
+from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
 
+from . import session_file
 from .config import ZooKeeperSettings
 
 log = logging.getLogger(__name__)
 
 # Pause before retrying nodes whose last attempt failed for a reason other
-# than a lost connection (a reconnect wakes the worker by itself).
+# than a lost connection (a reconnect wakes the worker by itself); it doubles
+# with each failure in a row, up to MAX_RETRY_DELAY, so a permanent refusal
+# (NoAuth) costs ZooKeeper one request per path every half minute.
 RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 30.0
+# Errors that mean "the connection, not this request": retry the whole pass
+# once connected again.
+CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError)
 # Upper bound on waiting for one pipelined batch of replies.
 REPLY_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
 class _Owned:
-    data: bytes
+    data: bytes | None  # None: held by a session we reattached to; contents unknown
     version: int
 
 
-def make_client(settings: ZooKeeperSettings) -> KazooClient:
+def make_client(settings: ZooKeeperSettings,
+                client_id: tuple[int, bytes] | None = None) -> KazooClient:
     """A kazoo client for ``settings``: hosts, session timeout, digest auth, TLS."""
     options: dict = {}
     if settings.auth is not None:
@@ -69,6 +80,7 @@ def make_client(settings: ZooKeeperSettings) -> KazooClient:
         # Reconnect for ever, quickly: registrations must come back within
         # a second of the server returning.
         connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
+        client_id=client_id,
         **options,
     )
 
@@ -87,11 +99,28 @@ def read_existing(settings: ZooKeeperSettings, paths: list[str],
 
 
 class Registry:
-    """Registers ephemeral znodes; see the module docstring for the guarantees."""
+    """Registers ephemeral znodes; see the module docstring for the guarantees.
 
-    def __init__(self, settings: ZooKeeperSettings) -> None:
+    :meth:`update` is called by one thread (the listener's event loop), so the
+    wanted set changes in exactly the order the loop decided.  ``on_change``
+    and ``on_fatal`` are called from the registry's own threads and must only
+    hand the news on.
+    """
+
+    def __init__(self, settings: ZooKeeperSettings, session_path: str | None = None) -> None:
         self.on_change: Callable[[], None] = lambda: None  # after ZooKeeper changed
-        self._client = make_client(settings)
+        # An unexpected exception in the worker: the process must end.
+        self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+        self._session_path = session_path
+        self._saved = session_file.load(session_path) if session_path else None
+        client_id = None
+        if self._saved is not None:
+            client_id = (self._saved.session_id, self._saved.password)
+            log.info("reattaching to ZooKeeper session 0x%x (%d node(s))",
+                     self._saved.session_id, len(self._saved.paths))
+        self._client = make_client(settings, client_id)
+        # As nd_service_registry: our credentials get everything and the world
+        # may read, on our nodes and on the parent we create for them.
         self._acl = None  # kazoo's default: open
         if settings.auth is not None:
             self._acl = CREATOR_ALL_ACL + READ_ACL_UNSAFE
@@ -103,6 +132,9 @@ class Registry:
         self._dirty: set[str] = set()  # wanted data changed; what we wrote says what to do
         self._suspect: set[str] = set()  # must be looked up: watches fired, retries
         self._examine_all = True
+        # Backoff for paths whose last attempt failed: failures in a row, next try.
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
         # Counters for status and metrics.
         self.registrations = 0
         self.deregistrations = 0
@@ -111,6 +143,11 @@ class Registry:
         # Worker thread only.
         self._owned: dict[str, _Owned] = {}
         self._session_id: int | None = None
+        self._saved_paths: frozenset[str] | None = None  # as last written to the file
+        # Nodes of a reattached session that we do not want (yet): kept until
+        # the listener has worked out its health after the restart.
+        self._holding = True
+        self._foreign: dict[str, int] = {}  # path -> other session we logged about
         self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
 
     # -- public API ---------------------------------------------------------
@@ -128,10 +165,20 @@ class Registry:
                 if self._wanted.get(path) == data:
                     continue
                 if data is None:
-                    del self._wanted[path]
+                    self._wanted.pop(path, None)
                 else:
                     self._wanted[path] = data
                 self._dirty.add(path)
+                self._failures.pop(path, None)  # new wishes are tried at once
+        self._wake.set()
+
+    def settled(self) -> None:
+        """The wanted set is now complete: nodes of a reattached session that are
+        not wanted may go.  Until then they are kept, so a restart does not flap
+        a node whose section turns out healthy a moment later."""
+        with self._lock:
+            self._holding = False
+            self._examine_all = True
         self._wake.set()
 
     @property
@@ -143,14 +190,15 @@ class Registry:
         return self._registered
 
     def stop(self, timeout: float = 0.8) -> None:
-        """Delete every node we own, close the session and stop; bounded by ``timeout``."""
+        """Close the session, which deletes every node we own; bounded by ``timeout``."""
         self._stopping = True
         self._wake.set()
         closer = threading.Thread(target=self._close, name="registry-close", daemon=True)
         closer.start()
         closer.join(timeout)
         if closer.is_alive():
-            log.warning("ZooKeeper did not confirm the shutdown in %.1fs; exiting anyway", timeout)
+            log.warning("ZooKeeper did not confirm the shutdown in %.1fs; exiting anyway "
+                        "(our nodes go when the session times out)", timeout)
 
     # -- kazoo callbacks: never block here (kazoo issue 355) ------------------
 
@@ -161,6 +209,8 @@ class Registry:
             log.info("connected to ZooKeeper")
             with self._lock:
                 self._examine_all = True
+                self._failures.clear()  # a new connection: try everything at once
+                self._retry_at.clear()
             self._wake.set()
         elif state == KazooState.SUSPENDED:
             log.warning("ZooKeeper connection suspended; nodes stay until the session expires")
@@ -178,50 +228,103 @@ class Registry:
     # -- worker ---------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:  # crash-only: the listener exits and is restarted
+            if not self._stopping:
+                log.critical("ZooKeeper worker failed", exc_info=True)
+                self.on_fatal(exc)
+
+    def _next_wait(self) -> float | None:
+        with self._lock:
+            if not self._retry_at:
+                return None
+            return max(0.0, min(self._retry_at.values()) - time.monotonic())
+
+    def _work(self) -> None:
         while True:
-            self._wake.wait()
+            self._wake.wait(self._next_wait())
             self._wake.clear()
             if self._stopping:
                 return
-            if not self._client.connected:
+            # Read once: kazoo's thread may drop the connection at any moment.
+            client_id = self._client.client_id if self._client.connected else None
+            if not client_id:
                 continue  # the CONNECTED callback wakes us again
+            session_id = client_id[0]
+            now = time.monotonic()
             with self._lock:
+                due = {path for path, when in self._retry_at.items() if when <= now}
+                for path in due:
+                    del self._retry_at[path]
                 wanted = dict(self._wanted)
                 examine_all, self._examine_all = self._examine_all, False
                 changed, self._dirty = self._dirty, set()
-                suspect, self._suspect = self._suspect, set()
-            session_id = self._client.client_id[0] if self._client.client_id else None
+                suspect, self._suspect = self._suspect | due, set()
             if session_id != self._session_id:
-                # A new session owns nothing yet; whatever the old one held is gone.
-                self._owned.clear()
-                self._registered = frozenset()
-                self._session_id = session_id
+                self._new_session(session_id, client_id[1])
                 examine_all = True
             if examine_all:
                 suspect |= set(wanted) | set(self._owned)
-            pause = RETRY_DELAY
             try:
-                retry = self._reconcile(changed - suspect, suspect, wanted, session_id)
-            except (ConnectionLoss, SessionExpiredError):
-                retry, pause = changed | suspect, 0.0
+                failed = self._reconcile(changed - suspect, suspect, wanted, session_id)
+            except CONNECTION_ERRORS:
+                # Everything again once connected; a reconnect wakes us.
                 with self._lock:
+                    self._suspect |= changed | suspect
                     self._examine_all = True
-            except Exception:
-                # Never let the worker die: log, and try everything again shortly.
-                log.exception("reconciling ZooKeeper failed; retrying")
-                retry = changed | suspect
-                with self._lock:
-                    self._examine_all = True
+                if self._client.connected:
+                    self._wake.set()
+                failed = set()
+            self._schedule_retries(failed, (changed | suspect) - failed)
             if self._registered != self._owned.keys():
                 self._registered = frozenset(self._owned)
+                self._save_session()
                 self.on_change()
-            if retry:
-                with self._lock:
-                    self._suspect |= retry
-                if pause and not self._stopping:
-                    threading.Timer(pause, self._wake.set).start()
-                elif self._client.connected:
-                    self._wake.set()
+
+    def _new_session(self, session_id: int, password: bytes) -> None:
+        saved = self._saved
+        self._saved = None
+        if saved is not None and saved.session_id == session_id:
+            # The session of our previous incarnation is still alive: its nodes are ours.
+            self._owned = {path: _Owned(None, -1) for path in saved.paths}
+            log.info("reattached to session 0x%x; its %d node(s) stay", session_id,
+                     len(saved.paths))
+        else:
+            # A new session owns nothing yet; whatever the old one held is gone.
+            if saved is not None:
+                log.info("session 0x%x has expired; started 0x%x", saved.session_id,
+                         session_id)
+            self._owned.clear()
+        self._session_id = session_id
+        self._password = password
+        self._saved_paths = None
+        self._save_session()
+
+    def _save_session(self) -> None:
+        """Keep the session file in step with the nodes we hold."""
+        if self._session_path is None or self._session_id is None:
+            return
+        paths = frozenset(self._owned)
+        if paths == self._saved_paths:
+            return
+        try:
+            session_file.save(self._session_path, session_file.SavedSession(
+                self._session_id, self._password, paths))
+        except OSError as exc:
+            log.warning("cannot write the session file %s: %s", self._session_path, exc)
+        self._saved_paths = paths
+
+    def _schedule_retries(self, failed: set[str], succeeded: set[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for path in succeeded:
+                self._failures.pop(path, None)
+            for path in failed:
+                count = self._failures.get(path, 0) + 1
+                self._failures[path] = count
+                delay = min(RETRY_DELAY * 2 ** (count - 1), MAX_RETRY_DELAY)
+                self._retry_at[path] = min(self._retry_at.get(path, now + delay), now + delay)
 
     def _decide_from_memory(self, path: str, data: bytes | None) -> tuple | None:
         """What to do for a path whose wanted data changed, from what this session wrote."""
@@ -238,19 +341,25 @@ class Registry:
             self._owned.pop(path, None)
             return ("create", data, 0) if data is not None else None
         if stat.ephemeralOwner == session_id:
-            if data is None:
-                return ("delete", None, stat.version)
             owned = self._owned.get(path)
+            if data is None:
+                if self._holding and owned is not None and owned.data is None:
+                    return None  # a reattached node: wait until we know our health
+                return ("delete", None, stat.version)
             if owned is None or owned.data != data or owned.version != stat.version:
                 return ("set", data, stat.version)
             return None
+        self._owned.pop(path, None)
         if data is None:
             return None  # not ours and not wanted: not our business
         if stat.ephemeralOwner == 0:
             log.error("%s exists as a persistent node we did not create; leaving it", path)
             return None
-        log.info("%s is held by session 0x%x; replacing it", path, stat.ephemeralOwner)
-        return ("replace", data, stat.version)
+        if self._foreign.get(path) != stat.ephemeralOwner:
+            self._foreign[path] = stat.ephemeralOwner
+            log.warning("%s is held by another session (0x%x); leaving it alone and "
+                        "registering when it goes", path, stat.ephemeralOwner)
+        return None  # the exists watch set by the lookup tells us when it goes
 
     def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
                    session_id) -> set[str]:
@@ -265,11 +374,18 @@ class Registry:
             for path in sorted(suspect)
         }
         actions = {path: self._decide_from_memory(path, wanted.get(path)) for path in changed}
+        retry: set[str] = set()
         for path, lookup in lookups.items():
-            stat = lookup.get(timeout=REPLY_TIMEOUT)
+            try:
+                stat = lookup.get(timeout=REPLY_TIMEOUT)
+            except CONNECTION_ERRORS:
+                raise
+            except KazooException as exc:
+                log.error("%s: looking it up failed: %r", path, exc)
+                retry.add(path)
+                continue
             actions[path] = self._decide_from_stat(path, wanted.get(path), stat, session_id)
 
-        retry: set[str] = set()
         watched = set(lookups)
         # Creates that wait on a parent we just made, or on a stale node we just
         # deleted, go out in a second round at once rather than after a pause.
@@ -303,7 +419,7 @@ class Registry:
                     client.exists_async(path, watch=self._on_watch)
             elif kind == "set":
                 result = client.set_async(path, data, version)
-            else:  # delete, replace
+            else:
                 result = client.delete_async(path, version)
             pending[path] = (kind, result, data)
 
@@ -312,19 +428,12 @@ class Registry:
         for path, (action, result, data) in pending.items():
             try:
                 outcome = result.get(timeout=REPLY_TIMEOUT)
-            except (ConnectionLoss, SessionExpiredError):
+            except CONNECTION_ERRORS:
                 raise
             except NoAuthError:
-                if action == "replace":
-                    log.warning(
-                        "%s is held by another session and our credentials may not delete it; "
-                        "registering when it goes away",
-                        path,
-                    )
-                else:
-                    log.error("%s: ZooKeeper refused %s (NoAuth); check [auth] and parent ACLs",
-                              path, action)
-                    retry.add(path)
+                log.error("%s: ZooKeeper refused %s (NoAuth); check [auth] and parent ACLs",
+                          path, action)
+                retry.add(path)
                 continue
             except NoNodeError:
                 if action == "create":
@@ -351,36 +460,42 @@ class Registry:
                 self._owned.pop(path, None)
                 self.deregistrations += 1
                 log.info("deregistered %s", path)
-            elif action == "replace":
-                again[path] = ("create", data, 0)  # the stale node is gone; ours goes in now
         return again, retry
 
     def _create_async(self, path: str, data: bytes):
         return self._client.create_async(path, data, acl=self._acl, ephemeral=True)
 
     def _ensure_path(self, path: str) -> None:
-        # Parents we create get our ACL too: deleting a node needs DELETE on its
-        # parent, so an open parent would let anyone remove our registration.
-        # Parents that already exist are left as they are.
+        # As nd_service_registry: the parent that holds our nodes gets our ACL
+        # (deleting a node needs DELETE on its parent, so an open parent would
+        # let anyone remove our registration); the ones above it that we have
+        # to create stay open, so one team's first host does not lock
+        # /services for every other team.  Existing nodes are left as they are.
         try:
+            grandparent = posixpath.dirname(path)
+            if grandparent != "/":
+                self._client.ensure_path(grandparent, acl=OPEN_ACL_UNSAFE)
             self._client.ensure_path(path, acl=self._acl)
         except NoAuthError:
             log.error("cannot create %s: NoAuth on a parent node", path)
+        except CONNECTION_ERRORS:
+            raise
+        except KazooException as exc:
+            log.error("cannot create %s: %r", path, exc)  # retried with backoff
 
     def _close(self) -> None:
-        self._thread.join(0.3)
-        if self._client.connected:
-            deletions = [
-                self._client.delete_async(path)
-                for path in list(self._owned)
-            ]
-            for deletion in deletions:
-                try:
-                    deletion.get(timeout=0.5)
-                except KazooException:
-                    pass  # closing the session below removes it anyway
-            if deletions:
-                log.info("deregistered %d node(s)", len(deletions))
-        self._owned.clear()
-        self._client.stop()
-        self._client.close()
+        self._thread.join(0.2)
+        owned = len(self._owned)
+        was_connected = self._client.connected
+        try:
+            # Closing the session makes ZooKeeper delete all its ephemeral
+            # nodes at once: one round trip, however many we hold.
+            self._client.stop()
+            self._client.close()
+        except Exception as exc:
+            log.warning("closing the ZooKeeper session failed: %r", exc)
+            return
+        if self._session_path is not None and was_connected:
+            session_file.remove(self._session_path)  # closed: nothing to reattach to
+        if owned:
+            log.info("session closed: deregistered %d node(s)", owned)

@@ -2,10 +2,12 @@
 
 The listener never writes anything but protocol text to stdout, so it tells
 operators how it is doing through a small JSON file (``[zkwatcher]
-status_file``), rewritten atomically by its own thread at most twice a second
-and at least every ``HEARTBEAT`` seconds.  ``zkwatcher-supervisor status``
-joins that with what ZooKeeper itself holds, one line per section, and exits 0
-only when every section is registered exactly when it is healthy.
+status_file``), rewritten atomically at most twice a second when something
+changed and at least every ``HEARTBEAT`` seconds.  The event loop builds the
+snapshot; the file is written off the loop.  ``zkwatcher-supervisor status``
+joins the file with what ZooKeeper itself holds, one line per section, and
+exits 0 only when every section is registered exactly when it is healthy and
+no check is overdue.
 """
 
 from __future__ import annotations
@@ -14,60 +16,85 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from typing import Callable
 
 from .config import Config
-from .selectwake import proc_stat
+from .loop import EventLoop, Timer, offload
+from .procfs import proc_stat
 
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL = 0.5
 HEARTBEAT = 10.0
+# A status file older than this is from a listener that stopped updating it.
+STALE_AFTER = 3 * HEARTBEAT
 
 Snapshot = Callable[[], dict]
 
 
-class StatusFileWriter:
-    """Writes ``snapshot()`` to ``path`` when told something changed; never blocks the caller."""
+class StatusPublisher:
+    """Publishes ``snapshot()`` (built on the loop) to ``path`` (written off the loop).
 
-    def __init__(self, path: str, snapshot: Snapshot) -> None:
+    :attr:`latest` is the last snapshot built: an immutable-by-convention dict
+    that other threads (the metrics server) may read.
+    """
+
+    def __init__(self, loop: EventLoop, path: str, snapshot: Snapshot) -> None:
         self.path = path
+        self.latest: dict = {}
+        self._loop = loop
         self._snapshot = snapshot
-        self._changed = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="status", daemon=True)
+        self._timer: Timer | None = None  # a change to publish
+        self._heartbeat: Timer | None = None
+        self._last_built = float("-inf")
+        self._writing = False
+        self._stopped = False
 
     def start(self) -> None:
-        self._changed.set()
-        self._thread.start()
+        self.changed()
 
     def changed(self) -> None:
-        self._changed.set()
+        """Something worth showing changed: publish within MIN_INTERVAL."""
+        if self._timer is None and not self._stopped:
+            when = max(self._loop.clock(), self._last_built + MIN_INTERVAL)
+            self._timer = self._loop.call_at(when, self._publish)
+
+    def _publish(self) -> None:
+        self._timer = None
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._stopped:
+            return
+        self._last_built = self._loop.clock()
+        self.latest = self._snapshot()
+        # The heartbeat: the file stays fresh even when nothing changes.
+        self._heartbeat = self._loop.call_later(HEARTBEAT, self._publish)
+        if self._writing:
+            self.changed()  # write again once the write in flight is done
+            return
+        self._writing = True
+        state = self.latest
+        offload(self._loop, lambda: self._write(state), self._written, name="status")
+
+    def _written(self, _result, error: BaseException | None) -> None:
+        self._writing = False
+        if error is not None:
+            log.error("writing the status file %s failed: %s", self.path, error)
 
     def stop(self) -> None:
-        self._stopping = True
-        self._changed.set()
-        self._thread.join(1.0)
+        self._stopped = True
+        for timer in (self._timer, self._heartbeat):
+            if timer is not None:
+                timer.cancel()
         try:
             os.unlink(self.path)  # a stopped listener has no state to show
         except OSError:
             pass
 
-    def _run(self) -> None:
-        while not self._stopping:
-            self._changed.wait(HEARTBEAT)
-            if self._stopping:
-                return
-            self._changed.clear()
-            try:
-                self._write(self._snapshot())
-            except Exception:
-                log.exception("writing the status file %s failed", self.path)
-            time.sleep(MIN_INTERVAL)  # coalesce bursts of changes
-
     def _write(self, state: dict) -> None:
+        if self._stopped:
+            return
         directory = os.path.dirname(self.path) or "."
         fd, temporary = tempfile.mkstemp(prefix=".zkwatcher-status-", dir=directory)
         try:
@@ -110,6 +137,14 @@ def _describe_check(check: dict | None, now: float) -> str:
             f"failures {check['failures']} (fall {check['fall']})")
 
 
+def _overdue(info: dict | None, now: float) -> str:
+    """Why the section's check is overdue, or "" (a stuck check runner shows here)."""
+    due_by = ((info or {}).get("check") or {}).get("due_by")
+    if due_by is None or now <= due_by:
+        return ""
+    return f"check OVERDUE: no result for {now - due_by:.0f}s past its deadline"
+
+
 def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bool]],
                   now: float | None = None) -> tuple[list[str], bool]:
     """Lines to print and whether everything is as it should be.
@@ -127,9 +162,13 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
                      f"{now - state.get('updated', now):.0f}s ago")
     else:
         zookeeper = state.get("zookeeper", {})
+        age = now - state.get("updated", now)
         lines.append(f"listener: pid {state['pid']}, ZooKeeper "
                      f"{'connected' if zookeeper.get('connected') else 'DISCONNECTED'}, "
-                     f"updated {now - state.get('updated', now):.0f}s ago")
+                     f"updated {age:.0f}s ago"
+                     + (" — NOT UPDATING (stuck?)" if age > STALE_AFTER else ""))
+        if age > STALE_AFTER:
+            running = False  # what it says can no longer be trusted
     present = read_nodes([service.node_path for service in config.services])
     all_ok = running
     sections = (state or {}).get("sections", {})
@@ -142,8 +181,11 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
         else:
             ok = registered == info["healthy"]
             health = "healthy" if info["healthy"] else "unhealthy"
+        overdue = _overdue(info, now)
+        if overdue:
+            ok = False
         all_ok = all_ok and ok
-        details = []
+        details = [overdue]
         if info is not None:
             if info.get("processes"):
                 details.append(" ".join(f"{name}={state_}"
