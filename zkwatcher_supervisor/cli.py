@@ -26,10 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="supervisord event listener that registers healthy services in ZooKeeper. "
         "Run it from an [eventlistener:x] section with events = PROCESS_STATE,TICK_5.",
     )
-    parser.add_argument("command", nargs="?", choices=["run", "status"], default="run",
+    parser.add_argument("command", nargs="?", choices=["run", "status", "handoff"],
+                        default="run",
                         help="run: the supervisord event listener (default); status: one line "
                         "per section from the running listener and ZooKeeper, exit 0 only "
-                        "when every section is registered exactly when it is healthy")
+                        "when every section is registered exactly when it is healthy; "
+                        "handoff: restart the listener through supervisord, keeping its "
+                        "ZooKeeper session and every node")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                         help=f"service config file (default: {DEFAULT_CONFIG})")
     parser.add_argument("-s", "--server",
@@ -40,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log to syslog (/dev/log) instead of stderr")
     parser.add_argument("--check-config", action="store_true",
                         help="print each service's znode path and payload, then exit")
+    parser.add_argument("--serverurl", default=os.environ.get("SUPERVISOR_SERVER_URL"),
+                        help="handoff: supervisord's URL (default: $SUPERVISOR_SERVER_URL, "
+                        "else unix:///var/run/supervisor.sock)")
+    parser.add_argument("-u", "--username", default=os.environ.get("SUPERVISOR_USERNAME"),
+                        help="handoff: supervisord username")
+    parser.add_argument("-p", "--password", default=os.environ.get("SUPERVISOR_PASSWORD"),
+                        help="handoff: supervisord password")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -94,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "status":
         return show_status(config)
+    if args.command == "handoff":
+        from .handoff import DEFAULT_SERVER_URL, hand_over
+
+        ok, message = hand_over(config, args.serverurl or DEFAULT_SERVER_URL, args.username,
+                                args.password)
+        print(message, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
 
     if config.metrics_port and not metrics_available():
         print(f"zkwatcher-supervisor: {config.filename}: [zkwatcher] metrics_port: needs "

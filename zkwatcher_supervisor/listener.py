@@ -34,7 +34,7 @@ from .payload import node_payload
 from .pidwatch import PidWatcher
 from .registry import Registry
 from .session_file import default_path as default_session_path
-from .status import StatusPublisher
+from .status import StatusPublisher, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ EXIT_CRASH = 1
 # until every section's health is known again (first check results, the
 # XML-RPC snapshot) — or this long past the slowest check's timeout.
 SETTLE_SLACK = 2.0
+# TERM/INT: deregister everything and exit.  HUP: reload.  USR2: exit and
+# leave the session (and so every node) to the listener supervisord starts next.
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 
 
 @dataclass(frozen=True)
@@ -128,10 +131,12 @@ class Watcher:
                 service.program is not None for service in self.services.values()):
             self.request_snapshot()
 
-    def stop(self) -> None:
+    def stop(self, hand_over: bool = False) -> None:
+        """Stop; with ``hand_over`` leave the ZooKeeper session and its nodes to a successor."""
         self.pids.stop()
         self.checks.stop(CHECKS_STOP_TIMEOUT)
-        self.registry.stop(REGISTRY_STOP_TIMEOUT)
+        if not (hand_over and self.registry.hand_over()):
+            self.registry.stop(REGISTRY_STOP_TIMEOUT)
         self.status.stop()
 
     # -- inputs -------------------------------------------------------------
@@ -141,12 +146,28 @@ class Watcher:
         event = headers.get("eventname", "")
         if event.startswith(PROCESS_STATE_PREFIX):
             fields = childutils.get_headers(payload.split("\n", 1)[0])
-            self._event_seq += 1
             key = (fields.get("groupname", ""), fields.get("processname", ""))
+            if self._stale(key, fields.get("from_state")):
+                log.debug("%s:%s %s from %s is older than what we know; ignored", *key,
+                          event, fields.get("from_state"))
+                return
+            self._event_seq += 1
             self._process_seq[key] = self._event_seq
             self.process_state(*key, event[len(PROCESS_STATE_PREFIX):],
                                int(fields.get("pid", "0") or 0))
         # TICK_* and anything else: the pump after this starts due checks.
+
+    def _stale(self, key: tuple[str, str], from_state: str | None) -> bool:
+        """Whether an event predates what we know (supervisord queued it before
+        the XML-RPC snapshot we already applied).
+
+        A RUNNING process can only leave RUNNING: while the pid we saw RUNNING
+        is alive, an event that does not start from RUNNING cannot be news.
+        """
+        known = self.health.processes.get(key)
+        return (known is not None and known.state == RUNNING and known.pid > 0
+                and from_state is not None and from_state != RUNNING
+                and process_alive(known.pid))
 
     def process_state(self, group: str, name: str, state: str, pid: int) -> None:
         """A process's state, from an event or from supervisord's XML-RPC snapshot."""
@@ -528,7 +549,7 @@ def run(config: Config, hosts_override: str | None = None,
             stopping.append(signal.Signals(signum).name)
             loop.stop()
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in HANDLED_SIGNALS:
         signal.signal(signum, on_signal)
     signal.set_wakeup_fd(loop.wakeup_fd, warn_on_full_buffer=False)
     protocol = ProtocolReader(loop, stdin, stdout, watcher.handle_event, loop.stop)
@@ -545,14 +566,15 @@ def run(config: Config, hosts_override: str | None = None,
         protocol.start()
         loop.run()
         if stopping:
-            log.info("%s received", stopping[0])
+            log.info("%s received%s", stopping[0],
+                     "; handing over to the next listener" if stopping[0] == "SIGUSR2" else "")
     except Exception:
         log.critical("unexpected error; exiting so that supervisord restarts us",
                      exc_info=True)
         status = EXIT_CRASH
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        watcher.stop()
+        watcher.stop(hand_over=status == 0 and stopping[:1] == ["SIGUSR2"])
         log.info("stopped")
     return status

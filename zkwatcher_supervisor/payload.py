@@ -49,3 +49,28 @@ def node_payload(service: ServiceSettings, pid: int, created: float | None = Non
         data = {"pid": pid, "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))}
         data.update(service.zookeeper_data)
     return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+
+# Fields that say which listener process wrote a node and when, not what it registers.
+_IDENTITY_FIELDS = ("pid", "created", "registrationTimeUTC")
+
+
+def same_registration(a: bytes, b: bytes) -> bool:
+    """Whether two payloads register the same thing, apart from who wrote them and when.
+
+    A listener that took over its predecessor's session keeps the
+    predecessor's node as it is when this holds, instead of rewriting it
+    with its own pid: consumers then see no change at all.
+    """
+    if a == b:
+        return True
+    try:
+        first, second = json.loads(a), json.loads(b)
+    except ValueError:
+        return False
+    if not isinstance(first, dict) or not isinstance(second, dict):
+        return False
+    for field in _IDENTITY_FIELDS:
+        first.pop(field, None)
+        second.pop(field, None)
+    return first == second

@@ -43,6 +43,7 @@ from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
 
 from . import session_file
 from .config import ZooKeeperSettings
+from .payload import same_registration
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,20 @@ class Registry:
         """Paths we hold in ZooKeeper, as the worker last confirmed them."""
         return self._registered
 
+    def hand_over(self, timeout: float = 0.5) -> bool:
+        """Stop without closing the session: a successor reattaches to it (see
+        :mod:`.session_file`) and every node stays.  False if there is no
+        session to hand over (the caller should :meth:`stop` instead)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive() or self._session_path is None or self._session_id is None:
+            return False
+        self._save_session()
+        log.info("handing over session 0x%x with %d node(s)", self._session_id,
+                 len(self._owned))
+        return True
+
     def stop(self, timeout: float = 0.8) -> None:
         """Close the session, which deletes every node we own; bounded by ``timeout``."""
         self._stopping = True
@@ -266,6 +281,9 @@ class Registry:
                 examine_all = True
             if examine_all:
                 suspect |= set(wanted) | set(self._owned)
+            # Nodes of a reattached session: read what they hold before writing.
+            suspect |= {path for path in changed
+                        if (owned := self._owned.get(path)) is not None and owned.data is None}
             try:
                 failed = self._reconcile(changed - suspect, suspect, wanted, session_id)
             except CONNECTION_ERRORS:
@@ -335,13 +353,21 @@ class Registry:
             return ("create", data, 0)
         return ("set", data, owned.version) if owned.data != data else None
 
-    def _decide_from_stat(self, path: str, data: bytes | None, stat, session_id) -> tuple | None:
-        """What to do for a path given what ZooKeeper says is there now."""
+    def _decide_from_stat(self, path: str, data: bytes | None, stat, session_id,
+                          current: bytes | None = None) -> tuple | None:
+        """What to do for a path given what ZooKeeper says is there now
+        (``current``: its data, read for nodes of a reattached session)."""
         if stat is None:
             self._owned.pop(path, None)
             return ("create", data, 0) if data is not None else None
         if stat.ephemeralOwner == session_id:
             owned = self._owned.get(path)
+            if (data is not None and owned is not None and owned.data is None
+                    and current is not None and same_registration(current, data)):
+                # Our previous incarnation wrote the same thing but for its pid
+                # and start time: leave it, so consumers see no change at all.
+                self._owned[path] = _Owned(data, stat.version)
+                return None
             if data is None:
                 if self._holding and owned is not None and owned.data is None:
                     return None  # a reattached node: wait until we know our health
@@ -369,22 +395,34 @@ class Registry:
         session wrote tells us what to do without a read.  ``suspect`` paths
         (reconnects, watches, retries) are looked up first.
         """
-        lookups = {
-            path: self._client.exists_async(path, watch=self._on_watch if path in wanted else None)
-            for path in sorted(suspect)
-        }
+        lookups = {}
+        for path in sorted(suspect):
+            watch = self._on_watch if path in wanted else None
+            owned = self._owned.get(path)
+            if owned is not None and owned.data is None:
+                # A node of the session we reattached to: what does it hold?
+                lookups[path] = (True, self._client.get_async(path, watch=watch))
+            else:
+                lookups[path] = (False, self._client.exists_async(path, watch=watch))
         actions = {path: self._decide_from_memory(path, wanted.get(path)) for path in changed}
         retry: set[str] = set()
-        for path, lookup in lookups.items():
+        for path, (with_data, lookup) in lookups.items():
+            current = None
             try:
-                stat = lookup.get(timeout=REPLY_TIMEOUT)
+                if with_data:
+                    current, stat = lookup.get(timeout=REPLY_TIMEOUT)
+                else:
+                    stat = lookup.get(timeout=REPLY_TIMEOUT)
+            except NoNodeError:
+                stat = None
             except CONNECTION_ERRORS:
                 raise
             except KazooException as exc:
                 log.error("%s: looking it up failed: %r", path, exc)
                 retry.add(path)
                 continue
-            actions[path] = self._decide_from_stat(path, wanted.get(path), stat, session_id)
+            actions[path] = self._decide_from_stat(path, wanted.get(path), stat, session_id,
+                                                   current)
 
         watched = set(lookups)
         # Creates that wait on a parent we just made, or on a stale node we just

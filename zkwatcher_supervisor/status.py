@@ -115,7 +115,7 @@ def read_status_file(path: str) -> dict | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs; a killed listener not yet reaped (a zombie) does not."""
     fields = proc_stat(pid)
     return bool(fields) and fields[0] not in (b"Z", b"X")
@@ -153,7 +153,7 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
     """
     now = time.time() if now is None else now
     state = read_status_file(config.status_file)
-    running = state is not None and _alive(state.get("pid", 0))
+    running = state is not None and process_alive(state.get("pid", 0))
     lines = []
     if state is None:
         lines.append(f"listener: no status file at {config.status_file} (not running?)")
