@@ -12,7 +12,7 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["zkwatcher_supervisor", "zkwatcher_supervisor.*"]),
     python_requires=">=3.9",
-    install_requires=["kazoo>=2.9", "supervisor>=4.2"],
+    install_requires=["kazoo>=2.9", "supervisor>=4.2.5"],
     extras_require={
         "metrics": ["prometheus_client"],
         "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "ruff", "prometheus_client",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import textwrap
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from zkwatcher_supervisor.config import (
@@ -119,7 +123,7 @@ def test_unknown_keys_are_warnings_not_errors(tmp_path):
     path = write(tmp_path, "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n"
                            "colour = blue\n")
     config = load_config(path)
-    assert config.warnings == (f"{path}: [s] colour: unknown key, ignored",)
+    assert config.warnings == (f"{path}: line 5: [s] colour: unknown key, ignored",)
 
 
 BAD_CONFIGS = [
@@ -137,12 +141,15 @@ BAD_CONFIGS = [
     ("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s//x\n",
      "[s] zookeeper_path: not a valid znode path: '/s//x'"),
     ("[s]\ncmd = true\nservice_port = 1\n", "[s] zookeeper_path: required key is missing"),
-    ("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\nzookeeper_data = {\"a\": \n",
-     "[s] zookeeper_data: not valid JSON"),
     ("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\nzookeeper_data = [1, 2]\n",
-     "[s] zookeeper_data: expected key=value, got '[1'"),
-    ("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\nzookeeper_data = a=1, b\n",
-     "[s] zookeeper_data: expected key=value, got 'b'"),
+     "line 5: [s] zookeeper_data: expected a JSON object or k=v pairs, got '[1, 2]' "
+     "(zk_watcher could not store it"),
+    ("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\nzookeeper_data = 7\n",
+     "[s] zookeeper_data: expected a JSON object or k=v pairs, got '7'"),
+    ("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\nzookeeper_data = true\n",
+     "[s] zookeeper_data: expected a JSON object or k=v pairs, got 'true'"),
+    ("[s]\ncmd = true\nservice_port = +80\nzookeeper_path = /s\n",
+     "line 3: [s] service_port: expected an integer, got '+80'"),
     ("[s]\nservice_port = 1\nzookeeper_path = /s\n", "[s]: needs 'cmd', 'program' or both"),
     ("[s]\nprogram = a:b:c\nservice_port = 1\nzookeeper_path = /s\n",
      "[s] program: expected name, group:name or group:*, got 'a:b:c'"),
@@ -160,8 +167,17 @@ BAD_CONFIGS = [
      "[b]\ncmd = false\nservice_port = 1\nservice_hostname = h\nzookeeper_path = /s/\n",
      "[b]: same znode /s/h:1 as [a]"),
     ("[zkwatcher]\nhosts = a:1\n", "no service sections; nothing to register"),
-    ("[s]\ncmd = true\n[s]\ncmd = false\n", "section 's' already exists"),
-    ("cmd = true\n", "File contains no section headers"),
+    ("[s]\ncmd = true\n[s]\ncmd = false\n", "line 3: section [s] appears twice"),
+    ("[s]\ncmd = true\nCMD = false\n", "line 3: [s] cmd: key appears twice in the section"),
+    ("cmd = true\n", "line 1: 'cmd = true' comes before the first [section] header"),
+    ("[s]\ncmd = true\nservice_port\nzookeeper_path = /s\n",
+     "line 3: 'service_port': a key without a value"),
+    ("# c\n[s]\ncmd = true\n[t\n", "line 4: '[t': a section header needs a closing ']'"),
+    ("[s]\n = true\n", "line 2: '= true': no key before '='"),
+    ("[s]\ncmd = true\nzookeeper_path = /s\nservice_port = %(port)s\n",
+     "line 4: [s] service_port: %(port)s: no key 'port' in [s] or [DEFAULT]"),
+    ("[DEFAULT]\nloop = %(loop)s\n[s]\ncmd = true\nzookeeper_path = /s\nservice_port = 1\n",
+     "line 2: [s] loop: %(...)s references nest too deeply"),
 ]
 
 
@@ -202,13 +218,22 @@ def test_payload_is_compact_json_and_user_keys_win(tmp_path):
 
 keys = st.text(alphabet=st.characters(blacklist_characters=",=", blacklist_categories=["Cs"]),
                min_size=1).filter(lambda k: k.strip() and not k.strip().startswith("{"))
-values = st.text(alphabet=st.characters(blacklist_characters=",", blacklist_categories=["Cs"]))
+values = st.text(alphabet=st.characters(blacklist_characters=",=", blacklist_categories=["Cs"]))
+
+
+def not_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return True
+    return False
 
 
 @given(st.dictionaries(keys, values, min_size=1))
 def test_key_value_data_round_trips_with_stripping(pairs):
     stripped = {k.strip(): v.strip() for k, v in pairs.items()}
     text = " , ".join(f" {k} = {v} " for k, v in pairs.items())
+    assume(not_json(text.strip()))
     if len(stripped) == len(pairs):
         assert parse_zookeeper_data(text) == stripped
 
@@ -216,3 +241,188 @@ def test_key_value_data_round_trips_with_stripping(pairs):
 @given(st.dictionaries(st.text(), st.one_of(st.integers(), st.text(), st.booleans())))
 def test_json_data_round_trips(data):
     assert parse_zookeeper_data(json.dumps(data)) == data
+
+
+def zk_watcher_data(text: str) -> dict:
+    """What zk_watcher 0.4.0 + nd_service_registry 1.1.0 merged into the payload for ``text``
+    (read from their source), with our one deliberate change: k=v keys and values stripped.
+    Raises TypeError where nd_service_registry could not store the value."""
+    text = text.strip()  # configparser strips every value
+    try:
+        data = json.loads(text)
+    except Exception:
+        data = {}
+        for pair in text.split(","):
+            if len(pair.split("=")) == 2:
+                key, value = pair.split("=")
+                data[key.strip()] = value.strip()
+    if isinstance(data, str):
+        data = {"string_value": data}
+    merged: dict = {}
+    if data:
+        merged.update(data)
+    return merged
+
+
+zookeeper_data_texts = st.one_of(
+    st.text(alphabet=' ={}[],:"ab1\'\\'),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(alphabet="ab =,"),
+                 lambda inner: st.lists(inner, max_size=3)
+                 | st.dictionaries(st.text(alphabet="ab ="), inner, max_size=3))
+    .map(json.dumps),
+)
+
+
+@given(zookeeper_data_texts)
+def test_zookeeper_data_gives_what_zk_watcher_stored(text):
+    try:
+        expected = zk_watcher_data(text)
+    except (TypeError, ValueError):
+        with pytest.raises(ValueError, match="zk_watcher could not store it"):
+            parse_zookeeper_data(text)
+    else:
+        assert parse_zookeeper_data(text) == expected
+
+
+@pytest.mark.parametrize(("text", "data", "warning"), [
+    ("foo", {}, "ignored 'foo': not key=value with a single '=' (zk_watcher ignored it too)"),
+    ('"str"', {"string_value": "str"}, "a JSON string; stored as {\"string_value\": 'str'}"),
+    ("{'a': 1}", {}, "not valid JSON (Expecting property name enclosed in double quotes at "
+     "column 2); read as k=v pairs, as zk_watcher did"),
+    ("url=http://x/?a=b, n=1", {"n": "1"}, "ignored 'url=http://x/?a=b'"),
+    ("null", {}, "null adds no data (zk_watcher ignored it too)"),
+    ("[]", {}, "[] adds no data"),
+    ('[["a", 1]]', {"a": 1}, "a JSON array of pairs; stored as an object"),
+    ("a=1, b", {"a": "1"}, "ignored 'b'"),
+])
+def test_zookeeper_data_zk_watcher_tolerated_loads_with_a_warning(tmp_path, text, data, warning):
+    path = write(tmp_path, "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n"
+                           f"zookeeper_data = {text}\n")
+    config = load_config(path)
+    assert config.services[0].zookeeper_data == data
+    (message,) = config.warnings
+    assert message.startswith(f"{path}: line 5: [s] zookeeper_data: {warning}")
+    payload = json.loads(node_payload(config.services[0], pid=1, created=0))
+    assert {k: v for k, v in payload.items() if k not in ("pid", "created")} == data
+
+
+def test_default_section_is_inherited_and_not_a_service(tmp_path):
+    path = write(tmp_path, """
+        [DEFAULT]
+        cmd: true
+        refresh: 60
+        service_hostname: web1
+        env: prod
+
+        [ssh]
+        service_port: 22
+        zookeeper_path: /services/%(env)s/ssh
+
+        [web]
+        refresh: 5
+        service_port: 80
+        zookeeper_path: /services/%(env)s/web
+        zookeeper_data: {"env": "%(env)s", "load": "100%%"}
+        """)
+    config = load_config(path)
+    assert config.warnings == ()  # env is a variable, not an unknown key
+    ssh, web = config.services
+    assert [s.name for s in config.services] == ["ssh", "web"]
+    assert (ssh.cmd, ssh.refresh, web.refresh) == ("true", 60, 5)
+    assert ssh.node_path == "/services/prod/ssh/web1:22"
+    assert web.node_path == "/services/prod/web/web1:80"
+    assert web.zookeeper_data == {"env": "prod", "load": "100%"}
+
+
+def test_auth_password_is_interpolated_like_zk_watcher(tmp_path):
+    path = write(tmp_path, "[auth]\nuser: deploy\npassword: 50%%off-%(user)s\n"
+                           "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n")
+    assert load_config(path).zookeeper.auth.password == "50%off-deploy"
+
+
+def test_bare_percent_stays_literal_with_a_warning(tmp_path):
+    path = write(tmp_path, "[s]\ncmd = test $(date +%s) -gt 0\nservice_port = 1\n"
+                           "zookeeper_path = /s\n")
+    config = load_config(path)
+    assert config.services[0].cmd == "test $(date +%s) -gt 0"
+    assert config.warnings == (
+        f"{path}: line 2: [s] cmd: '%' kept literally (zk_watcher's parser rejected this value; "
+        "write %% for a literal %)",)
+
+
+@pytest.mark.parametrize("refresh", ["0", "-5"])
+def test_refresh_zero_runs_every_second_with_a_warning(tmp_path, refresh):
+    path = write(tmp_path, f"[s]\ncmd = true\nrefresh: {refresh}\nservice_port = 1\n"
+                           "zookeeper_path = /s\n")
+    config = load_config(path)
+    assert config.services[0].refresh == 1
+    assert config.warnings == (f"{path}: line 3: [s] refresh: {refresh}: running the check "
+                               "every 1 s, as zk_watcher did",)
+
+
+def test_port_with_leading_zeros_keeps_zk_watchers_node_name(tmp_path):
+    path = write(tmp_path, "[s]\ncmd = true\nservice_port: 0080\nservice_hostname: h\n"
+                           "zookeeper_path = /s\n")
+    config = load_config(path)
+    (service,) = config.services
+    assert service.node_path == "/s/h:0080"
+    assert service.service_port == 80
+    assert "line 3: [s] service_port: leading zeros kept in the node name h:0080" in \
+        config.warnings[0]
+
+
+def test_empty_service_hostname_means_fqdn_with_a_warning(tmp_path):
+    path = write(tmp_path, "[s]\ncmd = true\nservice_port: 22\nservice_hostname:\n"
+                           "zookeeper_path = /s\n")
+    config = load_config(path)
+    assert config.services[0].service_hostname == socket.getfqdn()
+    assert "[s] service_hostname: empty; using this host's FQDN" in config.warnings[0]
+
+
+def test_auth_password_readable_by_others_is_a_warning(tmp_path):
+    path = write(tmp_path, "[auth]\nuser: u\npassword: p\n"
+                           "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n")
+    os.chmod(path, 0o644)
+    assert load_config(path).warnings == (
+        f"{path}: line 3: [auth] password: the file is readable by group or others (mode 0644); "
+        f"chmod go-rwx {path}",)
+    os.chmod(path, 0o600)
+    assert load_config(path).warnings == ()
+
+
+def test_huge_or_endless_file_is_a_clear_error(tmp_path):
+    big = tmp_path / "big.cfg"
+    big.write_bytes(b"[s]\n" + b"#" * (16 * 2**20))
+    for path in (str(big), "/dev/zero"):
+        with pytest.raises(ConfigError, match=r": larger than 16 MiB; not a config file$"):
+            load_config(path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[s]\ncmd = true\n[s]\n", "line 3: section [s] appears twice"),
+    ("[s]\ncmd = true\n  zookeeper_path\n", None),  # continuation: valid, cmd = "true\nzoo..."
+    ("[s]\ncmd = true\nzookeeper_path\n", "line 3: 'zookeeper_path': a key without a value"),
+    (b"[s]\ncmd = \xff\n", "line 2: config file is not UTF-8 text"),
+])
+def test_command_line_names_file_and_line_and_exits_2(tmp_path, text, message):
+    path = tmp_path / "config.cfg"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "-c", str(path),
+                             "--check-config"], capture_output=True, text=True, timeout=30)
+    if message is None:
+        # The indented line continues cmd, so the section then lacks its keys.
+        message = "[s] zookeeper_path: required key is missing"
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"zkwatcher-supervisor: {path}: {message}")
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_unused_default_key_is_a_warning(tmp_path):
+    path = write(tmp_path, "[DEFAULT]\nrefrsh = 5\nenv = prod\nrefresh = 5\n"
+                           "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /%(env)s\n")
+    assert load_config(path).warnings == (f"{path}: line 2: [DEFAULT] refrsh: unknown key, "
+                                          "ignored",)

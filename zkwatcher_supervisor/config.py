@@ -1,12 +1,16 @@
-"""Read a zk_watcher-compatible ``config.cfg`` into immutable settings.
+"""Read a zk_watcher ``config.cfg`` into immutable settings.
 
-Every problem is reported as a :class:`ConfigError` naming the file, the section
-and the key, so the command line can print one line and exit 2 before anything
-touches ZooKeeper.
+The file is parsed as zk_watcher 0.4.0 parsed it, with ``configparser.ConfigParser()``:
+``:`` and ``=``, ``[DEFAULT]`` inherited, ``%(key)s`` and ``%%`` interpolation.  Every
+problem is a :class:`ConfigError` naming the file, the line where there is one, the
+section and the key, so the command line can print one line and exit 2 before
+anything touches ZooKeeper.  What zk_watcher only tolerated loads as it behaved there,
+with a line in :attr:`Config.warnings`.
 """
 
 from __future__ import annotations
 
+import ast
 import configparser
 import hashlib
 import json
@@ -16,7 +20,7 @@ import socket
 import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 GLOBAL_SECTION = "zkwatcher"
 AUTH_SECTION = "auth"
@@ -25,6 +29,7 @@ DEFAULT_HOSTS = "localhost:2181"
 DEFAULT_SESSION_TIMEOUT = 10.0
 DEFAULT_REFRESH = 30
 DEFAULT_TIMEOUT = 10.0
+MAX_CONFIG_BYTES = 16 * 2**20
 
 GLOBAL_KEYS = {"hosts", "session_timeout", "status_file", "metrics_port", "use_ssl", "ca",
                "certfile", "keyfile"}
@@ -45,6 +50,8 @@ SERVICE_KEYS = {
     "expect_status",
 }
 
+# %(key)s in a value, as configparser's BasicInterpolation reads it.
+_REFERENCE = re.compile(r"%\(([^)]*)\)s")
 # supervisord process and group names: anything but ':' and whitespace.
 _NAMESPEC = re.compile(r"^(?P<group>[^:\s]+)(?::(?P<name>[^:\s]+))?$")
 
@@ -53,13 +60,17 @@ class ConfigError(Exception):
     """A config problem, located as precisely as we can."""
 
     def __init__(
-        self, filename: str, message: str, section: str | None = None, key: str | None = None
+        self, filename: str, message: str, section: str | None = None, key: str | None = None,
+        line: int | None = None,
     ) -> None:
         self.filename = filename
         self.section = section
         self.key = key
+        self.line = line
         self.message = message
         where = filename
+        if line is not None:
+            where += f": line {line}"
         if section is not None:
             where += f": [{section}]"
         if key is not None:
@@ -132,6 +143,9 @@ class ServiceSettings:
     zookeeper_data: dict[str, Any] = field(default_factory=dict, hash=False)
     payload_format: str = "nd_service_registry"
     expect_status: int | None = None  # for http:// checks; None = any 2xx
+    # The port as written when that differs from str(service_port) ("0080"):
+    # zk_watcher put the text into the node name, so consumers know that name.
+    port_text: str | None = None
 
     @property
     def node_path(self) -> str:
@@ -139,9 +153,10 @@ class ServiceSettings:
         ``<path>/member_#<host>:<port>`` — ZooKeeper names the member itself
         (``member_`` + a sequence number, as ServerSet readers expect)."""
         parent = self.zookeeper_path.rstrip("/")
+        port = self.port_text or self.service_port  # "0080" stays "0080", as zk_watcher
         if self.payload_format == "serverset":
-            return f"{parent}/member_#{self.service_hostname}:{self.service_port}"
-        return f"{parent}/{self.service_hostname}:{self.service_port}"
+            return f"{parent}/member_#{self.service_hostname}:{port}"
+        return f"{parent}/{self.service_hostname}:{port}"
 
     @property
     def display_path(self) -> str:
@@ -200,28 +215,70 @@ def default_status_file(config_filename: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"zkwatcher-supervisor-{digest}.json")
 
 
-def parse_zookeeper_data(text: str) -> dict[str, Any]:
-    """Parse ``zookeeper_data``: a JSON object, or ``k=v, k2=v2`` (keys and values stripped)."""
+def parse_zookeeper_data(text: str, notes: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``zookeeper_data`` into the keys zk_watcher 0.4.0 stored for it.
+
+    zk_watcher tried JSON first and fell back to ``k=v, k2=v2``; nd_service_registry
+    then stored a JSON string as ``{"string_value": ...}``, ignored falsy values and
+    merged a mapping into the payload.  We do the same, except that keys and values of
+    ``k=v`` pairs are stripped.  Anything zk_watcher only tolerated adds a line to
+    ``notes``; values it could not store at all (the section never registered) raise
+    ValueError.
+    """
+    notes = [] if notes is None else notes
     text = text.strip()
     if not text:
         return {}
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(data, dict):
-            raise ValueError("JSON must be an object")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        data, ignored = _key_value_pairs(text)
+        note = ""
+        if text.startswith("{") and isinstance(exc, json.JSONDecodeError):
+            note = (f"not valid JSON ({exc.msg} at column {exc.colno}); read as k=v pairs, "
+                    "as zk_watcher did")
+        if ignored:
+            note += "; " if note else ""
+            note += (f"ignored {', '.join(map(repr, ignored))}: not key=value with a single "
+                     "'=' (zk_watcher ignored it too)")
+        if note:
+            notes.append(note)
         return data
-    data = {}
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        notes.append(f"a JSON string; stored as {{\"string_value\": {value!r}}}, as zk_watcher "
+                     "did")
+        return {"string_value": value}
+    if not value:  # 0, false, null, []: nd_service_registry skipped falsy data
+        notes.append(f"{text} adds no data (zk_watcher ignored it too)")
+        return {}
+    if isinstance(value, list):
+        try:
+            pairs = dict(value)
+        except (TypeError, ValueError):
+            pass
+        else:
+            notes.append("a JSON array of pairs; stored as an object, as zk_watcher did")
+            return pairs
+    raise ValueError(f"expected a JSON object or k=v pairs, got {text!r} (zk_watcher could "
+                     "not store it and never registered the section)")
+
+
+def _key_value_pairs(text: str) -> tuple[dict[str, Any], list[str]]:
+    """``k=v, k2=v2`` as zk_watcher split it, but stripped; also returns the items it dropped."""
+    data: dict[str, Any] = {}
+    ignored = []
     for item in text.split(","):
         if not item.strip():
             continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected key=value, got {item.strip()!r}")
-        data[key.strip()] = value.strip()
-    return data
+        # zk_watcher kept only items with exactly one '='; the rest vanished.
+        parts = item.split("=")
+        if len(parts) != 2:
+            ignored.append(item.strip())
+            continue
+        data[parts[0].strip()] = parts[1].strip()
+    return data, ignored
 
 
 def _check_znode_path(path: str) -> None:
@@ -242,16 +299,79 @@ def _check_hosts(hosts: str) -> None:
         _check_znode_path("/" + hosts.split("/", 1)[1])
 
 
+class _File:
+    """The parsed file: values as zk_watcher's ``ConfigParser()`` gives them, and where they are."""
+
+    def __init__(self, filename: str, text: str) -> None:
+        self.filename = filename
+        # zk_watcher's parser exactly: ':' and '=', [DEFAULT] inherited, %% and %(key)s.
+        self.parser = configparser.ConfigParser()
+        self.warnings: list[str] = []
+        try:
+            self.parser.read_string(text, source=filename)
+        except configparser.Error as exc:
+            raise _parse_error(filename, exc) from None
+        self.lines = _key_lines(text, self.parser.optionxform)
+
+    def line_of(self, section: str, key: str | None) -> int | None:
+        if key is None:
+            return self.lines.get((section, None))
+        return self.lines.get((section, key)) or self.lines.get(
+            (self.parser.default_section, key))
+
+    def warn(self, section: str, key: str | None, message: str) -> None:
+        line = self.line_of(section, key)
+        where = self.filename + (f": line {line}" if line else "") + f": [{section}]"
+        text = f"{where}{f' {key}' if key else ''}: {message}"
+        if text not in self.warnings:
+            self.warnings.append(text)
+
+    def section(self, name: str) -> _Section:
+        return _Section(self, name)
+
+    def warn_unknown_defaults(self, known: set[str]) -> None:
+        """[DEFAULT] keys that no section can use and no %(key)s refers to: typos."""
+        raw = [*self.parser.defaults().values()]
+        for name in self.parser.sections():
+            raw += [self.parser.get(name, key, raw=True) for key in self.parser.options(name)]
+        referenced = {self.parser.optionxform(ref) for value in raw
+                      for ref in _REFERENCE.findall(value or "")}
+        for key in sorted(set(self.parser.defaults()) - known - referenced):
+            self.warn(self.parser.default_section, key, "unknown key, ignored")
+
+
 class _Section:
     """Typed access to one section that turns every bad value into a located ConfigError."""
 
-    def __init__(self, filename: str, parser: configparser.ConfigParser, name: str) -> None:
-        self.filename = filename
+    def __init__(self, file: _File, name: str) -> None:
+        self.file = file
+        self.filename = file.filename
         self.name = name
-        self.values = {key: value.strip() for key, value in parser.items(name)}
+        parser = file.parser
+        # Keys written in this section itself; [DEFAULT]'s are inherited silently.
+        self.own_keys = {key for (section, key) in file.lines if section == name and key}
+        self.values: dict[str, str] = {}
+        for key in parser.options(name):
+            try:
+                value = parser.get(name, key)
+            except configparser.InterpolationMissingOptionError as exc:
+                raise self.error(key, f"%({exc.reference})s: no key {exc.reference!r} in "
+                                 f"[{name}] or [DEFAULT]") from None
+            except configparser.InterpolationDepthError:
+                raise self.error(key, "%(...)s references nest too deeply (a loop?)") from None
+            except configparser.InterpolationSyntaxError:
+                # zk_watcher's parser refused a bare '%' (date +%s); keep the text.
+                value = parser.get(name, key, raw=True)
+                self.warn(key, "'%' kept literally (zk_watcher's parser rejected this value; "
+                          "write %% for a literal %)")
+            self.values[key] = value.strip()
 
     def error(self, key: str | None, message: str) -> ConfigError:
-        return ConfigError(self.filename, message, self.name, key)
+        return ConfigError(self.filename, message, self.name, key,
+                           line=self.file.line_of(self.name, key))
+
+    def warn(self, key: str | None, message: str) -> None:
+        self.file.warn(self.name, key, message)
 
     def text(self, key: str) -> str | None:
         value = self.values.get(key)
@@ -288,11 +408,19 @@ class _Section:
             raise self.error(key, f"must be a positive number of seconds, got {raw!r}")
         return value
 
-    def unknown_keys(self, known: set[str]) -> list[str]:
-        return [
-            f"{self.filename}: [{self.name}] {key}: unknown key, ignored"
-            for key in sorted(set(self.values) - known)
-        ]
+    def warn_unknown_keys(self, known: set[str]) -> None:
+        # A key that other values refer to as %(key)s is a variable, not a typo.
+        referenced = self._referenced()
+        for key in sorted(self.own_keys - known - referenced):
+            self.warn(key, "unknown key, ignored")
+
+    def _referenced(self) -> set[str]:
+        raw = self.file.parser
+        names: set[str] = set()
+        for key in raw.options(self.name):
+            value = raw.get(self.name, key, raw=True) or ""
+            names.update(raw.optionxform(ref) for ref in _REFERENCE.findall(value))
+        return names
 
 
 def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
@@ -326,16 +454,35 @@ def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
         raise section.error("zookeeper_path", str(exc)) from None
 
     hostname = section.text("service_hostname") or default_hostname
+    if "service_hostname" in section.values and not section.text("service_hostname"):
+        section.warn("service_hostname", f"empty; using this host's FQDN {hostname!r} "
+                     "(zk_watcher registered ':PORT' with no host)")
     if "/" in hostname:
         raise section.error("service_hostname", f"must not contain '/', got {hostname!r}")
 
+    notes: list[str] = []
     try:
-        data = parse_zookeeper_data(section.values.get("zookeeper_data", ""))
+        data = parse_zookeeper_data(section.values.get("zookeeper_data", ""), notes)
     except ValueError as exc:
         raise section.error("zookeeper_data", str(exc)) from None
+    for note in notes:
+        section.warn("zookeeper_data", note)
 
-    section.required("service_port")
+    port_text = section.required("service_port")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise section.error("service_port", f"expected an integer, got {port_text!r}")
     port = section.integer("service_port", default=0, minimum=1, maximum=65535)
+    if port_text != str(port):
+        section.warn("service_port", f"leading zeros kept in the node name "
+                     f"{hostname}:{port_text}, as zk_watcher did")
+    else:
+        port_text = None
+
+    refresh = section.integer("refresh", DEFAULT_REFRESH, minimum=-(2**63))
+    if refresh < 1:
+        # zk_watcher's loop then ran the check on every pass, about once a second.
+        section.warn("refresh", f"{refresh}: running the check every 1 s, as zk_watcher did")
+        refresh = 1
 
     return ServiceSettings(
         name=section.name,
@@ -344,20 +491,21 @@ def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
         service_hostname=hostname,
         program=program,
         cmd=cmd,
-        refresh=section.integer("refresh", DEFAULT_REFRESH, minimum=1),
+        refresh=refresh,
         timeout=section.seconds("timeout", DEFAULT_TIMEOUT),
         rise=section.integer("rise", 1, minimum=1),
         fall=section.integer("fall", 1, minimum=1),
         zookeeper_data=data,
         payload_format=payload_format,
         expect_status=expect_status,
+        port_text=port_text,
     )
 
 
-def _read_zookeeper(filename: str, parser: configparser.ConfigParser) -> ZooKeeperSettings:
+def _read_zookeeper(file: _File) -> ZooKeeperSettings:
     hosts, timeout, auth, tls = DEFAULT_HOSTS, DEFAULT_SESSION_TIMEOUT, None, None
-    if parser.has_section(GLOBAL_SECTION):
-        section = _Section(filename, parser, GLOBAL_SECTION)
+    if file.parser.has_section(GLOBAL_SECTION):
+        section = file.section(GLOBAL_SECTION)
         hosts = section.text("hosts") or DEFAULT_HOSTS
         try:
             _check_hosts(hosts)
@@ -365,8 +513,8 @@ def _read_zookeeper(filename: str, parser: configparser.ConfigParser) -> ZooKeep
             raise section.error("hosts", str(exc)) from None
         timeout = section.seconds("session_timeout", DEFAULT_SESSION_TIMEOUT)
         tls = _read_tls(section)
-    if parser.has_section(AUTH_SECTION):
-        section = _Section(filename, parser, AUTH_SECTION)
+    if file.parser.has_section(AUTH_SECTION):
+        section = file.section(AUTH_SECTION)
         auth = Auth(section.required("user"), section.required("password"))
     return ZooKeeperSettings(hosts=hosts, session_timeout=timeout, auth=auth, tls=tls)
 
@@ -390,23 +538,82 @@ def _read_tls(section: _Section) -> TLSSettings | None:
     return TLSSettings(**files)
 
 
-def load_config(filename: str, hosts_override: str | None = None) -> Config:
-    """Read and validate ``filename``; ``hosts_override`` is the ``-s/--server`` flag."""
-    # No interpolation: check commands carry '%' (date +%s) far more often than
-    # anyone relies on %(name)s.
-    parser = configparser.ConfigParser(interpolation=None, default_section="\0no-defaults")
+def _read_text(filename: str) -> tuple[str, os.stat_result]:
     try:
-        with open(filename, encoding="utf-8") as handle:
-            parser.read_file(handle)
+        with open(filename, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            # Bounded: `-c /dev/zero` or a log file by mistake must not eat memory.
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(filename, f"cannot read config file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(filename, "config file is not UTF-8 text") from None
-    except configparser.Error as exc:
-        first_line = str(exc).splitlines()[0].replace(repr(filename), "").strip(" :")
-        raise ConfigError(filename, first_line) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(filename, f"larger than {MAX_CONFIG_BYTES // 2**20} MiB; "
+                          "not a config file") from None
+    try:
+        # Universal newlines, as zk_watcher's text-mode read gave configparser.
+        return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n"), stat
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(filename, "config file is not UTF-8 text", line=line) from None
 
-    zookeeper = _read_zookeeper(filename, parser)
+
+def _parse_error(filename: str, exc: configparser.Error) -> ConfigError:
+    """One located line for whatever configparser refused."""
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return ConfigError(filename, f"section [{exc.section}] appears twice", line=exc.lineno)
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return ConfigError(filename, "key appears twice in the section", exc.section, exc.option,
+                           line=exc.lineno)
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return ConfigError(filename, f"{exc.line.strip()!r} comes before the first [section] "
+                           "header", line=exc.lineno)
+    if isinstance(exc, configparser.ParsingError) and exc.errors:
+        lineno, shown = exc.errors[0]
+        text = ast.literal_eval(shown) if shown.startswith(("'", '"')) else shown
+        stripped = text.strip()
+        if stripped.startswith("["):
+            message = f"{stripped!r}: a section header needs a closing ']'"
+        elif stripped[:1] in ("=", ":"):
+            message = f"{stripped!r}: no key before '{stripped[0]}'"
+        elif text[:1].isspace():
+            message = (f"{stripped!r}: indented, but there is no key above it to continue "
+                       "(continuation lines go right below their key, indented)")
+        else:
+            message = (f"{stripped!r}: a key without a value (write key = value or key: value; "
+                       "indent a line to continue the value above)")
+        more = len(exc.errors) - 1
+        if more:
+            message += f" (and {more} more line{'s' if more > 1 else ''} like it)"
+        return ConfigError(filename, message, line=lineno)
+    return ConfigError(filename, str(exc).splitlines()[0])
+
+
+def _key_lines(text: str, optionxform: Callable[[str], str]) -> dict[tuple[str, str | None], int]:
+    """Where each section header and key is, so errors can name the line."""
+    found: dict[tuple[str, str | None], int] = {}
+    section = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        header = configparser.ConfigParser.SECTCRE.match(stripped)
+        if header and not line[0].isspace():
+            section = header.group("header")
+            found.setdefault((section, None), number)
+            continue
+        option = configparser.ConfigParser.OPTCRE.match(stripped)
+        if section is not None and option and not line[0].isspace():
+            found.setdefault((section, optionxform(option.group("option").rstrip())), number)
+    return found
+
+
+def load_config(filename: str, hosts_override: str | None = None) -> Config:
+    """Read and validate ``filename``; ``hosts_override`` is the ``-s/--server`` flag."""
+    text, stat = _read_text(filename)
+    file = _File(filename, text)
+    parser = file.parser
+
+    zookeeper = _read_zookeeper(file)
     if hosts_override:
         try:
             _check_hosts(hosts_override)
@@ -414,19 +621,21 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
             raise ConfigError(filename, f"--server: {exc}") from None
         zookeeper = ZooKeeperSettings(hosts_override, zookeeper.session_timeout, zookeeper.auth,
                                       zookeeper.tls)
+    if zookeeper.auth is not None and stat.st_mode & 0o044 and os.path.isfile(filename):
+        file.warn(AUTH_SECTION, "password", f"the file is readable by group or others (mode "
+                  f"{stat.st_mode & 0o777:04o}); chmod go-rwx {filename}")
 
-    warnings: list[str] = []
     for special, known in ((GLOBAL_SECTION, GLOBAL_KEYS), (AUTH_SECTION, AUTH_KEYS)):
         if parser.has_section(special):
-            warnings += _Section(filename, parser, special).unknown_keys(known)
+            file.section(special).warn_unknown_keys(known)
 
     default_hostname = ""
     services: list[ServiceSettings] = []
     seen_paths: dict[str, str] = {}
-    for name in parser.sections():
+    for name in parser.sections():  # never [DEFAULT]: it is inherited, not a service
         if name in (GLOBAL_SECTION, AUTH_SECTION):
             continue
-        section = _Section(filename, parser, name)
+        section = file.section(name)
         if not section.text("service_hostname") and not default_hostname:
             default_hostname = socket.getfqdn()
         service = _read_service(section, default_hostname)
@@ -435,15 +644,16 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
                 None, f"same znode {service.display_path} as [{seen_paths[service.node_path]}]"
             )
         seen_paths[service.node_path] = name
-        warnings += section.unknown_keys(SERVICE_KEYS)
+        section.warn_unknown_keys(SERVICE_KEYS)
         services.append(service)
     if not services:
         raise ConfigError(filename, "no service sections; nothing to register")
+    file.warn_unknown_defaults(SERVICE_KEYS | GLOBAL_KEYS | AUTH_KEYS)
     status_file, metrics_port = default_status_file(filename), None
     if parser.has_section(GLOBAL_SECTION):
-        section = _Section(filename, parser, GLOBAL_SECTION)
+        section = file.section(GLOBAL_SECTION)
         status_file = section.text("status_file") or status_file
         if section.text("metrics_port") is not None:
             metrics_port = section.integer("metrics_port", 0, minimum=1, maximum=65535)
-    return Config(filename, zookeeper, tuple(services), tuple(warnings), status_file,
+    return Config(filename, zookeeper, tuple(services), tuple(file.warnings), status_file,
                   metrics_port)

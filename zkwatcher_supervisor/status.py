@@ -131,8 +131,10 @@ def _describe_check(check: dict | None, now: float) -> str:
         result += f" {now - check['last_run']:.0f}s ago"
         if not check["last_result"] and check.get("detail"):
             result += f" ({check['detail']})"
-    return (f"check {result}, rise {check['passes']}/{check['rise']} "
-            f"fall {check['failures']}/{check['fall']}")
+    # Counts of consecutive runs beside the thresholds they are measured against;
+    # "rise 3/1" read like a fraction.
+    return (f"check {result}, passes {check['passes']} (rise {check['rise']}), "
+            f"failures {check['failures']} (fall {check['fall']})")
 
 
 def _overdue(info: dict | None, now: float) -> str:

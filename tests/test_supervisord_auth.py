@@ -1,0 +1,77 @@
+"""A supervisord whose XML-RPC server wants a username and password.
+
+The listener reads process states over XML-RPC at start.  supervisor.childutils
+takes the credentials from SUPERVISOR_USERNAME / SUPERVISOR_PASSWORD, which the
+README tells operators to set with ``environment=`` in the eventlistener section.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import LISTENER, node_exists
+
+from zkwatcher_supervisor.sandbox import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def test_password_protected_supervisord_answers_the_listener_given_credentials(
+        write_config, zk, base_path, tmp_path):
+    sections = ""
+    configs = {}
+    for name, environment in (("given", 'SUPERVISOR_USERNAME="admin",'
+                                        'SUPERVISOR_PASSWORD="s3cret"'),
+                              ("missing", "")):
+        configs[name] = write_config(f"""
+            [web]
+            program = web
+            service_port = 80
+            service_hostname = {name}
+            zookeeper_path = {base_path}/web
+            """, name=f"{name}.cfg")
+        sections += textwrap.dedent(f"""
+            [eventlistener:{name}]
+            command = {LISTENER} -c {configs[name]}
+            events = PROCESS_STATE,TICK_5
+            buffer_size = 1024
+            startsecs = 0
+            stderr_logfile = {tmp_path}/{name}.log
+            """) + (f"environment = {environment}\n" if environment else "")
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(textwrap.dedent(f"""
+        [unix_http_server]
+        file = {tmp_path}/supervisor.sock
+        username = admin
+        password = s3cret
+
+        [supervisord]
+        logfile = {tmp_path}/supervisord.log
+        pidfile = {tmp_path}/supervisord.pid
+        childlogdir = {tmp_path}
+        nodaemon = true
+
+        [rpcinterface:supervisor]
+        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+        [program:web]
+        command = sleep 1000
+        startsecs = 0
+        """) + sections)
+    supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c",
+                                    str(conf)], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: node_exists(zk, f"{base_path}/web/given:80"), 20,
+                   what="registration by the listener with credentials")
+        wait_until(lambda: "cannot read process states" in
+                   (tmp_path / "missing.log").read_text(), 10, what="warning without them")
+        given = (tmp_path / "given.log").read_text()
+        assert "cannot read process states" not in given, given
+        assert "Unauthorized" in (tmp_path / "missing.log").read_text()
+    finally:
+        supervisord.terminate()
+        supervisord.wait(20)
