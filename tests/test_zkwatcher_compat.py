@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl_credential
 
-from zkwatcher_supervisor.sandbox import LocalZooKeeper
+from zkwatcher_supervisor.sandbox import LocalZooKeeper, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -394,3 +395,62 @@ def test_every_difference_is_in_the_readme_table():
     section = readme.split("Migrating from zk_watcher", 1)[1]
     for row in {case.differs for case in DIFFERENT}:
         assert row in section, row
+
+
+def test_never_fights_a_live_zk_watcher_for_the_same_node(server, tmp_path):
+    """During a migration zk_watcher still runs on the host: for 60 s both watch
+    the same service, and the node zk_watcher made is never replaced (same czxid,
+    no deletion seen); once zk_watcher stops, ours is there within 1 s."""
+    config = tmp_path / "config.cfg"
+    config.write_text(textwrap.dedent("""
+        [ssh]
+        cmd: true
+        refresh: 1
+        service_port: 22
+        service_hostname: host1
+        zookeeper_path: /services/ssh
+        """))
+    root = f"/tug-{uuid.uuid4().hex[:8]}"
+    zk = KazooClient(hosts=server.hosts, timeout=10)
+    zk.start(timeout=30)
+    zk.create(root)
+    node = f"{root}/services/ssh/host1:22"
+    with open(tmp_path / "zkw.log", "wb") as log:
+        peer = subprocess.Popen([str(peer_executable()), "-c", str(config), "-s",
+                                 f"{server.hosts}{root}"],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    ours = None
+    try:
+        wait_until(lambda: zk.exists(node), 30, what="zk_watcher registered")
+        theirs = zk.exists(node)
+        deleted = []
+        zk.exists(node, watch=lambda event: deleted.append(event))
+        ours = Listener(config, f"{server.hosts}{root}")
+        ours.wait_ready(30)
+        czxids = set()
+        ends = time.monotonic() + 60
+        while time.monotonic() < ends:
+            stat = zk.exists(node)
+            czxids.add(stat.czxid if stat else None)
+            time.sleep(0.1)
+        print(f"60 s side by side: czxids seen {czxids}")
+        assert czxids == {theirs.czxid} and not deleted
+        assert "held by another session" in ours.stderr()
+
+        peer.terminate()
+        peer.wait(30)
+        gone = wait_until(lambda: zk.exists(node) is None or
+                          zk.exists(node).ephemeralOwner != theirs.ephemeralOwner,
+                          30, interval=0.002, what="zk_watcher's node gone") and time.monotonic()
+        wait_until(lambda: (stat := zk.exists(node)) and
+                   stat.ephemeralOwner != theirs.ephemeralOwner, 1, interval=0.005,
+                   what="ours registered")
+        print(f"zk_watcher's node gone -> ours: {(time.monotonic() - gone) * 1000:.0f} ms")
+        assert json.loads(zk.get(node)[0])["pid"] == ours.process.pid
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+        if ours is not None:
+            ours.stop()
+        zk.stop()
+        zk.close()

@@ -582,7 +582,7 @@ class Registry:
                 log.info("registered %s", self._node(path))
             elif action == "set":
                 self._owned[path] = _Owned(data, outcome.version)
-                log.info("updated %s", path)
+                log.info("updated %s", self._node(path))
             elif action == "delete":
                 log.info("deregistered %s", self._node(path))
                 self._forget_node(path)
