@@ -223,6 +223,7 @@ class Report:
     violations: list[Violation]
     seconds_out_of_line: float
     listener_pids: list[int]
+    listener_errors: list[str]  # each traceback in the listener's log, condensed
     workdir: str
 
     def to_json(self) -> dict:
@@ -231,14 +232,22 @@ class Report:
     def text(self) -> str:
         ops = ", ".join(f"{kind} {count}" for kind, count in sorted(self.operations.items()))
         kinds = Counter(v.kind for v in self.violations)
+        after_checks = sum("check run" in v.due_to for v in self.violations)
+        summary = ""
+        if kinds:
+            summary = (f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}; "
+                       f"{after_checks} due after a check change, "
+                       f"{len(self.violations) - after_checks} after other changes)")
         lines = [
-            f"soak: seed {self.seed}, {self.seconds:.0f} s, workdir {self.workdir}",
+            f"soak: seed {self.seed} (replays its choices), {self.seconds:.0f} s, "
+            f"workdir {self.workdir}",
             f"operations: {sum(self.operations.values())} ({ops})",
             f"quiet-point checks: {self.checks}",
-            f"violations: {len(self.violations)}"
-            + (f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})" if kinds else ""),
+            f"violations: {len(self.violations)}{summary}",
             f"seconds out of line: {self.seconds_out_of_line:.2f}",
             f"listener pids: {self.listener_pids}",
+            f"listener errors: {len(self.listener_errors)}",
+            *(f"    {error}" for error in self.listener_errors),
         ]
         for number, v in enumerate(self.violations, 1):
             stamp = time.strftime("%H:%M:%S", time.localtime(v.wall))
@@ -788,7 +797,7 @@ class Soak:
             deadline = started + self.seconds
             while time.monotonic() < deadline and not self._errors:
                 since, log_offset = time.monotonic(), self._log_size()
-                chaos = self.random.uniform(3.0, 8.0)
+                chaos = self.random.uniform(2.5, 6.0)
                 with self._cond:
                     self._cond.wait_for(lambda: self._stopping,
                                         min(chaos, max(0.0, deadline - time.monotonic())))
@@ -815,4 +824,27 @@ class Soak:
             raise RuntimeError("an actor failed") from self._errors[0]
         return Report(self.seed, time.monotonic() - started, dict(self.counts), checks,
                       violations, sum(v.out_of_line for v in violations), pids,
-                      str(self.workdir))
+                      self._tracebacks(), str(self.workdir))
+
+    def _tracebacks(self) -> list[str]:
+        """Each traceback in the listener's log as one line: when, where, what."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        found = []
+        for number, line in enumerate(lines):
+            if not line.startswith("Traceback"):
+                continue
+            # The last frame and the exception line that ends the block.
+            # (Other threads' log lines may be interleaved: skip them.)
+            block = lines[number + 1:number + 60]
+            end = next((i for i, text in enumerate(block)
+                        if text and text[0] not in " ^~" and not text[:4].isdigit()), None)
+            if end is None:
+                continue
+            frames = [text.strip() for text in block[:end] if text.strip().startswith("File")]
+            stamp = next((text[:23] for text in reversed(lines[max(0, number - 3):number])
+                          if text[:4].isdigit()), "?")
+            found.append(f"{stamp}: {block[end]} at {frames[-1] if frames else '?'}")
+        return found
