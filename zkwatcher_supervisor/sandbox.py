@@ -266,7 +266,15 @@ class FaultProxy:
         self._peers: dict[socket.socket, socket.socket] = {}
         self._lock = threading.Lock()
         self.accepting = True
+        self._frozen = False
         self._closed = False
+        # Sockets to the server, those of them that have not answered yet, and
+        # when the newest connection got its first answer (ZooKeeper's
+        # ConnectResponse: the moment a client holds a session again), in
+        # time.monotonic().
+        self._upstream: set[socket.socket] = set()
+        self._unanswered: set[socket.socket] = set()
+        self.answered_at: float | None = None
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
@@ -281,8 +289,26 @@ class FaultProxy:
             for sock in list(self._peers):
                 self._drop(sock)
 
+    def freeze(self) -> None:
+        """Stop forwarding without closing anything, as a silent network partition
+        does: both ends only find out by their own timeouts.  New connections
+        are accepted and stall too.  :meth:`restore` resumes forwarding."""
+        with self._lock:
+            self._frozen = True
+
     def restore(self) -> None:
-        self.accepting = True
+        with self._lock:
+            self._frozen = False
+            self.accepting = True
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def answered_connections(self) -> int:
+        """Open connections on which the server has answered at least once."""
+        with self._lock:
+            return len(self._upstream - self._unanswered)
 
     def close(self) -> None:
         self._closed = True
@@ -299,15 +325,23 @@ class FaultProxy:
                 self._selector.unregister(s)
             except (KeyError, ValueError):
                 pass
+            self._upstream.discard(s)
+            self._unanswered.discard(s)
             s.close()
 
     def _loop(self) -> None:
         while not self._closed:
+            if self._frozen:
+                # Leave whatever arrives in the kernel's buffers.
+                time.sleep(0.02)
+                continue
             try:
                 events = self._selector.select(0.1)
             except (OSError, ValueError):
                 return
             with self._lock:
+                if self._frozen:
+                    continue
                 for key, _ in events:
                     if key.data is None:
                         self._accept()
@@ -331,6 +365,8 @@ class FaultProxy:
             a.setblocking(False)
             self._peers[a] = b
             self._selector.register(a, selectors.EVENT_READ, "peer")
+        self._upstream.add(upstream)
+        self._unanswered.add(upstream)
 
     def _forward(self, sock: socket.socket) -> None:
         try:
@@ -342,6 +378,9 @@ class FaultProxy:
         if not data:
             self._drop(sock)
             return
+        if sock in self._unanswered:
+            self._unanswered.discard(sock)
+            self.answered_at = time.monotonic()
         try:
             self._peers[sock].setblocking(True)
             self._peers[sock].sendall(data)
