@@ -138,6 +138,10 @@ programs = d1,d2
 """
 
 
+def member_key(parent: str, uid: str) -> str:
+    return f"{parent}/member_<{uid}>"
+
+
 def matches(spec: str, process: str) -> bool:
     """Whether a ``program`` value covers supervisord process ``group:name``."""
     group, name = process.split(":")
@@ -162,6 +166,9 @@ class Section:
     # 0: the check is ``test -f FLAG``; N > 0: an init-script style shell that
     # leaves a child writing to its output N centiseconds after it exits.
     shell: int = 0
+    # A ServerSet member: ZooKeeper names it member_<sequence>, so the checker
+    # finds it by the id in its payload, and there must never be two.
+    serverset: bool = False
 
     def text(self, base: str, flags: Path) -> str:
         lines = [f"[{self.name}]"]
@@ -176,9 +183,14 @@ class Section:
         lines += [f"service_port = {self.port}", f"service_hostname = {HOSTNAME}",
                   f"zookeeper_path = {base}/svc{self.path}",
                   f"zookeeper_data = id={self.uid}, gen={self.gen}"]
+        if self.serverset:
+            lines.append("payload_format = serverset")
         return "\n".join(lines) + "\n\n"
 
     def node(self, base: str) -> str:
+        """The node's path; for a member, a stand-in naming its section's id."""
+        if self.serverset:
+            return member_key(f"{base}/svc{self.path}", self.uid)
         return f"{base}/svc{self.path}/{HOSTNAME}:{self.port}"
 
     def describe(self) -> str:
@@ -199,7 +211,7 @@ class Operation:
 
 @dataclass
 class Violation:
-    kind: str  # missing | unexpected | wrong data | unsettled
+    kind: str  # missing | unexpected | wrong data | unsettled | duplicate member
     node: str
     section: str
     expected: str
@@ -225,6 +237,7 @@ class Report:
     listener_pids: list[int]
     listener_errors: list[str]  # each traceback in the listener's log, condensed
     workdir: str
+    members_seen: int = 0  # distinct ServerSet members the checker saw
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -245,6 +258,7 @@ class Report:
             f"quiet-point checks: {self.checks}",
             f"violations: {len(self.violations)}{summary}",
             f"seconds out of line: {self.seconds_out_of_line:.2f}",
+            f"ServerSet members seen: {self.members_seen}",
             f"listener pids: {self.listener_pids}",
             f"listener errors: {len(self.listener_errors)}",
             *(f"    {error}" for error in self.listener_errors),
@@ -306,6 +320,8 @@ class Soak:
         self._busy = 0
         self._ops_lock = threading.Lock()
         self._errors: list[BaseException] = []
+        self.duplicates: list[tuple[float, str, str]] = []  # (when, member, member)
+        self.members: set[str] = set()
 
     # -- setup ------------------------------------------------------------------
 
@@ -317,7 +333,8 @@ class Soak:
         flag = rng.randrange(FLAGS) if kind != "program" else None
         return Section(name or f"s{self._next_uid}", f"u{self._next_uid}", self._next_port,
                        rng.randrange(PATHS), program, flag, rng.choice([1, 1, 2]),
-                       rng.choice([1, 1, 2]), shell=rng.choice([0, 0, 1, 2, 5]))
+                       rng.choice([1, 1, 2]), shell=rng.choice([0, 0, 1, 2, 5]),
+                       serverset=rng.random() < 0.25)
 
     def _config_text(self, sections: dict[str, Section]) -> str:
         header = (f"[zkwatcher]\nhosts = {self.proxy.hosts}\n"
@@ -520,7 +537,7 @@ class Soak:
         return f"zookeeper {kind}", f"{held:.1f} s"
 
     def _delete(self, rng: random.Random) -> tuple[str, str] | None:
-        nodes = sorted(self._read_nodes())
+        nodes = sorted(entry[2] for entry in self._read_nodes().values())
         if not nodes:
             return None
         node = rng.choice(nodes)
@@ -533,8 +550,12 @@ class Soak:
 
     # -- checker ----------------------------------------------------------------
 
-    def _read_nodes(self) -> dict[str, tuple[bytes, int]]:
-        """Every node under the base path: path -> (data, ephemeralOwner)."""
+    def _read_nodes(self) -> dict[str, tuple[bytes, int, str]]:
+        """Every node under the base path: path -> (data, ephemeralOwner, znode).
+
+        ServerSet members are keyed by the section id in their payload; a second
+        member for the same id is recorded in ``self.duplicates``.
+        """
         found = {}
         for parent in self.zk.get_children(self.base):
             parent = f"{self.base}/{parent}"
@@ -548,7 +569,16 @@ class Soak:
                     data, stat = self.zk.get(node)
                 except NoNodeError:
                     continue
-                found[node] = (data, stat.ephemeralOwner)
+                key = node
+                if child.startswith("member_"):
+                    try:
+                        key = member_key(parent, json.loads(data)["id"])
+                    except (ValueError, KeyError, TypeError):
+                        pass
+                    if key in found:
+                        self.duplicates.append((time.time(), found[key][2], node))
+                    self.members.add(node)
+                found[key] = (data, stat.ephemeralOwner, node)
         return found
 
     def _pause(self) -> None:
@@ -655,7 +685,8 @@ class Soak:
                                for at, what in checked]
             if process_up and check_up:
                 expected[node] = json.dumps({"id": section.uid, "gen": str(section.gen),
-                                             "pid": pid}, sort_keys=True).encode()
+                                             "pid": None if section.serverset else pid},
+                                            sort_keys=True).encode()
             due[node] = max(inputs)
             why[node] = f"{section.describe()}: {'; '.join(reasons)} -> " \
                         f"{'up' if process_up and check_up else 'down'}; due after {due[node][1]}"
@@ -807,7 +838,7 @@ class Soak:
                 finally:
                     self._resume()
                 checks += 1
-                violations += found
+                violations += found + self._duplicate_violations(since)
                 pid = self._rpc().getProcessInfo("zkwatcher")["pid"]
                 if pid and pid not in pids:
                     pids.append(pid)
@@ -824,7 +855,15 @@ class Soak:
             raise RuntimeError("an actor failed") from self._errors[0]
         return Report(self.seed, time.monotonic() - started, dict(self.counts), checks,
                       violations, sum(v.out_of_line for v in violations), pids,
-                      self._tracebacks(), str(self.workdir))
+                      self._tracebacks(), str(self.workdir), len(self.members))
+
+    def _duplicate_violations(self, since: float) -> list[Violation]:
+        """Two members for one section seen in one listing: a violation at any time."""
+        found, self.duplicates = self.duplicates, []
+        return [Violation("duplicate member", second, "-", first, second, "-", 0.0, 0.0,
+                          False, wall, "at most one member per section, always",
+                          self._ops_since(since))
+                for wall, first, second in found]
 
     def _tracebacks(self) -> list[str]:
         """Each traceback in the listener's log as one line: when, where, what."""
