@@ -137,6 +137,17 @@ def _describe_check(check: dict | None, now: float) -> str:
             f"failures {check['failures']} (fall {check['fall']})")
 
 
+def _describe_drain(drained: dict | None, now: float) -> str:
+    if not drained:
+        return ""
+    text = f"drained by {drained['by']} {now - drained['since']:.0f}s ago"
+    if drained.get("reason"):
+        text += f" ({drained['reason']})"
+    if drained.get("until"):
+        text += f", until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(drained['until']))}"
+    return text
+
+
 def _overdue(info: dict | None, now: float) -> str:
     """Why the section's check is overdue, or "" (a stuck check runner shows here)."""
     due_by = ((info or {}).get("check") or {}).get("due_by")
@@ -186,6 +197,9 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
         if info is None:
             ok = False
             health = "unknown"
+        elif info.get("drained"):
+            ok = not registered  # out of discovery on purpose, whatever its health
+            health = ("healthy" if info["healthy"] else "unhealthy") + ", DRAINED"
         else:
             ok = registered == info["healthy"]
             health = "healthy" if info["healthy"] else "unhealthy"
@@ -193,7 +207,7 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
         if overdue:
             ok = False
         all_ok = all_ok and ok
-        details = [overdue]
+        details = [overdue, _describe_drain((info or {}).get("drained"), now)]
         if info is not None:
             if info.get("processes"):
                 details.append(" ".join(f"{name}={state_}"
