@@ -3,11 +3,12 @@
 Everything that can change what we register arrives on the main thread's
 event loop (:mod:`.loop`) and is handled there, in order, to completion:
 supervisord's events on stdin, check processes and probes, the pidfds of
-bound programs, signals (TERM, INT, HUP), timers, and the results of slow
-work done elsewhere (reading a reloaded config, supervisord's XML-RPC
+bound programs, signals (TERM, INT, HUP, USR2), timers, and the results of
+slow work done elsewhere (reading a reloaded config, supervisord's XML-RPC
 answer).  The :class:`Watcher` turns them into health (:mod:`.health`, pure)
 and health into the set of znodes we want, which it hands to the registry —
-the only other thread that matters, fed by that one ordered stream.
+the only other thread that matters, fed by that one ordered stream.  USR2
+hands the ZooKeeper session, and so every node, to the next listener.
 
 Nothing on the path from reading an event to answering it waits for a check,
 for ZooKeeper, or for a file.
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import signal
 import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import BinaryIO, Callable, TextIO
 
 from supervisor import childutils
@@ -98,10 +100,14 @@ class Watcher:
         self._snapshot_applied = 0
         self._snapshot_in_flight = False
         self._snapshot_again = False
+        self._snapshot_failures = 0
         self._reload_reading = False
         self._reload_again = False
+        # Long enough for the slowest section to reach a verdict: rise passes
+        # (one now, the rest a refresh apart), each within its timeout.
         self._settle_by = loop.clock() + SETTLE_SLACK + max(
-            (service.timeout for service in config.services), default=0.0)
+            ((service.rise - 1) * max(1, service.refresh) + service.timeout
+             for service in config.services), default=0.0)
         self._settled = False
         self._snapshot_answered = False
         # Drained sections (operator's orders, kept across restarts) and the
@@ -134,12 +140,16 @@ class Watcher:
         if self._settled:
             return
         snapshot_known = self._snapshot_answered or not self._snapshot_in_flight
+        # A check's verdict is in when rise/fall have decided it, not at its first
+        # result: a section with rise 2 is down after one pass, yet healthy.
         checks_known = all(
-            section.last_result is not None or not section.process_up
+            section.check_up or section.failures >= section.service.fall
+            or not section.process_up
             for section in self.health.sections.values() if section.service.cmd is not None)
         if (snapshot_known and checks_known) or self.loop.clock() >= self._settle_by:
             self._settled = True
-            self.registry.settled()
+            self.registry.settled({posixpath.dirname(service.node_path)
+                                   for service in self.services.values()})
         else:
             self.loop.call_later(0.1, self._check_settled)
 
@@ -349,8 +359,9 @@ class Watcher:
         """Switch to a new config: unchanged sections keep their nodes untouched,
         changed ones are updated in place or moved, removed ones deregistered."""
         if config.zookeeper != self.config.zookeeper:
-            log.warning("reload: [zkwatcher]/[auth] changes need a restart; keeping %s",
-                        self.config.zookeeper.hosts)
+            log.warning("reload: [zkwatcher]/[auth] changes need a restart (zkwatcher-"
+                        "supervisor handoff); keeping %s", self.config.zookeeper.hosts)
+            config = replace(config, zookeeper=self.config.zookeeper)
         old_sections = dict(self.health.sections)
         self.config = config
         self.services = {service.name: service for service in config.services}
@@ -389,17 +400,31 @@ class Watcher:
 
     def _snapshot_late(self, request: int) -> None:
         if self._snapshot_in_flight and request == self._snapshot_request:
+            # A hung call must not block every later snapshot: ask again (a
+            # late answer to this one is still applied if nothing newer was).
             log.warning("supervisord has not answered XML-RPC in %.0fs; going on with "
-                        "events alone", RPC_TIMEOUT)
+                        "events, asking again", RPC_TIMEOUT)
+            self._snapshot_in_flight = False
+            self._snapshot_answered = True
+            self._retry_snapshot()
+
+    def _retry_snapshot(self) -> None:
+        self._snapshot_failures += 1
+        delay = min(RPC_TIMEOUT * 2 ** (self._snapshot_failures - 1), 60.0)
+        self.loop.call_later(delay, self.request_snapshot)
 
     def _snapshot_done(self, request: int, since: int, infos: list | None,
                        error: BaseException | None) -> None:
-        self._snapshot_in_flight = False
-        self._snapshot_answered = True
+        if request == self._snapshot_request:
+            self._snapshot_in_flight = False
+            self._snapshot_answered = True
         if error is not None:
-            log.warning("cannot read process states from supervisord (%r); waiting for "
-                        "events", error)
+            if request == self._snapshot_request:
+                log.warning("cannot read process states from supervisord (%r); going on "
+                            "with events, asking again", error)
+                self._retry_snapshot()
         elif request > self._snapshot_applied:
+            self._snapshot_failures = 0
             self._snapshot_applied = request
             for info in infos:
                 key = (info["group"], info["name"])
@@ -641,9 +666,26 @@ def run(config: Config, hosts_override: str | None = None,
         stdin = sys.stdin.buffer
     close_inherited_fds_on_exec()
     loop = EventLoop()
+    stopping: list[str] = []
+    watchers: list[Watcher] = []  # set below; a HUP before then has nothing to reload
+
+    def on_signal(signum: int, frame) -> None:
+        # Runs between two bytecodes of the loop: only hand the signal over.
+        if signum == signal.SIGHUP:
+            if watchers:
+                loop.post(watchers[0].request_reload)
+        else:
+            stopping.append(signal.Signals(signum).name)
+            loop.stop()
+
+    # First of all, so no signal we handle can take its default action (death).
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, on_signal)
+    signal.set_wakeup_fd(loop.wakeup_fd, warn_on_full_buffer=False)
     registry = Registry(config.zookeeper, session_path=default_session_path(config.filename))
     watcher = Watcher(config, registry, loop, hosts_override,
                       drain_path=drain.state_path(config.filename))
+    watchers.append(watcher)
     _exit_on_thread_crash(loop)
     if config.metrics_port:
         from . import metrics
@@ -653,19 +695,6 @@ def run(config: Config, hosts_override: str | None = None,
         except OSError as exc:
             log.error("metrics_port %d: %s; running without metrics", config.metrics_port, exc)
 
-    stopping: list[str] = []
-
-    def on_signal(signum: int, frame) -> None:
-        # Runs between two bytecodes of the loop: only hand the signal over.
-        if signum == signal.SIGHUP:
-            loop.post(watcher.request_reload)
-        else:
-            stopping.append(signal.Signals(signum).name)
-            loop.stop()
-
-    for signum in HANDLED_SIGNALS:
-        signal.signal(signum, on_signal)
-    signal.set_wakeup_fd(loop.wakeup_fd, warn_on_full_buffer=False)
     protocol = ProtocolReader(loop, stdin, stdout, watcher.handle_event, loop.stop)
     status = 0
     try:

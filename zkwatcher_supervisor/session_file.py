@@ -87,7 +87,12 @@ def claim(path: str) -> int | None:
     """
     if not safe_directory(os.path.dirname(path)):
         return None
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as exc:  # read-only, not ours, out of fds: run without reattaching
+        log.warning("session lock %s.lock: %s; a restart will not reattach", path, exc)
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -101,6 +101,8 @@ class StatusPublisher:
             with os.fdopen(fd, "w") as out:
                 json.dump(state, out, indent=1, sort_keys=True)
             os.chmod(temporary, 0o644)
+            if self._stopped:
+                raise OSError("the listener is stopping")  # its file is gone for good
             os.replace(temporary, self.path)  # readers see the old file or the new one
         except BaseException:
             os.unlink(temporary)
