@@ -1,0 +1,127 @@
+"""How fast ``drain`` takes a node out of discovery, and how ``--stop`` orders the stop.
+
+    python bench/drain_delay.py [-n 10]
+
+Starts a local ZooKeeper and a supervisord running a bound program and the
+listener.  N times: ``drain`` then ``undrain`` the section, and measure
+
+* listener: from the listener logging the request to logging ZooKeeper's
+  confirmation of the deletion (what the listener itself adds), and
+* command: from starting ``zkwatcher-supervisor drain`` to a separate kazoo
+  client's watch seeing the node deleted (what an operator waits for,
+  including the command's own start and supervisord's relay).
+
+Then once ``drain --stop --wait 2``: the gap between the node's deletion (the
+watch) and the program receiving SIGTERM (it records the moment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from common import summary_ms
+from kazoo.client import KazooClient
+
+from zkwatcher_supervisor.sandbox import LocalSupervisord, LocalZooKeeper, wait_until
+
+RECORD_TERM = """\
+import signal, sys, time
+def stop(*_):
+    open(sys.argv[1], "w").write(repr(time.time()))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    time.sleep(1)
+"""
+
+
+def log_stamp(log: str, needle: str, nth: int) -> float:
+    lines = [line for line in log.splitlines() if needle in line]
+    return datetime.strptime(lines[nth][:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=10, help="drain/undrain rounds (default 10)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="zkwatcher-drain-"))
+    zookeeper = LocalZooKeeper(work / "zk").start()
+    script = work / "record_term.py"
+    script.write_text(RECORD_TERM)
+    config = work / "zkwatcher.cfg"
+    config.write_text(textwrap.dedent(f"""
+        [zkwatcher]
+        hosts = {zookeeper.hosts}
+
+        [web]
+        program = web
+        service_port = 80
+        service_hostname = host1
+        zookeeper_path = /bench/web
+        """))
+    server = LocalSupervisord(work / "supervisor", textwrap.dedent(f"""
+        [program:web]
+        command = {sys.executable} {script} {work}/web.term
+        startsecs = 0
+
+        [eventlistener:zkwatcher]
+        command = {sys.executable} -m zkwatcher_supervisor -c {config}
+        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
+        buffer_size = 1024
+        startsecs = 0
+        stderr_logfile = {work}/zkwatcher.log
+        """))
+    server.start()
+    zk = KazooClient(hosts=zookeeper.hosts)
+    zk.start()
+    node = "/bench/web/host1:80"
+    env = {**os.environ, "SUPERVISOR_SERVER_URL": f"unix://{server.workdir}/supervisor.sock"}
+
+    def cli(*words: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", *words, "-c",
+                               str(config)], capture_output=True, text=True, env=env, check=True)
+
+    listener, command = [], []
+    try:
+        wait_until(lambda: zk.exists(node), 30, what="registered")
+        for round_ in range(args.n):
+            gone = threading.Event()
+            seen: list[float] = []
+            zk.exists(node, watch=lambda event, seen=seen, gone=gone: (
+                seen.append(time.monotonic()), gone.set()))
+            started = time.monotonic()
+            cli("drain", "web")
+            gone.wait(10)
+            command.append(seen[0] - started)
+            log = (work / "zkwatcher.log").read_text()
+            listener.append(log_stamp(log, f"deregistered {node}", round_)
+                            - log_stamp(log, "[web] drained by", round_))
+            cli("undrain", "web")
+            wait_until(lambda: zk.exists(node), 5, what="undrained")
+        deleted: list[float] = []
+        zk.exists(node, watch=lambda event: deleted.append(time.time()))
+        cli("drain", "web", "--stop", "--wait", "2")
+        term = float((work / "web.term").read_text())
+        print(f"drain -> node deleted, n={args.n}:")
+        print(f"  listener (request logged -> deletion confirmed): {summary_ms(listener)}")
+        print(f"  command (drain started -> a consumer's watch fires): {summary_ms(command)}")
+        print(f"drain --stop --wait 2: node deleted -> program's SIGTERM "
+              f"{term - deleted[0]:.2f} s")
+    finally:
+        zk.stop()
+        server.stop()
+        zookeeper.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
