@@ -225,3 +225,23 @@ def test_only_the_listener_of_the_named_config_drains(
     wait_until(lambda: not node_exists(zk, nodes[1]), 2, what="two drained")
     time.sleep(0.5)
     assert node_exists(zk, nodes[0])
+
+
+def test_malformed_requests_are_ignored_not_fatal(host, zk):
+    """Anyone who may talk to supervisord can send REMOTE_COMMUNICATION."""
+    import json
+
+    server, config, nodes, _flag = host
+    pid = server.info("zkwatcher")["pid"]
+    real = os.path.realpath(config)
+    for data in ["not json", "[1, 2]", json.dumps({"config": real}),
+                 json.dumps({"config": real, "id": "x", "action": "drain", "sections": "web"}),
+                 json.dumps({"config": real, "id": "y", "action": "drain",
+                             "sections": ["web"], "until": "soon"}),
+                 json.dumps({"config": real, "id": "z", "action": "drain",
+                             "sections": ["web", 7, None], "until": float("nan")})]:
+        server.rpc().supervisor.sendRemoteCommEvent("zkwatcher-supervisor", data)
+    time.sleep(1)
+    assert server.info("zkwatcher")["pid"] == pid
+    assert all(node_exists(zk, node) for node in nodes.values())
+    assert cli(server, config, "drain", "web").returncode == 0  # still listening

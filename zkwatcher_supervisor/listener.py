@@ -17,6 +17,7 @@ for ZooKeeper, or for a file.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import posixpath
 import signal
@@ -444,15 +445,20 @@ class Watcher:
         """A drain/undrain request from ``zkwatcher-supervisor drain`` via supervisord."""
         if request.get("config") != os.path.realpath(self.config.filename):
             return  # meant for another listener of this supervisord
-        action = request.get("action")
-        names = [name for name in request.get("sections", []) if name in self.services]
-        if action not in ("drain", "undrain") or not isinstance(request.get("id"), str):
+        action, sections, until = (request.get("action"), request.get("sections"),
+                                   request.get("until"))
+        # Anyone who may talk to supervisord can send one: a malformed request
+        # is ignored, never allowed to crash the listener.
+        if (action not in ("drain", "undrain") or not isinstance(request.get("id"), str)
+                or not isinstance(sections, list)
+                or not (until is None or (isinstance(until, (int, float))
+                                          and math.isfinite(until)))):
             log.warning("ignoring a drain request I do not understand: %r", request)
             return
+        names = [name for name in sections if isinstance(name, str) and name in self.services]
         by = str(request.get("by") or "?")
         for name in names:
             if action == "drain":
-                until = request.get("until")
                 entry = drain.Drain(str(request.get("reason") or ""), by, time.time(),
                                     float(until) if until is not None else None)
                 log.info("[%s] drained by %s%s%s", name, by,
