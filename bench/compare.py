@@ -330,7 +330,10 @@ def thread_names(pid: int) -> list[str]:
                  re.findall(r'^Thread (\d+) \([^)]*\): "(.*)"$', dump, re.M)}
     result = []
     for task in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
-        comm = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+        try:
+            comm = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+        except FileNotFoundError:
+            continue  # a short-lived thread (zk_watcher starts one per check run)
         result.append(names.get(int(task), f"comm={comm}"))
     return result
 
