@@ -1,9 +1,13 @@
-"""Helpers shared by the benchmark scripts: percentiles and table printing."""
+"""Helpers shared by the benchmark scripts: percentiles, a deletion stopwatch, tables."""
 
 from __future__ import annotations
 
 import math
 import statistics
+import threading
+import time
+
+from kazoo.client import KazooClient
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -16,3 +20,18 @@ def summary_ms(values: list[float]) -> str:
     ms = [v * 1000 for v in values]
     return (f"p50 {statistics.median(ms):8.1f} ms   p99 {percentile(ms, 0.99):8.1f} ms   "
             f"max {max(ms):8.1f} ms")
+
+
+def deletion_watch(zk: KazooClient, path: str) -> tuple[threading.Event, list[float]]:
+    """Arm a watch on ``path``: the event is set, and the list gets the
+    CLOCK_MONOTONIC time, when ``zk`` hears that the node went."""
+    fired, stamp = threading.Event(), []
+
+    def watch(event) -> None:
+        # Stamp first: this runs on kazoo's event thread, as late as a consumer would see it.
+        stamp.append(time.monotonic())
+        fired.set()
+
+    if zk.exists(path, watch=watch) is None:
+        raise RuntimeError(f"{path} is not registered")
+    return fired, stamp

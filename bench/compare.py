@@ -1,8 +1,10 @@
 """zkwatcher-supervisor beside Nextdoor's zk_watcher 0.4.0, in one run, on one ZooKeeper.
 
-    python bench/compare.py detection [-n 30]     check starts failing -> znode deleted
+    python bench/compare.py detection [-n 30] [--refresh 5] [--pace 10]
+                                                  check starts failing -> znode deleted
     python bench/compare.py kill [-n 30]          program SIGKILLed -> znode deleted
-    python bench/compare.py scale [--sizes 10,100,1000] [--window 60]
+    python bench/compare.py scale [--sizes 10,100,1000] [--window 60] [--check true|tcp]
+                                  [--repeat 1]
     python bench/compare.py recovery [--sections 1000]
     python bench/compare.py soak [--sections 1000] [--minutes 10]
 
@@ -11,15 +13,20 @@ under ~/.cache/zkwatcher-bench on first use.  Both tools read the same
 config.cfg format (each its own copy, with its own zookeeper_path prefix, so a
 separate kazoo client can tell their nodes apart); ours runs under a real
 supervisord with TICK_5, zk_watcher as the standalone daemon it is.  Figures
-are medians over repeated measurements, with the ratio zk_watcher / ours.
+are medians (and p99) over repeated measurements, with the ratio
+zk_watcher / ours.  ``scale`` names threads with py-spy when it is installed
+(``pip install py-spy``), else by their comm.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import random
 import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import percentile
+from common import deletion_watch, percentile
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
@@ -162,18 +169,6 @@ stderr_logfile = {self.work}/ours.log
         self.zookeeper.stop()
 
 
-def deletion_watch(zk: KazooClient, path: str) -> tuple[threading.Event, list[float]]:
-    fired, stamp = threading.Event(), []
-
-    def watch(event):
-        stamp.append(time.monotonic())
-        fired.set()
-
-    if zk.exists(path, watch=watch) is None:
-        raise RuntimeError(f"{path} is not registered")
-    return fired, stamp
-
-
 def row(label: str, ours: list[float], peer: list[float], unit: str = "ms",
         scale: float = 1000.0) -> str:
     o, p = statistics.median(ours) * scale, statistics.median(peer) * scale
@@ -185,35 +180,59 @@ def row(label: str, ours: list[float], peer: list[float], unit: str = "ms",
 HEADER = f"{'':<34} {'ours':>14} {'zk_watcher':>14} {'ratio':>9}"
 
 
+def quantile_rows(ours: list[float], peer: list[float]) -> str:
+    """p50, p99 and max of both tools in seconds, with zk_watcher / ours."""
+    lines = [f"{'':<6} {'ours':>9} {'zk_watcher':>11} {'zk_watcher/ours':>16}"]
+    for label, pick in (("p50", statistics.median),
+                        ("p99", lambda v: percentile(v, 0.99)), ("max", max)):
+        o, p = pick(ours), pick(peer)
+        lines.append(f"{label:<6} {o:>8.3f}s {p:>10.3f}s {p / o:>15.2f}x")
+    return "\n".join(lines)
+
+
 def detection(args) -> None:
-    """A check starts failing: both tools watch the same flag file with refresh 5."""
+    """A check starts failing: both tools watch the same flag file with the same refresh."""
+    refresh = args.refresh
     bench = Bench()
     flag = bench.work / "flag"
     flag.touch()
     try:
-        bench.start_ours(sections(1, "/ours", f"test -f {flag}"))
-        bench.start_peer(sections(1, "/peer", f"test -f {flag}"))
+        bench.start_ours(sections(1, "/ours", f"test -f {flag}", refresh=refresh))
+        bench.start_peer(sections(1, "/peer", f"test -f {flag}", refresh=refresh))
         ours, peer = [], []
+        round_start = time.monotonic()
         for _ in range(args.n):
             wait_until(lambda: bench.registered("/ours") and bench.registered("/peer"), 20)
-            # Fail at a moment uniform over 30 s: a whole number of both tools'
-            # cycles (our 5 s ticks, zk_watcher's refresh + 1 s polls), so
-            # neither gets a phase it likes.
-            time.sleep(random.uniform(0, 30))
+            # zk_watcher's ZooKeeper client (nd_service_registry) throttles once
+            # its last 50 calls average under 2 s apart; a round costs it about
+            # four calls, so rounds start at least --pace s apart to measure
+            # its check cycle rather than its rate limiter.
+            time.sleep(max(0.0, round_start + args.pace - time.monotonic()))
+            round_start = time.monotonic()
+            # Fail at a moment uniform over two whole check cycles: our cycle
+            # is exactly ``refresh`` (zk_watcher's a few ms longer), so the
+            # failure lands at a uniform phase of it, whatever moment the
+            # re-registration that ended the last round happened at.
+            time.sleep(random.uniform(0, 2 * refresh))
             ours_gone, ours_at = deletion_watch(bench.zk, "/ours/svc/bench:10000")
             peer_gone, peer_at = deletion_watch(bench.zk, "/peer/svc/bench:10000")
             flag.unlink()
             failed = time.monotonic()
-            if not (ours_gone.wait(20) and peer_gone.wait(20)):
+            if not (ours_gone.wait(refresh + 20) and peer_gone.wait(refresh + 20)):
                 raise TimeoutError("a node was not deleted")
             ours.append(ours_at[0] - failed)
             peer.append(peer_at[0] - failed)
             flag.touch()
     finally:
         bench.close()
-    print(f"check starts failing -> znode deleted, refresh 5 s, n={len(ours)}")
-    print(HEADER)
-    print(row("delay (median)", ours, peer))
+    throttled = (bench.work / "peer.log").read_text().count("Throttling")
+    print(f"check starts failing -> znode deleted, refresh {refresh} s, n={len(ours)} "
+          f"(failure uniform over the cycle, rounds >= {args.pace:g} s apart)")
+    print(quantile_rows(ours, peer))
+    print(f"zk_watcher rate-limiter throttles during the run: {throttled}")
+    target = refresh + 0.1
+    met = "met" if percentile(ours, 0.99) <= target else "MISSED"
+    print(f"target: our p99 <= {target:.1f} s: {met}")
 
 
 def kill(args) -> None:
@@ -254,31 +273,148 @@ def kill(args) -> None:
     print(f"kills noticed: ours {len(ours)}/{len(ours)}, zk_watcher {len(peer)}/{len(ours)}")
 
 
+class AcceptServer:
+    """A loopback port that accepts and closes every connection, so port probes pass."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.sock.settimeout(0.5)  # so close() is noticed within half a second
+        self.port = self.sock.getsockname()[1]
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="accept", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+# The check each tool runs for ``--check``: ours, zk_watcher's.  zk_watcher has
+# no built-in port probe and splits ``cmd`` on spaces without a shell, so its
+# probe is bash's /dev/tcp in a single word (nc is not installed here).
+CHECKS = {
+    "true": ("true", "true"),
+    "tcp": ("tcp://127.0.0.1:{port}", "bash -c exec<>/dev/tcp/127.0.0.1/{port}"),
+}
+
+
+def py_spy() -> str | None:
+    """py-spy beside our interpreter or on PATH: it names a process's Python threads."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def thread_names(pid: int) -> list[str]:
+    """Every thread of ``pid``: its Python name where py-spy can tell, else its comm.
+
+    CPython 3.11 leaves every thread's comm as the interpreter's name, so the
+    comm alone cannot tell kazoo's threads from ours.
+    """
+    names: dict[int, str] = {}
+    tool = py_spy()
+    if tool is not None:
+        dump = subprocess.run([tool, "dump", "--pid", str(pid)], capture_output=True,
+                              text=True, timeout=60).stdout
+        names = {int(tid): name for tid, name in
+                 re.findall(r'^Thread (\d+) \([^)]*\): "(.*)"$', dump, re.M)}
+    result = []
+    for task in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        try:
+            comm = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+        except FileNotFoundError:
+            continue  # a short-lived thread (zk_watcher starts one per check run)
+        result.append(names.get(int(task), f"comm={comm}"))
+    return result
+
+
+# Targets of the threads kazoo's threading handler starts (its connection loop
+# and callback workers), as Python names them: "Thread-4 (zk_loop)".
+KAZOO_THREADS = ("(zk_loop)", "(_thread_worker)")
+
+
+def counted(names: list[str]) -> str:
+    """Thread names as "a, b x3": duplicates folded, Thread-N numbers dropped."""
+    folded = collections.Counter(re.sub(r"^Thread-\d+", "Thread", name) for name in names)
+    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in folded.items())
+
+
 def scale(args) -> None:
-    """S sections, every check `true`, refresh 5: time to register, then a steady window."""
-    print(f"S sections, cmd = true, refresh 5 s; steady window {args.window} s")
+    """S sections, refresh 5: time to register, then CPU, RSS and threads in a steady window.
+
+    Each tool runs alone (not beside the other), ``--repeat`` times per size;
+    CPU % and RSS are medians over the repeats.
+    """
+    ours_cmd, peer_cmd = CHECKS[args.check]
+    server = AcceptServer() if args.check == "tcp" else None
+    port = server.port if server else 0
+    print(f"S sections, refresh 5 s, steady window {args.window} s, {args.repeat} run(s) each")
+    print(f"checks: ours `{ours_cmd.format(port=port)}`, "
+          f"zk_watcher `{peer_cmd.format(port=port)}`")
     print(f"{'S':>6} {'tool':<11} {'all up':>8} {'CPU %':>7} {'RSS MB':>7} {'threads':>8} "
           f"{'ZK writes/min':>14}")
-    for count in [int(s) for s in args.sizes.split(",")]:
-        for tool in ("ours", "zk_watcher"):
-            bench = Bench()
-            try:
-                prefix = f"/{tool}"
-                text = sections(count, prefix, "true")
-                stats = bench.start_ours(text) if tool == "ours" else bench.start_peer(text)
-                wait_until(lambda b=bench, p=prefix, c=count: b.registered(p) == c, 300,
-                           interval=0.01)
-                # From the tool's own process start (10 ms resolution).
-                all_up = time.clock_gettime(time.CLOCK_BOOTTIME) - stats.started()
-                time.sleep(6)  # let start-up writes settle before the window opens
-                cpu0, zxid0 = stats.cpu_seconds(), bench.zxid()
-                time.sleep(args.window)
-                cpu = (stats.cpu_seconds() - cpu0) / args.window * 100
-                writes = (bench.zxid() - zxid0) * 60 / args.window
-                print(f"{count:>6} {tool:<11} {all_up:>7.2f}s {cpu:>7.1f} {stats.rss_mb():>7.1f} "
-                      f"{stats.threads():>8} {writes:>14.0f}", flush=True)
-            finally:
-                bench.close()
+    try:
+        for count in [int(s) for s in args.sizes.split(",")]:
+            medians: dict[str, tuple[float, float]] = {}
+            for tool in ("ours", "zk_watcher"):
+                cpus, rsss = [], []
+                for _ in range(args.repeat):
+                    cpu, rss = scale_once(args, count, tool,
+                                          (ours_cmd if tool == "ours" else peer_cmd)
+                                          .format(port=port))
+                    cpus.append(cpu)
+                    rsss.append(rss)
+                medians[tool] = (statistics.median(cpus), statistics.median(rsss))
+                print(f"{count:>6} {tool:<11} {'median':>8} {medians[tool][0]:>7.2f} "
+                      f"{medians[tool][1]:>7.1f}   (CPU % runs: "
+                      f"{', '.join(f'{c:.2f}' for c in cpus)})", flush=True)
+            (ours_cpu, ours_rss), (peer_cpu, peer_rss) = medians["ours"], medians["zk_watcher"]
+            print(f"{count:>6} zk_watcher/ours: CPU {peer_cpu / ours_cpu:.1f}x, "
+                  f"RSS {peer_rss / ours_rss:.1f}x", flush=True)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def scale_once(args, count: int, tool: str, cmd: str) -> tuple[float, float]:
+    """One tool with ``count`` sections: prints a row; returns (CPU %, RSS MB)."""
+    bench = Bench()
+    try:
+        prefix = f"/{tool}"
+        text = sections(count, prefix, cmd)
+        stats = bench.start_ours(text) if tool == "ours" else bench.start_peer(text)
+        wait_until(lambda: bench.registered(prefix) == count, 300, interval=0.01)
+        # From the tool's own process start (10 ms resolution).
+        all_up = time.clock_gettime(time.CLOCK_BOOTTIME) - stats.started()
+        time.sleep(6)  # let start-up writes settle before the window opens
+        cpu0, zxid0 = stats.cpu_seconds(), bench.zxid()
+        time.sleep(args.window)
+        cpu = (stats.cpu_seconds() - cpu0) / args.window * 100
+        writes = (bench.zxid() - zxid0) * 60 / args.window
+        if bench.registered(prefix) != count:
+            print(f"warning: {tool} holds {bench.registered(prefix)}/{count} nodes "
+                  "after the window")
+        rss = stats.rss_mb()
+        print(f"{count:>6} {tool:<11} {all_up:>7.2f}s {cpu:>7.2f} {rss:>7.1f} "
+              f"{stats.threads():>8} {writes:>14.0f}", flush=True)
+        names = thread_names(stats.pid)
+        kazoo = [name for name in names if name.endswith(KAZOO_THREADS)]
+        own = [name for name in names if not name.endswith(KAZOO_THREADS)]
+        print(f"{'':>6} threads: kazoo {len(kazoo)} ({counted(kazoo)}); "
+              f"other {len(own)} ({counted(own)})", flush=True)
+        return cpu, rss
+    finally:
+        bench.close()
 
 
 def recovery(args) -> None:
@@ -363,9 +499,17 @@ def main() -> int:
     for name in ("detection", "kill"):
         sub = commands.add_parser(name)
         sub.add_argument("-n", type=int, default=30)
+    commands.choices["detection"].add_argument(
+        "--refresh", type=int, default=5, help="check refresh, seconds (default 5)")
+    commands.choices["detection"].add_argument(
+        "--pace", type=float, default=10.0,
+        help="least seconds between rounds, so zk_watcher's rate limiter stays idle")
     sub = commands.add_parser("scale")
     sub.add_argument("--sizes", default="10,100,1000")
     sub.add_argument("--window", type=int, default=60, help="steady-state seconds")
+    sub.add_argument("--check", choices=sorted(CHECKS), default="true",
+                     help="true: a forked `true`; tcp: a probe of a local listening port")
+    sub.add_argument("--repeat", type=int, default=1, help="runs per tool and size")
     sub = commands.add_parser("recovery")
     sub.add_argument("--sections", type=int, default=1000)
     sub.add_argument("-n", type=int, default=3)

@@ -1,0 +1,128 @@
+"""The floor under "kill -9 -> znode gone": a pidfd, one kazoo delete, another client's watch.
+
+    python bench/floor.py [-n 200]
+
+No listener and no supervisord: the least any tool can do to turn a
+process's death into a deletion that a consumer sees.  A deleter process
+(this file with ``--deleter HOSTS PATH``, its own interpreter and kazoo
+session, like our listener) creates an ephemeral znode, waits on the pidfd of
+a ``sleep`` it is told about, and deletes the node the moment the pidfd is
+readable.  The measuring process SIGKILLs the ``sleep`` and times, on
+CLOCK_MONOTONIC, until its own kazoo client's watch fires.  The figure
+measures this machine and ZooKeeper, not any listener; ``kill_detection.py``
+prints it beside the listener's figure, sampled in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import deletion_watch, summary_ms
+from kazoo.client import KazooClient
+
+from zkwatcher_supervisor.sandbox import LocalZooKeeper, wait_until
+
+# A deleter that hears nothing for this long gives up (bounded wait per round).
+DELETER_WAIT = 60.0
+
+
+class Floor:
+    """A deleter process on ``hosts``; :meth:`sample` measures one kill."""
+
+    def __init__(self, hosts: str, path: str, observer: KazooClient) -> None:
+        self.path = path
+        self.observer = observer
+        self.deleter = subprocess.Popen(
+            [sys.executable, __file__, "--deleter", hosts, path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        if self.deleter.stdout.readline().strip() != "connected":
+            raise RuntimeError("the floor's deleter did not connect to ZooKeeper")
+
+    def sample(self, settle: float = 0.2) -> float:
+        """Seconds from SIGKILL of a fresh process to the observer's watch firing."""
+        victim = subprocess.Popen(["sleep", "100000"])
+        try:
+            self.deleter.stdin.write(f"{victim.pid}\n")
+            if self.deleter.stdout.readline().strip() != "watching":
+                raise RuntimeError("the floor's deleter stopped")
+            gone, at = deletion_watch(self.observer, self.path)
+            time.sleep(settle)  # same pause as before a listener kill
+            killed = time.monotonic()
+            os.kill(victim.pid, signal.SIGKILL)
+            if not gone.wait(10):
+                raise TimeoutError("the floor's node was not deleted")
+            return at[0] - killed
+        finally:
+            victim.kill()
+            victim.wait()
+
+    def close(self) -> None:
+        self.deleter.stdin.close()
+        try:
+            self.deleter.wait(10)
+        except subprocess.TimeoutExpired:
+            self.deleter.kill()
+            self.deleter.wait()
+
+
+def run_deleter(hosts: str, path: str) -> None:
+    """One pid per stdin line: create the node, wait for the pid's death, delete the node."""
+    zk = KazooClient(hosts=hosts)
+    zk.start(timeout=30)
+    print("connected", flush=True)
+    poller = select.poll()
+    try:
+        for line in sys.stdin:
+            pidfd = os.pidfd_open(int(line))
+            try:
+                zk.create(path, ephemeral=True, makepath=True)
+                print("watching", flush=True)
+                poller.register(pidfd, select.POLLIN)
+                poller.poll(DELETER_WAIT * 1000)
+                poller.unregister(pidfd)
+                zk.delete(path)
+            finally:
+                os.close(pidfd)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=200, help="kills (default 200)")
+    parser.add_argument("--deleter", nargs=2, metavar=("HOSTS", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.deleter:
+        run_deleter(*args.deleter)
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="zkwatcher-floor-"))
+    zookeeper = LocalZooKeeper(work / "zk").start()
+    observer = KazooClient(hosts=zookeeper.hosts)
+    observer.start()
+    floor = Floor(zookeeper.hosts, "/floor/node", observer)
+    try:
+        samples = []
+        for _ in range(args.n):
+            wait_until(lambda: observer.exists("/floor/node") is None, 10)
+            samples.append(floor.sample())
+    finally:
+        floor.close()
+        observer.stop()
+        zookeeper.stop()
+    print(f"kills: {len(samples)}")
+    print(f"pidfd -> kazoo delete -> other client's watch:   {summary_ms(samples)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
