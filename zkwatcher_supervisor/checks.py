@@ -149,6 +149,8 @@ class CheckRunner:
         self._resolving: dict[tuple[str, int], list[_Probe]] = {}
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._poller: Timer | None = None
+        self._parsed: dict[str, tuple[BuiltinCheck | None, str | None]] = {}
+        self._numeric: dict[tuple[str, int], tuple | None] = {}  # literal address -> sockaddr
 
     # -- the runner's API (loop thread) -------------------------------------
 
@@ -206,12 +208,21 @@ class CheckRunner:
             self._loop.call_soon(self._start_pending)
 
     def _start(self, run: CheckRun) -> None:
-        try:
-            builtin = BuiltinCheck.parse(run.command)
-        except ValueError as exc:
-            self._report(run, CheckOutcome(False, None, False, 0.0, str(exc)))
-            return
-        if builtin is not None:
+        parsed = self._parsed.get(run.command)
+        if parsed is None:
+            # Once per command, not once per run: a thousand probes every few
+            # seconds would otherwise spend their time parsing.
+            try:
+                parsed = (BuiltinCheck.parse(run.command), None)
+            except ValueError as exc:
+                parsed = (None, str(exc))
+            if len(self._parsed) > 10000:
+                self._parsed.clear()
+            self._parsed[run.command] = parsed
+        builtin, error = parsed
+        if error is not None:
+            self._report(run, CheckOutcome(False, None, False, 0.0, error))
+        elif builtin is not None:
             self._start_probe(run, builtin)
         else:
             self._spawn(run)
@@ -344,14 +355,17 @@ class CheckRunner:
                                          lambda: self._end_probe(probe, False, "no answer",
                                                                  timed_out=True))
         key = (check.host, check.port)
-        try:
-            ipaddress.ip_address(check.host)
-        except ValueError:
-            pass
-        else:
-            self._connect(probe, socket.getaddrinfo(
-                check.host, check.port, type=socket.SOCK_STREAM,
-                flags=socket.AI_NUMERICHOST)[0])
+        if key not in self._numeric:
+            try:
+                ipaddress.ip_address(check.host)
+            except ValueError:
+                self._numeric[key] = None  # a name: resolved off the loop below
+            else:
+                self._numeric[key] = socket.getaddrinfo(
+                    check.host, check.port, type=socket.SOCK_STREAM,
+                    flags=socket.AI_NUMERICHOST)[0]
+        if self._numeric[key] is not None:
+            self._connect(probe, self._numeric[key])
             return
         cached = self._addresses.get(key)
         if cached is not None and cached[0] > self._loop.clock():

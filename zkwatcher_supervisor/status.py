@@ -99,7 +99,7 @@ class StatusPublisher:
         fd, temporary = tempfile.mkstemp(prefix=".zkwatcher-status-", dir=directory)
         try:
             with os.fdopen(fd, "w") as out:
-                json.dump(state, out, indent=1, sort_keys=True)
+                json.dump(state, out, sort_keys=True, separators=(",", ":"))
             os.chmod(temporary, 0o644)
             if self._stopped:
                 raise OSError("the listener is stopping")  # its file is gone for good
