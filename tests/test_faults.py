@@ -296,11 +296,12 @@ def mode(server) -> str:
 
 
 def test_leader_killed_in_a_3_node_ensemble_loses_no_registration(
-        ensemble, write_config, driver, base_path):
+        ensemble, write_config, driver, base_path, tmp_path):
     hosts = ",".join(server.hosts for server in ensemble)
     # The DESIGN default session timeout: an election on a loaded 2-core machine
     # must not look like a dead listener.
-    config = write_config(section(base_path, "a", 1, cmd="true"), hosts=hosts,
+    runs = tmp_path / "runs"
+    config = write_config(section(base_path, "a", 1, cmd=f"echo >> {runs}"), hosts=hosts,
                           session_timeout=10)
     leader = next(server for server in ensemble if mode(server) == "leader")
     follower = next(server for server in ensemble if mode(server) == "follower")
@@ -309,6 +310,10 @@ def test_leader_killed_in_a_3_node_ensemble_loses_no_registration(
     drv = driver(config)
     wait_until(lambda: node_exists(observer, node), 10, what="registration")
     owner = observer.exists(node).ephemeralOwner
+    negotiated = {}
+    for server in ensemble:
+        negotiated.update(server.session_timeouts())
+    assert negotiated[owner] == 10000
 
     deletions = []
     observer.exists(node, watch=lambda event: deletions.append(event))
@@ -319,9 +324,9 @@ def test_leader_killed_in_a_3_node_ensemble_loses_no_registration(
                30, interval=0.2, what="new leader")
     print(f"new leader after {time.monotonic() - killed:.1f}s")
     wait_until(lambda: observer.connected and observer.exists(node), 15, what="observer back")
-    for _ in range(5):
-        drv.tick()
-        time.sleep(1)
+    seen = count_lines(runs)
+    wait_until(lambda: count_lines(runs) >= seen + 3, 10, what="three more check runs")
+    drv.tick()
     stat = observer.exists(node)
     assert stat is not None and stat.ephemeralOwner == owner  # same session, never dropped
     assert [e for e in deletions if e.type == "DELETED"] == []
