@@ -71,19 +71,24 @@ def test_a_check_that_exits_takes_what_it_left_running_with_it(
 
 
 def test_verbose_logs_kazoo_and_syslog_without_dev_log_falls_back_to_stderr(
-        write_config, driver, zk, base_path):
-    config = write_config(section(base_path, "s", 1, cmd="true"))
-    drv = driver(config, args=("-v", "-l"))
-    wait_until(lambda: node_exists(zk, f"{base_path}/s/host1:1"), 10, what="registered")
-    wait_until(lambda: "registered " in drv.stderr(), 5, what="registration logged")
-    log = drv.stderr()
+        write_config, driver, zk, base_path, tmp_path):
+    verbose = driver(write_config(section(base_path, "v", 1, cmd="true")), args=("-v",))
+    wait_until(lambda: node_exists(zk, f"{base_path}/v/host1:1"), 10, what="registered")
+    wait_until(lambda: "registered " in verbose.stderr(), 5, what="registration logged")
+    # Debug lines, kazoo's included (its requests to the server).
+    assert re.search(r"DEBUG .*(Sending request|Received response)", verbose.stderr()), \
+        verbose.stderr()[-3000:]
+
+    (tmp_path / "syslog").mkdir()
+    config = write_config(section(base_path, "s", 2, cmd="true"), name="syslog/zkwatcher.cfg")
+    syslog = driver(config, args=("-l",))
+    wait_until(lambda: node_exists(zk, f"{base_path}/s/host1:2"), 10, what="registered")
     if os.path.exists("/dev/log"):
-        assert "does not exist; logging to stderr" not in log
+        assert "logging to stderr" not in syslog.stderr()
     else:
-        assert "--syslog: /dev/log does not exist; logging to stderr" in log
-        # -v: debug lines, kazoo's included (its requests to the server).
-        assert " DEBUG " in log
-        assert re.search(r"DEBUG .*(Sending request|Received response)", log), log[-3000:]
+        wait_until(lambda: "registered " in syslog.stderr(), 5, what="registration logged")
+        assert "--syslog: /dev/log does not exist; logging to stderr" in syslog.stderr()
+        assert " DEBUG " not in syslog.stderr()
 
 
 def test_without_xmlrpc_access_a_warning_and_process_states_from_events(
@@ -127,8 +132,9 @@ def test_an_existing_parents_acl_is_left_as_it_is(
 def test_reload_moves_a_changed_path_and_keeps_zookeeper_settings_until_a_restart(
         write_config, supervisord, zookeeper, zk, base_path, tmp_path):
     """``supervisorctl signal HUP``: a section whose path changed moves its node;
-    a changed ``[zkwatcher] session_timeout`` is not applied (same session, same
-    negotiated timeout) and the log says it needs a restart."""
+    a changed ``[zkwatcher] session_timeout`` and a new ``[auth]`` are not applied
+    (same session, same negotiated timeout, no ACL) and the log says they need a
+    restart."""
     old_path, new_path = f"{base_path}/old", f"{base_path}/new"
     body = section(base_path, "web", 1, program="web", path=old_path) \
         + section(base_path, "other", 2, cmd="true")
@@ -145,7 +151,8 @@ def test_reload_moves_a_changed_path_and_keeps_zookeeper_settings_until_a_restar
     assert zookeeper.session_timeouts()[other.ephemeralOwner] == 10000
     pid = server.info("zkwatcher")["pid"]
 
-    write_config(body.replace(old_path, new_path), session_timeout=20)
+    write_config(body.replace(old_path, new_path)
+                 + "[auth]\nuser = deploy\npassword = s3cret\n", session_timeout=20)
     result = server.ctl("signal", "HUP", "zkwatcher")
     assert result.returncode == 0, result.stdout + result.stderr
     wait_until(lambda: node_exists(zk, f"{new_path}/host1:1")
@@ -156,6 +163,8 @@ def test_reload_moves_a_changed_path_and_keeps_zookeeper_settings_until_a_restar
     assert moved.ephemeralOwner == other.ephemeralOwner
     assert json.loads(zk.get(f"{new_path}/host1:1")[0])["pid"] == pid
     assert zookeeper.session_timeouts()[other.ephemeralOwner] == 10000
+    # Still without [auth]: the moved node is as open as the session that made it.
+    assert zk.get_acls(f"{new_path}/host1:1")[0] == [ACL(Permissions.ALL, Id("world", "anyone"))]
     after = zk.exists(f"{base_path}/other/host1:2")
     assert (after.czxid, after.mzxid) == (other.czxid, other.mzxid)  # untouched
     assert server.info("zkwatcher")["pid"] == pid
