@@ -74,7 +74,8 @@ def supervisord(tmp_path):
         server.stop()
 
 
-def listener_section(config: Path, events: str = "PROCESS_STATE,TICK_5", extra: str = "") -> str:
+def listener_section(config: Path, events: str = "PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION",
+                     extra: str = "") -> str:
     return textwrap.dedent(f"""
         [eventlistener:zkwatcher]
         command = {LISTENER} -c {config}

@@ -522,3 +522,36 @@ def test_restart_after_the_session_expired_starts_afresh(zk, write_config, drive
     wait_until(lambda: node_exists(zk, node), 5, interval=0.01, what="registered again")
     assert json.loads(zk.get(node)[0])["pid"] == second.process.pid
     assert "has expired; started" in second.stderr()
+
+
+@pytest.mark.parametrize("payload_format", ["nd_service_registry", "serverset"])
+def test_node_made_just_before_a_crash_is_not_left_behind(
+        zk, write_config, driver, base_path, tmp_path, payload_format):
+    """Killed after a create's reply but before the session file recorded it:
+    the restarted listener still finds that node of its session.  Unwanted, it
+    goes; wanted again later, there is still only one."""
+    from zkwatcher_supervisor import session_file
+
+    flag = tmp_path / "up"
+    flag.touch()
+    config = write_config(section(base_path, "a", 1, cmd=f"test -f {flag}")
+                          + f"payload_format = {payload_format}\n", session_timeout=10)
+    first = driver(config)
+    parent = f"{base_path}/a"
+    wait_until(lambda: zk.exists(parent) and zk.get_children(parent), 10, what="registered")
+    wait_until(lambda: session_file.load(session_file.default_path(str(config))).nodes, 5,
+               what="session file written")
+    path = session_file.default_path(str(config))
+    saved = session_file.load(path)
+    session_file.save(path, session_file.SavedSession(saved.session_id, saved.password, {}))
+    first.process.kill()
+    first.process.wait()
+    flag.unlink()  # unhealthy when the next listener starts
+    second = driver(config)
+    wait_until(lambda: "reattached to session" in second.stderr(), 5, what="reattached")
+    wait_until(lambda: not zk.get_children(parent), 5, interval=0.05,
+               what="the node of the dead listener's last moment gone")
+    flag.touch()
+    wait_until(lambda: zk.get_children(parent), 5, what="registered again")
+    time.sleep(2)
+    assert len(zk.get_children(parent)) == 1

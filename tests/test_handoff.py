@@ -129,7 +129,8 @@ def test_successor_deregisters_what_changed_during_the_hand_over(
           f"{time.monotonic() - started:.2f}s")
     assert node_exists(zk, f"{base_path}/s0/host1:1")
     log = (config.parent / "zkwatcher.log").read_text()
-    assert f"deregistered {node}" in log[log.index("handing over session"):]  # the successor
+    successor = log[log.index("handing over session"):]
+    assert f"deregistered {node}" in successor or f"deleting {node}" in successor
 
 
 def test_without_a_successor_the_nodes_go_with_the_session(
@@ -169,3 +170,26 @@ def test_handoff_command_repeated_20_times_without_a_flap(
     assert len(pids) == 21
     assert consumer.events == []
     assert {n: zk.exists(n).czxid for n in nodes} == before
+
+
+def test_hand_over_of_a_rise_2_section_shows_consumers_nothing(
+        write_config, supervisord, zk, base_path):
+    """The successor's first pass is not yet a verdict with rise = 2: the
+    reattached node is kept until the check has decided."""
+    config = write_config(textwrap.dedent(f"""
+        [s0]
+        cmd = true
+        refresh = 2
+        rise = 2
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/s0
+        """), session_timeout=10)
+    server = supervisord(listener_section(config, extra=HANDOVER_LISTENER))
+    node = f"{base_path}/s0/host1:1"
+    wait_until(lambda: node_exists(zk, node), 20, what="registered")
+    consumer = EveryEvent(zk, [node])
+    old = signal_listener(server, signal.SIGUSR2)
+    wait_for_successor(server, old)
+    time.sleep(5)  # two check runs: rise reached
+    assert consumer.events == []

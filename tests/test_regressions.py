@@ -313,6 +313,17 @@ def program_processes() -> Iterator:
             proc.wait()
 
 
+def terminate(drv: ProtocolDriver) -> tuple[int, float]:
+    """SIGTERM the listener; its exit status and how long it took to exit."""
+    started = time.monotonic()
+    drv.process.terminate()
+    try:
+        status = drv.process.wait(10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the listener hangs after SIGTERM") from None
+    return status, time.monotonic() - started
+
+
 def state_event(drv_or_ticker, name: str, state: str, from_state: str, pid: int = 0) -> None:
     extra = f" pid:{pid}" if state == "RUNNING" else ""
     drv_or_ticker.send(f"PROCESS_STATE_{state}",
@@ -540,13 +551,7 @@ def test_sigterm_while_zookeeper_is_unreachable_exits_0_within_1s(
             else:
                 proxy.stall()
             time.sleep(1.0)  # checks go on; the listener may or may not have noticed yet
-        started = time.monotonic()
-        drv.process.terminate()
-        try:
-            status = drv.process.wait(10)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the listener hangs after SIGTERM") from None
-        elapsed = time.monotonic() - started
+        status, elapsed = terminate(drv)
         print(f"SIGTERM -> exit with ZooKeeper {fault}: {elapsed:.2f}s")
         assert status == 0, drv.stderr()[-2000:]
         assert elapsed < 1.0, elapsed
@@ -607,13 +612,7 @@ def test_sigterm_during_the_startup_process_snapshot_exits_promptly_and_cleanly(
         silent.settimeout(10)
         conn, _ = silent.accept()  # the listener is now waiting for its answer
         time.sleep(0.3)
-        started = time.monotonic()
-        drv.process.terminate()
-        try:
-            status = drv.process.wait(10)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the listener hangs after SIGTERM") from None
-        elapsed = time.monotonic() - started
+        status, elapsed = terminate(drv)
         print(f"SIGTERM during the start-up snapshot -> exit {elapsed:.2f}s, status {status}")
         stderr = drv.stderr()
         assert "Traceback" not in stderr, stderr

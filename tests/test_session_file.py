@@ -18,7 +18,7 @@ def test_round_trip_with_private_modes(tmp_path):
     session_file.save(path, SESSION)
     assert session_file.load(path) == SESSION
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o755  # others read, never write
 
 
 def test_a_file_others_may_write_is_refused(tmp_path, caplog):

@@ -33,7 +33,7 @@ def test_soak_nodes_equal_the_rules_at_every_quiet_point(zookeeper, tmp_path):
     # A soak that did nothing proves nothing: every kind of fault happened.
     kinds = ["stop", "start", "restart", "kill -9", "flag flip", "delete by hand",
              *(f"reload: {change}" for change in RELOADS),
-             "zookeeper cut", "zookeeper expiry", "zookeeper partition"]
+             "zookeeper cut", "zookeeper expiry", "zookeeper partition", "drain", "undrain"]
     done = {kind: report.operations.get(kind, 0) for kind in kinds}
     assert all(count >= 2 for count in done.values()), done
     assert sum(done.values()) >= 150, done

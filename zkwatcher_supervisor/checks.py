@@ -217,7 +217,11 @@ class CheckRunner:
             self._spawn(run)
 
     def _spawn(self, run: CheckRun) -> None:
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:  # out of file descriptors: this run fails, nothing else
+            self._report(run, CheckOutcome(False, None, False, 0.0, f"cannot start: {exc}"))
+            return
         os.set_blocking(read_fd, False)  # only our end: the check's stdout stays blocking
         argv = command_argv(run.command)
         try:
@@ -233,14 +237,19 @@ class CheckRunner:
             return
         finally:
             os.close(write_fd)
-        pidfd = os.pidfd_open(pid) if _HAVE_PIDFD else None
+        pidfd = None
+        if _HAVE_PIDFD:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                pass  # out of file descriptors: this one is polled instead
         process = _Process(run, pid, read_fd, pidfd, self._loop.clock())
         self._processes[pid] = process
         self._by_section[run.section] = process
         self._loop.add_reader(read_fd, lambda: self._read_output(process))
         if pidfd is not None:
             self._loop.add_reader(pidfd, lambda: self._reap(process))
-        elif self._poller is None:
+        if pidfd is None and self._poller is None:
             self._poller = self._loop.call_later(_POLL_INTERVAL, self._poll_exits)
         process.timer = self._loop.call_at(process.started + run.timeout,
                                            lambda: self._deadline(process))
@@ -319,10 +328,11 @@ class CheckRunner:
 
     def _poll_exits(self) -> None:
         self._poller = None
-        for process in list(self._processes.values()):
+        unwatched = [process for process in self._processes.values() if process.pidfd is None]
+        for process in unwatched:
             if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
                 self._reap(process)
-        if self._processes:
+        if any(process.pidfd is None for process in self._processes.values()):
             self._poller = self._loop.call_later(_POLL_INTERVAL, self._poll_exits)
 
     # -- probes -----------------------------------------------------------------
@@ -347,20 +357,29 @@ class CheckRunner:
         if cached is not None and cached[0] > self._loop.clock():
             self._connect(probe, cached[1])
             return
-        waiting = self._resolving.setdefault(key, [])
-        waiting.append(probe)
-        if len(waiting) == 1:
+        waiting = self._resolving.get(key)
+        if waiting is not None and waiting[0] + RESOLVE_TTL < self._loop.clock():
+            waiting = None  # that lookup hangs: let a new one try (the old one is ignored)
+        if waiting is None:
+            waiting = self._resolving[key] = [self._loop.clock()]
+        # Probes that time out while waiting are skipped when the answer comes.
+        waiting[1:] = [p for p in waiting[1:] if not p.done] + [probe]
+        if len(waiting) == 2:
             # Name lookups block; one at a time per name, off the loop.
             offload(self._loop,
                     lambda: socket.getaddrinfo(check.host, check.port,
                                                type=socket.SOCK_STREAM)[0],
-                    lambda address, error: self._resolved(key, address, error),
+                    lambda address, error, lookup=waiting: self._resolved(key, lookup,
+                                                                          address, error),
                     name="resolve")
 
-    def _resolved(self, key: tuple[str, int], address, error: BaseException | None) -> None:
+    def _resolved(self, key: tuple[str, int], lookup: list, address,
+                  error: BaseException | None) -> None:
         if error is None:
             self._addresses[key] = (self._loop.clock() + RESOLVE_TTL, address)
-        for probe in self._resolving.pop(key, []):
+        if self._resolving.get(key) is lookup:
+            del self._resolving[key]
+        for probe in lookup[1:]:
             if probe.done:
                 continue
             if error is None:

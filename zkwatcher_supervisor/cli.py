@@ -24,15 +24,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zkwatcher-supervisor",
         description="supervisord event listener that registers healthy services in ZooKeeper. "
-        "Run it from an [eventlistener:x] section with events = PROCESS_STATE,TICK_5.",
+        "Run it from an [eventlistener:x] section with "
+        "events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION.",
     )
-    parser.add_argument("command", nargs="?", choices=["run", "status", "handoff"],
+    parser.add_argument("command", nargs="?",
+                        choices=["run", "status", "handoff", "drain", "undrain"],
                         default="run",
                         help="run: the supervisord event listener (default); status: one line "
                         "per section from the running listener and ZooKeeper, exit 0 only "
                         "when every section is registered exactly when it is healthy; "
                         "handoff: restart the listener through supervisord, keeping its "
-                        "ZooKeeper session and every node")
+                        "ZooKeeper session and every node; drain/undrain SECTION...: take "
+                        "sections out of discovery (and put them back) without stopping them")
+    parser.add_argument("sections", nargs="*", metavar="SECTION",
+                        help="drain/undrain: the sections to act on")
+    parser.add_argument("--program", help="drain/undrain: every section bound to this program")
+    parser.add_argument("--all", action="store_true", help="drain/undrain: every section")
+    parser.add_argument("--reason", default="", help="drain: why (shown by status)")
+    parser.add_argument("--for", dest="duration", metavar="DURATION",
+                        help="drain: undrain by itself after this long (90s, 15m, 2h, 1d)")
+    parser.add_argument("--stop", action="store_true",
+                        help="drain: once ZooKeeper confirmed the deletion, wait --wait "
+                        "seconds, then stop the bound programs through supervisord")
+    parser.add_argument("--wait", type=float, metavar="SECONDS",
+                        help="drain --stop: seconds between deregistering and stopping "
+                        "(default: the sections' drain_seconds, else 0)")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                         help=f"service config file (default: {DEFAULT_CONFIG})")
     parser.add_argument("-s", "--server",
@@ -104,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "status":
         return show_status(config)
+    if args.command in ("drain", "undrain"):
+        from .drain import run_drain
+
+        return run_drain(config, args)
     if args.command == "handoff":
         from .handoff import DEFAULT_SERVER_URL, hand_over
 

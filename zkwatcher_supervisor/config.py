@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import ast
 import configparser
-import hashlib
 import json
 import os
 import re
 import socket
-import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from .session_file import state_path
 
 GLOBAL_SECTION = "zkwatcher"
 AUTH_SECTION = "auth"
@@ -48,6 +48,7 @@ SERVICE_KEYS = {
     "zookeeper_data",
     "payload_format",
     "expect_status",
+    "drain_seconds",
 }
 
 # %(key)s in a value, as configparser's BasicInterpolation reads it.
@@ -143,6 +144,7 @@ class ServiceSettings:
     zookeeper_data: dict[str, Any] = field(default_factory=dict, hash=False)
     payload_format: str = "nd_service_registry"
     expect_status: int | None = None  # for http:// checks; None = any 2xx
+    drain_seconds: float = 0.0  # drain --stop: wait this long between deregistering and stopping
     # The port as written when that differs from str(service_port) ("0080"):
     # zk_watcher put the text into the node name, so consumers know that name.
     port_text: str | None = None
@@ -210,9 +212,10 @@ class Config:
 
 
 def default_status_file(config_filename: str) -> str:
-    """Where the listener for ``config_filename`` publishes its state unless told otherwise."""
-    digest = hashlib.sha256(os.path.realpath(config_filename).encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"zkwatcher-supervisor-{digest}.json")
+    """Where the listener for ``config_filename`` publishes its state unless told otherwise:
+    its private state directory, never a predictable name in a world-writable one (a
+    forged status file could make ``status`` exit 0)."""
+    return state_path(config_filename, "status")
 
 
 def parse_zookeeper_data(text: str, notes: list[str] | None = None) -> dict[str, Any]:
@@ -396,7 +399,7 @@ class _Section:
             raise self.error(key, f"must be {bounds}, got {value}")
         return value
 
-    def seconds(self, key: str, default: float) -> float:
+    def seconds(self, key: str, default: float, allow_zero: bool = False) -> float:
         raw = self.text(key)
         if raw is None:
             return default
@@ -404,6 +407,8 @@ class _Section:
             value = float(raw)
         except ValueError:
             raise self.error(key, f"expected a number of seconds, got {raw!r}") from None
+        if allow_zero and value == 0:
+            return value
         if not value > 0 or value == float("inf"):
             raise self.error(key, f"must be a positive number of seconds, got {raw!r}")
         return value
@@ -499,6 +504,7 @@ def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
         payload_format=payload_format,
         expect_status=expect_status,
         port_text=port_text,
+        drain_seconds=section.seconds("drain_seconds", 0.0, allow_zero=True),
     )
 
 

@@ -3,11 +3,12 @@
 Everything that can change what we register arrives on the main thread's
 event loop (:mod:`.loop`) and is handled there, in order, to completion:
 supervisord's events on stdin, check processes and probes, the pidfds of
-bound programs, signals (TERM, INT, HUP), timers, and the results of slow
-work done elsewhere (reading a reloaded config, supervisord's XML-RPC
+bound programs, signals (TERM, INT, HUP, USR2), timers, and the results of
+slow work done elsewhere (reading a reloaded config, supervisord's XML-RPC
 answer).  The :class:`Watcher` turns them into health (:mod:`.health`, pure)
 and health into the set of znodes we want, which it hands to the registry —
-the only other thread that matters, fed by that one ordered stream.
+the only other thread that matters, fed by that one ordered stream.  USR2
+hands the ZooKeeper session, and so every node, to the next listener.
 
 Nothing on the path from reading an event to answering it waits for a check,
 for ZooKeeper, or for a file.
@@ -17,15 +18,18 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
 from typing import BinaryIO, Callable, TextIO
 
 from supervisor import childutils
 
+from . import drain
 from .checks import CheckOutcome, CheckRunner, close_inherited_fds_on_exec
 from .config import Config, ConfigError, ServiceSettings, load_config
 from .health import OVERDUE_GRACE, RUNNING, CheckRun, Health
@@ -71,7 +75,7 @@ class Watcher:
     """
 
     def __init__(self, config: Config, registry: Registry, loop: EventLoop,
-                 hosts_override: str | None = None) -> None:
+                 hosts_override: str | None = None, drain_path: str | None = None) -> None:
         self.config = config
         self.loop = loop
         self.registry = registry
@@ -96,12 +100,31 @@ class Watcher:
         self._snapshot_applied = 0
         self._snapshot_in_flight = False
         self._snapshot_again = False
+        self._snapshot_failures = 0
         self._reload_reading = False
         self._reload_again = False
+        # Long enough for the slowest section to reach a verdict: rise passes
+        # (one now, the rest a refresh apart), each within its timeout.
         self._settle_by = loop.clock() + SETTLE_SLACK + max(
-            (service.timeout for service in config.services), default=0.0)
+            ((service.rise - 1) * max(1, service.refresh) + service.timeout
+             for service in config.services), default=0.0)
         self._settled = False
         self._snapshot_answered = False
+        # Drained sections (operator's orders, kept across restarts) and the
+        # acknowledgements of recent drain requests, shown in the status file.
+        self._drain_path = drain_path
+        self._drained: dict[str, drain.Drain] = {}
+        self._drain_timers: dict[str, Timer] = {}
+        self._drain_saving = False
+        self._drain_save_again = False
+        self._requests: OrderedDict[str, dict] = OrderedDict()
+        if drain_path is not None:
+            saved = drain.load(drain_path)
+            for name, entry in saved.items():
+                if name in self.services:  # a section removed meanwhile drops out
+                    self._set_drain(name, entry)
+            if set(saved) != set(self._drained):
+                self._save_drains()
         loop.on_idle(self.pump)
         registry.on_change = lambda: loop.post(self.status.changed)
         registry.on_fatal = loop.fail
@@ -117,12 +140,16 @@ class Watcher:
         if self._settled:
             return
         snapshot_known = self._snapshot_answered or not self._snapshot_in_flight
+        # A check's verdict is in when rise/fall have decided it, not at its first
+        # result: a section with rise 2 is down after one pass, yet healthy.
         checks_known = all(
-            section.last_result is not None or not section.process_up
+            section.check_up or section.failures >= section.service.fall
+            or not section.process_up
             for section in self.health.sections.values() if section.service.cmd is not None)
         if (snapshot_known and checks_known) or self.loop.clock() >= self._settle_by:
             self._settled = True
-            self.registry.settled()
+            self.registry.settled({posixpath.dirname(service.node_path)
+                                   for service in self.services.values()})
         else:
             self.loop.call_later(0.1, self._check_settled)
 
@@ -155,6 +182,10 @@ class Watcher:
             self._process_seq[key] = self._event_seq
             self.process_state(*key, event[len(PROCESS_STATE_PREFIX):],
                                int(fields.get("pid", "0") or 0))
+        elif event == "REMOTE_COMMUNICATION":
+            request = drain.parse_event(payload)
+            if request is not None:
+                self._drain_request(request)
         # TICK_* and anything else: the pump after this starts due checks.
 
     def _stale(self, key: tuple[str, str], from_state: str | None) -> bool:
@@ -268,12 +299,13 @@ class Watcher:
         current = self._registrations.get(name)
         service = self.services.get(name)
         section = self.health.sections.get(name)
-        if section is None or not section.up:
+        if section is None or not section.up or name in self._drained:
             if current is not None:
                 del self._registrations[name]
                 if self._holder.get(current.path) == name:
                     del self._holder[current.path]
-                why = "removed from the config" if service is None else "unhealthy"
+                why = "removed from the config" if service is None else \
+                    "drained" if name in self._drained else "unhealthy"
                 log.info("[%s] %s: deregistering %s", name, why,
                          self.registry.node_of(current.path) or current.service.display_path)
             return None
@@ -327,8 +359,9 @@ class Watcher:
         """Switch to a new config: unchanged sections keep their nodes untouched,
         changed ones are updated in place or moved, removed ones deregistered."""
         if config.zookeeper != self.config.zookeeper:
-            log.warning("reload: [zkwatcher]/[auth] changes need a restart; keeping %s",
-                        self.config.zookeeper.hosts)
+            log.warning("reload: [zkwatcher]/[auth] changes need a restart (zkwatcher-"
+                        "supervisor handoff); keeping %s", self.config.zookeeper.hosts)
+            config = replace(config, zookeeper=self.config.zookeeper)
         old_sections = dict(self.health.sections)
         self.config = config
         self.services = {service.name: service for service in config.services}
@@ -337,6 +370,8 @@ class Watcher:
             if self.health.sections.get(name) is not section:
                 self.checks.cancel(name)  # its result would describe another check
                 self._last_checks.pop(name, None)
+        for name in [name for name in self._drained if name not in self.services]:
+            self._set_drain(name, None)  # the section is gone, and its drain with it
         self._dirty.update(old_sections)
         self._dirty.update(self.services)
         log.info("reloaded %s: %d section(s)", config.filename, len(config.services))
@@ -365,17 +400,31 @@ class Watcher:
 
     def _snapshot_late(self, request: int) -> None:
         if self._snapshot_in_flight and request == self._snapshot_request:
+            # A hung call must not block every later snapshot: ask again (a
+            # late answer to this one is still applied if nothing newer was).
             log.warning("supervisord has not answered XML-RPC in %.0fs; going on with "
-                        "events alone", RPC_TIMEOUT)
+                        "events, asking again", RPC_TIMEOUT)
+            self._snapshot_in_flight = False
+            self._snapshot_answered = True
+            self._retry_snapshot()
+
+    def _retry_snapshot(self) -> None:
+        self._snapshot_failures += 1
+        delay = min(RPC_TIMEOUT * 2 ** (self._snapshot_failures - 1), 60.0)
+        self.loop.call_later(delay, self.request_snapshot)
 
     def _snapshot_done(self, request: int, since: int, infos: list | None,
                        error: BaseException | None) -> None:
-        self._snapshot_in_flight = False
-        self._snapshot_answered = True
+        if request == self._snapshot_request:
+            self._snapshot_in_flight = False
+            self._snapshot_answered = True
         if error is not None:
-            log.warning("cannot read process states from supervisord (%r); waiting for "
-                        "events", error)
+            if request == self._snapshot_request:
+                log.warning("cannot read process states from supervisord (%r); going on "
+                            "with events, asking again", error)
+                self._retry_snapshot()
         elif request > self._snapshot_applied:
+            self._snapshot_failures = 0
             self._snapshot_applied = request
             for info in infos:
                 key = (info["group"], info["name"])
@@ -388,6 +437,92 @@ class Watcher:
         if self._snapshot_again:
             self._snapshot_again = False
             self.request_snapshot()
+
+    # -- drain ----------------------------------------------------------------
+
+    def _drain_request(self, request: dict) -> None:
+        """A drain/undrain request from ``zkwatcher-supervisor drain`` via supervisord."""
+        if request.get("config") != os.path.realpath(self.config.filename):
+            return  # meant for another listener of this supervisord
+        action = request.get("action")
+        names = [name for name in request.get("sections", []) if name in self.services]
+        if action not in ("drain", "undrain") or not isinstance(request.get("id"), str):
+            log.warning("ignoring a drain request I do not understand: %r", request)
+            return
+        by = str(request.get("by") or "?")
+        for name in names:
+            if action == "drain":
+                until = request.get("until")
+                entry = drain.Drain(str(request.get("reason") or ""), by, time.time(),
+                                    float(until) if until is not None else None)
+                log.info("[%s] drained by %s%s%s", name, by,
+                         f": {entry.reason}" if entry.reason else "",
+                         f" for {entry.until - entry.since:.0f}s" if entry.until else "")
+                self._set_drain(name, entry)
+            elif name in self._drained:
+                log.info("[%s] undrained by %s", name, by)
+                self._set_drain(name, None)
+        self._requests[request["id"]] = {"action": action, "sections": names,
+                                         "accepted": time.time()}
+        while len(self._requests) > 50:
+            self._requests.popitem(last=False)
+        self._save_drains()
+        self.status.changed()
+
+    def _set_drain(self, name: str, entry: drain.Drain | None) -> None:
+        timer = self._drain_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        if entry is None or (entry.until is not None and entry.until <= time.time()):
+            if self._drained.pop(name, None) is not None and entry is not None:
+                log.info("[%s] drain expired", name)
+        else:
+            self._drained[name] = entry
+            if entry.until is not None:
+                self._drain_timers[name] = self.loop.call_later(
+                    entry.until - time.time(), lambda: self._drain_expired(name, entry))
+        self._dirty.add(name)
+
+    def _drain_expired(self, name: str, entry: drain.Drain) -> None:
+        if self._drained.get(name) is entry:
+            log.info("[%s] drain for %.0fs is over", name, entry.until - entry.since)
+            self._drain_timers.pop(name, None)
+            self._drained.pop(name)
+            self._dirty.add(name)
+            self._save_drains()
+            self.status.changed()
+
+    def _save_drains(self) -> None:
+        """Persist the drained sections off the loop, one write at a time, newest last."""
+        if self._drain_path is None:
+            return
+        if self._drain_saving:
+            self._drain_save_again = True
+            return
+        self._drain_saving = True
+        path, drains = self._drain_path, dict(self._drained)
+        offload(self.loop, lambda: drain.save(path, drains), self._drains_saved,
+                name="drain-state")
+
+    def _drains_saved(self, _result, error: BaseException | None) -> None:
+        self._drain_saving = False
+        if error is not None:
+            log.error("cannot save the drained sections to %s: %s; they would not survive "
+                      "a restart", self._drain_path, error)
+        if self._drain_save_again:
+            self._drain_save_again = False
+            self._save_drains()
+
+    def _acknowledgements(self, registered: frozenset[str]) -> dict[str, dict]:
+        """Recent drain requests: applied, and (for drains) ZooKeeper confirmed the deletions."""
+        answers = {}
+        for request_id, entry in self._requests.items():
+            confirmed = entry["action"] == "undrain" or (
+                self.registry.connected and not any(
+                    self.services[name].node_path in registered
+                    for name in entry["sections"] if name in self.services))
+            answers[request_id] = {**entry, "confirmed": confirmed}
+        return answers
 
     # -- status ---------------------------------------------------------------
 
@@ -419,6 +554,7 @@ class Watcher:
                 "registered": service.node_path in registered,
                 "processes": {f"{g}:{n}": p.state for (g, n), p in section.processes.items()},
                 "check": check,
+                "drained": asdict(self._drained[name]) if name in self._drained else None,
             }
         return {
             "pid": os.getpid(),
@@ -430,6 +566,7 @@ class Watcher:
             "counters": {"registrations": self.registry.registrations,
                          "deregistrations": self.registry.deregistrations},
             "sections": sections,
+            "requests": self._acknowledgements(registered),
         }
 
 
@@ -529,8 +666,26 @@ def run(config: Config, hosts_override: str | None = None,
         stdin = sys.stdin.buffer
     close_inherited_fds_on_exec()
     loop = EventLoop()
+    stopping: list[str] = []
+    watchers: list[Watcher] = []  # set below; a HUP before then has nothing to reload
+
+    def on_signal(signum: int, frame) -> None:
+        # Runs between two bytecodes of the loop: only hand the signal over.
+        if signum == signal.SIGHUP:
+            if watchers:
+                loop.post(watchers[0].request_reload)
+        else:
+            stopping.append(signal.Signals(signum).name)
+            loop.stop()
+
+    # First of all, so no signal we handle can take its default action (death).
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, on_signal)
+    signal.set_wakeup_fd(loop.wakeup_fd, warn_on_full_buffer=False)
     registry = Registry(config.zookeeper, session_path=default_session_path(config.filename))
-    watcher = Watcher(config, registry, loop, hosts_override)
+    watcher = Watcher(config, registry, loop, hosts_override,
+                      drain_path=drain.state_path(config.filename))
+    watchers.append(watcher)
     _exit_on_thread_crash(loop)
     if config.metrics_port:
         from . import metrics
@@ -540,19 +695,6 @@ def run(config: Config, hosts_override: str | None = None,
         except OSError as exc:
             log.error("metrics_port %d: %s; running without metrics", config.metrics_port, exc)
 
-    stopping: list[str] = []
-
-    def on_signal(signum: int, frame) -> None:
-        # Runs between two bytecodes of the loop: only hand the signal over.
-        if signum == signal.SIGHUP:
-            loop.post(watcher.request_reload)
-        else:
-            stopping.append(signal.Signals(signum).name)
-            loop.stop()
-
-    for signum in HANDLED_SIGNALS:
-        signal.signal(signum, on_signal)
-    signal.set_wakeup_fd(loop.wakeup_fd, warn_on_full_buffer=False)
     protocol = ProtocolReader(loop, stdin, stdout, watcher.handle_event, loop.stop)
     status = 0
     try:

@@ -198,7 +198,7 @@ def offload(loop: EventLoop, work: Callable[[], Any],
     def job() -> None:
         try:
             result = work()
-        except Exception as exc:
+        except BaseException as exc:  # always answer, or the loop waits for ever
             error = exc  # ``exc`` is unbound after the except block
             loop.post(lambda: done(None, error))
         else:

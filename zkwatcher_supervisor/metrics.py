@@ -26,21 +26,28 @@ class SnapshotCollector:
 
     def collect(self):
         state = self._snapshot()
+        if not state:
+            return  # nothing published yet (the first moments after start)
         up = GaugeMetricFamily("zkwatcher_section_up", "1 while the section is healthy",
                                labels=["section"])
         registered = GaugeMetricFamily("zkwatcher_section_registered",
                                        "1 while the section's znode is in ZooKeeper",
                                        labels=["section"])
+        drained = GaugeMetricFamily("zkwatcher_section_drained",
+                                    "1 while the section is drained (out of discovery on purpose)",
+                                    labels=["section"])
         duration = GaugeMetricFamily("zkwatcher_check_duration_seconds",
                                      "How long the section's last check took", labels=["section"])
         for name, section in state["sections"].items():
             up.add_metric([name], int(section["healthy"]))
             registered.add_metric([name], int(section["registered"]))
+            drained.add_metric([name], int(bool(section.get("drained"))))
             check = section.get("check") or {}
             if check.get("duration") is not None:
                 duration.add_metric([name], check["duration"])
         yield up
         yield registered
+        yield drained
         yield duration
         counters = state["counters"]
         yield CounterMetricFamily("zkwatcher_registrations", "Znodes created",

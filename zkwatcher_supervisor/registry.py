@@ -24,7 +24,7 @@ import logging
 import posixpath
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient, KazooState
@@ -200,13 +200,17 @@ class Registry:
                 self._failures.pop(path, None)  # new wishes are tried at once
         self._wake.set()
 
-    def settled(self) -> None:
+    def settled(self, parents: Collection[str] = ()) -> None:
         """The wanted set is now complete: nodes of a reattached session that are
         not wanted may go.  Until then they are kept, so a restart does not flap
-        a node whose section turns out healthy a moment later."""
+        a node whose section turns out healthy a moment later.  ``parents``: the
+        znodes under which the config registers; after a reattach, any node of
+        our session there that nothing wants is deleted (our previous
+        incarnation may have created it and died before saving its name)."""
         with self._lock:
             self._holding = False
             self._examine_all = True
+            self._sweep |= set(parents)
         self._wake.set()
 
     @property
@@ -291,7 +295,9 @@ class Registry:
 
     def _work(self) -> None:
         while True:
-            self._wake.wait(self._next_wait())
+            # Retries wait for their time only while connected; a reconnect
+            # wakes us and clears them (waiting for a past retry would spin).
+            self._wake.wait(self._next_wait() if self._client.connected else None)
             self._wake.clear()
             if self._stopping:
                 return
@@ -352,6 +358,7 @@ class Registry:
                          session_id)
             self._owned.clear()
             self._nodes = {}
+            self._reattached = False
         self._keys = {node: key for key, node in self._nodes.items()}
         self._uncertain.clear()  # a lost create of the old session died with it
         self._session_id = session_id
@@ -371,6 +378,7 @@ class Registry:
                 self._session_id, self._password, nodes))
         except OSError as exc:
             log.warning("cannot write the session file %s: %s", self._session_path, exc)
+            return  # tried again after the next change
         self._saved_nodes = nodes
 
     def _node(self, key: str) -> str | None:
@@ -454,7 +462,7 @@ class Registry:
         if self._uncertain:
             self._resolve_uncertain(session_id)
         if self._reattached and not self._holding:
-            self._sweep_unclaimed(session_id)
+            self._sweep_unclaimed(session_id, wanted)
         lookups = {}
         actions = {}
         for path in sorted(suspect):
@@ -595,27 +603,49 @@ class Registry:
         for key, data in wanted.items():
             if sequence_prefix(key) is not None and key not in self._nodes:
                 self._uncertain.setdefault(key, (None, data))
-                self._sweep.add(posixpath.dirname(key))
 
-    def _sweep_unclaimed(self, session_id: int) -> None:
-        """Once settled after a reattach: delete members of our session that no
-        section claims, under the parents we looked in."""
-        self._reattached = False
-        for parent in sorted(self._sweep):
+    def _sweep_unclaimed(self, session_id: int, wanted: dict[str, bytes]) -> None:
+        """Once settled after a reattach: delete the nodes of our session that no
+        section wants, under every parent the config registers in.  Pipelined;
+        repeated on the next pass if the connection drops half way."""
+        with self._lock:
+            parents = sorted(self._sweep)
+        claimed = set(self._nodes.values()) | {key for key in wanted
+                                              if sequence_prefix(key) is None}
+        listings = [(parent, self._client.get_children_async(parent)) for parent in parents]
+        candidates = []
+        for parent, listing in listings:
             try:
-                children = self._client.get_children(parent)
+                children = listing.get(timeout=REPLY_TIMEOUT)
             except NoNodeError:
                 continue
-            for child in children:
-                node = posixpath.join(parent, child)
-                if node in self._keys or not child.startswith("member_"):
-                    continue
-                stat = self._client.exists(node)
-                if stat is not None and stat.ephemeralOwner == session_id:
-                    log.info("deleting %s: a member of our session that no section claims",
-                             node)
-                    self._client.delete(node, stat.version)
-        self._sweep.clear()
+            candidates += [posixpath.join(parent, child) for child in children
+                           if posixpath.join(parent, child) not in claimed]
+        lookups = [(node, self._client.exists_async(node)) for node in candidates]
+        deletions = []
+        for node, lookup in lookups:
+            stat = lookup.get(timeout=REPLY_TIMEOUT)
+            if stat is not None and stat.ephemeralOwner == session_id:
+                log.info("deleting %s: a node of our session that no section wants", node)
+                deletions.append((node, self._client.delete_async(node, stat.version)))
+        self._await_deletions(deletions)
+        for node, _ in deletions:
+            key = self._keys.get(node, node)
+            self._forget_node(key)
+        with self._lock:
+            self._sweep.difference_update(parents)
+        self._reattached = False
+
+    def _await_deletions(self, deletions: list) -> None:
+        for node, deletion in deletions:
+            try:
+                deletion.get(timeout=REPLY_TIMEOUT)
+            except (NoNodeError, BadVersionError):
+                pass  # gone already, or changed: the next look decides
+            except CONNECTION_ERRORS:
+                raise
+            except KazooException as exc:
+                log.error("%s: delete failed: %r", node, exc)
 
     def _resolve_uncertain(self, session_id: int) -> None:
         """Find the members whose create reply a lost connection swallowed.
@@ -654,7 +684,7 @@ class Registry:
                 if stat.ephemeralOwner == session_id:
                     ours.append((node, data, stat))
             for key in keys:
-                _, attempted = self._uncertain.pop(key)
+                _, attempted = self._uncertain[key]
                 match = next((entry for entry in ours
                               if same_registration(entry[1], attempted)), None)
                 if match is not None:
@@ -664,12 +694,15 @@ class Registry:
                     self._nodes[key], self._keys[node] = node, key
                     self._client.exists_async(node, watch=self._on_watch)
                     log.info("registered %s (its create's reply was lost)", node)
-            if self._reattached:
-                continue  # the sweep after settling deals with the rest
-            for node, _, stat in ours:
-                log.info("deleting %s: a duplicate member from a create whose reply was "
-                         "lost", node)
-                self._client.delete(node, stat.version)
+            if not self._reattached:  # else the sweep after settling deals with the rest
+                deletions = []
+                for node, _, stat in ours:
+                    log.info("deleting %s: a duplicate member from a create whose reply "
+                             "was lost", node)
+                    deletions.append((node, self._client.delete_async(node, stat.version)))
+                self._await_deletions(deletions)
+            for key in keys:  # only now: a connection lost above means "look again"
+                self._uncertain.pop(key, None)
 
     def _create_async(self, path: str, data: bytes):
         return self._client.create_async(path, data, acl=self._acl, ephemeral=True)

@@ -37,30 +37,41 @@ class SavedSession:
     nodes: dict[str, str]  # registration key -> the znode that holds it
 
 
+def state_directory() -> str:
+    """The listener's private state directory: only our user may write in it."""
+    if os.geteuid() == 0:
+        return "/run/zkwatcher-supervisor"
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "zkwatcher-supervisor")
+    return os.path.expanduser("~/.local/state/zkwatcher-supervisor")
+
+
+def state_path(config_filename: str, kind: str) -> str:
+    """``<state directory>/<kind>-<hash of the config's real path>.json``."""
+    digest = hashlib.sha256(os.path.realpath(config_filename).encode()).hexdigest()[:12]
+    return os.path.join(state_directory(), f"{kind}-{digest}.json")
+
+
 def default_path(config_filename: str) -> str:
     """Where the listener for ``config_filename`` keeps its session."""
-    if os.geteuid() == 0:
-        directory = "/run/zkwatcher-supervisor"
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        directory = os.path.join(os.environ["XDG_RUNTIME_DIR"], "zkwatcher-supervisor")
-    else:
-        directory = os.path.expanduser("~/.local/state/zkwatcher-supervisor")
-    digest = hashlib.sha256(os.path.realpath(config_filename).encode()).hexdigest()[:12]
-    return os.path.join(directory, f"session-{digest}.json")
+    return state_path(config_filename, "session")
 
 
-def _trusted(info: os.stat_result) -> bool:
+def trusted(info: os.stat_result) -> bool:
+    """Owned by our user and writable by nobody else."""
     return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def _safe_directory(directory: str) -> bool:
+def safe_directory(directory: str) -> bool:
+    """Create ``directory`` if needed (readable by all, writable by us only); False,
+    with a warning, if it exists but others may write it or it is not ours."""
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
         info = os.stat(directory)
     except OSError as exc:
         log.warning("session directory %s: %s; a restart will not reattach", directory, exc)
         return False
-    if not _trusted(info):
+    if not trusted(info):
         log.warning("session directory %s is writable by others or not ours; not using it",
                     directory)
         return False
@@ -74,9 +85,14 @@ def claim(path: str) -> int | None:
     session and take it from each other on every reconnect.  The lock goes
     with the process, however it ends.
     """
-    if not _safe_directory(os.path.dirname(path)):
+    if not safe_directory(os.path.dirname(path)):
         return None
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as exc:  # read-only, not ours, out of fds: run without reattaching
+        log.warning("session lock %s.lock: %s; a restart will not reattach", path, exc)
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -97,7 +113,7 @@ def load(path: str) -> SavedSession | None:
         log.warning("session file %s: %s; starting a new session", path, exc)
         return None
     with os.fdopen(fd, "rb") as handle:
-        if not _trusted(os.fstat(fd)) or not _trusted(os.stat(os.path.dirname(path))):
+        if not trusted(os.fstat(fd)) or not trusted(os.stat(os.path.dirname(path))):
             log.warning("session file %s is writable by others or not ours; ignoring it", path)
             return None
         try:
@@ -116,15 +132,21 @@ def load(path: str) -> SavedSession | None:
 def save(path: str, session: SavedSession) -> None:
     """Write ``session`` atomically, readable by our user only."""
     directory = os.path.dirname(path)
-    if not _safe_directory(directory):
+    if not safe_directory(directory):
         return
     text = json.dumps({"session_id": session.session_id,
                        "password": base64.b64encode(session.password).decode(),
                        "nodes": dict(sorted(session.nodes.items()))})
-    fd, temporary = tempfile.mkstemp(prefix=".session-", dir=directory)  # mode 0600
+    write_atomically(path, text, 0o600)
+
+
+def write_atomically(path: str, text: str, mode: int) -> None:
+    """Readers see the old file or the new one, never a part."""
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

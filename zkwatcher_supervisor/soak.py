@@ -71,6 +71,7 @@ from typing import Callable
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
+from . import drain
 from .sandbox import FaultProxy, LocalSupervisord, LocalZooKeeper, wait_until
 
 REFRESH = 1  # every check section's refresh, seconds
@@ -306,6 +307,11 @@ class Soak:
         self.sections: dict[str, Section] = {}  # as last sent with SIGHUP
         self.last_hup = 0.0
         self.reset_at: dict[str, float] = {}  # section -> HUP that made its check start over
+        # Drained sections (by name) and when each last changed; reloads and drain
+        # requests are serialised so the model and the listener agree on their order.
+        self.drained: set[str] = set()
+        self.drain_changed: dict[str, float] = {}
+        self._config_lock = threading.Lock()
         self.flag_changed: dict[int, float] = {}
         self.last_delete = 0.0
         self.operations: list[Operation] = []
@@ -365,7 +371,8 @@ class Soak:
         listener = (
             "\n[eventlistener:zkwatcher]\n"
             f"command = {sys.executable} -m zkwatcher_supervisor -c {self.config_path}\n"
-            "events = PROCESS_STATE,TICK_5\nbuffer_size = 1024\nstartsecs = 0\n"
+            "events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION\n"
+            "buffer_size = 1024\nstartsecs = 0\n"
             f"stopwaitsecs = 5\nstderr_logfile = {self.log_path}\n"
         )
         self.supervisord = LocalSupervisord(self.workdir / "supervisor",
@@ -469,8 +476,28 @@ class Soak:
         self.flag_changed[flag] = time.monotonic()
         return "flag flip", detail
 
+    def _drain(self, rng: random.Random) -> tuple[str, str] | None:
+        """Drain a section, or undrain one, through supervisord as ``drain`` does."""
+        with self._config_lock:
+            # A section a reload added a moment ago may not be loaded yet.
+            settled = [name for name in sorted(self.sections)
+                       if time.monotonic() - self.reset_at.get(name, 0.0) > 1.0]
+            if not settled:
+                return None
+            name = rng.choice(settled)
+            action = "undrain" if name in self.drained else "drain"
+            request = drain.request(str(self.config_path), action, [name], "soak", by="soak")
+            self._rpc().sendRemoteCommEvent(drain.EVENT_TYPE, json.dumps(request))
+            (self.drained.discard if action == "undrain" else self.drained.add)(name)
+            self.drain_changed[name] = time.monotonic()
+        return action, f"[{name}]"
+
     def _reload(self, rng: random.Random, cycle: list[str]) -> None:
         """Rewrite the config and send SIGHUP; a quarter of the time, twice in a row."""
+        with self._config_lock:
+            self._reload_locked(rng, cycle)
+
+    def _reload_locked(self, rng: random.Random, cycle: list[str]) -> None:
         for again in range(2 if rng.random() < 0.25 else 1):
             started, wall = time.monotonic(), time.time()
             if not cycle:  # every kind in turn, in a random order
@@ -515,6 +542,7 @@ class Soak:
         self._rpc().signalProcess("zkwatcher", "HUP")
         now = time.monotonic()
         self.sections, self.last_hup = sections, now
+        self.drained &= set(sections)  # a drain goes with its section
         for name in reset:
             self.reset_at[name] = now
         return change, detail
@@ -683,7 +711,13 @@ class Soak:
                                 if section.program and matches(section.program, p)]
                     inputs += [(at + after, f"{what} + {runs} check run(s)")
                                for at, what in checked]
-            if process_up and check_up:
+            drained = section.name in self.drained
+            if section.name in self.drain_changed:
+                inputs.append((self.drain_changed[section.name],
+                               "an undrain" if not drained else "a drain"))
+            if drained:
+                reasons.append("drained")
+            if process_up and check_up and not drained:
                 expected[node] = json.dumps({"id": section.uid, "gen": str(section.gen),
                                              "pid": None if section.serverset else pid},
                                             sort_keys=True).encode()
@@ -820,6 +854,7 @@ class Soak:
                 ("reload", (0.8, 2.5), lambda rng: self._reload(rng, reload_cycle)),
                 ("zookeeper", (1.0, 4.0), lambda rng: self._fault_zookeeper(rng, zk_cycle)),
                 ("delete", (0.5, 2.0), self._delete),
+                ("drain", (0.8, 2.5), self._drain),
             ]
             threads = [threading.Thread(target=self._actor, args=actor, name=actor[0],
                                         daemon=True) for actor in actors]

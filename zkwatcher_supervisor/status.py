@@ -101,6 +101,8 @@ class StatusPublisher:
             with os.fdopen(fd, "w") as out:
                 json.dump(state, out, indent=1, sort_keys=True)
             os.chmod(temporary, 0o644)
+            if self._stopped:
+                raise OSError("the listener is stopping")  # its file is gone for good
             os.replace(temporary, self.path)  # readers see the old file or the new one
         except BaseException:
             os.unlink(temporary)
@@ -135,6 +137,17 @@ def _describe_check(check: dict | None, now: float) -> str:
     # "rise 3/1" read like a fraction.
     return (f"check {result}, passes {check['passes']} (rise {check['rise']}), "
             f"failures {check['failures']} (fall {check['fall']})")
+
+
+def _describe_drain(drained: dict | None, now: float) -> str:
+    if not drained:
+        return ""
+    text = f"drained by {drained['by']} {now - drained['since']:.0f}s ago"
+    if drained.get("reason"):
+        text += f" ({drained['reason']})"
+    if drained.get("until"):
+        text += f", until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(drained['until']))}"
+    return text
 
 
 def _overdue(info: dict | None, now: float) -> str:
@@ -186,6 +199,9 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
         if info is None:
             ok = False
             health = "unknown"
+        elif info.get("drained"):
+            ok = not registered  # out of discovery on purpose, whatever its health
+            health = ("healthy" if info["healthy"] else "unhealthy") + ", DRAINED"
         else:
             ok = registered == info["healthy"]
             health = "healthy" if info["healthy"] else "unhealthy"
@@ -193,7 +209,7 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
         if overdue:
             ok = False
         all_ok = all_ok and ok
-        details = [overdue]
+        details = [overdue, _describe_drain((info or {}).get("drained"), now)]
         if info is not None:
             if info.get("processes"):
                 details.append(" ".join(f"{name}={state_}"

@@ -1,0 +1,227 @@
+"""Drain: sections out of discovery without stopping them, through supervisord's
+own REMOTE_COMMUNICATION channel.  Real supervisord, real ZooKeeper."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import listener_section, node_exists
+
+from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
+
+pytestmark = pytest.mark.e2e
+
+RECORD_TERM = """\
+import signal, sys, time
+def stop(*_):
+    with open(sys.argv[1], "w") as out:
+        out.write(repr(time.time()))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    time.sleep(1)
+"""
+
+
+def programs(tmp_path):
+    script = tmp_path / "record_term.py"
+    script.write_text(RECORD_TERM)
+    return textwrap.dedent(f"""
+        [program:web]
+        command = sleep 100000
+        startsecs = 0
+        stopsignal = KILL
+
+        [program:api]
+        command = {sys.executable} {script} {tmp_path}/api.term
+        startsecs = 0
+        stopsignal = TERM
+        """)
+
+
+def config_body(base_path, flag):
+    return f"""
+        [web]
+        program = web
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/web
+
+        [flag]
+        cmd = test -f {flag}
+        refresh = 1
+        service_port = 2
+        service_hostname = host1
+        zookeeper_path = {base_path}/flag
+
+        [api]
+        program = api
+        drain_seconds = 2
+        service_port = 3
+        service_hostname = host1
+        zookeeper_path = {base_path}/api
+        """
+
+
+def cli(server, config, *args, timeout=60):
+    env = {**os.environ, "SUPERVISOR_SERVER_URL": f"unix://{server.workdir}/supervisor.sock"}
+    return subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", *args, "-c",
+                           str(config)], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+@pytest.fixture
+def host(write_config, supervisord, zk, base_path, tmp_path):
+    """A supervisord with web, api and the listener; every section registered."""
+    flag = tmp_path / "flag"
+    flag.touch()
+    config = write_config(config_body(base_path, flag), session_timeout=10)
+    server = supervisord(programs(tmp_path) + listener_section(config))
+    nodes = {name: f"{base_path}/{name}/host1:{port}"
+             for name, port in (("web", 1), ("flag", 2), ("api", 3))}
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes.values()), 20, what="registered")
+    return server, config, nodes, flag
+
+
+def test_drain_keeps_the_program_running_and_undrain_brings_it_back(host, zk, tmp_path):
+    server, config, nodes, _flag = host
+    gone = threading.Event()
+    zk.exists(nodes["web"], watch=lambda event: gone.set())
+    started = time.monotonic()
+    result = cli(server, config, "drain", "web", "--reason", "deploy 42")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "drained [web]"
+    assert gone.wait(2)
+    print(f"drain command -> node deleted: {time.monotonic() - started:.2f}s "
+          "(most of it the command's own start)")
+    assert server.info("web")["statename"] == "RUNNING"
+    # Stays drained whatever the program does.
+    server.ctl("restart", "web")
+    time.sleep(1.5)
+    assert not node_exists(zk, nodes["web"])
+    status = wait_until(lambda: (r := cli(server, config, "status")).returncode == 0 and r, 5,
+                        interval=0.2, what="status ok")
+    line = next(line for line in status.stdout.splitlines() if "[web]" in line)
+    assert "not registered, healthy, DRAINED" in line and "(deploy 42)" in line
+
+    result = cli(server, config, "undrain", "web")
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: node_exists(zk, nodes["web"]), 2, interval=0.01, what="back")
+
+
+def test_program_all_and_unknown_selections(host, zk):
+    server, config, nodes, flag = host
+    result = cli(server, config, "drain", "--program", "api")
+    assert result.returncode == 0 and result.stdout.strip() == "drained [api]", result.stderr
+    wait_until(lambda: not node_exists(zk, nodes["api"]), 2, what="api drained")
+    assert node_exists(zk, nodes["web"])
+    assert cli(server, config, "drain", "--all").returncode == 0
+    wait_until(lambda: not any(node_exists(zk, n) for n in nodes.values()), 2, what="all")
+    flag.unlink()
+    flag.touch()  # a check flip changes nothing while drained
+    time.sleep(2)
+    assert not node_exists(zk, nodes["flag"])
+    assert cli(server, config, "undrain", "--all").returncode == 0
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes.values()), 3, what="all back")
+
+    for args, message in ((["drain", "nosuch"], "has no section [nosuch]"),
+                          (["drain", "--program", "nosuch"], "bound to program 'nosuch'"),
+                          (["drain"], "name the sections")):
+        result = cli(server, config, *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+def test_drain_for_a_while_ends_by_itself(host, zk):
+    server, config, nodes, _flag = host
+    assert cli(server, config, "drain", "flag", "--for", "2s").returncode == 0
+    wait_until(lambda: not node_exists(zk, nodes["flag"]), 2, what="drained")
+    drained = time.monotonic()
+    wait_until(lambda: node_exists(zk, nodes["flag"]), 5, interval=0.02, what="expired")
+    assert 1.5 < time.monotonic() - drained < 3.5
+
+
+def test_drain_survives_a_listener_crash_and_a_supervisord_restart(host, zk):
+    server, config, nodes, _flag = host
+    assert cli(server, config, "drain", "web", "--reason", "investigating").returncode == 0
+    wait_until(lambda: not node_exists(zk, nodes["web"]), 2, what="drained")
+    old = server.info("zkwatcher")["pid"]
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: server.info("zkwatcher")["pid"] not in (0, old), 10, what="restart")
+    time.sleep(2)
+    assert not node_exists(zk, nodes["web"]) and node_exists(zk, nodes["api"])
+    server.stop()
+    server.start()
+    wait_until(lambda: node_exists(zk, nodes["api"]), 20, what="supervisord back")
+    time.sleep(1.5)
+    assert not node_exists(zk, nodes["web"])
+    assert cli(server, config, "undrain", "web").returncode == 0
+    wait_until(lambda: node_exists(zk, nodes["web"]), 2, what="undrained")
+
+
+def test_drain_stop_deregisters_waits_then_stops(host, zk, tmp_path):
+    server, config, nodes, _flag = host
+    deleted = []
+    zk.exists(nodes["api"], watch=lambda event: deleted.append(time.time()))
+    result = cli(server, config, "drain", "api", "--stop")  # drain_seconds = 2
+    assert result.returncode == 0, result.stderr
+    assert "stopped api:api" in result.stdout
+    term = float((tmp_path / "api.term").read_text())
+    print(f"node deleted -> program's SIGTERM: {term - deleted[0]:.2f}s (wait 2 s)")
+    assert term - deleted[0] >= 2.0
+    assert server.info("api")["statename"] == "STOPPED"
+
+
+def test_drain_stop_with_zookeeper_unreachable_stops_nothing(
+        zookeeper, write_config, supervisord, zk, base_path, tmp_path):
+    proxy = FaultProxy(zookeeper.port)
+    try:
+        flag = tmp_path / "flag"
+        config = write_config(config_body(base_path, flag), hosts=proxy.hosts,
+                              session_timeout=10)
+        server = supervisord(programs(tmp_path) + listener_section(config))
+        node = f"{base_path}/api/host1:3"
+        wait_until(lambda: node_exists(zk, node), 20, what="registered")
+        proxy.cut()
+        result = cli(server, config, "drain", "api", "--stop", "--wait", "0")
+        assert result.returncode == 1
+        assert "nothing was stopped" in result.stderr
+        assert server.info("api")["statename"] == "RUNNING"
+        assert not (tmp_path / "api.term").exists()
+    finally:
+        proxy.close()
+
+
+def test_a_listener_not_subscribed_is_named_as_the_likely_cause(
+        write_config, supervisord, zk, base_path, tmp_path):
+    config = write_config(config_body(base_path, tmp_path / "flag"))
+    server = supervisord(programs(tmp_path) + listener_section(config,
+                                                               events="PROCESS_STATE,TICK_5"))
+    wait_until(lambda: node_exists(zk, f"{base_path}/web/host1:1"), 20, what="registered")
+    wait_until(lambda: cli(server, config, "status").stdout.startswith("listener: pid"), 5)
+    result = cli(server, config, "drain", "web")
+    assert result.returncode == 1
+    assert "REMOTE_COMMUNICATION" in result.stderr
+    assert node_exists(zk, f"{base_path}/web/host1:1")
+
+
+def test_only_the_listener_of_the_named_config_drains(
+        write_config, supervisord, zk, base_path, tmp_path):
+    one = write_config(config_body(f"{base_path}/one", tmp_path / "flag"), name="one.cfg")
+    two = write_config(config_body(f"{base_path}/two", tmp_path / "flag"), name="two.cfg")
+    sections = programs(tmp_path) + listener_section(one) + listener_section(two).replace(
+        "[eventlistener:zkwatcher]", "[eventlistener:zkwatcher2]").replace(
+        "zkwatcher.log", "zkwatcher2.log")
+    server = supervisord(sections)
+    nodes = [f"{base_path}/{which}/web/host1:1" for which in ("one", "two")]
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 20, what="registered")
+    assert cli(server, two, "drain", "web").returncode == 0
+    wait_until(lambda: not node_exists(zk, nodes[1]), 2, what="two drained")
+    time.sleep(0.5)
+    assert node_exists(zk, nodes[0])
