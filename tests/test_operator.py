@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import urllib.request
@@ -24,6 +23,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 
 from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+from zkwatcher_supervisor.session_file import state_directory
 from zkwatcher_supervisor.status import process_alive
 
 pytestmark = pytest.mark.e2e
@@ -126,9 +126,10 @@ def test_status_exits_1_when_checks_are_overdue(write_config, driver, zk, base_p
 
 def test_default_status_file_heartbeat_and_a_healthy_section_without_its_node(
         write_config, driver, zk, base_path, tmp_path):
-    """No ``status_file``: the listener publishes to the default path (the one
-    ``--check-config`` prints), rewrites it at least every 10 s while nothing
-    changes, and ``status`` exits 1 when a healthy section's node is missing."""
+    """No ``status_file``: the listener publishes to the default path in its
+    private state directory (the one ``--check-config`` prints), rewrites it at
+    least every 10 s while nothing changes, and ``status`` exits 1 when a healthy
+    section's node is missing."""
     config = write_config(f"""
         [svc]
         cmd = true
@@ -138,7 +139,7 @@ def test_default_status_file_heartbeat_and_a_healthy_section_without_its_node(
         zookeeper_path = {base_path}/svc
         """, session_timeout=10)
     digest = hashlib.sha256(os.path.realpath(config).encode()).hexdigest()[:12]
-    expected = os.path.join(tempfile.gettempdir(), f"zkwatcher-supervisor-{digest}.json")
+    expected = os.path.join(state_directory(), f"status-{digest}.json")
     printed = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "-c", str(config),
                               "--check-config"], capture_output=True, text=True, timeout=60)
     assert f"status file {expected}" in printed.stdout, printed.stdout
@@ -152,6 +153,9 @@ def test_default_status_file_heartbeat_and_a_healthy_section_without_its_node(
             with open(expected) as handle:
                 return json.load(handle)["updated"]
 
+        # Private: nobody else can forge what ``status`` reports.
+        assert os.stat(os.path.dirname(expected)).st_mode & 0o022 == 0
+        assert os.stat(expected).st_mode & 0o022 == 0
         first = updated()
         second = wait_until(lambda: (u := updated()) != first and u, 10 + 2, interval=0.2,
                             what="a heartbeat write")
