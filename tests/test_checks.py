@@ -168,3 +168,39 @@ def test_cancelled_run_reports_nothing_and_frees_the_section_once_reaped(harness
     harness.run_until(lambda: harness.results, 5)
     assert harness.results == [(harness.results[0][0], None)]  # freed, no outcome
     assert harness.checks.busy_sections() == set()
+
+
+def test_a_hanging_name_lookup_fails_its_check_at_the_timeout_and_holds_up_nothing(
+        harness, http_server, monkeypatch):
+    """A resolver that does not answer (a dead DNS server) for one host name: that
+    check fails at its own ``timeout``; another section's probe and command run
+    and report meanwhile."""
+    import socket
+    import threading
+
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "hung.example":
+            release.wait(10)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        started = time.monotonic()
+        harness.checks.submit([CheckRun("hung", "tcp://hung.example:80", 1.0, 1),
+                               CheckRun("probe", f"tcp://localhost:{http_server}", 1.0, 1),
+                               CheckRun("cmd", "true", 1.0, 1)])
+        harness.run_until(lambda: {run.section for run, _ in harness.results}
+                          >= {"probe", "cmd"}, 5)
+        others_done = time.monotonic() - started
+        assert all(outcome.passed for _, outcome in harness.results)
+        assert others_done < 0.5, others_done  # not behind the lookup
+        harness.run_until(lambda: len(harness.results) == 3, 5)
+        hung = next(outcome for run, outcome in harness.results if run.section == "hung")
+        assert not hung.passed and hung.timed_out
+        assert time.monotonic() - started < 1.0 + 0.5  # its timeout, not the resolver's
+    finally:
+        release.set()

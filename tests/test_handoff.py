@@ -81,12 +81,14 @@ def wait_for_successor(server, old_pid, timeout=10):
 
 
 def test_sigusr2_hands_50_nodes_over_without_any_event(
-        write_config, supervisord, zk, base_path):
+        write_config, supervisord, zk, zookeeper, base_path):
     config = write_config(sections(base_path, 50), session_timeout=10)
     server = supervisord(listener_section(config, extra=HANDOVER_LISTENER))
     nodes = [f"{base_path}/s{i}/host1:{i + 1}" for i in range(50)]
     wait_until(lambda: all(node_exists(zk, n) for n in nodes), 20, what="all registered")
     before = {n: zk.exists(n) for n in nodes}
+    # The hand-over has to fit in the session.
+    assert zookeeper.session_timeouts()[before[nodes[0]].ephemeralOwner] == 10000
     consumer = EveryEvent(zk, nodes)
     old = signal_listener(server, signal.SIGUSR2)
     stopped = time.monotonic()
@@ -95,7 +97,9 @@ def test_sigusr2_hands_50_nodes_over_without_any_event(
     wait_until(lambda: "reattached to session" in log.read_text(), 5, what="reattached")
     print(f"hand-over gap (signal -> successor reattached): "
           f"{time.monotonic() - stopped:.2f}s")
-    time.sleep(2)  # first checks run, the successor settles
+    # The successor's first check of every section has passed and been applied.
+    wait_until(lambda: log.read_text().rsplit("watching ", 1)[1].count("check passed") >= 50,
+               10, what="the successor's first checks")
     assert consumer.events == []
     for n in nodes:
         stat = zk.exists(n)

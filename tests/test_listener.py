@@ -206,19 +206,20 @@ def test_check_config_prints_paths_and_payloads(tmp_path):
 
 
 def test_session_loss_recreates_nodes_and_steady_state_writes_nothing(
-        write_config, driver, zk, zookeeper, base_path):
+        write_config, driver, zk, zookeeper, base_path, tmp_path):
     proxy = FaultProxy(zookeeper.port)
+    runs = tmp_path / "runs"
     try:
-        config = write_config(cmd_section(base_path, "true"), hosts=proxy.hosts)
+        config = write_config(cmd_section(base_path, f"echo >> {runs}"), hosts=proxy.hosts)
         drv = driver(config)
         node = f"{base_path}/svc/host1:8080"
         tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
         _, first = zk.get(node)
 
         # Steady state: checks keep passing and the node is never rewritten.
-        for _ in range(4):
-            time.sleep(1.0)
-            drv.tick()
+        seen = len(runs.read_text().splitlines())
+        tick_until(drv, lambda: len(runs.read_text().splitlines()) >= seen + 4, 8,
+                   "four more passing checks")
         _, later = zk.get(node)
         assert (later.czxid, later.mzxid, later.version) == (first.czxid, first.czxid, 0)
 

@@ -3,8 +3,10 @@ status, builtin tcp/http checks, payload formats, Prometheus metrics, TLS."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +23,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 
 from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+from zkwatcher_supervisor.session_file import state_directory
+from zkwatcher_supervisor.status import process_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -63,11 +67,10 @@ def test_status_shows_each_section_and_exits_0_only_when_consistent(
                          + listener_section(config, extra="autorestart = false\n"))
     web_node = f"{base_path}/web/host1:{port}"
     wait_until(lambda: node_exists(zk, web_node), 20, what="web registered")
-    wait_until(lambda: (tmp_path / "status.json").exists(), 5, what="status file")
-    time.sleep(1)
-
-    result = status(config)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # Consistent once the flag's first check has failed and been published.
+    result = wait_until(lambda: (r := status(config)).returncode == 0
+                        and "check FAIL" in r.stdout and r, 10, interval=0.2,
+                        what="status with both checks run")
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"listener: pid {server.info('zkwatcher')['pid']}, "
                                "ZooKeeper connected")
@@ -85,8 +88,9 @@ def test_status_shows_each_section_and_exits_0_only_when_consistent(
     zk.delete(f"{base_path}/flag/host1:9")
 
     # The listener dies: its pid is gone, so nothing can be vouched for.
-    os.kill(server.info("zkwatcher")["pid"], signal.SIGKILL)
-    time.sleep(0.5)
+    pid = server.info("zkwatcher")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not process_alive(pid), 5, what="listener gone")
     result = status(config)
     assert result.returncode == 1, result.stdout
     assert result.stdout.splitlines()[0].startswith("listener: pid ")
@@ -118,6 +122,59 @@ def test_status_exits_1_when_checks_are_overdue(write_config, driver, zk, base_p
     assert result.returncode == 1, result.stdout
     assert "check OVERDUE" in result.stdout
     wait_until(lambda: status(config).returncode == 0, 5, interval=0.5, what="recovered")
+
+
+def test_default_status_file_heartbeat_and_a_healthy_section_without_its_node(
+        write_config, driver, zk, base_path, tmp_path):
+    """No ``status_file``: the listener publishes to the default path in its
+    private state directory (the one ``--check-config`` prints), rewrites it at
+    least every 10 s while nothing changes, and ``status`` exits 1 when a healthy
+    section's node is missing."""
+    config = write_config(f"""
+        [svc]
+        cmd = true
+        refresh = 30
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/svc
+        """, session_timeout=10)
+    digest = hashlib.sha256(os.path.realpath(config).encode()).hexdigest()[:12]
+    expected = os.path.join(state_directory(), f"status-{digest}.json")
+    printed = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "-c", str(config),
+                              "--check-config"], capture_output=True, text=True, timeout=60)
+    assert f"status file {expected}" in printed.stdout, printed.stdout
+    try:
+        drv = driver(config)
+        node = f"{base_path}/svc/host1:1"
+        wait_until(lambda: node_exists(zk, node), 10, what="registered")
+        wait_until(lambda: status(config).returncode == 0, 5, interval=0.2, what="status ok")
+
+        def updated():
+            with open(expected) as handle:
+                return json.load(handle)["updated"]
+
+        # Private: nobody else can forge what ``status`` reports.
+        assert os.stat(os.path.dirname(expected)).st_mode & 0o022 == 0
+        assert os.stat(expected).st_mode & 0o022 == 0
+        first = updated()
+        second = wait_until(lambda: (u := updated()) != first and u, 10 + 2, interval=0.2,
+                            what="a heartbeat write")
+        assert second - first <= 10 + 1  # nothing changed in between: the heartbeat
+
+        drv.process.send_signal(signal.SIGSTOP)  # cannot put the node back for now
+        try:
+            zk.delete(node)
+            result = status(config)
+        finally:
+            drv.process.send_signal(signal.SIGCONT)
+        assert result.returncode == 1, result.stdout
+        assert result.stdout.splitlines()[1].startswith(
+            f"BAD  [svc] {node} not registered, healthy"), result.stdout
+        wait_until(lambda: node_exists(zk, node), 5, what="node back")
+        wait_until(lambda: status(config).returncode == 0, 5, interval=0.2, what="status ok")
+    finally:
+        if os.path.exists(expected):
+            os.unlink(expected)
 
 
 def test_tcp_and_http_checks_follow_a_real_server(write_config, supervisord, zk, base_path):
@@ -181,7 +238,7 @@ def test_payload_formats_decode_as_their_consumers_expect(write_config, driver, 
     serverset = f"{base_path}/serverset/web"
     wait_until(lambda: zk.exists(serverset) and zk.get_children(serverset), 10, what="serverset")
     (member,) = zk.get_children(serverset)
-    assert member.startswith("member_")
+    assert re.fullmatch(r"member_\d{10}", member), member  # Finagle parses the number
     data = json.loads(zk.get(f"{serverset}/{member}")[0])
     assert data == {"serviceEndpoint": {"host": "web1.example.com", "port": 8080},
                     "additionalEndpoints": {}, "status": "ALIVE", "shard": 3}
@@ -204,6 +261,8 @@ def test_payload_formats_decode_as_their_consumers_expect(write_config, driver, 
 
 def test_prometheus_metrics(write_config, driver, zk, base_path, tmp_path):
     port = free_port()
+    flag = tmp_path / "flip-up"
+    flag.touch()
     config = write_config(f"""
         [up]
         cmd = true
@@ -211,14 +270,17 @@ def test_prometheus_metrics(write_config, driver, zk, base_path, tmp_path):
         service_hostname = host1
         zookeeper_path = {base_path}/up
 
-        [down]
-        cmd = false
+        [flip]
+        cmd = test -f {flag}
+        refresh = 1
         service_port = 2
         service_hostname = host1
-        zookeeper_path = {base_path}/down
+        zookeeper_path = {base_path}/flip
         """, settings=f"metrics_port = {port}\n")
     driver(config)
-    wait_until(lambda: node_exists(zk, f"{base_path}/up/host1:1"), 10, what="registration")
+    flip_node = f"{base_path}/flip/host1:2"
+    wait_until(lambda: node_exists(zk, f"{base_path}/up/host1:1") and node_exists(zk, flip_node),
+               10, what="registration")
 
     def scrape():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
@@ -226,15 +288,29 @@ def test_prometheus_metrics(write_config, driver, zk, base_path, tmp_path):
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
+    def section(name, value):
+        return (name, (("section", value),))
+
     samples = wait_until(lambda: (s := scrape()) and
-                         s.get(("zkwatcher_section_registered", (("section", "up"),))) and s, 5)
-    assert samples[("zkwatcher_section_up", (("section", "up"),))] == 1
-    assert samples[("zkwatcher_section_up", (("section", "down"),))] == 0
-    assert samples[("zkwatcher_section_registered", (("section", "down"),))] == 0
-    assert samples[("zkwatcher_check_duration_seconds", (("section", "up"),))] > 0
-    assert samples[("zkwatcher_registrations_total", ())] == 1
+                         s.get(section("zkwatcher_section_registered", "flip")) and s, 5)
+    assert samples[section("zkwatcher_section_up", "up")] == 1
+    assert samples[section("zkwatcher_section_up", "flip")] == 1
+    assert samples[section("zkwatcher_section_registered", "up")] == 1
+    assert 0 < samples[section("zkwatcher_check_duration_seconds", "up")] < 2
+    assert samples[("zkwatcher_registrations_total", ())] == 2
+    assert samples[("zkwatcher_deregistrations_total", ())] == 0
     assert samples[("zkwatcher_zookeeper_connected", ())] == 1
     assert samples[("zkwatcher_zookeeper_reconnects_total", ())] == 0
+
+    flag.unlink()
+    wait_until(lambda: not node_exists(zk, flip_node), 1 + 2, what="flip deregistered")
+    samples = wait_until(lambda: (s := scrape()) and
+                         s.get(("zkwatcher_deregistrations_total", ())) and s, 5)
+    assert samples[("zkwatcher_deregistrations_total", ())] == 1
+    assert samples[("zkwatcher_registrations_total", ())] == 2
+    assert samples[section("zkwatcher_section_up", "flip")] == 0
+    assert samples[section("zkwatcher_section_registered", "flip")] == 0
+    assert samples[section("zkwatcher_section_up", "up")] == 1
 
 
 def test_tls_to_a_zookeeper_secure_port(tmp_path, write_config, driver, base_path):
@@ -281,10 +357,27 @@ def test_tls_to_a_zookeeper_secure_port(tmp_path, write_config, driver, base_pat
         try:
             wait_until(lambda: reader.exists(f"{base_path}/svc/host1:1"), 15,
                        what="registration over TLS")
+            assert "connected to ZooKeeper" in drv.stderr()
+
+            # A CA that did not sign the server's certificate: refused, nothing registered.
+            other_ca_pem = tmp_path / "other-ca.pem"
+            trustme.CA().cert_pem.write_to_path(str(other_ca_pem))
+            wrong = tmp_path / "wrong-ca"
+            wrong.mkdir()
+            wrong_config = wrong / "zkwatcher.cfg"
+            wrong_config.write_text(config.read_text()
+                                    .replace(f"ca = {ca_pem}", f"ca = {other_ca_pem}")
+                                    .replace(f"zookeeper_path = {base_path}/svc",
+                                             f"zookeeper_path = {base_path}/wrong"))
+            refused = driver(wrong_config)
+            wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in refused.stderr(), 15,
+                       what="the server's certificate refused")
+            refused.tick()
+            assert "connected to ZooKeeper" not in refused.stderr()
+            assert reader.exists(f"{base_path}/wrong") is None
         finally:
             reader.stop()
             reader.close()
-        assert "connected to ZooKeeper" in drv.stderr()
         # A client speaking plain TCP to the secure port gets nowhere.
         plain = KazooClient(hosts=hosts, timeout=3)
         with pytest.raises(KazooTimeoutError):

@@ -83,12 +83,14 @@ def test_node_follows_program_through_stop_start_restart(
     server.ctl("start", "web")
     wait_until(lambda: node_exists(zk, node), 5, what="re-registration")
 
+    old_czxid, old_pid = zk.exists(node).czxid, server.info("web")["pid"]
     before = time.monotonic()
     server.ctl("restart", "web")
     deleted = events.wait_for("DELETED", before)
-    created = events.wait_for("CREATED", deleted)
-    assert created > deleted
-    assert node_exists(zk, node)
+    events.wait_for("CREATED", deleted)
+    # A new node for the new process, not the old one left in place.
+    assert server.info("web")["pid"] != old_pid
+    assert zk.exists(node).czxid != old_czxid
 
 
 def test_restarted_listener_registers_running_program_from_xmlrpc(
@@ -133,34 +135,48 @@ def test_kill_9_deregisters_ahead_of_supervisord(write_config, supervisord, zk, 
                          [(True, True), (True, False), (False, True), (False, False)])
 def test_program_and_cmd_must_both_hold(
         running, passing, write_config, supervisord, zk, base_path, tmp_path):
-    flag = tmp_path / "ok"
+    flag, runs = tmp_path / "ok", tmp_path / "runs"
     if passing:
         flag.touch()
-    server, _ = start(supervisord, write_config,
-                      bound_section(base_path, "web", cmd=f"test -f {flag}"),
-                      program("web", "autostart = true" if running else "autostart = false"))
+    control = f"""
+        [control]
+        cmd = true
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/control
+        """
+    server, config = start(
+        supervisord, write_config,
+        bound_section(base_path, "web", cmd=f"echo >> {runs}; test -f {flag}") + control,
+        program("web", "autostart = true" if running else "autostart = false"))
     node = f"{base_path}/web/host1:8080"
+    log = config.parent / "zkwatcher.log"
     if running and passing:
         wait_until(lambda: node_exists(zk, node), 15, what="registration")
-    else:
-        if running:
-            wait_until(lambda: server.info("web")["statename"] == "RUNNING", 15, what="RUNNING")
-        time.sleep(2)  # long enough for the check that runs on entering RUNNING
+    elif running:
+        wait_until(lambda: server.info("web")["statename"] == "RUNNING", 15, what="RUNNING")
+        # The check that runs on entering RUNNING has failed.
+        wait_until(lambda: "[web] check failed" in log.read_text(), 5, what="check failed")
         assert not node_exists(zk, node)
+    else:
+        wait_until(lambda: node_exists(zk, f"{base_path}/control/host1:1"), 15,
+                   what="the listener running")
+        assert not node_exists(zk, node)
+        assert not runs.exists()  # no check runs while the program is not RUNNING
     # Flip the part that was missing (or the check, when both held) and look again.
     if not running:
         server.ctl("start", "web")  # entering RUNNING runs the check at once
         if passing:
             wait_until(lambda: node_exists(zk, node), 5, what="registration on RUNNING")
         else:
-            time.sleep(2)
+            wait_until(lambda: "[web] check failed" in log.read_text(), 5, what="check failed")
             assert not node_exists(zk, node)
     elif not passing:
         flag.touch()
-        wait_until(lambda: node_exists(zk, node), 11, what="registration after the check passes")
+        wait_until(lambda: node_exists(zk, node), 5 + 2, what="registration after the check passes")
     else:
         flag.unlink()
-        wait_until(lambda: not node_exists(zk, node), 11, what="deregistration on failure")
+        wait_until(lambda: not node_exists(zk, node), 5 + 2, what="deregistration on failure")
 
 
 def test_group_star_needs_every_numprocs_process(write_config, supervisord, zk, base_path):

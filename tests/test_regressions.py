@@ -65,9 +65,14 @@ class Ticker:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        # A ticker that stopped while the listener still runs would leave the test
+        # without the events it relies on.  (A listener the test itself ended may
+        # break the pipe mid-tick; its exit status is checked by the test.)
+        if exc_type is None and self.error is not None and self.drv.process.poll() is None:
+            raise AssertionError(f"the ticker stopped: {self.error!r}")
 
     def send(self, eventname: str, payload: str) -> float:
         with self._lock:

@@ -11,6 +11,17 @@ Checks are the one part not run for real: the test delivers their results
 itself, so it can choose them (the check runner has its own end-to-end tests).
 The event loop is not run either: the test is the loop, calling the watcher's
 input handlers and then its pump, exactly as one pass of the loop would.
+
+What it does not cover, by construction: anything that happens *at the same
+time*.  Events arrive one at a time on the test's thread and each settles
+before the next; the clock is a fake one the test advances; there is no
+supervisord, no check process, no pidfd, no signal, no reload read off the
+loop and no session file.  So it cannot see a race between the registry's
+worker and kazoo's threads and the loop, a check result or XML-RPC snapshot
+overtaken by a newer event, a reload landing while ZooKeeper reconnects, or a
+listener crash mid-write.  ``tests/test_soak.py`` covers those: real
+supervisord, real check processes and several fault actors at once, with the
+same rules checked at quiet points.
 """
 
 from __future__ import annotations

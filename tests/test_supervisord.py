@@ -33,7 +33,8 @@ def test_cmd_section_registers_within_refresh_plus_a_tick(
     server = supervisord(listener_section(config))
     wait_until(lambda: server.info("zkwatcher")["statename"] == "RUNNING", 10, what="listener")
     node = f"{base_path}/flag/host1:9000"
-    time.sleep(1)
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: "[flag] check failed" in log.read_text(), 5, what="first check failed")
     assert not node_exists(zk, node)
 
     timings = []

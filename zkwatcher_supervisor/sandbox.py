@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -106,8 +107,10 @@ class LocalZooKeeper:
             "syncLimit=5",
             "admin.enableServer=false",
             "4lw.commands.whitelist=*",
-            # Let tests expire sessions quickly.
+            # Let tests expire sessions quickly, and let them ask for long ones:
+            # without this ZooKeeper caps every session at 20 ticks (10 s).
             f"minSessionTimeout={2 * self.tick_ms}",
+            "maxSessionTimeout=60000",
         ]
         lines += self.extra_config
         for myid, peer, election in self.servers:
@@ -158,6 +161,17 @@ class LocalZooKeeper:
     def mntr(self) -> dict[str, str]:
         text = four_letter_word(self.port, "mntr")
         return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+
+    def session_timeouts(self) -> dict[int, int]:
+        """Negotiated timeout in ms of every session connected to this server, by
+        session id (from the ``cons`` command)."""
+        timeouts = {}
+        for line in four_letter_word(self.port, "cons").splitlines():
+            sid = re.search(r"\bsid=0x([0-9a-f]+)", line)
+            timeout = re.search(r"\bto=(\d+)", line)
+            if sid and timeout:
+                timeouts[int(sid.group(1), 16)] = int(timeout.group(1))
+        return timeouts
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
