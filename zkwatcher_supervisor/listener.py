@@ -31,7 +31,12 @@ from typing import BinaryIO, Callable, TextIO
 from supervisor import childutils
 
 from . import drain
-from .checks import CheckOutcome, CheckRunner, close_inherited_fds_on_exec
+from .checks import (
+    OUTPUT_TAIL_BYTES,
+    CheckOutcome,
+    CheckRunner,
+    close_inherited_fds_on_exec,
+)
 from .config import Config, ConfigError, ServiceSettings, load_config
 from .health import OVERDUE_GRACE, RUNNING, CheckRun, Health
 from .loop import EventLoop, Timer, offload
@@ -235,6 +240,10 @@ class Watcher:
                 log.info("[%s] check passed", run.section)
             else:
                 log.warning("[%s] check failed: %s", run.section, outcome.describe())
+                tail = outcome.output.strip()
+                if "\n" in tail:  # more than the line above says: the whole tail
+                    log.warning("[%s] check output (last %d bytes):\n%s", run.section,
+                                OUTPUT_TAIL_BYTES, tail)
             self.status.changed()
         self._dirty.add(run.section)
 
