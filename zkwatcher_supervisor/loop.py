@@ -38,6 +38,11 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.callback = _nothing  # let go of what the callback holds right away
+
+
+def _nothing() -> None:
+    pass
 
 
 class ThreadFailed(Exception):
