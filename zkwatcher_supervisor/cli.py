@@ -8,7 +8,6 @@ import logging.handlers
 import os
 import queue
 import sys
-import time
 
 from . import __version__
 from .config import ConfigError, load_config
@@ -71,30 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _LogWriter(logging.handlers.QueueListener):
-    """Writes queued records; the first after a quiet spell waits a moment.
-
-    Whatever the loop just decided (a deletion after a program died) is then
-    on its way to ZooKeeper before supervisord wakes up to copy our stderr
-    into its log and competes for the CPU.  Records keep their own time.
-    """
-
-    QUIET = 0.5  # seconds without a record before the next one is held
-    HOLD = 0.02
-
-    def __init__(self, queue, *handlers) -> None:
-        super().__init__(queue, *handlers)
-        self._last = 0.0
-
-    def dequeue(self, block: bool):
-        record = super().dequeue(block)
-        now = time.monotonic()
-        if now - self._last > self.QUIET:
-            time.sleep(self.HOLD)
-        self._last = time.monotonic()
-        return record
-
-
 def setup_logging(verbose: bool, syslog: bool) -> logging.handlers.QueueListener:
     """Log through a queue: the event loop never waits for stderr or syslog to
     take a line.  Stop the returned listener to flush before exiting."""
@@ -107,7 +82,7 @@ def setup_logging(verbose: bool, syslog: bool) -> logging.handlers.QueueListener
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     records: queue.SimpleQueue = queue.SimpleQueue()
-    writer = _LogWriter(records, handler)
+    writer = logging.handlers.QueueListener(records, handler)
     writer.start()
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(records)]
