@@ -60,27 +60,13 @@ def state_path(config_filename: str) -> str:
 
 def load(path: str) -> dict[str, Drain]:
     """The drained sections saved at ``path``; a file we cannot trust is ignored."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        log.warning("drain state %s: %s; no section is drained", path, exc)
-        return {}
-    with os.fdopen(fd, "rb") as handle:
-        if not session_file.trusted(os.fstat(fd)):
-            log.warning("drain state %s is writable by others or not ours; ignoring it", path)
-            return {}
-        try:
-            saved = json.loads(handle.read(1 << 20))
-            return {str(name): Drain(str(entry["reason"]), str(entry["by"]),
-                                     float(entry["since"]),
-                                     None if entry.get("until") is None
-                                     else float(entry["until"]))
-                    for name, entry in saved.items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("drain state %s is unreadable (%s); no section is drained", path, exc)
-            return {}
+
+    def parse(saved) -> dict[str, Drain]:
+        return {str(name): Drain(str(entry["reason"]), str(entry["by"]), float(entry["since"]),
+                                 None if entry.get("until") is None else float(entry["until"]))
+                for name, entry in saved.items()}
+
+    return session_file.read_private_json(path, "drain state", parse) or {}
 
 
 def save(path: str, drains: dict[str, Drain]) -> None:

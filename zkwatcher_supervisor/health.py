@@ -91,11 +91,16 @@ class SectionHealth:
         self.next_check_at = now
         self.last_progress = now
 
+    def result_due_at(self) -> float | None:
+        """By when the next check result must arrive, or None if none is expected."""
+        if self.service.cmd is None or not self.process_up:
+            return None
+        return self.last_progress + self.refresh + OVERDUE_GRACE + self.service.timeout
+
     def overdue(self, now: float) -> bool:
         """Whether a check result should have arrived by ``now`` and has not."""
-        return (self.service.cmd is not None and self.process_up
-                and now > self.last_progress + self.refresh + OVERDUE_GRACE
-                + self.service.timeout)
+        due = self.result_due_at()
+        return due is not None and now > due
 
     def set_process(self, key: tuple[str, str], state: str, pid: int, now: float) -> None:
         was_up = self.process_up

@@ -38,7 +38,7 @@ from .checks import (
     close_inherited_fds_on_exec,
 )
 from .config import Config, ConfigError, ServiceSettings, load_config
-from .health import OVERDUE_GRACE, RUNNING, CheckRun, Health
+from .health import RUNNING, CheckRun, Health
 from .loop import EventLoop, Timer, offload
 from .payload import node_payload
 from .pidwatch import PidWatcher
@@ -551,10 +551,8 @@ class Watcher:
             check = None
             if service.cmd is not None:
                 last_run, outcome = self._last_checks.get(name, (None, None))
-                due_by = None
-                if section.process_up:
-                    due_by = wall + (section.last_progress + section.refresh + OVERDUE_GRACE
-                                     + service.timeout - now)
+                due_at = section.result_due_at()
+                due_by = None if due_at is None else wall + (due_at - now)
                 check = {
                     "last_result": section.last_result, "last_run": last_run,
                     "duration": outcome.duration if outcome else None,

@@ -26,6 +26,9 @@ import os
 import stat
 import tempfile
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -103,30 +106,38 @@ def claim(path: str) -> int | None:
     return fd
 
 
-def load(path: str) -> SavedSession | None:
-    """The saved session, or None if there is none we can trust."""
+def read_private_json(path: str, what: str, parse: Callable[[Any], T]) -> T | None:
+    """``parse(json in path)``, or None (with a warning naming ``what``) when the file is
+    missing, not ours alone, a symlink, or not what ``parse`` accepts."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        log.warning("session file %s: %s; starting a new session", path, exc)
+        log.warning("%s %s: %s; ignoring it", what, path, exc)
         return None
     with os.fdopen(fd, "rb") as handle:
         if not trusted(os.fstat(fd)) or not trusted(os.stat(os.path.dirname(path))):
-            log.warning("session file %s is writable by others or not ours; ignoring it", path)
+            log.warning("%s %s is writable by others or not ours; ignoring it", what, path)
             return None
         try:
-            saved = json.loads(handle.read(1 << 20))
-            nodes = saved.get("nodes", {})
-            if not isinstance(nodes, dict):
-                raise TypeError("nodes is not a mapping")
-            return SavedSession(int(saved["session_id"]),
-                                base64.b64decode(saved["password"]),
-                                {str(key): str(path) for key, path in nodes.items()})
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("session file %s is unreadable (%s); starting a new session", path, exc)
+            return parse(json.loads(handle.read(1 << 20)))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s %s is unreadable (%s); ignoring it", what, path, exc)
             return None
+
+
+def _parse_session(saved: Any) -> SavedSession:
+    nodes = saved.get("nodes", {})
+    if not isinstance(nodes, dict):
+        raise TypeError("nodes is not a mapping")
+    return SavedSession(int(saved["session_id"]), base64.b64decode(saved["password"]),
+                        {str(key): str(node) for key, node in nodes.items()})
+
+
+def load(path: str) -> SavedSession | None:
+    """The saved session, or None if there is none we can trust (a new session then)."""
+    return read_private_json(path, "session file", _parse_session)
 
 
 def save(path: str, session: SavedSession) -> None:
