@@ -161,8 +161,7 @@ class Registry:
         self._owned: dict[str, _Owned] = {}
         self._session_id: int | None = None
         self._saved_nodes: dict[str, str] | None = None  # as last written to the file
-        # Sequential keys: the znode ZooKeeper named for each, and back.  Read
-        # (not written) by kazoo's thread in _on_watch.
+        # Sequential keys: the znode ZooKeeper named for each, and back.
         self._nodes: dict[str, str] = {}
         self._keys: dict[str, str] = {}
         # Sequential creates whose reply was lost: (parent cversion before, data).
@@ -274,7 +273,7 @@ class Registry:
             if event.path is None:  # a session event (kazoo fires these at expiry)
                 self._examine_all = True
             else:
-                self._suspect.add(self._keys.get(event.path, event.path))
+                self._suspect.add(event.path)  # a znode; the worker maps it to its key
         self._wake.set()
 
     # -- worker ---------------------------------------------------------------
@@ -315,6 +314,8 @@ class Registry:
                 examine_all, self._examine_all = self._examine_all, False
                 changed, self._dirty = self._dirty, set()
                 suspect, self._suspect = self._suspect | due, set()
+            # Watches name the znode; a ServerSet member's key differs from it.
+            suspect = {self._keys.get(path, path) for path in suspect}
             if session_id != self._session_id:
                 self._new_session(session_id, client_id[1])
                 examine_all = True
