@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import logging.handlers
 import os
@@ -11,7 +12,6 @@ import sys
 
 from . import __version__
 from .config import ConfigError, load_config
-from .metrics import available as metrics_available
 from .payload import node_payload
 from .status import status_report
 
@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
 
-    if config.metrics_port and not metrics_available():
+    # prometheus_client (and the HTTP server it brings) only when asked for:
+    # it is a tenth of the listener's memory.
+    if config.metrics_port and not importlib.util.find_spec("prometheus_client"):
         print(f"zkwatcher-supervisor: {config.filename}: [zkwatcher] metrics_port: needs "
               "prometheus_client (pip install 'zkwatcher-supervisor[metrics]')", file=sys.stderr)
         return EXIT_CONFIG_ERROR

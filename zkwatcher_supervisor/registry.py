@@ -70,6 +70,16 @@ def sequence_prefix(key: str) -> str | None:
     return posixpath.join(parent, name.split(SEQUENCE_MARK, 1)[0])
 # Upper bound on waiting for one pipelined batch of replies.
 REPLY_TIMEOUT = 10.0
+# Requests pipelined before waiting for their replies.  Every request in
+# flight holds a kazoo AsyncResult (a Condition and its lock); sending a
+# thousand at once makes a start-up peak the process keeps as heap for good.
+# A round trip is about a millisecond here, so batches cost start-up little.
+PIPELINE_DEPTH = 64
+
+
+def batches(items: list, size: int = PIPELINE_DEPTH):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 @dataclass(frozen=True)
@@ -464,42 +474,44 @@ class Registry:
             self._resolve_uncertain(session_id)
         if self._reattached and not self._holding:
             self._sweep_unclaimed(session_id, wanted)
-        lookups = {}
         actions = {}
-        for path in sorted(suspect):
-            watch = self._on_watch if path in wanted else None
-            owned = self._owned.get(path)
-            node = self._node(path)
-            if node is None:
-                # A member not created yet: nothing to look up.
-                actions[path] = self._decide_from_memory(path, wanted.get(path))
-            elif owned is not None and owned.data is None:
-                # A node of the session we reattached to: what does it hold?
-                lookups[path] = (True, self._client.get_async(node, watch=watch))
-            else:
-                lookups[path] = (False, self._client.exists_async(node, watch=watch))
+        watched: set[str] = set()
+        retry: set[str] = set()
+        for batch in batches(sorted(suspect)):
+            lookups = {}
+            for path in batch:
+                watch = self._on_watch if path in wanted else None
+                owned = self._owned.get(path)
+                node = self._node(path)
+                if node is None:
+                    # A member not created yet: nothing to look up.
+                    actions[path] = self._decide_from_memory(path, wanted.get(path))
+                elif owned is not None and owned.data is None:
+                    # A node of the session we reattached to: what does it hold?
+                    lookups[path] = (True, self._client.get_async(node, watch=watch))
+                else:
+                    lookups[path] = (False, self._client.exists_async(node, watch=watch))
+            watched |= set(lookups)
+            for path, (with_data, lookup) in lookups.items():
+                current = None
+                try:
+                    if with_data:
+                        current, stat = lookup.get(timeout=REPLY_TIMEOUT)
+                    else:
+                        stat = lookup.get(timeout=REPLY_TIMEOUT)
+                except NoNodeError:
+                    stat = None
+                except CONNECTION_ERRORS:
+                    raise
+                except KazooException as exc:
+                    log.error("%s: looking it up failed: %r", path, exc)
+                    retry.add(path)
+                    continue
+                actions[path] = self._decide_from_stat(path, wanted.get(path), stat,
+                                                       session_id, current)
         actions.update({path: self._decide_from_memory(path, wanted.get(path))
                         for path in changed})
-        retry: set[str] = set()
-        for path, (with_data, lookup) in lookups.items():
-            current = None
-            try:
-                if with_data:
-                    current, stat = lookup.get(timeout=REPLY_TIMEOUT)
-                else:
-                    stat = lookup.get(timeout=REPLY_TIMEOUT)
-            except NoNodeError:
-                stat = None
-            except CONNECTION_ERRORS:
-                raise
-            except KazooException as exc:
-                log.error("%s: looking it up failed: %r", path, exc)
-                retry.add(path)
-                continue
-            actions[path] = self._decide_from_stat(path, wanted.get(path), stat, session_id,
-                                                   current)
 
-        watched = set(lookups)
         # Creates that wait on a parent we just made, or on a stale node we just
         # deleted, go out in a second round at once rather than after a pause.
         for _ in range(3):
@@ -515,16 +527,23 @@ class Registry:
         return retry | set(actions)
 
     def _apply(self, actions: dict[str, tuple | None], watched: set[str]):
-        """Send every action pipelined, then collect the replies.
+        """Send the actions pipelined, PIPELINE_DEPTH at a time, collecting replies.
 
         Returns the creates to send again right away and the paths to retry later.
         """
+        again: dict[str, tuple] = {}
+        retry: set[str] = set()
+        todo = [(path, action) for path, action in actions.items() if action is not None]
+        for batch in batches(todo):
+            batch_again, batch_retry = self._apply_batch(dict(batch), watched)
+            again.update(batch_again)
+            retry |= batch_retry
+        return again, retry
+
+    def _apply_batch(self, actions: dict[str, tuple], watched: set[str]):
         client = self._client
         pending = {}  # key -> (action, async result, data, parent stat before a member create)
-        for path, action in actions.items():
-            if action is None:
-                continue
-            kind, data, version = action
+        for path, (kind, data, version) in actions.items():
             prefix = sequence_prefix(path)
             parent_stat = None
             if kind == "create" and prefix is not None:
