@@ -79,7 +79,7 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {message}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProgramSpec:
     """Which supervisord processes a section follows: ``name``, ``group:name`` or ``group:*``.
 
@@ -127,7 +127,7 @@ class ZooKeeperSettings:
     tls: TLSSettings | None = None  # None: plain TCP
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceSettings:
     """One service section: what to watch and which znode stands for it."""
 
@@ -168,7 +168,7 @@ class ServiceSettings:
         return self.node_path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BuiltinCheck:
     """``cmd = tcp://host:port`` or ``cmd = http://host:port/path``: checked without a fork."""
 

@@ -33,7 +33,7 @@ MIN_REFRESH = 1.0
 OVERDUE_GRACE = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CheckRun:
     """A check the caller should start; hand ``token`` back with its result."""
 
@@ -44,13 +44,17 @@ class CheckRun:
     expect_status: int | None = None  # http:// checks only
 
 
-@dataclass
+@dataclass(slots=True)
 class ProcessInfo:
     state: str
     pid: int = 0
 
 
 class SectionHealth:
+    # Slots: one of these per section, and a host may have thousands.
+    __slots__ = ("cancelled", "check_up", "failures", "last_progress", "last_result",
+                 "next_check_at", "passes", "processes", "running_token", "service")
+
     def __init__(self, service: ServiceSettings, now: float = 0.0) -> None:
         self.service = service
         self.processes: dict[tuple[str, str], ProcessInfo] = {}

@@ -82,7 +82,7 @@ def batches(items: list, size: int = PIPELINE_DEPTH):
         yield items[start:start + size]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Owned:
     data: bytes | None  # None: held by a session we reattached to; contents unknown
     version: int
