@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -85,19 +84,6 @@ def listener_section(config: Path, events: str = "PROCESS_STATE,TICK_5,REMOTE_CO
         stopwaitsecs = 5
         stderr_logfile = {config.parent}/zkwatcher.log
         """) + extra
-
-
-def busy_periods(supervisord_log: str, listener: str = "zkwatcher") -> list[float]:
-    """Seconds the listener spent BUSY on each event, from a debug-level supervisord log."""
-    periods, started = [], None
-    for line in supervisord_log.splitlines():
-        if line.endswith(f"sent to listener {listener}"):
-            started = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-        elif f"{listener}: BUSY -> " in line and started is not None:
-            ended = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-            periods.append((ended - started).total_seconds())
-            started = None
-    return periods
 
 
 def node_exists(zk: KazooClient, path: str) -> bool:

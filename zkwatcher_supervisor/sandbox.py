@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import xmlrpc.client
+from datetime import datetime
 from pathlib import Path
 
 from supervisor.xmlrpc import SupervisorTransport
@@ -255,6 +256,18 @@ class LocalSupervisord:
     def log_text(self) -> str:
         path = self.workdir / "supervisord.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def busy_periods(self, listener: str = "zkwatcher") -> list[float]:
+        """Seconds ``listener`` spent BUSY on each event (needs loglevel debug)."""
+        periods, started = [], None
+        for line in self.log_text().splitlines():
+            if line.endswith(f"sent to listener {listener}"):
+                started = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            elif f"{listener}: BUSY -> " in line and started is not None:
+                ended = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                periods.append((ended - started).total_seconds())
+                started = None
+        return periods
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process and self.process.poll() is None:
