@@ -102,7 +102,10 @@ def main() -> int:
             cli("drain", "web")
             gone.wait(10)
             command.append(seen[0] - started)
-            log = (work / "zkwatcher.log").read_text()
+            # The listener writes its log a moment after the fact.
+            log = wait_until(lambda n=round_: (text := (work / "zkwatcher.log").read_text())
+                             .count(f"deregistered {node}") > n and text, 5,
+                             what="deregistration logged")
             listener.append(log_stamp(log, f"deregistered {node}", round_)
                             - log_stamp(log, "[web] drained by", round_))
             cli("undrain", "web")

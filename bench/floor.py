@@ -51,19 +51,24 @@ class Floor:
         """Seconds from SIGKILL of a fresh process to the observer's watch firing."""
         victim = subprocess.Popen(["sleep", "100000"])
         try:
-            self.deleter.stdin.write(f"{victim.pid}\n")
-            if self.deleter.stdout.readline().strip() != "watching":
-                raise RuntimeError("the floor's deleter stopped")
-            gone, at = deletion_watch(self.observer, self.path)
-            time.sleep(settle)  # same pause as before a listener kill
-            killed = time.monotonic()
-            os.kill(victim.pid, signal.SIGKILL)
-            if not gone.wait(10):
-                raise TimeoutError("the floor's node was not deleted")
-            return at[0] - killed
+            return self.sample_pid(victim.pid, settle)
         finally:
             victim.kill()
             victim.wait()
+
+    def sample_pid(self, pid: int, settle: float = 0.2) -> float:
+        """The same for a process started by someone else (a supervisord program,
+        so supervisord's own work on its death happens at the same moment)."""
+        self.deleter.stdin.write(f"{pid}\n")
+        if self.deleter.stdout.readline().strip() != "watching":
+            raise RuntimeError("the floor's deleter stopped")
+        gone, at = deletion_watch(self.observer, self.path)
+        time.sleep(settle)  # same pause as before a listener kill
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        if not gone.wait(10):
+            raise TimeoutError("the floor's node was not deleted")
+        return at[0] - killed
 
     def close(self) -> None:
         self.deleter.stdin.close()

@@ -51,14 +51,17 @@ def count_lines(path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def log_time(log_text: str, message: str, after: float = 0.0) -> float:
-    """Wall-clock time of the first log line containing ``message`` at or after ``after``."""
-    for line in log_text.splitlines():
-        if message in line:
-            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            if stamp >= after:
-                return stamp
-    raise AssertionError(f"{message!r} not in log")
+def log_time(read_log, message: str, after: float = 0.0, timeout: float = 5.0) -> float:
+    """Wall-clock time of the first log line containing ``message`` at or after
+    ``after``; waits for it, as the listener writes its log a moment late."""
+    def find() -> float | None:
+        for line in read_log().splitlines():
+            if message in line:
+                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if stamp >= after:
+                    return stamp
+        return None
+    return wait_until(find, timeout, what=f"{message!r} logged")
 
 
 @pytest.fixture
@@ -132,7 +135,7 @@ def test_zookeeper_down_10s_within_the_session_timeout_keeps_nodes(
             probe.stop()
             probe.close()
         recovered = time.monotonic() - back
-        reconnected = log_time((config.parent / "zkwatcher.log").read_text(),
+        reconnected = log_time((config.parent / "zkwatcher.log").read_text,
                                "connected to ZooKeeper", after=time.time() - recovered - 0.5)
         after_reconnect = time.time() - reconnected
         print(f"ZooKeeper serving again -> nodes right: {recovered:.2f}s "
@@ -187,7 +190,7 @@ def test_session_expiry_restores_wanted_nodes_only(
         wait_until(lambda: node_exists(zk, node_a), 5, interval=0.01, what="re-registration")
         stat = zk.exists(node_a)
         assert stat.ephemeralOwner != old_owner
-        connected = log_time(drv.stderr(), "connected to ZooKeeper", after=restored - 0.01)
+        connected = log_time(drv.stderr, "connected to ZooKeeper", after=restored - 0.01)
         delay = stat.ctime / 1000 - connected
         print(f"new session -> node back: {delay * 1000:.0f} ms")
         assert delay < 1.0
@@ -262,7 +265,7 @@ def test_silent_partition_longer_than_the_session_ends_with_the_nodes_back(
         wait_until(lambda: node_exists(zk, node), 10, interval=0.01, what="registered again")
         stat = zk.exists(node)
         assert stat.ephemeralOwner != old_owner
-        connected = log_time(drv.stderr(), "connected to ZooKeeper", after=restored - 0.01)
+        connected = log_time(drv.stderr, "connected to ZooKeeper", after=restored - 0.01)
         assert stat.ctime / 1000 - connected < 1.0
         assert json.loads(zk.get(node)[0])["pid"] == drv.process.pid
     finally:
@@ -473,7 +476,8 @@ def test_sighup_reload(zk, write_config, driver, base_path, tmp_path):
     config.write_text(config.read_text().replace("service_port = 4", "service_port = x"))
     drv.process.send_signal(signal.SIGHUP)
     wait_until(lambda: "reload rejected" in drv.stderr(), 5, what="rejection logged")
-    assert "[added] service_port: expected an integer, got 'x'" in drv.stderr()
+    wait_until(lambda: "[added] service_port: expected an integer, got 'x'" in drv.stderr(), 5,
+               what="the reason logged")
     seen = count_lines(runs)
     wait_until(lambda: count_lines(runs) >= seen + 2, 5, what="two more check runs")
     for name in ("keep", "change", "added"):
@@ -494,7 +498,8 @@ def test_second_listener_with_the_same_config_never_fights_the_first(
     before = zk.exists(node)
     second = driver(config)
     wait_until(lambda: "held by another session" in second.stderr(), 10, what="second waits")
-    assert "not sharing its ZooKeeper session" in second.stderr()
+    wait_until(lambda: "not sharing its ZooKeeper session" in second.stderr(), 5,
+               what="the reason logged")
 
     def runs_of_second():
         return runs.read_text().split().count(str(second.process.pid))
@@ -520,7 +525,7 @@ def test_restart_after_the_session_expired_starts_afresh(zk, write_config, drive
     second = driver(config)
     wait_until(lambda: node_exists(zk, node), 5, interval=0.01, what="registered again")
     assert json.loads(zk.get(node)[0])["pid"] == second.process.pid
-    assert "has expired; started" in second.stderr()
+    wait_until(lambda: "has expired; started" in second.stderr(), 5, what="expiry logged")
 
 
 @pytest.mark.parametrize("payload_format", ["nd_service_registry", "serverset"])

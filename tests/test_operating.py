@@ -157,8 +157,9 @@ def test_reload_moves_a_changed_path_and_keeps_zookeeper_settings_until_a_restar
     assert result.returncode == 0, result.stdout + result.stderr
     wait_until(lambda: node_exists(zk, f"{new_path}/host1:1")
                and not node_exists(zk, f"{old_path}/host1:1"), 5, what="node moved")
-    log = (config.parent / "zkwatcher.log").read_text()
-    assert "[zkwatcher]/[auth] changes need a restart" in log
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: "[zkwatcher]/[auth] changes need a restart" in log.read_text(), 5,
+               what="restart needed logged")
     moved = zk.exists(f"{new_path}/host1:1")
     assert moved.ephemeralOwner == other.ephemeralOwner
     assert json.loads(zk.get(f"{new_path}/host1:1")[0])["pid"] == pid

@@ -202,8 +202,9 @@ def test_tcp_and_http_checks_follow_a_real_server(write_config, supervisord, zk,
     wait_until(lambda: all(node_exists(zk, n) for n in nodes), 15, what="registration")
     server.ctl("stop", "web")
     wait_until(lambda: not any(node_exists(zk, n) for n in nodes), 12, what="deregistration")
-    log = (config.parent / "zkwatcher.log").read_text()
-    assert "[tcp] check failed: failed: connect: Connection refused" in log
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: "[tcp] check failed: failed: connect: Connection refused"
+               in log.read_text(), 5, what="probe failure logged")
     server.ctl("start", "web")
     wait_until(lambda: all(node_exists(zk, n) for n in nodes), 12, what="re-registration")
 
@@ -357,7 +358,8 @@ def test_tls_to_a_zookeeper_secure_port(tmp_path, write_config, driver, base_pat
         try:
             wait_until(lambda: reader.exists(f"{base_path}/svc/host1:1"), 15,
                        what="registration over TLS")
-            assert "connected to ZooKeeper" in drv.stderr()
+            wait_until(lambda: "connected to ZooKeeper" in drv.stderr(), 5,
+                       what="connection logged")
 
             # A CA that did not sign the server's certificate: refused, nothing registered.
             other_ca_pem = tmp_path / "other-ca.pem"

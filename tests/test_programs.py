@@ -128,7 +128,8 @@ def test_kill_9_deregisters_ahead_of_supervisord(write_config, supervisord, zk, 
     # supervisord itself reports EXITED about 1 s after a SIGKILL.
     assert delay < 0.5, delay
     wait_until(lambda: server.info("web")["statename"] == "EXITED", 5, what="EXITED")
-    assert f"(pid {pid}) died" in (config.parent / "zkwatcher.log").read_text()
+    wait_until(lambda: f"(pid {pid}) died" in (config.parent / "zkwatcher.log").read_text(), 5,
+               what="death logged")
 
 
 @pytest.mark.parametrize(("running", "passing"),
@@ -198,7 +199,8 @@ def test_program_matching_nothing_is_a_warning_and_stays_down(
         bound_section(base_path, "ghost", name="ghost") + bound_section(base_path, "web", port=1),
         program("web"))
     wait_until(lambda: node_exists(zk, f"{base_path}/web/host1:1"), 15, what="web registered")
-    log = (config.parent / "zkwatcher.log").read_text()
-    assert "[ghost] program ghost:ghost matches no supervisord process; section stays down" in log
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: "[ghost] program ghost:ghost matches no supervisord process; "
+               "section stays down" in log.read_text(), 5, what="ghost logged")
     assert not node_exists(zk, f"{base_path}/ghost/host1:8080")
     assert server.info("zkwatcher")["statename"] == "RUNNING"

@@ -113,7 +113,7 @@ def test_one_member_per_healthy_section_through_flaps_and_payload_changes(
                what="payload updated in place")
     assert zk.exists(f"{path}/{name}").version == version + 1
     print(f"serverset reader samples: {sampler.stop()}")
-    assert f"registered {path}/{name}" in drv.stderr()
+    wait_until(lambda: f"registered {path}/{name}" in drv.stderr(), 5, what="member logged")
 
     def status():
         return subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
@@ -148,7 +148,8 @@ def test_member_survives_session_expiry_crash_and_a_lost_create_reply(
         wait_until(lambda: len(read_serverset(zk, path)) == 1, 5, what="member")
         time.sleep(2)  # reconnected, and any duplicate would have been made by now
         assert len(read_serverset(zk, path)) == 1
-        assert "its create's reply was lost" in drv.stderr(), drv.stderr()
+        wait_until(lambda: "its create's reply was lost" in drv.stderr(), 5,
+                   what="the lost reply logged")
 
         # Session expiry: the member goes with the session and comes back once.
         (before,) = read_serverset(zk, path)

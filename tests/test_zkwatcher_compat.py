@@ -435,7 +435,7 @@ def test_never_fights_a_live_zk_watcher_for_the_same_node(server, tmp_path):
             time.sleep(0.1)
         print(f"60 s side by side: czxids seen {czxids}")
         assert czxids == {theirs.czxid} and not deleted
-        assert "held by another session" in ours.stderr()
+        wait_until(lambda: "held by another session" in ours.stderr(), 5, what="waiting logged")
 
         peer.terminate()
         peer.wait(30)

@@ -9,6 +9,8 @@ import logging.handlers
 import os
 import queue
 import sys
+import threading
+import time
 
 from . import __version__
 from .config import ConfigError, load_config
@@ -70,7 +72,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbose: bool, syslog: bool) -> logging.handlers.QueueListener:
+class LogWriter:
+    """Writes the records the listener queues, from a thread of its own, in
+    batches: each a moment after its first record.
+
+    The moments that log most (a program died: a deletion to send) are the
+    ones where every millisecond counts; writing at once would wake
+    supervisord to copy our stderr into its log while ZooKeeper commits the
+    deletion, on the same CPUs (bench/kill_detection.py: the median from
+    SIGKILL to a consumer seeing the node gone is about 1.5 ms lower).
+    Records keep the time they were made.
+    """
+
+    HOLD = 0.02  # seconds
+
+    def __init__(self, handler: logging.Handler) -> None:
+        self.records: queue.SimpleQueue = queue.SimpleQueue()
+        self._handler = handler
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write everything queued so far, then end the thread."""
+        self.records.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.records.get()]
+            if batch[0] is not None:
+                time.sleep(self.HOLD)
+            while not self.records.empty():
+                batch.append(self.records.get())
+            for record in batch:
+                if record is None:
+                    return
+                self._handler.handle(record)
+
+
+def setup_logging(verbose: bool, syslog: bool) -> LogWriter:
     """Log through a queue: the event loop never waits for stderr or syslog to
     take a line.  Stop the returned listener to flush before exiting."""
     handler: logging.Handler
@@ -81,11 +123,10 @@ def setup_logging(verbose: bool, syslog: bool) -> logging.handlers.QueueListener
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    records: queue.SimpleQueue = queue.SimpleQueue()
-    writer = logging.handlers.QueueListener(records, handler)
+    writer = LogWriter(handler)
     writer.start()
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.handlers[:] = [logging.handlers.QueueHandler(writer.records)]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # kazoo logs every reconnect attempt at INFO/WARNING; keep its chatter for -v.
     logging.getLogger("kazoo").setLevel(logging.DEBUG if verbose else logging.WARNING)
