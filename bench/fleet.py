@@ -705,14 +705,21 @@ def ensemble_restart(fleet: Fleet, out: dict) -> None:
         server.wait_ready(180)
     out["ensemble_restart_serving_s"] = time.monotonic() - started
 
+    state: dict = {}
+
     def recovered() -> bool:
         try:
-            return (owners <= set(ensemble.sessions())
-                    and len(fleet.snapshot()) == fleet.expected)
-        except Exception:
+            state["missing_sessions"] = len(owners - set(ensemble.sessions()))
+            state["nodes"] = len(fleet.snapshot())
+        except Exception as exc:
+            state["error"] = repr(exc)
             return False
+        return state["missing_sessions"] == 0 and state["nodes"] == fleet.expected
 
-    wait_until(recovered, 300, interval=0.2, what="every session and node back")
+    try:
+        wait_until(recovered, 300, interval=0.2, what="every session and node back")
+    except TimeoutError:
+        raise TimeoutError(f"ensemble restart: not recovered in 300 s: {state}") from None
     out["ensemble_restart_recovery_s"] = time.monotonic() - started
     out["ensemble_restart_nodes_lost"] = lost_between(before, fleet.snapshot())
 
@@ -834,11 +841,12 @@ def main() -> int:
                   flush=True)
     finally:
         out["work"] = str(fleet.work)
+        out["bench_s"] = time.monotonic() - began
         fleet.close()
-    out["bench_s"] = time.monotonic() - began
-    print(table(out))
-    if args.json:
-        print(json.dumps(out))
+        # Also when a phase failed: what was measured before it still counts.
+        print(table(out), flush=True)
+        if args.json:
+            print(json.dumps(out), flush=True)
     return 0
 
 
