@@ -93,6 +93,10 @@ class Ensemble:
             server = LocalZooKeeper(work / f"zk{myid}", port=client)
             server.servers = [(i, p, e) for i, (_, p, e) in enumerate(ports, start=1)]
             server.myid = myid
+            # Every client here comes from 127.0.0.1, and ZooKeeper accepts only
+            # 60 connections per client address by default: a fleet of hosts
+            # has one address each, so lift the cap rather than measure it.
+            server.extra_config = ["maxClientCnxns=0"]
             self.servers.append(server)
 
     @property
