@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import dataclasses
 import json
 import os
 import re
@@ -27,12 +28,17 @@ AUTH_SECTION = "auth"
 
 DEFAULT_HOSTS = "localhost:2181"
 DEFAULT_SESSION_TIMEOUT = 10.0
+# After its session expired, a listener opens the new one a random 0..spread
+# seconds later, so a fleet cut off together does not come back in the same
+# second; larger spreads are set per fleet (see README "Scaling").
+DEFAULT_RECONNECT_SPREAD = 1.0
+MAX_RECONNECT_SPREAD = 600.0
 DEFAULT_REFRESH = 30
 DEFAULT_TIMEOUT = 10.0
 MAX_CONFIG_BYTES = 16 * 2**20
 
-GLOBAL_KEYS = {"hosts", "session_timeout", "status_file", "metrics_port", "use_ssl", "ca",
-               "certfile", "keyfile"}
+GLOBAL_KEYS = {"hosts", "session_timeout", "reconnect_spread", "status_file", "metrics_port",
+               "use_ssl", "ca", "certfile", "keyfile"}
 PAYLOAD_FORMATS = ("nd_service_registry", "serverset", "curator")
 AUTH_KEYS = {"user", "password"}
 SERVICE_KEYS = {
@@ -125,6 +131,7 @@ class ZooKeeperSettings:
     session_timeout: float = DEFAULT_SESSION_TIMEOUT
     auth: Auth | None = None
     tls: TLSSettings | None = None  # None: plain TCP
+    reconnect_spread: float = DEFAULT_RECONNECT_SPREAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +417,8 @@ class _Section:
         if allow_zero and value == 0:
             return value
         if not value > 0 or value == float("inf"):
-            raise self.error(key, f"must be a positive number of seconds, got {raw!r}")
+            wanted = "zero or a positive" if allow_zero else "a positive"
+            raise self.error(key, f"must be {wanted} number of seconds, got {raw!r}")
         return value
 
     def warn_unknown_keys(self, known: set[str]) -> None:
@@ -510,6 +518,7 @@ def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
 
 def _read_zookeeper(file: _File) -> ZooKeeperSettings:
     hosts, timeout, auth, tls = DEFAULT_HOSTS, DEFAULT_SESSION_TIMEOUT, None, None
+    spread = DEFAULT_RECONNECT_SPREAD
     if file.parser.has_section(GLOBAL_SECTION):
         section = file.section(GLOBAL_SECTION)
         hosts = section.text("hosts") or DEFAULT_HOSTS
@@ -518,11 +527,16 @@ def _read_zookeeper(file: _File) -> ZooKeeperSettings:
         except ValueError as exc:
             raise section.error("hosts", str(exc)) from None
         timeout = section.seconds("session_timeout", DEFAULT_SESSION_TIMEOUT)
+        spread = section.seconds("reconnect_spread", DEFAULT_RECONNECT_SPREAD, allow_zero=True)
+        if spread > MAX_RECONNECT_SPREAD:
+            raise section.error("reconnect_spread", f"must be at most {MAX_RECONNECT_SPREAD:g} "
+                                f"seconds, got {section.text('reconnect_spread')!r}")
         tls = _read_tls(section)
     if file.parser.has_section(AUTH_SECTION):
         section = file.section(AUTH_SECTION)
         auth = Auth(section.required("user"), section.required("password"))
-    return ZooKeeperSettings(hosts=hosts, session_timeout=timeout, auth=auth, tls=tls)
+    return ZooKeeperSettings(hosts=hosts, session_timeout=timeout, auth=auth, tls=tls,
+                             reconnect_spread=spread)
 
 
 def _read_tls(section: _Section) -> TLSSettings | None:
@@ -625,8 +639,7 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
             _check_hosts(hosts_override)
         except ValueError as exc:
             raise ConfigError(filename, f"--server: {exc}") from None
-        zookeeper = ZooKeeperSettings(hosts_override, zookeeper.session_timeout, zookeeper.auth,
-                                      zookeeper.tls)
+        zookeeper = dataclasses.replace(zookeeper, hosts=hosts_override)
     if zookeeper.auth is not None and stat.st_mode & 0o044 and os.path.isfile(filename):
         file.warn(AUTH_SECTION, "password", f"the file is readable by group or others (mode "
                   f"{stat.st_mode & 0o777:04o}); chmod go-rwx {filename}")

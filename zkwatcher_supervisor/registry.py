@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import random
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -37,7 +38,7 @@ from kazoo.exceptions import (
     NoNodeError,
     SessionExpiredError,
 )
-from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
 
@@ -88,9 +89,52 @@ class _Owned:
     version: int
 
 
+class SpreadHandler(SequentialThreadingHandler):
+    """kazoo's threading handler, except that the first connection after a
+    session expired waits a random 0..``spread`` seconds.
+
+    When a whole fleet loses the ensemble for longer than its session timeout,
+    every host learns of the expiry in the same second the ensemble is back,
+    and would open its new session (and re-create all its nodes) in that same
+    second.  The wait runs on kazoo's connection thread, where kazoo sleeps
+    between its own retries; :meth:`session_expired`, called from the state
+    listener, only draws the number.
+    """
+
+    def __init__(self, spread: float) -> None:
+        super().__init__()
+        self.spread = spread
+        self.last_delay: float | None = None  # the most recent wait, for logs and tests
+        self._delay = 0.0
+        self._cancel = threading.Event()
+
+    def session_expired(self) -> float:
+        """Make the next connection wait; returns the wait drawn."""
+        self._delay = random.uniform(0.0, self.spread) if self.spread > 0 else 0.0
+        return self._delay
+
+    def create_connection(self, *args, **kwargs):
+        delay, self._delay = self._delay, 0.0
+        if delay > 0:
+            self.last_delay = delay
+            if self._cancel.wait(delay):
+                # Stopping: fail this attempt rather than open a session to close.
+                raise OSError("client stopping")
+        return super().create_connection(*args, **kwargs)
+
+    def start(self) -> None:
+        self._cancel.clear()
+        super().start()
+
+    def stop(self) -> None:
+        self._cancel.set()
+        super().stop()
+
+
 def make_client(settings: ZooKeeperSettings,
                 client_id: tuple[int, bytes] | None = None) -> KazooClient:
-    """A kazoo client for ``settings``: hosts, session timeout, digest auth, TLS."""
+    """A kazoo client for ``settings``: hosts, session timeout, digest auth, TLS,
+    reconnect spread."""
     options: dict = {}
     if settings.auth is not None:
         options["auth_data"] = [("digest", f"{settings.auth.user}:{settings.auth.password}")]
@@ -103,6 +147,7 @@ def make_client(settings: ZooKeeperSettings,
         # Reconnect for ever, quickly: registrations must come back within
         # a second of the server returning.
         connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
+        handler=SpreadHandler(settings.reconnect_spread),
         client_id=client_id,
         **options,
     )
@@ -276,7 +321,9 @@ class Registry:
         elif state == KazooState.SUSPENDED:
             log.warning("ZooKeeper connection suspended; nodes stay until the session expires")
         elif state == KazooState.LOST and not self._stopping:
-            log.warning("ZooKeeper session lost; will re-register on reconnect")
+            delay = self._client.handler.session_expired()
+            log.warning("ZooKeeper session lost; will reconnect in %.2fs (reconnect_spread) "
+                        "and re-register", delay)
 
     def _on_watch(self, event) -> None:
         with self._lock:
