@@ -61,7 +61,7 @@ def command_argv(command: str) -> list[str]:
     return shlex.split(command)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CheckOutcome:
     passed: bool
     returncode: int | None

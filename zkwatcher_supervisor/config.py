@@ -85,7 +85,7 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {message}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProgramSpec:
     """Which supervisord processes a section follows: ``name``, ``group:name`` or ``group:*``.
 
@@ -134,7 +134,7 @@ class ZooKeeperSettings:
     reconnect_spread: float = DEFAULT_RECONNECT_SPREAD
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ServiceSettings:
     """One service section: what to watch and which znode stands for it."""
 
@@ -175,7 +175,7 @@ class ServiceSettings:
         return self.node_path
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BuiltinCheck:
     """``cmd = tcp://host:port`` or ``cmd = http://host:port/path``: checked without a fork."""
 

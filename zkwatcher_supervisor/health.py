@@ -33,7 +33,7 @@ MIN_REFRESH = 1.0
 OVERDUE_GRACE = 5.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CheckRun:
     """A check the caller should start; hand ``token`` back with its result."""
 
@@ -44,7 +44,7 @@ class CheckRun:
     expect_status: int | None = None  # http:// checks only
 
 
-@dataclass(slots=True)
+@dataclass
 class ProcessInfo:
     state: str
     pid: int = 0

@@ -14,12 +14,14 @@ and a worker thread makes ZooKeeper match it:
   deleted: we log once, watch it, and register the moment it goes;
 * nodes it never created (persistent ones, other sessions') are never written.
 
-Reads and writes are pipelined with kazoo's async API, so a full reconcile of a
-thousand nodes costs a few round trips, not a thousand.
+Reads and writes are pipelined with kazoo's async API, PIPELINE_DEPTH at a
+time, so a full reconcile of a thousand nodes costs a few dozen round trips,
+not a thousand.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import posixpath
 import random
@@ -83,7 +85,7 @@ def batches(items: list, size: int = PIPELINE_DEPTH):
         yield items[start:start + size]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Owned:
     data: bytes | None  # None: held by a session we reattached to; contents unknown
     version: int
@@ -119,7 +121,7 @@ class SpreadHandler(SequentialThreadingHandler):
             self.last_delay = delay
             if self._cancel.wait(delay):
                 # Stopping: fail this attempt rather than open a session to close.
-                raise OSError("client stopping")
+                raise OSError(errno.ECANCELED, "client stopping")
         return super().create_connection(*args, **kwargs)
 
     def start(self) -> None:
@@ -144,8 +146,9 @@ def make_client(settings: ZooKeeperSettings,
     return KazooClient(
         hosts=settings.hosts,
         timeout=settings.session_timeout,
-        # Reconnect for ever, quickly: registrations must come back within
-        # a second of the server returning.
+        # Reconnect for ever, quickly: registrations must come back within a
+        # second of the server returning (after an expiry, of the new session,
+        # which reconnect_spread may open a little later).
         connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
         handler=SpreadHandler(settings.reconnect_spread),
         client_id=client_id,
@@ -521,7 +524,8 @@ class Registry:
             self._resolve_uncertain(session_id)
         if self._reattached and not self._holding:
             self._sweep_unclaimed(session_id, wanted)
-        actions = {}
+        # Changes known from memory (a dead program's deletion) go out first.
+        actions = {path: self._decide_from_memory(path, wanted.get(path)) for path in changed}
         watched: set[str] = set()
         retry: set[str] = set()
         for batch in batches(sorted(suspect)):
@@ -556,8 +560,6 @@ class Registry:
                     continue
                 actions[path] = self._decide_from_stat(path, wanted.get(path), stat,
                                                        session_id, current)
-        actions.update({path: self._decide_from_memory(path, wanted.get(path))
-                        for path in changed})
 
         # Creates that wait on a parent we just made, or on a stale node we just
         # deleted, go out in a second round at once rather than after a pause.
