@@ -93,7 +93,11 @@ buffer_size = 1024
             floors.append(floor.sample())
             wait_until(lambda: supervisord.info("victim")["statename"] == "RUNNING", 10,
                        what="victim RUNNING")
-            supervised_floors.append(floor.sample_pid(supervisord.info("victim")["pid"]))
+            victim = supervisord.info("victim")["pid"]
+            supervised_floors.append(floor.sample_pid(victim))
+            # supervisord restarts it: let that finish before the listener's round.
+            wait_until(lambda v=victim: (info := supervisord.info("victim"))["statename"]
+                       == "RUNNING" and info["pid"] != v, 10, what="victim restarted")
             wait_until(lambda: zk.exists(node), 10, what="registration")
             wait_until(lambda: supervisord.info("web")["statename"] == "RUNNING", 10,
                        what="web RUNNING")

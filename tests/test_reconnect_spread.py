@@ -115,6 +115,8 @@ def test_hosts_whose_sessions_expired_together_come_back_spread(
         proxy.close()
     delays = []
     for drv in drivers:
+        # The line was logged at the expiry, before the wait; give the writer its moment.
+        wait_until(lambda drv=drv: "will reconnect in" in drv.stderr(), 5, what="the draw logged")
         drawn = re.findall(r"will reconnect in (\d+\.\d+)s", drv.stderr())
         assert len(drawn) == 1, drv.stderr()
         delays.append(float(drawn[0]))
