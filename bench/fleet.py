@@ -565,11 +565,21 @@ stderr_logfile = {self.work}/host{i}.log
 
     def close(self) -> None:
         self.driver.stop()
+        self.driver.join(5)
+        # EOF on stdin is a clean stop: each listener closes its session and
+        # removes its session file.  Whatever is still running after that, dies.
         for host in self.driver.hosts.values():
-            if host.process.poll() is None:
+            try:
+                host.process.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        for host in self.driver.hosts.values():
+            try:
+                host.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 host.process.kill()
-        for host in self.driver.hosts.values():
-            host.process.wait()
+                host.process.wait()
         for peer in self.peers.values():
             if peer.poll() is None:
                 peer.kill()
@@ -846,11 +856,11 @@ def main() -> int:
     finally:
         out["work"] = str(fleet.work)
         out["bench_s"] = time.monotonic() - began
-        fleet.close()
         # Also when a phase failed: what was measured before it still counts.
         print(table(out), flush=True)
         if args.json:
             print(json.dumps(out), flush=True)
+        fleet.close()
     return 0
 
 
