@@ -57,10 +57,9 @@ from kazoo.recipe.watchers import ChildrenWatch
 from zkwatcher_supervisor.sandbox import (
     FaultProxy,
     LocalSupervisord,
-    LocalZooKeeper,
     _die_with_parent,
     four_letter_word,
-    free_port,
+    local_ensemble,
     wait_until,
 )
 
@@ -87,17 +86,12 @@ class Ensemble:
     """Three LocalZooKeeper servers forming one ensemble on 127.0.0.1."""
 
     def __init__(self, work: Path) -> None:
-        ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
-        self.servers: list[LocalZooKeeper] = []
-        for myid, (client, _, _) in enumerate(ports, start=1):
-            server = LocalZooKeeper(work / f"zk{myid}", port=client)
-            server.servers = [(i, p, e) for i, (_, p, e) in enumerate(ports, start=1)]
-            server.myid = myid
+        self.servers = local_ensemble(work)
+        for server in self.servers:
             # Every client here comes from 127.0.0.1, and ZooKeeper accepts only
             # 60 connections per client address by default: a fleet of hosts
             # has one address each, so lift the cap rather than measure it.
             server.extra_config = ["maxClientCnxns=0"]
-            self.servers.append(server)
 
     @property
     def hosts(self) -> str:
@@ -112,14 +106,6 @@ class Ensemble:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
-
-    @staticmethod
-    def mode(server: LocalZooKeeper) -> str:
-        try:
-            found = re.search(r"^Mode: (\w+)", four_letter_word(server.port, "srvr", 1.0), re.M)
-        except OSError:
-            return "down"
-        return found.group(1) if found else "down"
 
     def zxid(self) -> int:
         """The highest zxid any serving member reports (within one epoch: writes)."""
@@ -691,7 +677,7 @@ def rolling_restart(fleet: Fleet, out: dict) -> None:
     ensemble = fleet.ensemble
     before, removals = fleet.snapshot(), fleet.view.removals
     started = time.monotonic()
-    order = sorted(ensemble.servers, key=lambda s: Ensemble.mode(s) == "leader")
+    order = sorted(ensemble.servers, key=lambda s: s.mode() == "leader")
     for server in order:  # followers first, the leader last, as operators do
         server.stop()
         time.sleep(1)

@@ -22,42 +22,37 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
-from common import percentile
+from common import summary_ms
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import FaultProxy, LocalSupervisord, LocalZooKeeper, wait_until
+from zkwatcher_supervisor.sandbox import (
+    FaultProxy,
+    LocalSupervisord,
+    LocalZooKeeper,
+    log_time,
+    wait_until,
+)
 
 SESSION_TIMEOUT = 4  # seconds; expiry rounds wait this long per round
 HANG_TIMEOUT = 3  # seconds the hanging check runs before it is killed
 
 
 def summary(values: list[float]) -> str:
-    ms = [v * 1000 for v in values]
-    return (f"n {len(ms):4}   p50 {statistics.median(ms):8.1f} ms   "
-            f"p99 {percentile(ms, 0.99):8.1f} ms   max {max(ms):8.1f} ms")
+    return f"n {len(values):4}   {summary_ms(values)}"
 
 
-def log_stamp(log: Path, needle: str, after: float, timeout: float = 5.0) -> float | None:
-    """Wall-clock time of the first log line with ``needle`` at or after
-    ``after``, waiting for it (the listener writes its log a moment late)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in log.read_text().splitlines():
-            if needle in line:
-                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                if stamp >= after:
-                    return stamp
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.02)
+def connected_after(log: Path, after: float) -> float | None:
+    """When the listener logged its (re)connection at or after ``after``, if it did."""
+    try:
+        return log_time(log.read_text, "connected to ZooKeeper", after)
+    except TimeoutError:
+        return None
 
 
 class Setup:
@@ -184,7 +179,7 @@ def outage(setup: Setup, restarts: int) -> tuple[list[float], float, float | Non
         probe.stop()
         probe.close()
     applied, applied_wall = time.monotonic() - back, time.time()
-    connected = log_stamp(setup.log, "connected to ZooKeeper", back_wall)
+    connected = connected_after(setup.log, back_wall)
     after_reconnect = None if connected is None else max(0.0, applied_wall - connected)
     wait_until(lambda: setup.zk.connected, 60, what="consumer reconnected")
     setup.supervisord.ctl("start", "web")
@@ -229,7 +224,7 @@ def session_expiries(setup: Setup, rounds: int) -> tuple[list[float], list[float
         from_restore.append(time.monotonic() - restored)
         stat = setup.zk.exists(setup.nodes[0])
         assert stat.ephemeralOwner != owner
-        connected = log_stamp(setup.log, "connected to ZooKeeper", restored_wall)
+        connected = connected_after(setup.log, restored_wall)
         if connected is not None:
             latest = max(setup.zk.exists(n).ctime for n in setup.nodes) / 1000
             from_session.append(max(0.0, latest - connected))

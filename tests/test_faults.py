@@ -12,13 +12,18 @@ import signal
 import textwrap
 import threading
 import time
-from datetime import datetime
 
 import pytest
 from conftest import listener_section, node_exists
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import FaultProxy, LocalZooKeeper, free_port, wait_until
+from zkwatcher_supervisor.sandbox import (
+    FaultProxy,
+    LocalZooKeeper,
+    local_ensemble,
+    log_time,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -49,19 +54,6 @@ def sleeper(name, autostart=True):
 def count_lines(path) -> int:
     """How many runs a check that appends a line per run has started."""
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def log_time(read_log, message: str, after: float = 0.0, timeout: float = 5.0) -> float:
-    """Wall-clock time of the first log line containing ``message`` at or after
-    ``after``; waits for it, as the listener writes its log a moment late."""
-    def find() -> float | None:
-        for line in read_log().splitlines():
-            if message in line:
-                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                if stamp >= after:
-                    return stamp
-        return None
-    return wait_until(find, timeout, what=f"{message!r} logged")
 
 
 @pytest.fixture
@@ -274,27 +266,12 @@ def test_silent_partition_longer_than_the_session_ends_with_the_nodes_back(
 
 @pytest.fixture
 def ensemble(tmp_path):
-    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]
-    servers = []
-    for myid, (client, _, _) in enumerate(ports, start=1):
-        server = LocalZooKeeper(tmp_path / f"zk{myid}", port=client)
-        server.servers = [(i, p, e) for i, (_, p, e) in enumerate(ports, start=1)]
-        server.myid = myid
-        servers.append(server.start(wait=False))
+    servers = [server.start(wait=False) for server in local_ensemble(tmp_path)]
     for server in servers:
         server.wait_ready(90)
     yield servers
     for server in servers:
         server.stop()
-
-
-def mode(server) -> str:
-    from zkwatcher_supervisor.sandbox import four_letter_word
-
-    for line in four_letter_word(server.port, "srvr").splitlines():
-        if line.startswith("Mode:"):
-            return line.split()[1]
-    return "down"
 
 
 def test_leader_killed_in_a_3_node_ensemble_loses_no_registration(
@@ -305,8 +282,8 @@ def test_leader_killed_in_a_3_node_ensemble_loses_no_registration(
     runs = tmp_path / "runs"
     config = write_config(section(base_path, "a", 1, cmd=f"echo >> {runs}"), hosts=hosts,
                           session_timeout=10)
-    leader = next(server for server in ensemble if mode(server) == "leader")
-    follower = next(server for server in ensemble if mode(server) == "follower")
+    leader = next(server for server in ensemble if server.mode() == "leader")
+    follower = next(server for server in ensemble if server.mode() == "follower")
     observer = client_for(follower.hosts)
     node = f"{base_path}/a/host1:1"
     drv = driver(config)
@@ -322,7 +299,7 @@ def test_leader_killed_in_a_3_node_ensemble_loses_no_registration(
     leader.kill()
     killed = time.monotonic()
     # A new leader is elected and the listener's session moves to a live member.
-    wait_until(lambda: any(mode(s) == "leader" for s in ensemble if s is not leader),
+    wait_until(lambda: any(s.mode() == "leader" for s in ensemble if s is not leader),
                30, interval=0.2, what="new leader")
     print(f"new leader after {time.monotonic() - killed:.1f}s")
     wait_until(lambda: observer.connected and observer.exists(node), 15, what="observer back")

@@ -406,7 +406,8 @@ class _Section:
             raise self.error(key, f"must be {bounds}, got {value}")
         return value
 
-    def seconds(self, key: str, default: float, allow_zero: bool = False) -> float:
+    def seconds(self, key: str, default: float, allow_zero: bool = False,
+                maximum: float = float("inf")) -> float:
         raw = self.text(key)
         if raw is None:
             return default
@@ -419,6 +420,8 @@ class _Section:
         if not value > 0 or value == float("inf"):
             wanted = "zero or a positive" if allow_zero else "a positive"
             raise self.error(key, f"must be {wanted} number of seconds, got {raw!r}")
+        if value > maximum:
+            raise self.error(key, f"must be at most {maximum:g} seconds, got {raw!r}")
         return value
 
     def warn_unknown_keys(self, known: set[str]) -> None:
@@ -527,10 +530,8 @@ def _read_zookeeper(file: _File) -> ZooKeeperSettings:
         except ValueError as exc:
             raise section.error("hosts", str(exc)) from None
         timeout = section.seconds("session_timeout", DEFAULT_SESSION_TIMEOUT)
-        spread = section.seconds("reconnect_spread", DEFAULT_RECONNECT_SPREAD, allow_zero=True)
-        if spread > MAX_RECONNECT_SPREAD:
-            raise section.error("reconnect_spread", f"must be at most {MAX_RECONNECT_SPREAD:g} "
-                                f"seconds, got {section.text('reconnect_spread')!r}")
+        spread = section.seconds("reconnect_spread", DEFAULT_RECONNECT_SPREAD, allow_zero=True,
+                                 maximum=MAX_RECONNECT_SPREAD)
         tls = _read_tls(section)
     if file.parser.has_section(AUTH_SECTION):
         section = file.section(AUTH_SECTION)

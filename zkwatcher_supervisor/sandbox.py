@@ -21,6 +21,7 @@ import time
 import xmlrpc.client
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 from supervisor.xmlrpc import SupervisorTransport
 
@@ -66,6 +67,21 @@ def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "c
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} not reached within {timeout:g}s")
         time.sleep(interval)
+
+
+def log_time(read_log: Callable[[], str], message: str, after: float = 0.0,
+             timeout: float = 5.0) -> float:
+    """Wall-clock time of the first line of a listener log (as ``read_log``
+    returns it) that contains ``message`` and was made at or after ``after``.
+    Waits for it: the listener writes its log a moment after the fact."""
+    def find() -> float | None:
+        for line in read_log().splitlines():
+            if message in line:
+                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if stamp >= after:
+                    return stamp
+        return None
+    return wait_until(find, timeout, what=f"{message!r} logged")
 
 
 def four_letter_word(port: int, word: str, timeout: float = 2.0) -> str:
@@ -159,6 +175,15 @@ class LocalZooKeeper:
 
         wait_until(ready, timeout, interval=0.1, what=f"ZooKeeper on port {self.port}")
 
+    def mode(self) -> str:
+        """"leader", "follower" or "standalone" as the server says; "down" if it does not answer."""
+        try:
+            text = four_letter_word(self.port, "srvr", 1.0)
+        except OSError:
+            return "down"
+        found = re.search(r"^Mode: (\w+)", text, re.M)
+        return found.group(1) if found else "down"
+
     def mntr(self) -> dict[str, str]:
         text = four_letter_word(self.port, "mntr")
         return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
@@ -207,6 +232,19 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 serverurl=unix://{workdir}/supervisor.sock
 
 """
+
+
+def local_ensemble(workdir: Path, size: int = 3) -> list[LocalZooKeeper]:
+    """The members of one ensemble on 127.0.0.1, configured but not started."""
+    ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
+    members = []
+    for myid, (client, _, _) in enumerate(ports, start=1):
+        member = LocalZooKeeper(Path(workdir) / f"zk{myid}", port=client)
+        member.servers = [(i, peer, election) for i, (_, peer, election) in
+                          enumerate(ports, start=1)]
+        member.myid = myid
+        members.append(member)
+    return members
 
 
 class LocalSupervisord:
