@@ -130,6 +130,34 @@ def test_tcp_check_connects_without_a_fork(runner, http_server):
     assert closed.describe() == "failed: connect: Connection refused"
 
 
+def test_tcp_check_whose_handshake_never_completes_fails_at_its_timeout(harness,
+                                                                       http_server):
+    """A port whose accept queue is full drops our SYN: the probe waits in the
+    selector (not at once, as loopback usually answers) and fails at its own
+    ``timeout``, while a probe of a healthy port passes meanwhile."""
+    import socket
+
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)  # room for one connection, which we take up and never accept
+    queued = socket.create_connection(full.getsockname(), timeout=2)
+    try:
+        started = time.monotonic()
+        harness.checks.submit([CheckRun("full", f"tcp://127.0.0.1:{full.getsockname()[1]}",
+                                        1.0, 1),
+                               CheckRun("ok", f"tcp://127.0.0.1:{http_server}", 1.0, 1)])
+        harness.run_until(lambda: len(harness.results) == 2, 5)
+        outcomes = {run.section: outcome for run, outcome in harness.results}
+        assert harness.results[0][0].section == "ok" and outcomes["ok"].passed
+        assert outcomes["full"].timed_out and not outcomes["full"].passed
+        assert outcomes["full"].describe() == "timed out after 1.0s: no answer"
+        assert 0.9 <= time.monotonic() - started < 1.5
+        assert harness.checks.busy_sections() == set()
+    finally:
+        queued.close()
+        full.close()
+
+
 def test_http_check_wants_2xx_or_the_expected_status(harness, http_server):
     base = f"http://127.0.0.1:{http_server}"
     for path, expect, passed in [("/ok", None, True), ("/teapot", None, False),

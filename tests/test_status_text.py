@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from zkwatcher_supervisor.config import load_config
-from zkwatcher_supervisor.status import status_report
+from zkwatcher_supervisor.loop import EventLoop
+from zkwatcher_supervisor.status import StatusPublisher, read_status_file, status_report
 
 
 def test_check_counters_are_shown_beside_their_thresholds(tmp_path):
@@ -29,3 +33,31 @@ def test_check_counters_are_shown_beside_their_thresholds(tmp_path):
     assert ok
     assert lines[1] == ("ok   [web] /s/h:80 registered, healthy; check pass 3s ago, "
                         "passes 7 (rise 2), failures 0 (fall 3)")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
+                                                          allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=st.dictionaries(st.text(), json_values, max_size=5),
+       sections=st.none() | st.dictionaries(st.text(), json_values, max_size=5))
+def test_the_status_file_is_the_json_of_the_snapshot(tmp_path, state, sections):
+    """Written a section at a time, the file is still exactly ``json.dumps`` of
+    the snapshot (keys sorted), and reads back as the same data."""
+    if sections is not None:
+        state = {**state, "sections": sections}
+    path = tmp_path / "status.json"
+    loop = EventLoop()
+    try:
+        StatusPublisher(loop, str(path), dict)._write(state)
+    finally:
+        loop.close()
+    text = path.read_text()
+    assert text == json.dumps(state, sort_keys=True, separators=(",", ":"))
+    assert read_status_file(str(path)) == state

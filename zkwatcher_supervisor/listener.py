@@ -231,6 +231,7 @@ class Watcher:
             return
         section = self.health.sections.get(run.section)
         before = section.last_result if section else None
+        was_up = section.up if section else None
         if not self.health.check_result(run.section, run.token, outcome.passed,
                                         self.loop.clock()):
             return  # the section was reset or reloaded while it ran
@@ -245,7 +246,8 @@ class Watcher:
                     log.warning("[%s] check output (last %d bytes):\n%s", run.section,
                                 OUTPUT_TAIL_BYTES, tail)
             self.status.changed()
-        self._dirty.add(run.section)
+        if section.up != was_up:  # most results leave the node as it is: nothing to sync
+            self._dirty.add(run.section)
 
     # -- after every pass of the loop ---------------------------------------
 

@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Callable
 
 from .config import Config
@@ -99,7 +100,7 @@ class StatusPublisher:
         fd, temporary = tempfile.mkstemp(prefix=".zkwatcher-status-", dir=directory)
         try:
             with os.fdopen(fd, "w") as out:
-                json.dump(state, out, sort_keys=True, separators=(",", ":"))
+                out.writelines(_json_pieces(state))
             os.chmod(temporary, 0o644)
             if self._stopped:
                 raise OSError("the listener is stopping")  # its file is gone for good
@@ -107,6 +108,30 @@ class StatusPublisher:
         except BaseException:
             os.unlink(temporary)
             raise
+
+
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def _json_pieces(state: dict) -> Iterator[str]:
+    """``state`` as JSON, a section at a time.
+
+    ``json.dump`` would use the pure-Python encoder and ``json.dumps`` build the
+    whole file as one string (megabytes the allocator keeps, at thousands of
+    sections); this has the C encoder's speed and small pieces.
+    """
+    yield "{"
+    for index, key in enumerate(sorted(state)):
+        yield ("," if index else "") + _encode(key) + ":"
+        value = state[key]
+        if key == "sections":
+            yield "{"
+            for number, name in enumerate(sorted(value)):
+                yield ("," if number else "") + _encode(name) + ":" + _encode(value[name])
+            yield "}"
+        else:
+            yield _encode(value)
+    yield "}"
 
 
 def read_status_file(path: str) -> dict | None:
