@@ -124,7 +124,7 @@ def _json_pieces(state: dict) -> Iterator[str]:
     for index, key in enumerate(sorted(state)):
         yield ("," if index else "") + _encode(key) + ":"
         value = state[key]
-        if key == "sections":
+        if key == "sections" and isinstance(value, dict):
             yield "{"
             for number, name in enumerate(sorted(value)):
                 yield ("," if number else "") + _encode(name) + ":" + _encode(value[name])
