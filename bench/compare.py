@@ -84,10 +84,14 @@ class ProcessStats:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[19]) / CLOCK_TICKS
 
-    def cpu_seconds(self) -> float:
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds, reaped children included."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        return (utime + stime + cutime + cstime) / CLOCK_TICKS
+        return (utime + cutime) / CLOCK_TICKS, (stime + cstime) / CLOCK_TICKS
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
 
     def rss_mb(self) -> float:
         return int(Path(f"/proc/{self.pid}/statm").read_text().split()[1]) * PAGE / 2**20
@@ -367,17 +371,17 @@ def scale(args) -> None:
         for count in [int(s) for s in args.sizes.split(",")]:
             medians: dict[str, tuple[float, float]] = {}
             for tool in ("ours", "zk_watcher"):
-                cpus, rsss = [], []
-                for _ in range(args.repeat):
-                    cpu, rss = scale_once(args, count, tool,
-                                          (ours_cmd if tool == "ours" else peer_cmd)
-                                          .format(port=port))
-                    cpus.append(cpu)
-                    rsss.append(rss)
+                runs = [scale_once(args, count, tool,
+                                   (ours_cmd if tool == "ours" else peer_cmd).format(port=port))
+                        for _ in range(args.repeat)]
+                all_ups, cpus, rsss, systems = (list(column) for column in zip(*runs))
                 medians[tool] = (statistics.median(cpus), statistics.median(rsss))
                 print(f"{count:>6} {tool:<11} {'median':>8} {medians[tool][0]:>7.2f} "
-                      f"{medians[tool][1]:>7.1f}   (CPU % runs: "
-                      f"{', '.join(f'{c:.2f}' for c in cpus)})", flush=True)
+                      f"{medians[tool][1]:>7.1f}", flush=True)
+                print(f"{'':>6} {tool} over {len(runs)} run(s): all up "
+                      f"{spread(all_ups, '.2f')} s; CPU {spread(cpus, '.2f')} %, of which "
+                      f"system (kernel) {spread(systems, '.0f')} %; RSS {spread(rsss, '.1f')} MB",
+                      flush=True)
             (ours_cpu, ours_rss), (peer_cpu, peer_rss) = medians["ours"], medians["zk_watcher"]
             print(f"{count:>6} zk_watcher/ours: CPU {peer_cpu / ours_cpu:.1f}x, "
                   f"RSS {peer_rss / ours_rss:.1f}x", flush=True)
@@ -386,8 +390,16 @@ def scale(args) -> None:
             server.close()
 
 
-def scale_once(args, count: int, tool: str, cmd: str) -> tuple[float, float]:
-    """One tool with ``count`` sections: prints a row; returns (CPU %, RSS MB)."""
+def spread(values: list[float], form: str) -> str:
+    """"median (min-max)" of ``values``."""
+    return (f"{statistics.median(values):{form}} "
+            f"({min(values):{form}}-{max(values):{form}})")
+
+
+def scale_once(args, count: int, tool: str,
+               cmd: str) -> tuple[float, float, float, float]:
+    """One tool with ``count`` sections: prints a row; returns (seconds until all
+    registered, CPU %, RSS MB, system share of that CPU in %)."""
     bench = Bench()
     try:
         prefix = f"/{tool}"
@@ -397,9 +409,12 @@ def scale_once(args, count: int, tool: str, cmd: str) -> tuple[float, float]:
         # From the tool's own process start (10 ms resolution).
         all_up = time.clock_gettime(time.CLOCK_BOOTTIME) - stats.started()
         time.sleep(6)  # let start-up writes settle before the window opens
-        cpu0, zxid0 = stats.cpu_seconds(), bench.zxid()
+        (user0, system0), zxid0 = stats.cpu_split(), bench.zxid()
         time.sleep(args.window)
-        cpu = (stats.cpu_seconds() - cpu0) / args.window * 100
+        user1, system1 = stats.cpu_split()
+        used = (user1 - user0) + (system1 - system0)
+        cpu = used / args.window * 100
+        system = (system1 - system0) / used * 100 if used else 0.0
         writes = (bench.zxid() - zxid0) * 60 / args.window
         if bench.registered(prefix) != count:
             print(f"warning: {tool} holds {bench.registered(prefix)}/{count} nodes "
@@ -412,7 +427,7 @@ def scale_once(args, count: int, tool: str, cmd: str) -> tuple[float, float]:
         own = [name for name in names if not name.endswith(KAZOO_THREADS)]
         print(f"{'':>6} threads: kazoo {len(kazoo)} ({counted(kazoo)}); "
               f"other {len(own)} ({counted(own)})", flush=True)
-        return cpu, rss
+        return all_up, cpu, rss, system
     finally:
         bench.close()
 

@@ -408,6 +408,9 @@ def test_persistent_node_at_our_path_is_never_touched(
                                       cmd=f"echo >> {runs}; test -f {flag}")))
     wait_until(lambda: "exists as a persistent node we did not create" in drv.stderr(), 10,
                what="logged")
+    seen = count_lines(runs)
+    wait_until(lambda: count_lines(runs) >= seen + 3, 10, what="three more passing runs")
+    assert drv.stderr().count("exists as a persistent node we did not create") == 1
     flag.unlink()
     wait_until(lambda: "[a] check failed" in drv.stderr(), 5, what="check failed")
     seen = count_lines(runs)

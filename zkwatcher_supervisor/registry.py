@@ -232,7 +232,7 @@ class Registry:
         # Nodes of a reattached session that we do not want (yet): kept until
         # the listener has worked out its health after the restart.
         self._holding = True
-        self._foreign: dict[str, int] = {}  # path -> other session we logged about
+        self._foreign: dict[str, int] = {}  # path -> holder we logged about (0: persistent)
         self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
 
     # -- public API ---------------------------------------------------------
@@ -478,6 +478,7 @@ class Registry:
         (``current``: its data, read for nodes of a reattached session)."""
         if stat is None:
             self._forget_node(path)
+            self._foreign.pop(path, None)  # whoever held it is gone
             return ("create", data, 0) if data is not None else None
         if stat.ephemeralOwner != session_id and sequence_prefix(path) is not None:
             # The member we knew is not ours (any more): register a new one.
@@ -501,13 +502,14 @@ class Registry:
         self._owned.pop(path, None)
         if data is None:
             return None  # not ours and not wanted: not our business
-        if stat.ephemeralOwner == 0:
-            log.error("%s exists as a persistent node we did not create; leaving it", path)
-            return None
-        if self._foreign.get(path) != stat.ephemeralOwner:
+        if self._foreign.get(path) != stat.ephemeralOwner:  # once per holder, not per look
             self._foreign[path] = stat.ephemeralOwner
-            log.warning("%s is held by another session (0x%x); leaving it alone and "
-                        "registering when it goes", path, stat.ephemeralOwner)
+            if stat.ephemeralOwner == 0:
+                log.error("%s exists as a persistent node we did not create; leaving it",
+                          path)
+            else:
+                log.warning("%s is held by another session (0x%x); leaving it alone and "
+                            "registering when it goes", path, stat.ephemeralOwner)
         return None  # the exists watch set by the lookup tells us when it goes
 
     def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
