@@ -378,10 +378,11 @@ def scale(args) -> None:
                 medians[tool] = (statistics.median(cpus), statistics.median(rsss))
                 print(f"{count:>6} {tool:<11} {'median':>8} {medians[tool][0]:>7.2f} "
                       f"{medians[tool][1]:>7.1f}", flush=True)
-                print(f"{'':>6} {tool} over {len(runs)} run(s): all up "
-                      f"{spread(all_ups, '.2f')} s; CPU {spread(cpus, '.2f')} %, of which "
-                      f"system (kernel) {spread(systems, '.0f')} %; RSS {spread(rsss, '.1f')} MB",
-                      flush=True)
+                print(f"{'':>6} {tool} over {len(runs)} run(s): "
+                      f"all up {median_range(all_ups, '.2f')} s; "
+                      f"CPU {median_range(cpus, '.2f')} %, "
+                      f"of which system (kernel) {median_range(systems, '.0f')} %; "
+                      f"RSS {median_range(rsss, '.1f')} MB", flush=True)
             (ours_cpu, ours_rss), (peer_cpu, peer_rss) = medians["ours"], medians["zk_watcher"]
             print(f"{count:>6} zk_watcher/ours: CPU {peer_cpu / ours_cpu:.1f}x, "
                   f"RSS {peer_rss / ours_rss:.1f}x", flush=True)
@@ -390,7 +391,7 @@ def scale(args) -> None:
             server.close()
 
 
-def spread(values: list[float], form: str) -> str:
+def median_range(values: list[float], form: str) -> str:
     """"median (min-max)" of ``values``."""
     return (f"{statistics.median(values):{form}} "
             f"({min(values):{form}}-{max(values):{form}})")

@@ -24,7 +24,6 @@ import errno
 import ipaddress
 import logging
 import os
-import selectors
 import shlex
 import signal
 import socket
@@ -428,9 +427,9 @@ class CheckRunner:
         elif error:
             self._end_probe(probe, False, f"connect: {os.strerror(error)}")
         else:
-            self._connected(probe, watched=False)
+            self._connected(probe)
 
-    def _connected(self, probe: _Probe, watched: bool) -> None:
+    def _connected(self, probe: _Probe) -> None:
         """The connection is up: a tcp:// probe has passed, an http:// one asks."""
         if probe.check.scheme == "tcp":
             self._end_probe(probe, True, "connected")
@@ -445,10 +444,8 @@ class CheckRunner:
         probe.sent = True
         self._arm_deadline(probe)
         fd = probe.sock.fileno()
-        if watched:
-            self._loop.modify(fd, selectors.EVENT_READ, lambda: self._probe_ready(probe))
-        else:
-            self._loop.add_reader(fd, lambda: self._probe_ready(probe))
+        self._loop.remove(fd)  # watched for writing if the connect had to wait
+        self._loop.add_reader(fd, lambda: self._probe_ready(probe))
 
     def _probe_ready(self, probe: _Probe) -> None:
         sock = probe.sock
@@ -457,7 +454,7 @@ class CheckRunner:
             if error:
                 self._end_probe(probe, False, f"connect: {os.strerror(error)}")
             else:
-                self._connected(probe, watched=True)
+                self._connected(probe)
             return
         try:
             chunk = sock.recv(4096)

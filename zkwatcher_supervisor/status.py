@@ -114,7 +114,7 @@ _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 def _json_pieces(state: dict) -> Iterator[str]:
-    """``state`` as JSON, a section at a time.
+    """``state`` as JSON, a piece per entry of each top-level mapping (a section each).
 
     ``json.dump`` would use the pure-Python encoder and ``json.dumps`` build the
     whole file as one string (megabytes the allocator keeps, at thousands of
@@ -124,7 +124,7 @@ def _json_pieces(state: dict) -> Iterator[str]:
     for index, key in enumerate(sorted(state)):
         yield ("," if index else "") + _encode(key) + ":"
         value = state[key]
-        if key == "sections" and isinstance(value, dict):
+        if isinstance(value, dict):
             yield "{"
             for number, name in enumerate(sorted(value)):
                 yield ("," if number else "") + _encode(name) + ":" + _encode(value[name])
