@@ -93,11 +93,12 @@ def node_exists(zk: KazooClient, path: str) -> bool:
 class ProtocolDriver:
     """Plays supervisord's side of the listener protocol over pipes, byte for byte."""
 
-    def __init__(self, config: Path, env: dict | None = None, args: tuple = ()) -> None:
+    def __init__(self, config: Path, env: dict | None = None, args: tuple = (),
+                 command: tuple = (sys.executable, "-m", "zkwatcher_supervisor")) -> None:
         self.stderr_path = config.parent / "listener.stderr"
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "zkwatcher_supervisor", "-c", str(config), *args],
+                [*command, "-c", str(config), *args],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                 env={**os.environ, **(env or {})},
             )
@@ -158,8 +159,9 @@ class ProtocolDriver:
 def driver():
     drivers: list[ProtocolDriver] = []
 
-    def start(config: Path, env: dict | None = None, args: tuple = ()) -> ProtocolDriver:
-        d = ProtocolDriver(config, env, args)
+    def start(config: Path, env: dict | None = None, args: tuple = (),
+              **options) -> ProtocolDriver:
+        d = ProtocolDriver(config, env, args, **options)
         drivers.append(d)
         d.wait_ready()
         return d

@@ -233,7 +233,7 @@ def test_malformed_requests_are_ignored_not_fatal(host, zk):
 
     server, config, nodes, _flag = host
     pid = server.info("zkwatcher")["pid"]
-    real = os.path.realpath(config)
+    real = os.path.abspath(config)
     for data in ["not json", "[1, 2]", json.dumps({"config": real}),
                  json.dumps({"config": real, "id": "x", "action": "drain", "sections": "web"}),
                  json.dumps({"config": real, "id": "y", "action": "drain",
@@ -245,3 +245,95 @@ def test_malformed_requests_are_ignored_not_fatal(host, zk):
     assert server.info("zkwatcher")["pid"] == pid
     assert all(node_exists(zk, node) for node in nodes.values())
     assert cli(server, config, "drain", "web").returncode == 0  # still listening
+
+
+def test_hostile_payloads_neither_end_the_listener_nor_touch_a_node(host, zk):
+    """The two payloads that used to end the listener (and make supervisord hand
+    them to its successor: a crash loop), through a real supervisord."""
+    import json
+
+    server, config, nodes, _flag = host
+    pid = server.info("zkwatcher")["pid"]
+    czxids = {node: zk.exists(node).czxid for node in nodes.values()}
+    mine = os.path.abspath(config)
+    rpc = server.rpc().supervisor
+    rpc.sendRemoteCommEvent("zkwatcher-supervisor", "[" * 100000)
+    for field in ("until", "duration"):
+        rpc.sendRemoteCommEvent("zkwatcher-supervisor", json.dumps(
+            {"config": mine, "id": f"huge{field}", "action": "drain", "sections": ["web"],
+             field: int("1" + "0" * 400)}))
+    time.sleep(1)
+    assert server.info("zkwatcher")["pid"] == pid
+    assert server.info("zkwatcher")["statename"] == "RUNNING"
+    assert {node: zk.exists(node).czxid for node in nodes.values()} == czxids
+    log = (config.parent / "zkwatcher.log").read_text()
+    assert "ignoring a drain request: 100000 bytes, more than 65536" in log
+    assert cli(server, config, "drain", "web").returncode == 0  # still listening
+
+
+def test_sections_the_running_listener_does_not_know_are_named(host, zk):
+    """Edited but not reloaded: the new section is refused by name, the rest applied."""
+    server, config, nodes, _flag = host
+    with open(config, "a") as out:
+        out.write("\n[added]\ncmd = true\nservice_port = 9\nservice_hostname = host1\n"
+                  f"zookeeper_path = {os.path.dirname(os.path.dirname(nodes['web']))}/added\n")
+    result = cli(server, config, "drain", "web", "added")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.strip() == "drained [web]"
+    assert "[added] not drained: not a section of the running config" in result.stderr
+    assert "reload first" in result.stderr
+    wait_until(lambda: not node_exists(zk, nodes["web"]), 2, what="web drained")
+
+
+def test_a_reason_cannot_forge_status_lines(host):
+    server, config, _nodes, _flag = host
+    forged = "deploy\nok   [api] /x registered, healthy"
+    assert cli(server, config, "drain", "web", "--reason", forged).returncode == 0
+    status = wait_until(lambda: "DRAINED" in (r := cli(server, config, "status")).stdout and r,
+                        5, interval=0.2, what="status shows the drain")
+    assert len(status.stdout.splitlines()) == 4  # the listener line and three sections
+    assert "(deploy\\nok   [api]" in status.stdout
+
+
+def test_drain_stop_waits_for_any_node_of_the_endpoint_whoever_holds_it(
+        write_config, supervisord, zk, base_path, tmp_path):
+    """A node of another session (a zk_watcher not yet retired) still sends
+    traffic to the endpoint: --stop stops nothing and says which node."""
+    node = f"{base_path}/api/host1:3"
+    zk.create(node, b"{}", ephemeral=True, makepath=True)  # held by the test's session
+    flag = tmp_path / "flag"
+    flag.touch()
+    config = write_config(config_body(base_path, flag), session_timeout=10)
+    server = supervisord(programs(tmp_path) + listener_section(config))
+    wait_until(lambda: node_exists(zk, f"{base_path}/web/host1:1"), 20, what="registered")
+    started = time.monotonic()
+    result = cli(server, config, "drain", "api", "--stop", "--wait", "0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"still lists {node}" in result.stderr and "nothing was stopped" in result.stderr
+    print(f"drain --stop gave up after {time.monotonic() - started:.1f}s")
+    assert server.info("api")["statename"] == "RUNNING"
+    zk.delete(node)
+    result = cli(server, config, "drain", "api", "--stop", "--wait", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server.info("api")["statename"] == "STOPPED"
+
+
+def test_a_drain_dropped_with_its_section_on_reload_stays_dropped(host, zk):
+    """Removing a drained section and reloading ends its drain for good: added
+    back later, after a restart, the section is not drained again."""
+    server, config, nodes, _flag = host
+    assert cli(server, config, "drain", "flag").returncode == 0
+    wait_until(lambda: not node_exists(zk, nodes["flag"]), 2, what="drained")
+    text = config.read_text()
+    start = text.index("[flag]")
+    end = text.index("[api]")
+    config.write_text(text[:start] + text[end:])
+    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: "reloaded" in log.read_text(), 5, what="reloaded")
+    time.sleep(0.5)  # the drain file written off the loop
+    config.write_text(text)
+    old = server.info("zkwatcher")["pid"]
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: server.info("zkwatcher")["pid"] not in (0, old), 10, what="restart")
+    wait_until(lambda: node_exists(zk, nodes["flag"]), 10, what="flag registered again")

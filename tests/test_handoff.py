@@ -146,7 +146,8 @@ def test_without_a_successor_the_nodes_go_with_the_session(
     signal_listener(server, signal.SIGUSR2)
     wait_until(lambda: server.info("zkwatcher")["statename"] == "EXITED", 5, what="exited")
     exited = time.monotonic()
-    assert server.info("zkwatcher")["exitstatus"] == 0
+    # Not 0: under supervisord's default autorestart = unexpected that is restarted.
+    assert server.info("zkwatcher")["exitstatus"] == 75
     assert node_exists(zk, node)  # left for a successor ...
     wait_until(lambda: not node_exists(zk, node), 4 + 3, interval=0.05, what="expired")
     print(f"no successor: node gone {time.monotonic() - exited:.1f}s after the exit "
@@ -197,3 +198,104 @@ def test_hand_over_of_a_rise_2_section_shows_consumers_nothing(
     wait_for_successor(server, old)
     time.sleep(5)  # two check runs: rise reached
     assert consumer.events == []
+
+
+def handoff(server, config, timeout=60):
+    env = {**os.environ, "SUPERVISOR_SERVER_URL": f"unix://{server.workdir}/supervisor.sock"}
+    return subprocess.run(
+        [sys.executable, "-m", "zkwatcher_supervisor", "handoff", "-c", str(config)],
+        capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("autorestart", ["", "autorestart = false\n"],
+                         ids=["supervisord defaults", "autorestart false"])
+def test_handoff_needs_no_autorestart_setting(write_config, supervisord, zk, base_path,
+                                             autorestart):
+    """The Install snippet as printed (no autorestart line: supervisord's default
+    restarts only an unexpected exit) and even autorestart = false: the command
+    proves the successor holds the same session, and exits 0 only then."""
+    config = write_config(sections(base_path, 2), session_timeout=10)
+    server = supervisord(listener_section(config, extra=autorestart))
+    nodes = [f"{base_path}/s{i}/host1:{i + 1}" for i in range(2)]
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 20, what="all registered")
+    owner = zk.exists(nodes[0]).ephemeralOwner
+    consumer = EveryEvent(zk, nodes)
+    old = listener_pid(server)
+    result = handoff(server, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"session 0x{owner:x} kept" in result.stdout
+    assert listener_pid(server) not in (0, old)
+    time.sleep(1)
+    assert consumer.events == []
+    assert all(zk.exists(n).ephemeralOwner == owner for n in nodes)
+
+
+def test_handoff_is_refused_while_the_session_cannot_be_saved(
+        write_config, supervisord, zk, base_path):
+    """A state directory others may write is not used for the session: a hand-over
+    would flap every node, so the listener refuses it, keeps running, and the
+    command exits 1 saying why."""
+    directory = "/run/zkwatcher-supervisor"
+    config = write_config(sections(base_path, 2), session_timeout=10)
+    server = supervisord(listener_section(config))
+    nodes = [f"{base_path}/s{i}/host1:{i + 1}" for i in range(2)]
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 20, what="all registered")
+    mode = os.stat(directory).st_mode & 0o777
+    try:
+        os.chmod(directory, 0o775)
+        old = signal_listener(server, signal.SIGKILL)  # restarted into the open directory
+        pid = wait_for_successor(server, old)
+        wait_until(lambda: all(node_exists(zk, n) for n in nodes), 10, what="registered")
+        log = config.parent / "zkwatcher.log"
+        wait_until(lambda: "writable by others" in log.read_text(), 5, what="the warning")
+        consumer = EveryEvent(zk, nodes)
+        result = handoff(server, config)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "refused to hand over" in result.stderr and "session file" in result.stderr
+        assert listener_pid(server) == pid
+        time.sleep(0.5)
+        assert consumer.events == []
+    finally:
+        os.chmod(directory, mode)
+
+
+def test_an_upgrade_takes_over_the_session_and_drains_an_earlier_version_left(
+        write_config, supervisord, zk, base_path, tmp_path):
+    """Earlier versions named their files after the config's resolved path and kept
+    drains under /run.  The first start of this version finds them there: the
+    hand-over that installs it flaps nothing and forgets no drain."""
+    import hashlib
+
+    real = write_config(sections(base_path, 2), name="v1.cfg", session_timeout=10)
+    config = tmp_path / "config.cfg"
+    config.symlink_to(real)  # a release symlink: resolved path != path as given
+    server = supervisord(listener_section(config, extra="autorestart = false\n"))
+    nodes = [f"{base_path}/s{i}/host1:{i + 1}" for i in range(2)]
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 20, what="all registered")
+    env = {**os.environ, "SUPERVISOR_SERVER_URL": f"unix://{server.workdir}/supervisor.sock"}
+    drained = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "drain", "s1",
+                              "-c", str(config)], capture_output=True, text=True, env=env)
+    assert drained.returncode == 0, drained.stderr
+    wait_until(lambda: not node_exists(zk, nodes[1]), 5, what="s1 drained")
+    before = zk.exists(nodes[0])
+    signal_listener(server, signal.SIGUSR2)
+    wait_until(lambda: server.info("zkwatcher")["statename"] == "EXITED", 5, what="exited")
+
+    def digest(path):
+        return hashlib.sha256(str(path).encode()).hexdigest()[:12]
+
+    legacy = {}
+    for kind, directory in (("session", "/run"), ("drained", "/var/lib")):
+        current = f"{directory}/zkwatcher-supervisor/{kind}-{digest(config)}.json"
+        legacy[kind] = f"/run/zkwatcher-supervisor/{kind}-{digest(os.path.realpath(config))}.json"
+        os.replace(current, legacy[kind])
+    consumer = EveryEvent(zk, [nodes[0]])
+    server.ctl("start", "zkwatcher")
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: "reattached to session" in log.read_text(), 10, what="reattached")
+    time.sleep(1.5)
+    assert consumer.events == []
+    assert zk.exists(nodes[0]).czxid == before.czxid
+    assert not node_exists(zk, nodes[1])  # still drained
+    wait_until(lambda: not any(os.path.exists(p) for p in legacy.values()), 5,
+               what="the old files removed once the new ones are written")

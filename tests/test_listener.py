@@ -259,20 +259,58 @@ def test_checks_keep_their_refresh_between_ticks(write_config, driver, zk, base_
     assert drv.transcript == [b"READY\n"]  # all of it without a single event
 
 
+# The listener with a bug planted in its event handling: what our own bugs do.
+BUGGY_LISTENER = (sys.executable, "-c", """
+import sys
+from zkwatcher_supervisor import cli, listener
+def handle_event(self, headers, payload):
+    if headers.get("eventname") == "TICK_5":
+        raise RuntimeError("a planted bug")
+listener.Watcher.handle_event = handle_event
+sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
 def test_unexpected_error_ends_the_listener_nonzero_and_deregisters(
         write_config, driver, zk, base_path):
-    """Crash-only: corrupt protocol input is a bug we cannot recover from in
-    place; the listener exits 1 (supervisord restarts it) and closes its
-    session on the way, so no node outlives it."""
+    """Crash-only, for our own bugs: the listener exits 1 (supervisord restarts
+    it) and closes its session on the way, so no node outlives it."""
+    config = write_config(cmd_section(base_path, "true"))
+    drv = driver(config, command=BUGGY_LISTENER)
+    node = f"{base_path}/svc/host1:8080"
+    wait_until(lambda: node_exists(zk, node), 5, what="registration")
+    drv.process.stdin.write(b"ver:3.0 server:supervisor serial:1 eventname:TICK_5 len:0\n")
+    drv.process.stdin.flush()
+    assert drv.process.wait(5) == 1
+    assert not node_exists(zk, node)  # gone with the session, not after its timeout
+    assert "unexpected error" in drv.stderr() and "a planted bug" in drv.stderr()
+
+
+def test_garbled_protocol_input_is_answered_and_dropped_not_fatal(
+        write_config, driver, zk, base_path):
+    """supervisord's stream is outside input too: a header we cannot read, or a
+    payload too big to keep, is answered and dropped — never a crash, which
+    would take every node down and make supervisord redeliver it for ever."""
     config = write_config(cmd_section(base_path, "true"))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     wait_until(lambda: node_exists(zk, node), 5, what="registration")
-    drv.process.stdin.write(b"ver:3.0 server:supervisor serial:1 eventname:TICK_5 len:x\n")
-    drv.process.stdin.flush()
-    assert drv.process.wait(5) == 1
-    assert not node_exists(zk, node)  # gone with the session, not after its timeout
-    assert "unexpected error" in drv.stderr()
+    czxid = zk.exists(node).czxid
+    for header, body in ((b"ver:3.0 eventname:TICK_5 len:x\n", b""),
+                         (b"no colons at all\n", b""),
+                         (b"ver:3.0 eventname:REMOTE_COMMUNICATION len:%d\n" % (3 << 20),
+                          b"[" * (3 << 20)),
+                         (b"ver:3.0 eventname:PROCESS_STATE_RUNNING len:9\n", b"\xff\xfe:::::::")):
+        drv.process.stdin.write(header + body)
+        drv.process.stdin.flush()
+        drv._expect(b"RESULT 2\nOK", 10)
+        drv.wait_ready()
+    assert drv.tick() < 1.0  # still answering, at once
+    assert drv.process.poll() is None
+    assert zk.exists(node).czxid == czxid  # never deregistered
+    log = wait_until(lambda: (text := drv.stderr()).count("dropped") >= 1 and text, 5)
+    assert "header without a usable len" in log
+    assert log.count("supervisord event dropped") == 1  # the rest within the minute: counted
 
 
 def test_two_credentials_register_side_by_side_under_a_new_tree(

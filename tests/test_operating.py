@@ -152,7 +152,8 @@ def test_reload_moves_a_changed_path_and_keeps_zookeeper_settings_until_a_restar
     pid = server.info("zkwatcher")["pid"]
 
     write_config(body.replace(old_path, new_path)
-                 + "[auth]\nuser = deploy\npassword = s3cret\n", session_timeout=20)
+                 + "[auth]\nuser = deploy\npassword = s3cret\n", session_timeout=20,
+                 settings=f"status_file = {tmp_path}/moved.json\n")
     result = server.ctl("signal", "HUP", "zkwatcher")
     assert result.returncode == 0, result.stdout + result.stderr
     wait_until(lambda: node_exists(zk, f"{new_path}/host1:1")
@@ -160,6 +161,8 @@ def test_reload_moves_a_changed_path_and_keeps_zookeeper_settings_until_a_restar
     log = config.parent / "zkwatcher.log"
     wait_until(lambda: "[zkwatcher]/[auth] changes need a restart" in log.read_text(), 5,
                what="restart needed logged")
+    assert "a [zkwatcher] status_file change needs a restart" in log.read_text()
+    assert not (tmp_path / "moved.json").exists()
     moved = zk.exists(f"{new_path}/host1:1")
     assert moved.ephemeralOwner == other.ephemeralOwner
     assert json.loads(zk.get(f"{new_path}/host1:1")[0])["pid"] == pid

@@ -23,7 +23,6 @@ from kazoo.handlers.threading import KazooTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 
 from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
-from zkwatcher_supervisor.session_file import state_directory
 from zkwatcher_supervisor.status import process_alive
 
 pytestmark = pytest.mark.e2e
@@ -138,8 +137,8 @@ def test_default_status_file_heartbeat_and_a_healthy_section_without_its_node(
         service_hostname = host1
         zookeeper_path = {base_path}/svc
         """, session_timeout=10)
-    digest = hashlib.sha256(os.path.realpath(config).encode()).hexdigest()[:12]
-    expected = os.path.join(state_directory(), f"status-{digest}.json")
+    digest = hashlib.sha256(os.path.abspath(config).encode()).hexdigest()[:12]
+    expected = os.path.join("/run/zkwatcher-supervisor", f"status-{digest}.json")
     printed = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "-c", str(config),
                               "--check-config"], capture_output=True, text=True, timeout=60)
     assert f"status file {expected}" in printed.stdout, printed.stdout

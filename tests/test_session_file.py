@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
+
 from zkwatcher_supervisor import session_file
 from zkwatcher_supervisor.session_file import SavedSession
 
@@ -34,7 +36,8 @@ def test_a_directory_others_may_write_is_refused(tmp_path, caplog):
     directory.mkdir(mode=0o777)
     os.chmod(directory, 0o777)
     path = str(directory / "session.json")
-    session_file.save(path, SESSION)  # refused, with a warning
+    with pytest.raises(OSError, match="not a private directory"):
+        session_file.save(path, SESSION)
     assert not os.path.exists(path)
     (directory / "session.json").write_text('{"session_id": 1, "password": "cA=="}')
     os.chmod(directory / "session.json", 0o600)
@@ -60,6 +63,52 @@ def test_default_location_is_not_a_world_writable_directory(tmp_path):
     path = session_file.default_path(str(tmp_path / "zk.cfg"))
     assert not path.startswith("/tmp/")
     assert path != session_file.default_path(str(tmp_path / "other.cfg"))
+
+
+def test_the_location_follows_the_path_as_given_not_a_symlink_target(tmp_path):
+    """A release symlink swapped to another file with the same content is the same
+    listener: its session, drains and status stay where they were."""
+    (tmp_path / "v1.cfg").write_text("x")
+    (tmp_path / "v2.cfg").write_text("x")
+    link = tmp_path / "config.cfg"
+    link.symlink_to(tmp_path / "v1.cfg")
+    before = session_file.default_path(str(link))
+    link.unlink()
+    link.symlink_to(tmp_path / "v2.cfg")
+    assert session_file.default_path(str(link)) == before
+    assert session_file.default_path(os.path.relpath(link)) == before
+
+
+def test_the_store_writes_in_the_background_and_flushes(tmp_path):
+    path = str(tmp_path / "state" / "session.json")
+    store = session_file.SessionStore(path)
+    assert store.problem is None and store.load() is None
+    store.put(SESSION)
+    assert store.flush(5)
+    assert session_file.load(path) == SESSION
+    store.discard()
+    assert not os.path.exists(path)
+
+
+def test_a_store_that_cannot_write_says_why(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    path = str(directory / "session.json")
+    store = session_file.SessionStore(path)
+    os.chmod(directory, 0o775)  # no longer private: every write is refused
+    store.put(SESSION)
+    assert not store.flush(5)
+    assert "not a private directory" in store.problem
+
+
+def test_a_session_an_earlier_version_saved_is_taken_over_and_its_file_removed(tmp_path):
+    old = str(tmp_path / "old" / "session-0123456789ab.json")
+    session_file.save(old, SESSION)
+    store = session_file.SessionStore(str(tmp_path / "new" / "session.json"), legacy=[old])
+    assert store.load() == SESSION
+    store.put(SESSION)
+    assert store.flush(5)
+    assert not os.path.exists(old)
 
 
 def test_only_one_process_claims_a_session(tmp_path):

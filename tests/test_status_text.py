@@ -60,4 +60,6 @@ def test_the_status_file_is_the_json_of_the_snapshot(tmp_path, state, sections):
         loop.close()
     text = path.read_text()
     assert text == json.dumps(state, sort_keys=True, separators=(",", ":"))
-    assert read_status_file(str(path)) == state
+    assert json.loads(text) == state
+    # Arbitrary content is not a listener's status: refused, never a traceback.
+    assert read_status_file(str(path)) in (None, state)

@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 
-from . import __version__
-from .config import ConfigError, load_config
+from . import __version__, statedir
+from .config import DEFAULT_HOSTS, Config, ConfigError, ZooKeeperSettings, load_config
 from .payload import node_payload
-from .status import status_report
+from .status import locate_status, status_report
 
 DEFAULT_CONFIG = "/etc/zk/config.cfg"
 EXIT_CONFIG_ERROR = 2
@@ -139,17 +139,40 @@ def setup_logging(verbose: bool, syslog: bool) -> LogWriter:
     return writer
 
 
-def show_status(config) -> int:
+def show_status(config: Config | None, config_filename: str,
+                hosts_override: str | None = None) -> int:
+    """``status``; without ``config`` (we may not read it), from the status file alone."""
     from .registry import read_existing  # imports kazoo
 
+    located = locate_status(config_filename, config.status_file if config else "")
+    settings = config.zookeeper if config is not None else None
+    if config is None:
+        path, state = located
+        if state is None:
+            print(f"zkwatcher-supervisor: cannot read {config_filename} and there is no "
+                  f"status file at {path}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        zookeeper = state.get("zookeeper", {})
+        print(f"(cannot read {config_filename}: sections and ZooKeeper from {path})")
+        if zookeeper.get("tls"):
+            print("ZooKeeper not checked: its TLS settings are in the config")
+        else:
+            settings = ZooKeeperSettings(hosts=hosts_override or zookeeper.get("hosts")
+                                         or DEFAULT_HOSTS)
+
     def read_nodes(paths: list[str]) -> dict[str, bool]:
+        if settings is None:
+            # Only the listener's word: what it last confirmed in ZooKeeper.
+            sections = located[1].get("sections", {})
+            registered = {info["path"] for info in sections.values() if info.get("registered")}
+            return {path: path in registered for path in paths}
         try:
-            return read_existing(config.zookeeper, paths)
+            return read_existing(settings, paths)
         except Exception as exc:
-            print(f"ZooKeeper {config.zookeeper.hosts}: unreachable ({exc})")
+            print(f"ZooKeeper {settings.hosts}: unreachable ({exc})")
             return {}
 
-    lines, ok = status_report(config, read_nodes)
+    lines, ok = status_report(config, read_nodes, located=located)
     print("\n".join(lines))
     return 0 if ok else 1
 
@@ -159,11 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, hosts_override=args.server)
     except ConfigError as exc:
+        if args.command == "status" and exc.unreadable:
+            return show_status(None, args.config, args.server)
         print(f"zkwatcher-supervisor: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
     if args.command == "status":
-        return show_status(config)
+        return show_status(config, args.config)
     if args.command in ("drain", "undrain"):
         from .drain import run_drain
 
@@ -189,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         zookeeper = config.zookeeper
         print(f"zookeeper {zookeeper.hosts} session_timeout={zookeeper.session_timeout:g}s"
               + (f" auth={zookeeper.auth.user}" if zookeeper.auth else ""))
-        print(f"status file {config.status_file}")
+        print(f"status file {config.status_file or statedir.state_path(config.filename, 'status')}")
         for service in config.services:
             print(f"[{service.name}] {service.display_path} "
                   f"{node_payload(service, os.getpid()).decode()}")

@@ -21,8 +21,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .session_file import state_path
-
 GLOBAL_SECTION = "zkwatcher"
 AUTH_SECTION = "auth"
 
@@ -75,6 +73,7 @@ class ConfigError(Exception):
         self.key = key
         self.line = line
         self.message = message
+        self.unreadable = False  # the file itself could not be read (permissions, missing)
         where = filename
         if line is not None:
             where += f": line {line}"
@@ -214,15 +213,8 @@ class Config:
     zookeeper: ZooKeeperSettings
     services: tuple[ServiceSettings, ...]
     warnings: tuple[str, ...] = ()
-    status_file: str = ""
+    status_file: str = ""  # "": the listener's private state directory (see statedir)
     metrics_port: int | None = None
-
-
-def default_status_file(config_filename: str) -> str:
-    """Where the listener for ``config_filename`` publishes its state unless told otherwise:
-    its private state directory, never a predictable name in a world-writable one (a
-    forged status file could make ``status`` exit 0)."""
-    return state_path(config_filename, "status")
 
 
 def parse_zookeeper_data(text: str, notes: list[str] | None = None) -> dict[str, Any]:
@@ -566,7 +558,9 @@ def _read_text(filename: str) -> tuple[str, os.stat_result]:
             # Bounded: `-c /dev/zero` or a log file by mistake must not eat memory.
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(filename, f"cannot read config file: {exc.strerror}") from None
+        error = ConfigError(filename, f"cannot read config file: {exc.strerror}")
+        error.unreadable = True
+        raise error from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(filename, f"larger than {MAX_CONFIG_BYTES // 2**20} MiB; "
                           "not a config file") from None
@@ -669,10 +663,10 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
     if not services:
         raise ConfigError(filename, "no service sections; nothing to register")
     file.warn_unknown_defaults(SERVICE_KEYS | GLOBAL_KEYS | AUTH_KEYS)
-    status_file, metrics_port = default_status_file(filename), None
+    status_file, metrics_port = "", None
     if parser.has_section(GLOBAL_SECTION):
         section = file.section(GLOBAL_SECTION)
-        status_file = section.text("status_file") or status_file
+        status_file = section.text("status_file") or ""
         if section.text("metrics_port") is not None:
             metrics_port = section.integer("metrics_port", 0, minimum=1, maximum=65535)
     return Config(filename, zookeeper, tuple(services), tuple(file.warnings), status_file,

@@ -4,13 +4,17 @@ The request travels through supervisord itself: ``drain``/``undrain`` call
 ``supervisor.sendRemoteCommEvent`` over supervisord's XML-RPC (so they work
 wherever supervisorctl works, with supervisord's own access control), and
 every listener subscribed to ``REMOTE_COMMUNICATION`` receives it.  A request
-names the config it is meant for, so only that listener acts.  The listener
-acknowledges in its status file: first that it applied the request, then
-that ZooKeeper confirmed the deletions.
+names the config it is meant for (its absolute path as given), so only that
+listener acts.  The listener acknowledges in its status file what it applied
+and what it refused, then that ZooKeeper confirmed the deletions.
+
+Anyone who may call supervisord's XML-RPC can send such an event, so a
+request is parsed as hostile input (:func:`parse_event`): bounded, typed,
+printable — or refused with the reason.
 
 Drained sections are kept in a state file in the listener's private state
 directory, so they stay drained across a crash, a restart of the listener or
-of supervisord, and a reload.
+of supervisord, a reload, and (as root) a reboot.
 """
 
 from __future__ import annotations
@@ -25,13 +29,24 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from . import session_file
+from . import statedir
+from .untrusted import Unusable, load_json, number, text_field
 
 log = logging.getLogger(__name__)
 
 EVENT_TYPE = "zkwatcher-supervisor"
 ACK_TIMEOUT = 2.0
 CONFIRM_TIMEOUT = 5.0
+ACTIONS = ("drain", "undrain")
+# Bounds on a request from outside: far above any real one.
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_SECTIONS = 10000
+MAX_NAME_CHARS = 1000
+MAX_REASON_CHARS = 500
+MAX_BY_CHARS = 100
+MAX_ID_CHARS = 64
+MAX_PATH_CHARS = 4096
+MAX_DRAIN_SECONDS = 3650 * 86400.0  # ten years: longer is a typo, not a plan
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -46,63 +61,147 @@ class Drain:
     until: float | None = None  # wall clock; None: until undrain
 
 
+@dataclass(frozen=True)
+class DrainRequest:
+    """A drain/undrain request that passed every check of :func:`parse_event`."""
+
+    config: str
+    id: str
+    action: str
+    sections: tuple[str, ...]
+    reason: str = ""
+    by: str = "?"
+    duration: float | None = None  # seconds from when the listener applies it
+
+
+class UnusableRequest(Unusable):
+    """A request we cannot apply; ``id`` and ``config`` are set when they were readable,
+    so the listener can still tell the sender why."""
+
+    def __init__(self, message: str, request_id: str | None = None,
+                 config: str | None = None) -> None:
+        super().__init__(message)
+        self.id = request_id
+        self.config = config
+
+
 def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds."""
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds (at most ten years)."""
     match = _DURATION.match(text.strip())
     if not match or float(match.group(1)) <= 0:
         raise ValueError(f"not a duration: {text!r} (e.g. 90s, 15m, 2h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DRAIN_SECONDS:
+        raise ValueError(f"{text!r} is longer than {MAX_DRAIN_SECONDS / 86400:.0f}d")
+    return seconds
 
 
 def state_path(config_filename: str) -> str:
-    return session_file.state_path(config_filename, "drained")
+    return statedir.state_path(config_filename, "drained")
+
+
+def _parse_saved(saved) -> dict[str, Drain]:
+    if not isinstance(saved, dict):
+        raise Unusable("not a mapping")
+    drains = {}
+    for name, entry in saved.items():
+        if not isinstance(entry, dict):
+            raise Unusable(f"[{name}] is not a mapping")
+        until = entry.get("until")
+        drains[text_field(name, "section", MAX_NAME_CHARS)] = Drain(
+            text_field(entry.get("reason", ""), "reason", MAX_REASON_CHARS),
+            text_field(entry.get("by", "?"), "by", MAX_BY_CHARS),
+            number(entry.get("since"), "since", 0, 1e11),
+            None if until is None else number(until, "until", 0, 1e11))
+    return drains
 
 
 def load(path: str) -> dict[str, Drain]:
     """The drained sections saved at ``path``; a file we cannot trust is ignored."""
+    return statedir.read_private_json(path, "drain state", _parse_saved) or {}
 
-    def parse(saved) -> dict[str, Drain]:
-        return {str(name): Drain(str(entry["reason"]), str(entry["by"]), float(entry["since"]),
-                                 None if entry.get("until") is None else float(entry["until"]))
-                for name, entry in saved.items()}
 
-    return session_file.read_private_json(path, "drain state", parse) or {}
+def load_adopting(path: str, legacy: list[str]) -> tuple[dict[str, Drain], str | None]:
+    """The drains at ``path`` or, when there is no file there yet, the first an
+    earlier version left at one of ``legacy``; and which legacy file that was."""
+    if os.path.lexists(path):
+        return load(path), None
+    for old in legacy:
+        drains = statedir.read_private_json(old, "drain state", _parse_saved)
+        if drains is not None:
+            log.info("taking over %d drained section(s) saved by an earlier version at %s",
+                     len(drains), old)
+            return drains, old
+    return {}, None
 
 
 def save(path: str, drains: dict[str, Drain]) -> None:
-    if not session_file.safe_directory(os.path.dirname(path)):
+    if not statedir.safe_directory(os.path.dirname(path)):
         raise OSError(f"{os.path.dirname(path)} is not a private directory")
     text = json.dumps({name: asdict(drain) for name, drain in sorted(drains.items())})
-    session_file.write_atomically(path, text, 0o644)
+    statedir.write_atomically(path, text, 0o644)
 
 
 def request(config_filename: str, action: str, sections: list[str], reason: str = "",
-            until: float | None = None, by: str = "") -> dict:
-    return {"config": os.path.realpath(config_filename), "id": uuid.uuid4().hex,
-            "action": action, "sections": sections, "reason": reason, "until": until,
+            duration: float | None = None, by: str = "") -> dict:
+    return {"config": statedir.config_key(config_filename), "id": uuid.uuid4().hex,
+            "action": action, "sections": sections, "reason": reason, "duration": duration,
             "by": by or getpass.getuser()}
 
 
-def parse_event(payload: str) -> dict | None:
-    """The request in a REMOTE_COMMUNICATION payload (``type:T\\nDATA``), if it is ours."""
+def parse_event(payload: str) -> DrainRequest | None:
+    """The request in a REMOTE_COMMUNICATION payload (``type:T\\nDATA``); None if the
+    event is not of our type; UnusableRequest, saying why, if it is ours but bad."""
     header, _, data = payload.partition("\n")
     if header.strip() != f"type:{EVENT_TYPE}":
         return None
+    parsed = load_json(data, MAX_REQUEST_BYTES)
+    if not isinstance(parsed, dict):
+        raise UnusableRequest(f"a JSON {type(parsed).__name__}, not an object")
+    request_id = parsed.get("id")
+    config = parsed.get("config")
+    if not (isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_CHARS
+            and request_id.isascii() and request_id.isalnum()):
+        request_id = None
+    if not (isinstance(config, str) and 0 < len(config) <= MAX_PATH_CHARS):
+        config = None
+
+    def refuse(message: str) -> UnusableRequest:
+        return UnusableRequest(message, request_id, config)
+
+    if request_id is None:
+        raise refuse("no usable id")
+    if config is None:
+        raise refuse("no usable config")
+    action = parsed.get("action")
+    if action not in ACTIONS:
+        raise refuse(f"action must be drain or undrain, got {action!r:.40}")
+    sections = parsed.get("sections")
+    if not isinstance(sections, list) or not 0 < len(sections) <= MAX_SECTIONS:
+        raise refuse("sections must be a list of section names")
     try:
-        parsed = json.loads(data)
-    except ValueError:
-        log.warning("ignoring a malformed drain request: %r", data[:200])
-        return None
-    return parsed if isinstance(parsed, dict) else None
+        names = tuple(text_field(name, "a section name", MAX_NAME_CHARS) for name in sections)
+        duration = parsed.get("duration")
+        if "until" in parsed and duration is None:
+            raise Unusable("an absolute 'until' from an older client; this listener takes "
+                           "a duration")
+        if duration is not None:
+            duration = number(duration, "duration", 0.001, MAX_DRAIN_SECONDS)
+        reason = text_field(parsed.get("reason") or "", "reason", MAX_REASON_CHARS)
+        by = text_field(parsed.get("by") or "?", "by", MAX_BY_CHARS)
+    except Unusable as exc:
+        raise refuse(str(exc)) from None
+    return DrainRequest(config, request_id, action, names, reason, by, duration)
 
 
 class DrainClient:
     """The ``drain``/``undrain`` commands: send, wait for the acknowledgement, maybe stop."""
 
-    def __init__(self, config, rpc, status_file: str) -> None:
+    def __init__(self, config, rpc, status_file: str, owner: int | None = None) -> None:
         self.config = config
         self.rpc = rpc
         self.status_file = status_file
+        self.owner = owner  # the uid the status file must belong to
 
     def select(self, names: list[str], program: str | None, everything: bool) -> list[str]:
         """Section names for the selection; ValueError naming what does not exist."""
@@ -123,16 +222,17 @@ class DrainClient:
                              + ", ".join(f"[{name}]" for name in unknown))
         return names
 
-    def _status(self) -> dict:
+    def _answers(self) -> dict:
         from .status import read_status_file
 
-        return read_status_file(self.status_file) or {}
+        answers = (read_status_file(self.status_file, self.owner) or {}).get("requests")
+        return answers if isinstance(answers, dict) else {}
 
     def wait_for(self, request_id: str, field: str, timeout: float) -> dict | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            answer = self._status().get("requests", {}).get(request_id)
-            if answer is not None and answer.get(field):
+            answer = self._answers().get(request_id)
+            if isinstance(answer, dict) and (answer.get(field) or answer.get("error")):
                 return answer
             time.sleep(0.05)
         return None
@@ -164,7 +264,7 @@ def run_drain(config, args) -> int:
     from supervisor import childutils
 
     from .handoff import DEFAULT_SERVER_URL
-    from .status import process_alive, read_status_file
+    from .status import locate_status, owner_of, process_alive
 
     def fail(message: str, status: int = 1) -> int:
         print(f"zkwatcher-supervisor {args.command}: {message}", file=sys.stderr)
@@ -172,43 +272,58 @@ def run_drain(config, args) -> int:
 
     if sum([bool(args.sections), args.program is not None, args.all]) != 1:
         return fail("name the sections, or give --program NAME or --all (one of them)", 2)
-    until = None
+    duration = None
     if args.command == "drain" and args.duration:
         try:
-            until = time.time() + parse_duration(args.duration)
+            duration = parse_duration(args.duration)
         except ValueError as exc:
             return fail(str(exc), 2)
     server_url = args.serverurl or DEFAULT_SERVER_URL
     env = {"SUPERVISOR_SERVER_URL": server_url}
     if args.username:
         env.update(SUPERVISOR_USERNAME=args.username, SUPERVISOR_PASSWORD=args.password or "")
-    client = DrainClient(config, childutils.getRPCInterface(env), config.status_file)
+    status_file, state = locate_status(config.filename, config.status_file)
+    client = DrainClient(config, childutils.getRPCInterface(env), status_file,
+                         owner_of(status_file) if state is not None else None)
     try:
         sections = client.select(args.sections, args.program, args.all)
     except ValueError as exc:
         return fail(str(exc), 2)
-    state = read_status_file(config.status_file)
     pid = (state or {}).get("pid")
     if not pid or not process_alive(pid):
         return fail(f"the listener for {config.filename} is not running (no live pid in "
-                    f"{config.status_file})")
-    message = request(config.filename, args.command, sections, args.reason, until,
+                    f"{status_file})")
+    message = request(config.filename, args.command, sections, args.reason, duration,
                       by=args.username or "")
     try:
         client.send(message)
     except Exception as exc:  # refused connection, bad credentials, xmlrpc fault
         return fail(f"supervisord at {server_url}: {exc}")
-    if client.wait_for(message["id"], "accepted", ACK_TIMEOUT) is None:
+    answer = client.wait_for(message["id"], "accepted", ACK_TIMEOUT)
+    if answer is None:
         return fail(f"the listener (pid {pid}) did not acknowledge within {ACK_TIMEOUT:.0f}s; "
                     "is REMOTE_COMMUNICATION in its events = ?")
-    listed = ", ".join(f"[{name}]" for name in sections)
+    if answer.get("error"):
+        return fail(f"the listener refused the request: {answer['error']}")
+    applied = [name for name in answer.get("applied", []) if name in sections]
+    refused = answer.get("refused") or {}
+    listed = ", ".join(f"[{name}]" for name in applied)
+    if refused:
+        if applied:
+            print(f"{args.command}ed {listed}")
+        for name, why in sorted(refused.items()):
+            print(f"zkwatcher-supervisor {args.command}: [{name}] not {args.command}ed: {why}",
+                  file=sys.stderr)
+        return 1
     if not args.stop:
         print(f"{args.command}ed {listed}")
         return 0
-    if client.wait_for(message["id"], "confirmed", CONFIRM_TIMEOUT) is None:
-        return fail(f"drained {listed}, but ZooKeeper has not confirmed the deletion within "
-                    f"{CONFIRM_TIMEOUT:.0f}s; nothing was stopped")
     services = {service.name: service for service in config.services}
+    remaining = wait_until_unadvertised(config, [services[name] for name in applied],
+                                        CONFIRM_TIMEOUT)
+    if remaining:
+        return fail(f"drained {listed}, but ZooKeeper still lists "
+                    f"{', '.join(remaining)} after {CONFIRM_TIMEOUT:.0f}s; nothing was stopped")
     wait = args.wait if args.wait is not None else max(
         services[name].drain_seconds for name in sections)
     print(f"drained {listed}; ZooKeeper confirmed; stopping in {wait:g}s", flush=True)
@@ -219,3 +334,22 @@ def run_drain(config, args) -> int:
         return fail(f"stopping through supervisord at {server_url}: {exc}")
     print("stopped " + (", ".join(stopped) if stopped else "nothing (no bound program)"))
     return 0
+
+
+def wait_until_unadvertised(config, services: list, timeout: float) -> list[str]:
+    """Wait until no znode advertises these services' endpoints, whoever holds it
+    (our node, a zk_watcher's, a duplicate member); returns what is still there —
+    or a description of why ZooKeeper could not be asked."""
+    from .registry import advertising  # imports kazoo
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = advertising(config.zookeeper, services, timeout=max(
+                0.5, min(2.0, deadline - time.monotonic())))
+            remaining = [node for nodes in found.values() for node in nodes]
+        except Exception as exc:  # unreachable, refused: we cannot confirm anything
+            remaining = [f"(unknown: ZooKeeper {config.zookeeper.hosts} unreachable: {exc})"]
+        if not remaining or time.monotonic() >= deadline:
+            return remaining
+        time.sleep(0.1)

@@ -2,8 +2,11 @@
 
 Finds the running listener from its status file, asks supervisord to send it
 SIGUSR2 (so it works wherever supervisorctl works, with supervisord's own
-access control), and waits until the successor supervisord starts has taken
-over and published its status.
+access control), and waits until the successor holds the very ZooKeeper
+session the old listener had — the proof that no node was deleted.  The old
+listener exits with a status supervisord's default ``autorestart =
+unexpected`` restarts; where supervisord does not restart it
+(``autorestart = false``), this command starts it.
 """
 
 from __future__ import annotations
@@ -13,19 +16,39 @@ import time
 from supervisor import childutils
 
 from .config import Config
-from .status import process_alive, read_status_file
+from .status import locate_status, owner_of, process_alive, read_status_file
 
 DEFAULT_SERVER_URL = "unix:///var/run/supervisor.sock"
+SETTLE = 2.0
+# States in which supervisord will not start the successor by itself.
+_NOT_RESTARTING = ("EXITED", "STOPPED", "FATAL")
+
+
+def _session(state: dict | None) -> str | None:
+    zookeeper = (state or {}).get("zookeeper") or {}
+    session = zookeeper.get("session")
+    return session if isinstance(session, str) and zookeeper.get("connected") else None
 
 
 def hand_over(config: Config, server_url: str, username: str | None, password: str | None,
               timeout: float = 15.0) -> tuple[bool, str]:
     """Hand the listener of ``config`` over to a fresh one; (success, what happened)."""
-    state = read_status_file(config.status_file)
+    path, state = locate_status(config.filename, config.status_file)
     pid = (state or {}).get("pid")
     if not pid or not process_alive(pid):
-        return False, f"no running listener for {config.filename} (status file " \
-                      f"{config.status_file})"
+        return False, f"no running listener for {config.filename} (status file {path})"
+    owner = owner_of(path)
+    # The file is published within half a second of a change: a listener that
+    # has just connected may not say so yet.
+    settle = time.monotonic() + SETTLE
+    while _session(state) is None and time.monotonic() < settle:
+        time.sleep(0.05)
+        state = read_status_file(path, owner) or state
+    session = _session(state)
+    if session is None:
+        return False, f"the listener (pid {pid}) is not connected to ZooKeeper: there is " \
+                      "no session to hand over (a restart now would re-register every node)"
+    refused_before = state.get("handoff_refused")
     env = {"SUPERVISOR_SERVER_URL": server_url}
     if username:
         env.update(SUPERVISOR_USERNAME=username, SUPERVISOR_PASSWORD=password or "")
@@ -36,15 +59,35 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
         if not matches:
             return False, f"listener pid {pid} is not a process of the supervisord at " \
                           f"{server_url}"
-        rpc.supervisor.signalProcess(matches[0], "USR2")
+        name = matches[0]
+        rpc.supervisor.signalProcess(name, "USR2")
     except Exception as exc:  # xmlrpc faults, refused connections, bad credentials
         return False, f"supervisord at {server_url}: {exc}"
     deadline = time.monotonic() + timeout
+    started = False
     while time.monotonic() < deadline:
-        state = read_status_file(config.status_file)
+        state = read_status_file(path, owner)
         successor = (state or {}).get("pid")
+        if successor == pid and state.get("handoff_refused") not in (None, refused_before):
+            why = state["handoff_refused"].get("why")
+            return False, f"the listener (pid {pid}) refused to hand over: {why}; it is " \
+                          "still running, nothing changed"
         if successor and successor != pid and process_alive(successor):
-            return True, f"handed over: pid {pid} -> pid {successor}"
-        time.sleep(0.1)
-    return False, f"pid {pid} was signalled but no successor published its status within " \
-                  f"{timeout:.0f}s; is autorestart = true set for {matches[0]}?"
+            now_session = _session(state)
+            if now_session == session:
+                return True, f"handed over: pid {pid} -> pid {successor}, ZooKeeper " \
+                             f"session {session} kept"
+            if now_session is not None:
+                return False, f"pid {successor} took over with a new ZooKeeper session " \
+                              f"{now_session} (was {session}): every node was deleted and " \
+                              "registered again; see the listener's log"
+        if not started and not process_alive(pid):
+            try:
+                if rpc.supervisor.getProcessInfo(name)["statename"] in _NOT_RESTARTING:
+                    rpc.supervisor.startProcess(name, False)
+                    started = True
+            except Exception:  # already starting (supervisord was quicker), or gone
+                pass
+        time.sleep(0.05)
+    return False, f"pid {pid} was signalled but no successor took over its session within " \
+                  f"{timeout:.0f}s; see the log of {name}"

@@ -17,7 +17,6 @@ for ZooKeeper, or for a file.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import posixpath
 import signal
@@ -26,11 +25,11 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
-from typing import BinaryIO, Callable, TextIO
+from typing import BinaryIO, TextIO
 
 from supervisor import childutils
 
-from . import drain
+from . import drain, statedir
 from .checks import (
     OUTPUT_TAIL_BYTES,
     CheckOutcome,
@@ -42,13 +41,18 @@ from .health import RUNNING, CheckRun, Health
 from .loop import EventLoop, Timer, offload
 from .payload import node_payload
 from .pidwatch import PidWatcher
+from .protocol import SupervisorChannel, claim_stdout, parse_process_state
 from .registry import Registry
-from .session_file import default_path as default_session_path
+from .session_file import SessionStore
 from .status import StatusPublisher, process_alive
+from .untrusted import DropLog, excerpt
 
 log = logging.getLogger(__name__)
 
 PROCESS_STATE_PREFIX = "PROCESS_STATE_"
+# The exit of a hand-over (SIGUSR2): not 0, so that supervisord's default
+# autorestart = unexpected starts the successor (EX_TEMPFAIL: "run me again").
+EXIT_HANDED_OVER = 75
 # How long to wait for supervisord's XML-RPC answer before saying so in the log.
 RPC_TIMEOUT = 5.0
 # Shutdown budget: ZooKeeper's session close, and killing running checks.
@@ -81,8 +85,10 @@ class Watcher:
     """
 
     def __init__(self, config: Config, registry: Registry, loop: EventLoop,
-                 hosts_override: str | None = None, drain_path: str | None = None) -> None:
+                 hosts_override: str | None = None, drain_path: str | None = None,
+                 status_path: str | None = None) -> None:
         self.config = config
+        self.config_key = statedir.config_key(config.filename)
         self.loop = loop
         self.registry = registry
         self.hosts_override = hosts_override
@@ -90,7 +96,12 @@ class Watcher:
         self.health = Health(config.services, loop.clock())
         self.checks = CheckRunner(loop, self._on_check_result)
         self.pids = PidWatcher(loop, self._on_process_died)
-        self.status = StatusPublisher(loop, config.status_file, self.snapshot)
+        self.status_path = status_path or config.status_file or statedir.state_path(
+            config.filename, "status")
+        self.status = StatusPublisher(loop, self.status_path, self.snapshot)
+        self.drops = DropLog(clock=loop.clock)  # outside input we could not use
+        self.handoff_refused: dict | None = None  # the last SIGUSR2 we could not honour
+        self.handing_over = False
         self._registrations: dict[str, Registration] = {}  # by section, while up
         self._holder: dict[str, str] = {}  # znode path -> the section registering it
         self._wanted: dict[str, bytes] = {}  # what the registry was last told
@@ -124,12 +135,14 @@ class Watcher:
         self._drain_saving = False
         self._drain_save_again = False
         self._requests: OrderedDict[str, dict] = OrderedDict()
+        self._legacy_drains: str | None = None  # an earlier version's file, once adopted
         if drain_path is not None:
-            saved = drain.load(drain_path)
+            saved, self._legacy_drains = drain.load_adopting(
+                drain_path, statedir.legacy_paths(config.filename, "drained"))
             for name, entry in saved.items():
                 if name in self.services:  # a section removed meanwhile drops out
                     self._set_drain(name, entry)
-            if set(saved) != set(self._drained):
+            if set(saved) != set(self._drained) or self._legacy_drains:
                 self._save_drains()
         loop.on_idle(self.pump)
         registry.on_change = lambda: loop.post(self.status.changed)
@@ -164,32 +177,63 @@ class Watcher:
                 service.program is not None for service in self.services.values()):
             self.request_snapshot()
 
-    def stop(self, hand_over: bool = False) -> None:
-        """Stop; with ``hand_over`` leave the ZooKeeper session and its nodes to a successor."""
+    def request_hand_over(self) -> None:
+        """SIGUSR2: leave the session to the next listener — only if it can take it."""
+        problem = self.registry.hand_over_problem()
+        if problem is not None:
+            log.error("SIGUSR2: cannot hand over (%s); still running, nothing changed",
+                      problem)
+            self.handoff_refused = {"at": time.time(), "why": problem}
+            self.status.changed()
+            return
+        self.handing_over = True
+        self.loop.stop()
+
+    def stop(self, hand_over: bool = False) -> bool:
+        """Stop; with ``hand_over`` leave the ZooKeeper session and its nodes to a
+        successor.  Returns whether they were left to it."""
         self.pids.stop()
         self.checks.stop(CHECKS_STOP_TIMEOUT)
-        if not (hand_over and self.registry.hand_over()):
+        handed = False
+        if hand_over:
+            problem = self.registry.hand_over()
+            handed = problem is None
+            if not handed:
+                log.error("hand-over failed (%s); closing the session instead: the "
+                          "successor registers every node again", problem)
+        if not handed:
             self.registry.stop(REGISTRY_STOP_TIMEOUT)
         self.status.stop()
+        return handed
 
     # -- inputs -------------------------------------------------------------
 
     def handle_event(self, headers: dict[str, str], payload: str) -> None:
-        """One supervisord event; in-memory only."""
+        """One supervisord event; in-memory only.  Input we cannot use is dropped."""
         event = headers.get("eventname", "")
         if event.startswith(PROCESS_STATE_PREFIX):
-            fields = childutils.get_headers(payload.split("\n", 1)[0])
-            key = (fields.get("groupname", ""), fields.get("processname", ""))
-            if self._stale(key, fields.get("from_state")):
+            change = parse_process_state(event, payload)
+            if change is None:
+                self.drops.drop("process-state", f"{event} without the fields we need: "
+                                f"{excerpt(payload)}")
+                return
+            key = (change.group, change.name)
+            if self._stale(key, change.from_state):
                 log.debug("%s:%s %s from %s is older than what we know; ignored", *key,
-                          event, fields.get("from_state"))
+                          event, change.from_state)
                 return
             self._event_seq += 1
             self._process_seq[key] = self._event_seq
-            self.process_state(*key, event[len(PROCESS_STATE_PREFIX):],
-                               int(fields.get("pid", "0") or 0))
+            self.process_state(*key, change.state, change.pid)
         elif event == "REMOTE_COMMUNICATION":
-            request = drain.parse_event(payload)
+            try:
+                request = drain.parse_event(payload)
+            except drain.UnusableRequest as exc:
+                self._refuse_request(exc)
+                return
+            except ValueError as exc:
+                self.drops.drop("drain-request", f"ignoring a drain request: {exc}")
+                return
             if request is not None:
                 self._drain_request(request)
         # TICK_* and anything else: the pump after this starts due checks.
@@ -374,6 +418,12 @@ class Watcher:
             log.warning("reload: [zkwatcher]/[auth] changes need a restart (zkwatcher-"
                         "supervisor handoff); keeping %s", self.config.zookeeper.hosts)
             config = replace(config, zookeeper=self.config.zookeeper)
+        for key in ("status_file", "metrics_port"):
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("reload: a [zkwatcher] %s change needs a restart (zkwatcher-"
+                            "supervisor handoff); keeping %s", key,
+                            getattr(self.config, key) or "the default")
+                config = replace(config, **{key: getattr(self.config, key)})
         old_sections = dict(self.health.sections)
         self.config = config
         self.services = {service.name: service for service in config.services}
@@ -382,8 +432,11 @@ class Watcher:
             if self.health.sections.get(name) is not section:
                 self.checks.cancel(name)  # its result would describe another check
                 self._last_checks.pop(name, None)
-        for name in [name for name in self._drained if name not in self.services]:
+        gone = [name for name in self._drained if name not in self.services]
+        for name in gone:
             self._set_drain(name, None)  # the section is gone, and its drain with it
+        if gone:
+            self._save_drains()  # or it would come back with the section after a restart
         self._dirty.update(old_sections)
         self._dirty.update(self.services)
         log.info("reloaded %s: %d section(s)", config.filename, len(config.services))
@@ -452,52 +505,66 @@ class Watcher:
 
     # -- drain ----------------------------------------------------------------
 
-    def _drain_request(self, request: dict) -> None:
-        """A drain/undrain request from ``zkwatcher-supervisor drain`` via supervisord."""
-        if request.get("config") != os.path.realpath(self.config.filename):
-            return  # meant for another listener of this supervisord
-        action, sections, until = (request.get("action"), request.get("sections"),
-                                   request.get("until"))
-        # Anyone who may talk to supervisord can send one: a malformed request
-        # is ignored, never allowed to crash the listener.
-        if (action not in ("drain", "undrain") or not isinstance(request.get("id"), str)
-                or not isinstance(sections, list)
-                or not (until is None or (isinstance(until, (int, float))
-                                          and math.isfinite(until)))):
-            log.warning("ignoring a drain request I do not understand: %r", request)
-            return
-        names = [name for name in sections if isinstance(name, str) and name in self.services]
-        by = str(request.get("by") or "?")
-        for name in names:
-            if action == "drain":
-                entry = drain.Drain(str(request.get("reason") or ""), by, time.time(),
-                                    float(until) if until is not None else None)
-                log.info("[%s] drained by %s%s%s", name, by,
-                         f": {entry.reason}" if entry.reason else "",
-                         f" for {entry.until - entry.since:.0f}s" if entry.until else "")
-                self._set_drain(name, entry)
-            elif name in self._drained:
-                log.info("[%s] undrained by %s", name, by)
-                self._set_drain(name, None)
-        self._requests[request["id"]] = {"action": action, "sections": names,
-                                         "accepted": time.time()}
+    def _refuse_request(self, error: drain.UnusableRequest) -> None:
+        """A request we cannot apply: logged, and answered if it says who is asking."""
+        self.drops.drop("drain-request", f"ignoring a drain request: {error}")
+        if error.id is not None and error.config == self.config_key:
+            self._answer(error.id, {"error": str(error), "accepted": time.time()})
+
+    def _answer(self, request_id: str, answer: dict) -> None:
+        self._requests[request_id] = answer
+        self._requests.move_to_end(request_id)
         while len(self._requests) > 50:
             self._requests.popitem(last=False)
-        self._save_drains()
         self.status.changed()
 
-    def _set_drain(self, name: str, entry: drain.Drain | None) -> None:
+    def _drain_request(self, request: drain.DrainRequest) -> None:
+        """A drain/undrain request from ``zkwatcher-supervisor drain`` via supervisord."""
+        if request.config != self.config_key:
+            return  # meant for another listener of this supervisord
+        applied, refused = [], {}
+        for name in request.sections:
+            if name not in self.services:
+                refused[name] = ("not a section of the running config (added to the file "
+                                 "but not reloaded? reload first)")
+            elif request.action == "drain":
+                now = time.time()
+                until = now + request.duration if request.duration is not None else None
+                entry = drain.Drain(request.reason, request.by, now, until)
+                log.info("[%s] drained by %s%s%s", name, request.by,
+                         f": {request.reason}" if request.reason else "",
+                         f" for {request.duration:.0f}s" if request.duration else "")
+                self._set_drain(name, entry, duration=request.duration)
+                applied.append(name)
+            else:
+                if name in self._drained:
+                    log.info("[%s] undrained by %s", name, request.by)
+                    self._set_drain(name, None)
+                applied.append(name)
+        self._answer(request.id, {"action": request.action, "sections": applied,
+                                  "applied": applied, "refused": refused,
+                                  "accepted": time.time()})
+        if applied:
+            self._save_drains()
+
+    def _set_drain(self, name: str, entry: drain.Drain | None,
+                   duration: float | None = None) -> None:
+        """Drain ``name`` (``entry``) or undrain it (None).  The end of a timed drain
+        is timed on the monotonic clock — ``duration`` from now for a new drain, so a
+        wall clock stepped meanwhile changes nothing; from the saved end otherwise."""
         timer = self._drain_timers.pop(name, None)
         if timer is not None:
             timer.cancel()
-        if entry is None or (entry.until is not None and entry.until <= time.time()):
+        if duration is None and entry is not None and entry.until is not None:
+            duration = entry.until - time.time()
+        if entry is None or (duration is not None and duration <= 0):
             if self._drained.pop(name, None) is not None and entry is not None:
                 log.info("[%s] drain expired", name)
         else:
             self._drained[name] = entry
-            if entry.until is not None:
+            if duration is not None:
                 self._drain_timers[name] = self.loop.call_later(
-                    entry.until - time.time(), lambda: self._drain_expired(name, entry))
+                    duration, lambda: self._drain_expired(name, entry))
         self._dirty.add(name)
 
     def _drain_expired(self, name: str, entry: drain.Drain) -> None:
@@ -526,6 +593,10 @@ class Watcher:
         if error is not None:
             log.error("cannot save the drained sections to %s: %s; they would not survive "
                       "a restart", self._drain_path, error)
+        elif self._legacy_drains is not None:
+            legacy, self._legacy_drains = self._legacy_drains, None
+            offload(self.loop, lambda: statedir.remove(legacy), lambda *_: None,
+                    name="drain-state")
         if self._drain_save_again:
             self._drain_save_again = False
             self._save_drains()
@@ -534,6 +605,9 @@ class Watcher:
         """Recent drain requests: applied, and (for drains) ZooKeeper confirmed the deletions."""
         answers = {}
         for request_id, entry in self._requests.items():
+            if "error" in entry:
+                answers[request_id] = entry
+                continue
             confirmed = entry["action"] == "undrain" or (
                 self.registry.connected and not any(
                     self.services[name].node_path in registered
@@ -571,13 +645,18 @@ class Watcher:
                 "check": check,
                 "drained": asdict(self._drained[name]) if name in self._drained else None,
             }
+        session_id = self.registry.session_id
         return {
             "pid": os.getpid(),
             "updated": wall,
-            "config": self.config.filename,
+            "config": self.config_key,
             "zookeeper": {"hosts": self.config.zookeeper.hosts,
+                          "tls": self.config.zookeeper.tls is not None,
                           "connected": self.registry.connected,
-                          "connects": self.registry.connects},
+                          "connects": self.registry.connects,
+                          "session": None if session_id is None else f"0x{session_id:x}"},
+            "handoff_refused": self.handoff_refused,
+            "dropped_input": self.drops.dropped,
             "counters": {"registrations": self.registry.registrations,
                          "deregistrations": self.registry.deregistrations},
             "sections": sections,
@@ -587,77 +666,6 @@ class Watcher:
 
 def _wake_only() -> None:
     """A timer whose only job is to end the loop's wait; the pump does the work."""
-
-
-class ProtocolReader:
-    """supervisord's side of the conversation: events in on stdin, answers out on stdout.
-
-    stdin is read without blocking and parsed incrementally (header line, then
-    ``len`` bytes of payload); each complete event is handled and answered on
-    the spot with ``RESULT 2\\nOK`` and ``READY``.
-    """
-
-    def __init__(self, loop: EventLoop, stdin: BinaryIO, stdout: TextIO,
-                 on_event: Callable[[dict[str, str], str], None],
-                 on_eof: Callable[[], None]) -> None:
-        self._loop = loop
-        self._fd = stdin.fileno()
-        self._stdout = stdout
-        self._on_event = on_event
-        self._on_eof = on_eof
-        self._buffer = bytearray()
-        self._headers: dict[str, str] | None = None
-
-    def start(self) -> None:
-        os.set_blocking(self._fd, False)
-        self._loop.add_reader(self._fd, self._readable)
-        childutils.listener.ready(self._stdout)
-
-    def _readable(self) -> None:
-        try:
-            chunk = os.read(self._fd, 65536)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self._loop.remove(self._fd)
-            log.info("stdin closed: supervisord is gone")
-            self._on_eof()
-            return
-        self._buffer += chunk
-        while self._parse_one():
-            pass
-
-    def _parse_one(self) -> bool:
-        if self._headers is None:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                return False
-            line = bytes(self._buffer[:end + 1]).decode("utf-8", "replace")
-            del self._buffer[:end + 1]
-            self._headers = childutils.get_headers(line)
-        length = int(self._headers.get("len", 0))
-        if len(self._buffer) < length:
-            return False
-        payload = bytes(self._buffer[:length]).decode("utf-8", "replace")
-        del self._buffer[:length]
-        headers, self._headers = self._headers, None
-        self._on_event(headers, payload)
-        childutils.listener.ok(self._stdout)
-        childutils.listener.ready(self._stdout)
-        return True
-
-
-def claim_stdout() -> TextIO:
-    """Take fd 1 for the protocol and point fd 1 at stderr for everything else.
-
-    A stray print, a library warning or a child process that inherits fd 1 then
-    lands in the log instead of corrupting the protocol ("bad result line").
-    """
-    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", closefd=True)
-    os.set_inheritable(protocol.fileno(), False)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return protocol
 
 
 def _exit_on_thread_crash(loop: EventLoop) -> None:
@@ -689,6 +697,8 @@ def run(config: Config, hosts_override: str | None = None,
         if signum == signal.SIGHUP:
             if watchers:
                 loop.post(watchers[0].request_reload)
+        elif signum == signal.SIGUSR2 and watchers:
+            loop.post(watchers[0].request_hand_over)
         else:
             stopping.append(signal.Signals(signum).name)
             loop.stop()
@@ -697,7 +707,10 @@ def run(config: Config, hosts_override: str | None = None,
     for signum in HANDLED_SIGNALS:
         signal.signal(signum, on_signal)
     signal.set_wakeup_fd(loop.wakeup_fd, warn_on_full_buffer=False)
-    registry = Registry(config.zookeeper, session_path=default_session_path(config.filename))
+    session = SessionStore(statedir.state_path(config.filename, "session"),
+                           legacy=statedir.legacy_paths(config.filename, "session"),
+                           on_fatal=loop.fail)
+    registry = Registry(config.zookeeper, session)
     watcher = Watcher(config, registry, loop, hosts_override,
                       drain_path=drain.state_path(config.filename))
     watchers.append(watcher)
@@ -710,7 +723,8 @@ def run(config: Config, hosts_override: str | None = None,
         except OSError as exc:
             log.error("metrics_port %d: %s; running without metrics", config.metrics_port, exc)
 
-    protocol = ProtocolReader(loop, stdin, stdout, watcher.handle_event, loop.stop)
+    protocol = SupervisorChannel(loop, stdin, stdout, watcher.handle_event, loop.stop,
+                                 watcher.drops)
     status = 0
     try:
         log.info("watching %d section(s), ZooKeeper at %s",
@@ -724,8 +738,9 @@ def run(config: Config, hosts_override: str | None = None,
         protocol.start()
         loop.run()
         if stopping:
-            log.info("%s received%s", stopping[0],
-                     "; handing over to the next listener" if stopping[0] == "SIGUSR2" else "")
+            log.info("%s received", stopping[0])
+        elif watcher.handing_over:
+            log.info("SIGUSR2 received; handing over to the next listener")
     except Exception:
         log.critical("unexpected error; exiting so that supervisord restarts us",
                      exc_info=True)
@@ -733,6 +748,10 @@ def run(config: Config, hosts_override: str | None = None,
     finally:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        watcher.stop(hand_over=status == 0 and stopping[:1] == ["SIGUSR2"])
+        hand_over = status == 0 and not stopping and watcher.handing_over
+        handed = watcher.stop(hand_over=hand_over)
+        if hand_over:
+            # Not 0 either way: supervisord must start the successor.
+            status = EXIT_HANDED_OVER if handed else EXIT_CRASH
         log.info("stopped")
     return status

@@ -74,3 +74,19 @@ def same_registration(a: bytes, b: bytes) -> bool:
         first.pop(field, None)
         second.pop(field, None)
     return first == second
+
+
+def names_endpoint(data: bytes, host: str, port: int) -> bool:
+    """Whether node data (any format we write, or a peer's) advertises ``host:port``."""
+    try:
+        value = json.loads(data[:65536])
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(value, dict):
+        return False
+    endpoint = value.get("serviceEndpoint")
+    for candidate in (endpoint if isinstance(endpoint, dict) else {}, value):
+        name = candidate.get("host", candidate.get("address"))
+        if name == host and str(candidate.get("port")) == str(port):
+            return True
+    return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def proc_stat(pid: int) -> list[bytes] | None:
     """The fields of /proc/<pid>/stat after "pid (comm)" — state, ppid, ... — or None if gone."""
@@ -11,3 +13,35 @@ def proc_stat(pid: int) -> list[bytes] | None:
             return stat.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def process_uid(pid: int) -> int | None:
+    """The effective uid ``pid`` runs as, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def listener_uids() -> set[int]:
+    """The users running a zkwatcher-supervisor process now (from every /proc/*/cmdline)."""
+    uids = set()
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return uids
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"zkwatcher" not in cmdline.read(4096):
+                    continue
+        except OSError:
+            continue
+        uid = process_uid(int(pid))
+        if uid is not None:
+            uids.add(uid)
+    return uids

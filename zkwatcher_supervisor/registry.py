@@ -45,8 +45,8 @@ from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
 
 from . import session_file
-from .config import ZooKeeperSettings
-from .payload import same_registration
+from .config import ServiceSettings, ZooKeeperSettings
+from .payload import names_endpoint, same_registration
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,42 @@ def read_existing(settings: ZooKeeperSettings, paths: list[str],
         client.close()
 
 
+def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
+                timeout: float = 5.0) -> dict[str, list[str]]:
+    """For each service, the znodes that advertise its endpoint now, whoever holds them:
+    its node path, or for sequential members every child of the parent whose data
+    names its host and port (for ``drain --stop``)."""
+    client = make_client(settings)
+    try:
+        client.start(timeout=timeout)
+        found: dict[str, list[str]] = {}
+        for service in services:
+            if sequence_prefix(service.node_path) is None:
+                exists = client.exists(service.node_path) is not None
+                found[service.name] = [service.node_path] if exists else []
+                continue
+            parent = posixpath.dirname(service.node_path)
+            try:
+                children = client.get_children(parent)
+            except NoNodeError:
+                children = []
+            reads = [(child, client.get_async(posixpath.join(parent, child)))
+                     for child in children]
+            nodes = []
+            for child, read in reads:
+                try:
+                    data, _ = read.get(timeout=timeout)
+                except NoNodeError:
+                    continue
+                if names_endpoint(data or b"", service.service_hostname, service.service_port):
+                    nodes.append(posixpath.join(parent, child))
+            found[service.name] = nodes
+        return found
+    finally:
+        client.stop()
+        client.close()
+
+
 class Registry:
     """Registers ephemeral znodes; see the module docstring for the guarantees.
 
@@ -178,16 +214,13 @@ class Registry:
     hand the news on.
     """
 
-    def __init__(self, settings: ZooKeeperSettings, session_path: str | None = None) -> None:
+    def __init__(self, settings: ZooKeeperSettings,
+                 session: session_file.SessionStore | None = None) -> None:
         self.on_change: Callable[[], None] = lambda: None  # after ZooKeeper changed
         # An unexpected exception in the worker: the process must end.
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
-        # Held open (and locked) for the life of the process.
-        self._session_lock = session_file.claim(session_path) if session_path else None
-        if self._session_lock is None:
-            session_path = None  # another listener owns it; ours is a session of its own
-        self._session_path = session_path
-        self._saved = session_file.load(session_path) if session_path else None
+        self._store = session
+        self._saved = session.load() if session is not None else None
         client_id = None
         if self._saved is not None:
             client_id = (self._saved.session_id, self._saved.password)
@@ -284,19 +317,40 @@ class Registry:
             return key
         return self._published_nodes.get(key)
 
-    def hand_over(self, timeout: float = 0.5) -> bool:
+    @property
+    def session_id(self) -> int | None:
+        """The session we hold, as the worker last saw it."""
+        return self._session_id
+
+    def hand_over_problem(self) -> str | None:
+        """Why a successor could not take over our session right now, or None."""
+        if self._store is None:
+            return "no session file"
+        if self._store.problem is not None:
+            return self._store.problem
+        if self._session_id is None or not self._client.connected:
+            return "not connected to ZooKeeper: there is no session to hand over"
+        return None
+
+    def hand_over(self, timeout: float = 0.5) -> str | None:
         """Stop without closing the session: a successor reattaches to it (see
-        :mod:`.session_file`) and every node stays.  False if there is no
-        session to hand over (the caller should :meth:`stop` instead)."""
+        :mod:`.session_file`) and every node stays.  Returns why it could not
+        (the caller should :meth:`stop` instead), or None."""
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
-        if self._thread.is_alive() or self._session_path is None or self._session_id is None:
-            return False
+        if self._thread.is_alive():
+            return f"the ZooKeeper worker did not stop within {timeout:g}s"
+        if self._store is None:
+            return "no session file"
+        if self._session_id is None:
+            return "no ZooKeeper session to hand over"
         self._save_session()
+        if not self._store.flush(timeout):
+            return self._store.problem or "the session file was not written"
         log.info("handing over session 0x%x with %d node(s)", self._session_id,
                  len(self._owned))
-        return True
+        return None
 
     def stop(self, timeout: float = 0.8) -> None:
         """Close the session, which deletes every node we own; bounded by ``timeout``."""
@@ -379,6 +433,7 @@ class Registry:
             if session_id != self._session_id:
                 self._new_session(session_id, client_id[1])
                 examine_all = True
+                self.on_change()  # the status file names the session
             if examine_all:
                 suspect |= set(wanted) | set(self._owned)
             # Nodes of a reattached session: read what they hold before writing.
@@ -428,18 +483,13 @@ class Registry:
         self._save_session()
 
     def _save_session(self) -> None:
-        """Keep the session file in step with the nodes we hold."""
-        if self._session_path is None or self._session_id is None:
+        """Keep the session file in step with the nodes we hold (written off this thread)."""
+        if self._store is None or self._session_id is None:
             return
         nodes = {key: self._nodes.get(key, key) for key in self._owned}
         if nodes == self._saved_nodes:
             return
-        try:
-            session_file.save(self._session_path, session_file.SavedSession(
-                self._session_id, self._password, nodes))
-        except OSError as exc:
-            log.warning("cannot write the session file %s: %s", self._session_path, exc)
-            return  # tried again after the next change
+        self._store.put(session_file.SavedSession(self._session_id, self._password, nodes))
         self._saved_nodes = nodes
 
     def _node(self, key: str) -> str | None:
@@ -808,7 +858,7 @@ class Registry:
         except Exception as exc:
             log.warning("closing the ZooKeeper session failed: %r", exc)
             return
-        if self._session_path is not None and was_connected:
-            session_file.remove(self._session_path)  # closed: nothing to reattach to
+        if self._store is not None and was_connected:
+            self._store.discard()  # closed: nothing to reattach to
         if owned:
             log.info("session closed: deregistered %d node(s)", owned)

@@ -5,30 +5,27 @@ timeout reattaches to its old session (kazoo's ``client_id``) instead of
 opening a new one, so its ephemeral nodes simply stay — no flap, and no need
 to delete a node held by "some other session" that may in fact be a live
 zk_watcher.  The file holds the session id, its password (a credential:
-mode 0600) and the nodes the session holds (for sequential serverset
-members, the name ZooKeeper gave each one).
+mode 0600) and the nodes the session holds (for sequential members, the name
+ZooKeeper gave each one).
 
-It decides what gets registered, so nobody else may be able to write it: it
-lives in a directory only our user can write (``/run/zkwatcher-supervisor``
-as root, else ``$XDG_RUNTIME_DIR`` or ``~/.local/state``), is written
-atomically, and a file or directory that another user owns or that others may
-write is refused with a warning.
+It decides what gets registered, so it lives in the listener's private state
+directory (:mod:`.statedir`).  :class:`SessionStore` writes it from a thread of
+its own, so a slow or hung disk never holds up the registry's deletions.
 """
 
 from __future__ import annotations
 
 import base64
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import stat
-import tempfile
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
-T = TypeVar("T")
+from . import statedir
+from .untrusted import Unusable
 
 log = logging.getLogger(__name__)
 
@@ -40,45 +37,9 @@ class SavedSession:
     nodes: dict[str, str]  # registration key -> the znode that holds it
 
 
-def state_directory() -> str:
-    """The listener's private state directory: only our user may write in it."""
-    if os.geteuid() == 0:
-        return "/run/zkwatcher-supervisor"
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "zkwatcher-supervisor")
-    return os.path.expanduser("~/.local/state/zkwatcher-supervisor")
-
-
-def state_path(config_filename: str, kind: str) -> str:
-    """``<state directory>/<kind>-<hash of the config's real path>.json``."""
-    digest = hashlib.sha256(os.path.realpath(config_filename).encode()).hexdigest()[:12]
-    return os.path.join(state_directory(), f"{kind}-{digest}.json")
-
-
 def default_path(config_filename: str) -> str:
     """Where the listener for ``config_filename`` keeps its session."""
-    return state_path(config_filename, "session")
-
-
-def trusted(info: os.stat_result) -> bool:
-    """Owned by our user and writable by nobody else."""
-    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def safe_directory(directory: str) -> bool:
-    """Create ``directory`` if needed (readable by all, writable by us only); False,
-    with a warning, if it exists but others may write it or it is not ours."""
-    try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        info = os.stat(directory)
-    except OSError as exc:
-        log.warning("session directory %s: %s; a restart will not reattach", directory, exc)
-        return False
-    if not trusted(info):
-        log.warning("session directory %s is writable by others or not ours; not using it",
-                    directory)
-        return False
-    return True
+    return statedir.state_path(config_filename, "session")
 
 
 def claim(path: str) -> int | None:
@@ -88,7 +49,7 @@ def claim(path: str) -> int | None:
     session and take it from each other on every reconnect.  The lock goes
     with the process, however it ends.
     """
-    if not safe_directory(os.path.dirname(path)):
+    if not statedir.safe_directory(os.path.dirname(path)):
         return None
     try:
         fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -106,66 +67,142 @@ def claim(path: str) -> int | None:
     return fd
 
 
-def read_private_json(path: str, what: str, parse: Callable[[Any], T]) -> T | None:
-    """``parse(json in path)``, or None (with a warning naming ``what``) when the file is
-    missing, not ours alone, a symlink, or not what ``parse`` accepts."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("%s %s: %s; ignoring it", what, path, exc)
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        if not trusted(os.fstat(fd)) or not trusted(os.stat(os.path.dirname(path))):
-            log.warning("%s %s is writable by others or not ours; ignoring it", what, path)
-            return None
-        try:
-            return parse(json.loads(handle.read(1 << 20)))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("%s %s is unreadable (%s); ignoring it", what, path, exc)
-            return None
-
-
 def _parse_session(saved: Any) -> SavedSession:
+    if not isinstance(saved, dict):
+        raise Unusable("not a mapping")
     nodes = saved.get("nodes", {})
     if not isinstance(nodes, dict):
-        raise TypeError("nodes is not a mapping")
-    return SavedSession(int(saved["session_id"]), base64.b64decode(saved["password"]),
+        raise Unusable("nodes is not a mapping")
+    session_id = saved["session_id"]
+    if isinstance(session_id, bool) or not isinstance(session_id, int) \
+            or not 0 < session_id < 2**63:
+        raise Unusable("session_id is not a session id")
+    if not isinstance(saved["password"], str):
+        raise Unusable("password is not a string")
+    return SavedSession(session_id, base64.b64decode(saved["password"], validate=True),
                         {str(key): str(node) for key, node in nodes.items()})
 
 
 def load(path: str) -> SavedSession | None:
     """The saved session, or None if there is none we can trust (a new session then)."""
-    return read_private_json(path, "session file", _parse_session)
+    return statedir.read_private_json(path, "session file", _parse_session)
 
 
 def save(path: str, session: SavedSession) -> None:
-    """Write ``session`` atomically, readable by our user only."""
+    """Write ``session`` atomically, readable by our user only; OSError if it cannot be."""
     directory = os.path.dirname(path)
-    if not safe_directory(directory):
-        return
+    if not statedir.safe_directory(directory):
+        raise OSError(f"{directory} is not a private directory")
     text = json.dumps({"session_id": session.session_id,
                        "password": base64.b64encode(session.password).decode(),
                        "nodes": dict(sorted(session.nodes.items()))})
-    write_atomically(path, text, 0o600)
+    statedir.write_atomically(path, text, 0o600)
 
 
-def write_atomically(path: str, text: str, mode: int) -> None:
-    """Readers see the old file or the new one, never a part."""
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+class SessionStore:
+    """One listener's session file: locked for the life of the process, read once,
+    written in the background (the newest state wins), flushed for a hand-over.
 
+    ``problem`` says why a successor could not reattach right now (no lock, the
+    last write failed), or is None.
+    """
 
-def remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    def __init__(self, path: str, legacy: list[str] | tuple[str, ...] = (),
+                 on_fatal: Callable[[BaseException], None] = lambda exc: None) -> None:
+        self.path = path
+        self._legacy = list(legacy)
+        self._on_fatal = on_fatal
+        self._lock_fd = claim(path)
+        self.problem: str | None = None
+        if self._lock_fd is None:
+            self.problem = f"the session file {path} cannot be used (see the warning above)"
+        self._condition = threading.Condition()
+        self._pending: SavedSession | None = None
+        self._wanted = 0  # generations: put() counts up, the writer catches up
+        self._written = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self._lock_fd is not None
+
+    def load(self) -> SavedSession | None:
+        """The saved session, from this version's file or one an earlier version left."""
+        if not self.usable:
+            return None
+        saved = load(self.path)
+        if saved is not None or os.path.lexists(self.path):
+            return saved
+        for old in self._legacy:
+            saved = load(old)
+            if saved is not None:
+                log.info("taking over the session saved by an earlier version at %s", old)
+                return saved
+        return None
+
+    def put(self, session: SavedSession) -> None:
+        """Save ``session`` soon; never blocks."""
+        if not self.usable:
+            return
+        with self._condition:
+            self._pending = session
+            self._wanted += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="session-writer",
+                                                daemon=True)
+                self._thread.start()
+            self._condition.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything put so far is on disk; False if it is not (why: problem)."""
+        if not self.usable:
+            return False
+        with self._condition:
+            wanted = self._wanted
+            done = self._condition.wait_for(lambda: self._written >= wanted, timeout)
+        if not done:
+            self.problem = f"writing the session file {self.path} did not finish in " \
+                           f"{timeout:g}s"
+        return done and self.problem is None
+
+    def discard(self) -> None:
+        """The session is closed: nothing to reattach to.  Stops the writer."""
+        with self._condition:
+            self._stopped = True
+            self._pending = None
+            self._condition.notify_all()
+        if self._thread is not None:
+            self._thread.join(0.2)  # a write in flight would bring the file back
+        if self.usable:
+            statedir.remove(self.path)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._condition:
+                    self._condition.wait_for(lambda: self._pending is not None or self._stopped)
+                    if self._stopped:
+                        return
+                    session, generation = self._pending, self._wanted
+                    self._pending = None
+                try:
+                    save(self.path, session)
+                except OSError as exc:
+                    problem = f"cannot write the session file {self.path}: {exc}"
+                    if problem != self.problem:
+                        log.warning("%s; a restart will not reattach", problem)
+                    self.problem = problem
+                else:
+                    if self.problem is not None:
+                        log.info("session file %s written again", self.path)
+                    self.problem = None
+                    for old in self._legacy:
+                        statedir.remove(old)
+                    self._legacy = []
+                with self._condition:
+                    self._written = max(self._written, generation)
+                    self._condition.notify_all()
+        except BaseException as exc:  # crash-only: never a writer that died quietly
+            log.critical("session writer failed", exc_info=True)
+            self._on_fatal(exc)

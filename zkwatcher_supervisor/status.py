@@ -15,14 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from typing import Callable
 
+from . import statedir
 from .config import Config
 from .loop import EventLoop, Timer, offload
-from .procfs import proc_stat
+from .procfs import listener_uids, proc_stat, process_uid
+from .untrusted import Unusable, load_json, number, printable
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ MIN_INTERVAL = 0.5
 HEARTBEAT = 10.0
 # A status file older than this is from a listener that stopped updating it.
 STALE_AFTER = 3 * HEARTBEAT
+MAX_STATUS_BYTES = 64 << 20  # a status file of 100,000 sections
 
 Snapshot = Callable[[], dict]
 
@@ -134,18 +138,108 @@ def _json_pieces(state: dict) -> Iterator[str]:
     yield "}"
 
 
-def read_status_file(path: str) -> dict | None:
+def _check_state(state) -> dict:
+    """The status file's content if it has the shape the listener writes; Unusable if not.
+
+    The file may be stale, truncated or (where an operator pointed
+    ``status_file`` somewhere others can write) forged: what ``status`` reads
+    from it is checked before use, never trusted into a traceback.
+    """
+    def mapping(value, what: str) -> dict:
+        if not isinstance(value, dict):
+            raise Unusable(f"{what} is not a mapping")
+        return value
+
+    def optional_number(value, what: str):
+        return None if value is None else number(value, what, -1e12, 1e12)
+
+    state = mapping(state, "the file")
+    pid = state.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**22:
+        raise Unusable("pid is not a process id")
+    number(state.get("updated"), "updated", 0, 1e11)
+    zookeeper = mapping(state.get("zookeeper", {}), "zookeeper")
+    if not isinstance(zookeeper.get("hosts", ""), str):
+        raise Unusable("zookeeper hosts is not a string")
+    for name, info in mapping(state.get("sections", {}), "sections").items():
+        info = mapping(info, f"section {name!r}")
+        if not isinstance(info.get("path"), str) or not isinstance(info.get("healthy"), bool) \
+                or not isinstance(info.get("registered", False), bool):
+            raise Unusable(f"section {name!r} lacks path/healthy/registered")
+        mapping(info.get("processes", {}), f"processes of {name!r}")
+        check = info.get("check")
+        if check is not None:
+            mapping(check, f"check of {name!r}")
+            for key in ("last_run", "due_by", "duration"):
+                optional_number(check.get(key), key)
+            for key in ("passes", "failures", "rise", "fall"):
+                number(check.get(key, 0), key, 0, 1e12)
+        drained = info.get("drained")
+        if drained is not None:
+            mapping(drained, f"drain of {name!r}")
+            number(drained.get("since"), "since", 0, 1e11)
+            if drained.get("until") is not None:
+                number(drained.get("until"), "until", 0, 1e11)
+    mapping(state.get("requests", {}), "requests")
+    return state
+
+
+def read_status_file(path: str, owner: int | None = None) -> dict | None:
+    """The listener's status file, or None if it is missing or not one we can use.
+
+    ``owner``: the uid the file (and the listener it names) must belong to.
+    """
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
         return None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or (owner is not None and info.st_uid != owner):
+                return None
+            return _check_state(load_json(handle.read(MAX_STATUS_BYTES + 1),
+                                          MAX_STATUS_BYTES))
+        except (OSError, Unusable):
+            return None
 
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs; a killed listener not yet reaped (a zombie) does not."""
     fields = proc_stat(pid)
     return bool(fields) and fields[0] not in (b"Z", b"X")
+
+
+def owner_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None
+
+
+def locate_status(config_filename: str, explicit: str = "") -> tuple[str, dict | None]:
+    """Where the listener for ``config_filename`` publishes its state, and the state.
+
+    Whoever asks gets the same answer: the listener may run as root (its file
+    is under /run) or as another user (its home), and we may be yet another
+    user, so every place a listener could use is looked at — ours, root's, and
+    those of the users running a listener now.  A file counts only if its owner
+    runs the listener it names.
+    """
+    if explicit:
+        return explicit, read_status_file(explicit)
+    first = None
+    fallback: tuple[str, dict] | None = None
+    for uid in dict.fromkeys([0, *sorted(listener_uids()), os.geteuid()]):
+        path = statedir.state_path(config_filename, "status", uid)
+        first = first or path
+        state = read_status_file(path, owner=uid)
+        if state is None:
+            continue
+        if process_alive(state["pid"]) and process_uid(state["pid"]) == uid:
+            return path, state
+        fallback = fallback or (path, state)
+    return fallback if fallback is not None else (first, None)
 
 
 def _describe_check(check: dict | None, now: float) -> str:
@@ -183,24 +277,29 @@ def _overdue(info: dict | None, now: float) -> str:
     return f"check OVERDUE: no result for {now - due_by:.0f}s past its deadline"
 
 
-def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bool]],
-                  now: float | None = None) -> tuple[list[str], bool]:
+def status_report(config: Config | None, read_nodes: Callable[[list[str]], dict[str, bool]],
+                  now: float | None = None,
+                  located: tuple[str, dict | None] | None = None) -> tuple[list[str], bool]:
     """Lines to print and whether everything is as it should be.
 
     ``read_nodes`` maps each znode path to whether it exists in ZooKeeper.
+    ``located``: the status file's path and content (default: :func:`locate_status`).
+    Without ``config`` (one we may not read) the sections are the status file's.
     """
     now = time.time() if now is None else now
-    state = read_status_file(config.status_file)
-    running = state is not None and process_alive(state.get("pid", 0))
+    if located is None:
+        located = locate_status(config.filename, config.status_file)
+    path, state = located
+    running = state is not None and process_alive(state["pid"])
     lines = []
     if state is None:
-        lines.append(f"listener: no status file at {config.status_file} (not running?)")
+        lines.append(f"listener: no status file at {path} (not running?)")
     elif not running:
-        lines.append(f"listener: pid {state.get('pid')} is gone; status from "
-                     f"{now - state.get('updated', now):.0f}s ago")
+        lines.append(f"listener: pid {state['pid']} is gone; status from "
+                     f"{now - state['updated']:.0f}s ago")
     else:
         zookeeper = state.get("zookeeper", {})
-        age = now - state.get("updated", now)
+        age = now - state["updated"]
         lines.append(f"listener: pid {state['pid']}, ZooKeeper "
                      f"{'connected' if zookeeper.get('connected') else 'DISCONNECTED'}, "
                      f"updated {age:.0f}s ago"
@@ -208,19 +307,21 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
         if age > STALE_AFTER:
             running = False  # what it says can no longer be trusted
     sections = (state or {}).get("sections", {})
+    if config is not None:
+        listed = [(service.name, service.display_path) for service in config.services]
+    else:
+        listed = [(name, info["path"]) for name, info in sorted(sections.items())]
 
-    def node(service) -> str:
+    def node(name: str, display_path: str) -> str:
         # A ServerSet member's name is ZooKeeper's choice: the listener reports it.
-        info = sections.get(service.name) if running else None
-        return info["path"] if info and "<" not in info.get("path", "<") else \
-            service.display_path
+        info = sections.get(name) if running else None
+        return info["path"] if info and "<" not in info["path"] else display_path
 
-    present = read_nodes([node(service) for service in config.services
-                          if "<" not in node(service)])
+    present = read_nodes([node(*entry) for entry in listed if "<" not in node(*entry)])
     all_ok = running
-    for service in config.services:
-        info = sections.get(service.name) if running else None
-        registered = present.get(node(service), False)
+    for name, display_path in listed:
+        info = sections.get(name) if running else None
+        registered = present.get(node(name, display_path), False)
         if info is None:
             ok = False
             health = "unknown"
@@ -237,12 +338,12 @@ def status_report(config: Config, read_nodes: Callable[[list[str]], dict[str, bo
         details = [overdue, _describe_drain((info or {}).get("drained"), now)]
         if info is not None:
             if info.get("processes"):
-                details.append(" ".join(f"{name}={state_}"
-                                        for name, state_ in sorted(info["processes"].items())))
+                details.append(" ".join(f"{process}={state_}" for process, state_
+                                        in sorted(info["processes"].items())))
             details.append(_describe_check(info.get("check"), now))
-        lines.append(
-            f"{'ok  ' if ok else 'BAD '} [{service.name}] {node(service)} "
+        lines.append(printable(
+            f"{'ok  ' if ok else 'BAD '} [{name}] {node(name, display_path)} "
             f"{'registered' if registered else 'not registered'}, {health}"
             + "".join(f"; {d}" for d in details if d)
-        )
+        ))
     return lines, all_ok

@@ -1,0 +1,225 @@
+"""Fuzzing the parsers that face input from outside the process.
+
+Anyone who may call supervisord's XML-RPC controls REMOTE_COMMUNICATION
+payloads; supervisord's own stream, the files we read back and the config are
+outside input too.  Whatever arrives, the parser gives a usable value or says
+it cannot use it — no other exception escapes (one would end the listener and
+deregister the host).  Each test prints how many examples it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from zkwatcher_supervisor import drain, session_file
+from zkwatcher_supervisor.config import ConfigError, load_config
+from zkwatcher_supervisor.listener import Watcher
+from zkwatcher_supervisor.loop import EventLoop
+from zkwatcher_supervisor.protocol import EventParser
+from zkwatcher_supervisor.registry import Registry
+from zkwatcher_supervisor.status import read_status_file
+
+EXAMPLES = 500
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow])
+
+json_scalars = (st.none() | st.booleans() | st.integers() | st.floats()
+                | st.text(max_size=30) | st.integers(min_value=10**300, max_value=10**500))
+json_values = st.recursive(json_scalars, lambda children: st.lists(children, max_size=4)
+                           | st.dictionaries(st.text(max_size=10), children, max_size=4),
+                           max_leaves=25)
+# Requests that look like ours, with every field possibly wrong.
+request_fields = st.fixed_dictionaries({}, optional={
+    "config": st.text(max_size=20) | json_values,
+    "id": st.text(max_size=70) | json_values,
+    "action": st.sampled_from(["drain", "undrain", "stop"]) | json_values,
+    "sections": st.lists(st.text(max_size=20) | json_values, max_size=5) | json_values,
+    "reason": st.text() | json_values,
+    "by": st.text() | json_values,
+    "duration": st.floats() | st.integers() | json_values,
+    "until": json_values,
+})
+
+
+def deep(text: str) -> str:
+    return text * 100000
+
+
+hostile_texts = (st.text() | st.binary().map(lambda b: b.decode("latin-1"))
+                 | st.sampled_from([deep("["), deep("{\"a\":"), "1" + "0" * 400,
+                                    "[" * 500 + "]" * 500, "\ud800", "NaN", "-Infinity"]))
+
+
+class Counted:
+    """Counts the examples a test ran, to print beside its name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+    def report(self) -> None:
+        print(f"{self.name}: {self.count} examples, 0 exceptions escaped")
+
+
+@pytest.fixture
+def watcher(tmp_path):
+    """A listener's controller, not started: events in, no ZooKeeper traffic."""
+    path = tmp_path / "fuzz.cfg"
+    path.write_text("[web]\nprogram = web\nservice_port = 1\nservice_hostname = h\n"
+                    "zookeeper_path = /fuzz\n")
+    config = load_config(str(path))
+    loop = EventLoop()
+    yield Watcher(config, Registry(config.zookeeper), loop,
+                  status_path=str(tmp_path / "status.json"))
+    loop.close()
+
+
+def test_remote_communication_payloads(watcher):
+    counted = Counted("REMOTE_COMMUNICATION payloads")
+    config = watcher.config_key
+
+    @FUZZ
+    @given(data=hostile_texts | json_values.map(json.dumps)
+           | request_fields.map(lambda fields: json.dumps({"config": config, **fields})),
+           typed=st.booleans())
+    def run(data, typed):
+        counted()
+        payload = f"type:{drain.EVENT_TYPE}\n{data}" if typed else data
+        watcher.handle_event({"eventname": "REMOTE_COMMUNICATION"}, payload)
+
+    run()
+    counted.report()
+    # The two payloads that ended the listener before, and one that must work.
+    for data in ("[" * 100000, json.dumps({"config": config, "id": "a", "action": "drain",
+                                           "sections": ["web"], "duration": 10**400})):
+        watcher.handle_event({"eventname": "REMOTE_COMMUNICATION"},
+                             f"type:{drain.EVENT_TYPE}\n{data}")
+    request = drain.request(watcher.config.filename, "drain", ["web"], "a\nfake line")
+    watcher.handle_event({"eventname": "REMOTE_COMMUNICATION"},
+                         f"type:{drain.EVENT_TYPE}\n{json.dumps(request)}")
+    assert watcher._drained["web"].reason == "a\\nfake line"  # escaped, one line
+
+
+def test_parse_event_refuses_with_a_reason():
+    counted = Counted("drain.parse_event")
+
+    @FUZZ
+    @given(data=hostile_texts | json_values.map(json.dumps) | request_fields.map(json.dumps))
+    def run(data):
+        counted()
+        try:
+            request = drain.parse_event(f"type:{drain.EVENT_TYPE}\n{data}")
+        except ValueError as exc:  # Unusable and UnusableRequest: a reason to log
+            assert str(exc)
+        else:
+            assert isinstance(request, drain.DrainRequest)
+            assert all(name.isprintable() for name in request.sections)
+            assert request.reason.isprintable() and request.by.isprintable()
+
+    run()
+    counted.report()
+
+
+def test_process_state_events(watcher):
+    counted = Counted("PROCESS_STATE payloads")
+
+    @FUZZ
+    @given(event=st.sampled_from(["PROCESS_STATE_RUNNING", "PROCESS_STATE_EXITED",
+                                  "PROCESS_STATE_"]) | st.text(max_size=30),
+           payload=st.text() | st.builds(
+               lambda fields: " ".join(f"{k}:{v}" for k, v in fields.items()),
+               st.dictionaries(st.sampled_from(["processname", "groupname", "from_state",
+                                                "pid", "expected"]),
+                               st.text(max_size=12) | st.integers().map(str))))
+    def run(event, payload):
+        counted()
+        watcher.handle_event({"eventname": event}, payload)
+
+    run()
+    counted.report()
+
+
+def test_the_protocol_stream():
+    counted = Counted("supervisord byte stream")
+
+    @FUZZ
+    @given(chunks=st.lists(st.binary(max_size=300) | st.sampled_from(
+        [b"ver:3.0 eventname:TICK_5 len:5\n", b"len:-1\n", b"len:99999999999\n",
+         b"len:\xff\n", b"\n", b"len:3\nabc"]), max_size=20))
+    def run(chunks):
+        counted()
+        parser = EventParser()
+        for chunk in chunks:
+            for event in parser.feed(chunk):
+                assert isinstance(event.headers, dict) and isinstance(event.payload, str)
+
+    run()
+    counted.report()
+
+
+def private_file(tmp_path, content: bytes) -> str:
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o755, exist_ok=True)
+    path = directory / "file.json"
+    path.write_bytes(content)
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+file_contents = (st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode())
+                 | st.sampled_from([b"[" * 100000, b'{"session_id": 1e400, "password": "x"}',
+                                    b'{"session_id": ' + b"9" * 400 + b', "password": ""}',
+                                    b'{"web": {"since": 1e999, "until": "x"}}',
+                                    b'{"pid": 1, "updated": 1, "sections": {"a": 1}}']))
+
+
+def test_state_files_read_back(tmp_path, caplog):
+    counted = Counted("session, drain and status files")
+
+    @FUZZ
+    @given(content=file_contents)
+    def run(content):
+        counted()
+        path = private_file(tmp_path, content)
+        saved = session_file.load(path)
+        assert saved is None or isinstance(saved, session_file.SavedSession)
+        drains = drain.load(path)
+        assert all(isinstance(entry, drain.Drain) for entry in drains.values())
+        state = read_status_file(path)
+        assert state is None or isinstance(state["pid"], int)
+
+    run()
+    counted.report()
+
+
+def test_config_files(tmp_path):
+    counted = Counted("config files")
+    path = tmp_path / "fuzz.cfg"
+    lines = st.sampled_from(["[zkwatcher]", "[auth]", "[web]", "[DEFAULT]", "hosts = a:1",
+                             "service_port = 80", "zookeeper_path = /x", "cmd = true",
+                             "program = web", "refresh = -1", "zookeeper_data = {\"a\": 1}",
+                             "payload_format = serverset", "user = u", "%(x)s", "[", "= x",
+                             "  indented", "timeout = 1e400", "rise = 99999999999999999999"])
+
+    @FUZZ
+    @given(text=st.lists(lines | st.text(max_size=40), max_size=15).map("\n".join)
+           | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
+    def run(text):
+        counted()
+        path.write_text(text, errors="surrogatepass")
+        try:
+            load_config(str(path))
+        except ConfigError as exc:
+            assert str(exc).startswith(str(path))
+
+    run()
+    counted.report()

@@ -1,0 +1,159 @@
+"""The listener and the commands as the users a real host has: a monitoring
+agent running ``status`` as ``nobody``, a listener under supervisord's
+``user=``.  Real supervisord, real ZooKeeper; other users via setpriv."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import node_exists
+
+from zkwatcher_supervisor.sandbox import wait_until
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+# A system user with a home of its own: Debian's zookeeper package makes one.
+SERVICE_USER = "zookeeper"
+
+
+def reachable_by_others(path: str) -> bool:
+    """Whether a user who is not root may execute ``path`` (every directory above
+    it searchable by others, the file executable by others)."""
+    path = os.path.realpath(path)
+    parts = Path(path).parents
+    return all(os.stat(part).st_mode & 0o001 for part in parts) and \
+        bool(os.stat(path).st_mode & 0o001)
+
+
+def python_for_others() -> tuple[str, dict[str, str]]:
+    """An interpreter another user can run this checkout with, and its environment.
+
+    A virtualenv made from a Python under /root (pyenv) cannot be executed by
+    others; the distribution's python3 of the same version then runs the same
+    packages.
+    """
+    if reachable_by_others(sys.executable):
+        return sys.executable, {}
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    assert system, "no python3 other users may run"
+    version = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version == str(tuple(sys.version_info[:2])), (system, version)
+    return system, {"PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}"}
+
+
+def as_user(user: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    python, extra = python_for_others()
+    entry = pwd.getpwnam(user)
+    return subprocess.run(
+        ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+         python, "-m", "zkwatcher_supervisor", *args],
+        capture_output=True, text=True, timeout=60, cwd="/",
+        env={"PATH": "/usr/bin:/bin", **extra, **(env or {})})
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every user may read (pytest's tmp_path is root's alone)."""
+    path = tempfile.mkdtemp(prefix="zkw-users-")
+    os.chmod(path, 0o755)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def section(base_path: str) -> str:
+    return textwrap.dedent(f"""
+        [svc]
+        cmd = true
+        refresh = 2
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/svc
+        """)
+
+
+def test_status_as_nobody_for_a_root_listener_whose_config_it_cannot_read(
+        write_config, supervisord, zk, base_path):
+    from conftest import listener_section
+
+    config = write_config(section(base_path))
+    os.chmod(config, 0o600)  # holds a password, say
+    supervisord(listener_section(config))
+    node = f"{base_path}/svc/host1:1"
+    wait_until(lambda: node_exists(zk, node), 20, what="registered")
+    result = wait_until(lambda: (r := as_user("nobody", "status", "-c", str(config)))
+                        .returncode == 0 and r, 10, interval=0.3, what="status ok as nobody")
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"(cannot read {config}: sections and ZooKeeper from "
+                               "/run/zkwatcher-supervisor/status-"), result.stdout
+    assert lines[1].startswith("listener: pid ")
+    assert lines[2].startswith(f"ok   [svc] {node} registered, healthy"), result.stdout
+    # Neither a readable config nor a status file: bad usage.
+    missing = as_user("nobody", "status", "-c", str(config.parent / "other.cfg"))
+    assert missing.returncode == 2, missing.stdout + missing.stderr
+    assert "there is no status file" in missing.stderr
+
+
+def test_a_listener_under_supervisords_user_keeps_its_state_in_its_own_home(
+        zookeeper, supervisord, zk, base_path, shared_dir):
+    """supervisord's ``user=`` leaves HOME as root's: the listener's state goes to
+    its own home from the password database, and root's commands find it."""
+    home = Path(pwd.getpwnam(SERVICE_USER).pw_dir)
+    state = home / ".local" / "state" / "zkwatcher-supervisor"
+    config = shared_dir / "zkwatcher.cfg"
+    config.write_text(f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 10\n"
+                      + section(base_path))
+    os.chmod(config, 0o644)
+    python, extra = python_for_others()
+    environment = ",".join(f'{key}="{value}"' for key, value in extra.items())
+    server = supervisord(textwrap.dedent(f"""
+        [eventlistener:zkwatcher]
+        command = {python} -m zkwatcher_supervisor -c {config}
+        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
+        buffer_size = 1024
+        startsecs = 0
+        user = {SERVICE_USER}
+        directory = /
+        stderr_logfile = {shared_dir}/zkwatcher.log
+        """) + (f"environment = {environment}\n" if environment else ""))
+    node = f"{base_path}/svc/host1:1"
+    try:
+        wait_until(lambda: node_exists(zk, node), 20, what="registered")
+        log = shared_dir / "zkwatcher.log"
+        assert "Permission denied" not in log.read_text()
+        wait_until(lambda: any(state.glob("session-*.json")), 5, what="session saved")
+        assert any(state.glob("status-*.json"))
+        env = {**os.environ, "SUPERVISOR_SERVER_URL": f"unix://{server.workdir}/supervisor.sock"}
+
+        def cli(*args):
+            return subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", *args, "-c",
+                                   str(config)], capture_output=True, text=True, timeout=60,
+                                  env=env)
+
+        status = wait_until(lambda: (r := cli("status")).returncode == 0 and r, 10,
+                            interval=0.3, what="root's status finds the listener")
+        assert f"ok   [svc] {node} registered, healthy" in status.stdout
+        drained = cli("drain", "svc", "--for", "1h")
+        assert drained.returncode == 0, drained.stdout + drained.stderr
+        wait_until(lambda: not node_exists(zk, node), 5, what="drained")
+        assert any(state.glob("drained-*.json"))
+        assert cli("undrain", "svc").returncode == 0
+        wait_until(lambda: node_exists(zk, node), 5, what="undrained")
+        owner = zk.exists(node).ephemeralOwner
+        handed = cli("handoff")
+        assert handed.returncode == 0, handed.stdout + handed.stderr
+        assert zk.exists(node).ephemeralOwner == owner
+    finally:
+        server.stop()
+        for leftover in state.glob("*"):  # only this test runs listeners as this user
+            leftover.unlink()
