@@ -1,15 +1,21 @@
-"""The check runner on its own event loop: real processes, no ZooKeeper needed."""
+"""The check runner on its own event loop with real processes and sockets, and
+checks run by a real listener under supervisord against a real ZooKeeper."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import time
 
 import pytest
+from conftest import listener_section, node_exists
 
 from zkwatcher_supervisor.checks import CheckRunner, close_inherited_fds_on_exec, command_argv
 from zkwatcher_supervisor.health import CheckRun
+from zkwatcher_supervisor.listener import HANDLED_SIGNALS
 from zkwatcher_supervisor.loop import EventLoop
+from zkwatcher_supervisor.sandbox import free_port, wait_until
 
 
 class Harness:
@@ -258,3 +264,194 @@ def test_a_hanging_name_lookup_fails_its_check_at_the_timeout_and_holds_up_nothi
         assert time.monotonic() - started < 1.0 + 0.5  # its timeout, not the resolver's
     finally:
         release.set()
+
+
+def _reserve_on_ipv6_loopback(port: int):
+    """A socket bound to ``[::1]:port`` that never listens: connects there are refused."""
+    sock = socket.socket(socket.AF_INET6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(("::1", port))
+    return sock
+
+
+@pytest.fixture
+def ipv6_first_name(monkeypatch):
+    """A host name that resolves to ``::1`` first, then ``127.0.0.1``, as ``localhost``
+    does where /etc/hosts lists ``::1 localhost`` first.  No name on this machine
+    does, so the resolver answers for this one name from two real lookups;
+    the sockets and connects are real."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "ipv6-first.test":
+            return (real_getaddrinfo("::1", port, *args, **kwargs)
+                    + real_getaddrinfo("127.0.0.1", port, *args, **kwargs))
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return "ipv6-first.test"
+
+
+def _connects_wait_in_the_selector(monkeypatch):
+    """Make the immediate second connect say "not yet", as off loopback, so each
+    refusal arrives through the selector instead of at once."""
+    import errno
+    class SlowToConnect(socket.socket):
+        def connect_ex(self, address):
+            if getattr(self, "asked", False):
+                return errno.EALREADY
+            self.asked = True
+            return super().connect_ex(address)
+
+    monkeypatch.setattr(socket, "socket", SlowToConnect)
+
+
+@pytest.mark.parametrize("refusal", ["at once", "through the selector"])
+def test_probe_by_name_tries_the_next_address_when_one_is_refused(
+        harness, http_server, ipv6_first_name, monkeypatch, refusal):
+    """The service listens on 127.0.0.1 only; its name gives ``::1`` first, where
+    the port is closed: tcp:// and http:// probes pass on the second address,
+    again when the answer comes from the cache."""
+    if refusal == "through the selector":
+        _connects_wait_in_the_selector(monkeypatch)
+    closed = _reserve_on_ipv6_loopback(http_server)
+    try:
+        for _ in range(2):
+            tcp = harness.run(f"tcp://{ipv6_first_name}:{http_server}", 2.0, section="tcp")
+            assert tcp.passed, tcp
+            http = harness.run(f"http://{ipv6_first_name}:{http_server}/ok", 2.0,
+                               section="http")
+            assert http.passed, http
+        assert harness.checks.busy_sections() == set()
+    finally:
+        closed.close()
+
+
+@pytest.mark.parametrize("refusal", ["at once", "through the selector"])
+def test_probe_refused_at_every_address_names_each(harness, ipv6_first_name, monkeypatch,
+                                                   refusal):
+    if refusal == "through the selector":
+        _connects_wait_in_the_selector(monkeypatch)
+    port = free_port()
+    closed = _reserve_on_ipv6_loopback(port)
+    try:
+        outcome = harness.run(f"tcp://{ipv6_first_name}:{port}", 2.0)
+    finally:
+        closed.close()
+    assert not outcome.passed and not outcome.timed_out
+    assert outcome.describe() == (f"failed: connect: [::1]:{port}: Connection refused; "
+                                  f"127.0.0.1:{port}: Connection refused")
+
+
+def test_probe_walking_addresses_keeps_to_its_one_timeout(harness, ipv6_first_name):
+    """``::1`` refuses and 127.0.0.1 never completes the handshake (a full accept
+    queue): the probe fails at its ``timeout``, saying what refused it."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port), timeout=2)
+    closed = _reserve_on_ipv6_loopback(port)
+    try:
+        started = time.monotonic()
+        outcome = harness.run(f"tcp://{ipv6_first_name}:{port}", 1.0)
+        elapsed = time.monotonic() - started
+    finally:
+        closed.close()
+        queued.close()
+        full.close()
+    assert outcome.timed_out and not outcome.passed
+    assert outcome.describe() == ("timed out after 1.0s: no answer "
+                                  f"(after [::1]:{port}: Connection refused)")
+    assert 0.9 <= elapsed < 2.5, elapsed
+
+
+def test_checks_start_with_default_signal_actions_and_nothing_blocked(runner, tmp_path):
+    """Python ignores SIGPIPE and SIGXFSZ, the listener ignores the signals it
+    handles while it shuts down, and a signal may be blocked in the thread that
+    spawns: a check sees none of it."""
+    status = tmp_path / "status"
+    saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in HANDLED_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN  # as in the listener
+        assert runner(f"grep ^Sig /proc/self/status > {status}").passed
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+    ignored = int(fields["SigIgn"], 16)
+    leaked = [signal.Signals(signum).name
+              for signum in (signal.SIGPIPE, signal.SIGXFSZ, *HANDLED_SIGNALS)
+              if ignored & (1 << (signum - 1))]
+    assert leaked == []
+    assert int(fields["SigBlk"], 16) == 0
+
+
+@pytest.mark.e2e
+def test_a_pipeline_in_a_check_ends_by_sigpipe_under_a_real_listener(
+        write_config, supervisord, zk, base_path, tmp_path):
+    """``yes | head -1`` in a check run by the listener under supervisord: ``yes``
+    dies of SIGPIPE (status 141), as in a shell, instead of failing on EPIPE;
+    the check passes and the node registers."""
+    signals = tmp_path / "signals"
+    check = tmp_path / "pipeline-check"
+    check.write_text("#!/bin/bash\n"
+                     f"grep ^Sig /proc/self/status > {signals}\n"
+                     "yes | head -n 1 > /dev/null\n"
+                     "yes_status=${PIPESTATUS[0]}\n"
+                     'echo "yes exited $yes_status"\n'
+                     'test "$yes_status" = 141\n')
+    check.chmod(0o755)
+    config = write_config(f"""
+        [pipeline]
+        cmd = {check}
+        refresh = 5
+        service_port = 9000
+        service_hostname = host1
+        zookeeper_path = {base_path}/pipeline
+        """)
+    supervisord(listener_section(config))
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: node_exists(zk, f"{base_path}/pipeline/host1:9000")
+               or "[pipeline] check failed" in log.read_text(), 15, what="first check")
+    assert "[pipeline] check failed" not in log.read_text(), log.read_text()
+    assert node_exists(zk, f"{base_path}/pipeline/host1:9000")
+    fields = dict(line.split(":", 1) for line in signals.read_text().splitlines())
+    assert int(fields["SigIgn"], 16) & (1 << 12) == 0  # SIGPIPE is 13
+    assert int(fields["SigIgn"], 16) & (1 << 24) == 0  # SIGXFSZ is 25
+    assert int(fields["SigBlk"], 16) == 0
+
+
+@pytest.mark.e2e
+def test_probe_by_host_name_under_a_real_listener(write_config, supervisord, zk, base_path):
+    """A service listening on 127.0.0.1 only, probed as ``tcp://localhost:PORT``: the
+    node is there while it listens and goes when it stops, and the log names the
+    addresses ``localhost`` gave and why each failed."""
+    service = socket.create_server(("127.0.0.1", 0))
+    port = service.getsockname()[1]
+    config = write_config(f"""
+        [web]
+        cmd = tcp://localhost:{port}
+        refresh = 5
+        timeout = 2
+        service_port = {port}
+        service_hostname = host1
+        zookeeper_path = {base_path}/web
+        """)
+    supervisord(listener_section(config))
+    node = f"{base_path}/web/host1:{port}"
+    try:
+        wait_until(lambda: node_exists(zk, node), 15, what="registration")
+    finally:
+        service.close()
+    wait_until(lambda: not node_exists(zk, node), 15, what="deregistration")
+    tried = []
+    for family, _, _, _, sockaddr in socket.getaddrinfo("localhost", port,
+                                                         type=socket.SOCK_STREAM):
+        where = f"[{sockaddr[0]}]" if family == socket.AF_INET6 else sockaddr[0]
+        tried.append(f"{where}:{port}: Connection refused")
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: f"[web] check failed: failed: connect: {'; '.join(tried)}"
+               in log.read_text(), 5, what="probe failure logged")

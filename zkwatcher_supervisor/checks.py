@@ -5,8 +5,10 @@ combined stdout/stderr pipe (kept as a short tail for the log), a pidfd that
 becomes readable when it exits, and a deadline timer.  Each check is started
 with ``posix_spawn`` (a vfork: the cheapest way to start a process) in a
 session and process group of its own, with stdin from /dev/null and never our
-stdout — that is the supervisord protocol channel.  At the deadline, and again
-when the check exits, the whole group is killed so no stray child lingers.
+stdout — that is the supervisord protocol channel.  It starts with no signal
+blocked and SIGPIPE, SIGXFSZ and the signals we handle at their default action,
+whatever the listener has ignored.  At the deadline, and again when the check
+exits, the whole group is killed so no stray child lingers.
 
 A check counts as failed at its deadline even if its process cannot be reaped
 (a process stuck in uninterruptible sleep ignores SIGKILL); the section then
@@ -15,7 +17,10 @@ overlap.
 
 ``tcp://host:port`` and ``http://host:port/path`` checks need no process: a
 non-blocking socket connects (and for http sends a GET and reads the status
-line).  Host names are resolved off the loop and cached briefly.
+line).  Host names are resolved off the loop and cached briefly.  Every address
+a name resolves to is tried in turn until one connects, all within the check's
+timeout: ``localhost`` may give ``::1`` first to a service that listens on
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ _SHELL_SYNTAX = frozenset("|&;<>()$`\\\"'*?[#~=\n")
 RESOLVE_TTL = 30.0
 # A killed check still not reaped this long after its deadline is logged once.
 UNREAPED_WARNING_AFTER = 1.0
+# Signals a check gets at their default action.  Python ignores SIGPIPE and
+# SIGXFSZ from its start (a pipeline in a check would see EPIPE instead of
+# ending quietly), and the listener ignores the signals it handles while it
+# shuts down; exec resets handlers but keeps what is ignored.
+SIGNALS_RESET_IN_CHECKS = frozenset({signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM,
+                                     signal.SIGINT, signal.SIGHUP, signal.SIGUSR2})
 
 
 def command_argv(command: str) -> list[str]:
@@ -127,6 +138,9 @@ class _Probe:
         self.check = check
         self.sock: socket.socket | None = None
         self.started = now
+        self.addresses: tuple = ()  # getaddrinfo's answer, tried in order
+        self.next_address = 0
+        self.failures: list[tuple[str, str]] = []  # (address, why) for each that failed
         self.response = bytearray()
         self.sent = False  # http: the request is out, now reading the answer
         self.done = False
@@ -144,12 +158,12 @@ class CheckRunner:
         self._processes: dict[int, _Process] = {}  # by pid, until reaped
         self._probes: dict[str, _Probe] = {}  # by section
         self._by_section: dict[str, _Process] = {}
-        self._addresses: dict[tuple[str, int], tuple[float, tuple]] = {}  # cache
+        self._addresses: dict[tuple[str, int], tuple[float, tuple]] = {}  # cache: all of them
         self._resolving: dict[tuple[str, int], list[_Probe]] = {}
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._poller: Timer | None = None
         self._parsed: dict[str, tuple[BuiltinCheck | None, str | None]] = {}
-        self._numeric: dict[tuple[str, int], tuple | None] = {}  # literal address -> sockaddr
+        self._numeric: dict[tuple[str, int], tuple | None] = {}  # literal -> addrinfo list
 
     # -- the runner's API (loop thread) -------------------------------------
 
@@ -240,7 +254,7 @@ class CheckRunner:
                 (os.POSIX_SPAWN_DUP2, self._devnull, 0),
                 (os.POSIX_SPAWN_DUP2, write_fd, 1),
                 (os.POSIX_SPAWN_DUP2, write_fd, 2),
-            ])
+            ], setsigdef=SIGNALS_RESET_IN_CHECKS, setsigmask=())
         except (OSError, ValueError, IndexError) as exc:
             os.close(read_fd)
             self._report(run, CheckOutcome(False, None, False, 0.0, str(exc)))
@@ -357,9 +371,9 @@ class CheckRunner:
             except ValueError:
                 self._numeric[key] = None  # a name: resolved off the loop below
             else:
-                self._numeric[key] = socket.getaddrinfo(
+                self._numeric[key] = tuple(socket.getaddrinfo(
                     check.host, check.port, type=socket.SOCK_STREAM,
-                    flags=socket.AI_NUMERICHOST)[0]
+                    flags=socket.AI_NUMERICHOST))
         if self._numeric[key] is not None:
             self._connect(probe, self._numeric[key])
             return
@@ -378,23 +392,23 @@ class CheckRunner:
         if len(waiting) == 2:
             # Name lookups block; one at a time per name, off the loop.
             offload(self._loop,
-                    lambda: socket.getaddrinfo(check.host, check.port,
-                                               type=socket.SOCK_STREAM)[0],
-                    lambda address, error, lookup=waiting: self._resolved(key, lookup,
-                                                                          address, error),
+                    lambda: tuple(socket.getaddrinfo(check.host, check.port,
+                                                     type=socket.SOCK_STREAM)),
+                    lambda addresses, error, lookup=waiting: self._resolved(
+                        key, lookup, addresses, error),
                     name="resolve")
 
-    def _resolved(self, key: tuple[str, int], lookup: list, address,
+    def _resolved(self, key: tuple[str, int], lookup: list, addresses,
                   error: BaseException | None) -> None:
         if error is None:
-            self._addresses[key] = (self._loop.clock() + RESOLVE_TTL, address)
+            self._addresses[key] = (self._loop.clock() + RESOLVE_TTL, addresses)
         if self._resolving.get(key) is lookup:
             del self._resolving[key]
         for probe in lookup[1:]:
             if probe.done:
                 continue
             if error is None:
-                self._connect(probe, address)
+                self._connect(probe, addresses)
             else:
                 self._end_probe(probe, False, f"{key[0]}: {error}")
 
@@ -403,14 +417,29 @@ class CheckRunner:
         if probe.timer is None:
             probe.timer = self._loop.call_at(
                 probe.started + probe.run.timeout,
-                lambda: self._end_probe(probe, False, "no answer", timed_out=True))
+                lambda: self._end_probe(probe, False, self._no_answer(probe), timed_out=True))
 
-    def _connect(self, probe: _Probe, address: tuple) -> None:
-        family, kind, proto, _, sockaddr = address
+    def _no_answer(self, probe: _Probe) -> str:
+        if probe.failures:
+            return f"no answer (after {_describe_failures(probe.failures)})"
+        return "no answer"
+
+    def _connect(self, probe: _Probe, addresses: tuple) -> None:
+        probe.addresses = addresses
+        probe.next_address = 0
+        self._connect_next(probe)
+
+    def _connect_next(self, probe: _Probe) -> None:
+        """Connect to the probe's next address; when none is left, the probe fails."""
+        if probe.next_address >= len(probe.addresses):
+            self._end_probe(probe, False, self._all_failed(probe))
+            return
+        family, kind, proto, _, sockaddr = probe.addresses[probe.next_address]
+        probe.next_address += 1
         try:
             sock = socket.socket(family, kind | socket.SOCK_NONBLOCK, proto)
-        except OSError as exc:
-            self._end_probe(probe, False, f"socket: {exc}")
+        except OSError as exc:  # e.g. IPv6 disabled: the next address may do
+            self._connect_failed(probe, f"socket: {exc.strerror or exc}")
             return
         probe.sock = sock
         error = sock.connect_ex(sockaddr)
@@ -425,9 +454,26 @@ class CheckRunner:
             self._arm_deadline(probe)
             self._loop.add_writer(sock.fileno(), lambda: self._probe_ready(probe))
         elif error:
-            self._end_probe(probe, False, f"connect: {os.strerror(error)}")
+            self._connect_failed(probe, os.strerror(error))
         else:
             self._connected(probe)
+
+    def _connect_failed(self, probe: _Probe, why: str) -> None:
+        """The current address failed to connect: note why and try the next."""
+        if probe.sock is not None:
+            self._loop.remove(probe.sock.fileno())
+            probe.sock.close()
+            probe.sock = None
+        family, _, _, _, sockaddr = probe.addresses[probe.next_address - 1]
+        where = f"[{sockaddr[0]}]" if family == socket.AF_INET6 else sockaddr[0]
+        probe.failures.append((f"{where}:{sockaddr[1]}", why))
+        self._connect_next(probe)
+
+    def _all_failed(self, probe: _Probe) -> str:
+        if len(probe.failures) == 1 and probe.check.host == probe.addresses[0][4][0]:
+            # The one address tried is the one the check names: no need to repeat it.
+            return f"connect: {probe.failures[0][1]}"
+        return f"connect: {_describe_failures(probe.failures)}"
 
     def _connected(self, probe: _Probe) -> None:
         """The connection is up: a tcp:// probe has passed, an http:// one asks."""
@@ -452,7 +498,7 @@ class CheckRunner:
         if not probe.sent:
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
-                self._end_probe(probe, False, f"connect: {os.strerror(error)}")
+                self._connect_failed(probe, os.strerror(error))
             else:
                 self._connected(probe)
             return
@@ -498,3 +544,7 @@ class CheckRunner:
 
     def _report(self, run: CheckRun, outcome: CheckOutcome) -> None:
         self._on_result(run, outcome)
+
+
+def _describe_failures(failures: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{where}: {why}" for where, why in failures)
