@@ -133,7 +133,9 @@ def test_program_all_and_unknown_selections(host, zk):
 
     for args, message in ((["drain", "nosuch"], "has no section [nosuch]"),
                           (["drain", "--program", "nosuch"], "bound to program 'nosuch'"),
-                          (["drain"], "name the sections")):
+                          (["drain"], "name the sections"),
+                          (["drain", "web", "--for", "1000000000000d"], "longer than 3650d"),
+                          (["drain", "web", "--for", "soon"], "not a duration")):
         result = cli(server, config, *args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
 

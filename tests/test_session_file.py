@@ -123,3 +123,20 @@ def test_only_one_process_claims_a_session(tmp_path):
         capture_output=True, text=True)
     assert other.returncode == 0, other.stderr
     assert "another listener is running with this config" in other.stderr
+
+
+def test_a_session_an_earlier_listener_still_holds_is_not_taken(tmp_path):
+    old = str(tmp_path / "old" / "session-0123456789ab.json")
+    session_file.save(old, SESSION)
+    holder = session_file.claim(old)  # that listener is still running
+    assert holder is not None
+    import subprocess
+    import sys
+
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys; from zkwatcher_supervisor import session_file; "
+         f"store = session_file.SessionStore({str(tmp_path / 'new' / 'session.json')!r}, "
+         f"legacy=[{old!r}]); sys.exit(0 if store.load() is None else 1)"],
+        capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    assert "still holds" in other.stderr

@@ -67,6 +67,23 @@ def claim(path: str) -> int | None:
     return fd
 
 
+def _locked_by_another(path: str) -> bool:
+    """Whether a running listener holds the session lock of ``path``."""
+    try:
+        fd = os.open(path + ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 def _parse_session(saved: Any) -> SavedSession:
     if not isinstance(saved, dict):
         raise Unusable("not a mapping")
@@ -135,6 +152,10 @@ class SessionStore:
         if saved is not None or os.path.lexists(self.path):
             return saved
         for old in self._legacy:
+            if _locked_by_another(old):
+                log.warning("an earlier version's listener still holds %s; not taking its "
+                            "session", old)
+                continue
             saved = load(old)
             if saved is not None:
                 log.info("taking over the session saved by an earlier version at %s", old)
