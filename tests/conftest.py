@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -55,6 +57,16 @@ def write_config(tmp_path, zookeeper):
         return path
 
     return write
+
+
+@pytest.fixture
+def reachable_dir():
+    """A directory other users can reach (pytest's tmp_path is under a 0700 one):
+    for files that checks running as another user read or write."""
+    path = Path(tempfile.mkdtemp(prefix="zkwatcher-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
