@@ -201,10 +201,13 @@ def root_warnings(services: Iterable[ServiceSettings]) -> list[str]:
             f"running as root, so the checks of {_sections(without_user)} run as root too; "
             "give them a user (user = nobody, in the section or in [zkwatcher])")
     programs: dict[str, list[str]] = {}
+    found: dict[tuple[str, str | None], str | None] = {}  # a thousand `cmd = true`: one lookup
     for service in as_root:
-        program = executable_of(service.cmd, service.check_env.get("PATH"))
-        if program is not None:
-            programs.setdefault(program, []).append(service.name)
+        key = (service.cmd, service.check_env.get("PATH"))
+        if key not in found:
+            found[key] = executable_of(service.cmd, key[1])
+        if found[key] is not None:
+            programs.setdefault(found[key], []).append(service.name)
     for program, names in programs.items():
         problem = unsafe_path(program)
         if problem is not None and not problem.startswith("cannot stat"):
