@@ -192,7 +192,9 @@ BAD_CONFIGS = [
     ("[s]\ncmd = true\nuser = nobody\ngroup = no-such-group-zkw\nservice_port = 1\n"
      "zookeeper_path = /s\n", "line 4: [s] group: no such group 'no-such-group-zkw'"),
     ("[s]\ncmd = true\ngroup = nogroup\nservice_port = 1\nzookeeper_path = /s\n",
-     "line 3: [s] group: needs a user too"),
+     "line 3: [s] group: needs a user too (a check left running as root could change"),
+    ("[zkwatcher]\ngroup = nogroup\n[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n",
+     "line 2: [zkwatcher] group: needs a user too for [s] (a check"),
     ("[zkwatcher]\nuser = no-such-user-zkw\n[s]\ncmd = true\nservice_port = 1\n"
      "zookeeper_path = /s\n", "line 2: [zkwatcher] user: no such user 'no-such-user-zkw'"),
     ("[DEFAULT]\nuser = no-such-user-zkw\n[s]\ncmd = true\nservice_port = 1\n"

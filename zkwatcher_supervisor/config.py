@@ -473,8 +473,9 @@ class _CheckIdentities:
         self.users: dict[tuple[str, str | None], CheckUser] = {}
         self.environments: dict[tuple, dict[str, str]] = {}
         self.default_user = self.default_group = None
+        self.defaults: _Section | None = None
         if file.parser.has_section(GLOBAL_SECTION):
-            section = file.section(GLOBAL_SECTION)
+            section = self.defaults = file.section(GLOBAL_SECTION)
             self.default_user, self.default_group = section.text("user"), section.text("group")
             # Checked even when no section uses them: a typo is found now.
             self._lookup(section, self.default_user, self.default_group)
@@ -514,8 +515,10 @@ class _CheckIdentities:
         user_text = section.text("user") or self.default_user
         group_text = section.text("group") or self.default_group
         if user_text is None and group_text is not None:
-            raise section.error("group", "needs a user too (a check left running as root "
-                                "could change its group back)")
+            own = section.text("group") is not None
+            where, which = (section, "") if own else (self.defaults, f" for [{section.name}]")
+            raise where.error("group", f"needs a user too{which} (a check left running as "
+                              "root could change its group back)")
         user = self._lookup(section, user_text, group_text)
         pairs = _environment_pairs(section)
         environment = self.environments.get((user, pairs))
