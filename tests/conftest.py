@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pwd
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -55,6 +58,42 @@ def write_config(tmp_path, zookeeper):
         return path
 
     return write
+
+
+@pytest.fixture
+def reachable_dir():
+    """A directory other users can reach (pytest's tmp_path is under a 0700 one):
+    for files that checks running as another user read or write."""
+    path = Path(tempfile.mkdtemp(prefix="zkwatcher-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def member_user():
+    """A throwaway system user with a home of its own and a supplementary group,
+    removed afterwards: what initgroups gives a check's user is seen with it."""
+    from zkwatcher_supervisor.privilege import check_user
+
+    suffix = uuid.uuid4().hex[:8]
+    name, group = f"zkwt-{suffix}", f"zkwt-g-{suffix}"
+    home = Path(tempfile.mkdtemp(prefix="zkwatcher-home-"))
+    subprocess.run(["groupadd", "--system", group], check=True)
+    try:
+        subprocess.run(["useradd", "--system", "--user-group", "--groups", group,
+                        "--home-dir", str(home), "--no-create-home",
+                        "--shell", "/usr/sbin/nologin", name], check=True)
+        try:
+            entry = pwd.getpwnam(name)
+            os.chown(home, entry.pw_uid, entry.pw_gid)
+            home.chmod(0o700)
+            yield check_user(entry)
+        finally:
+            subprocess.run(["userdel", name], check=True)
+    finally:
+        subprocess.run(["groupdel", group], check=False)  # userdel may have taken it
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

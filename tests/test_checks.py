@@ -3,7 +3,9 @@ checks run by a real listener under supervisord against a real ZooKeeper."""
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import signal
 import socket
 import time
@@ -15,6 +17,7 @@ from zkwatcher_supervisor.checks import CheckRunner, close_inherited_fds_on_exec
 from zkwatcher_supervisor.health import CheckRun
 from zkwatcher_supervisor.listener import HANDLED_SIGNALS
 from zkwatcher_supervisor.loop import EventLoop
+from zkwatcher_supervisor.privilege import check_user
 from zkwatcher_supervisor.sandbox import free_port, wait_until
 
 
@@ -34,9 +37,10 @@ class Harness:
             assert time.monotonic() < deadline, "timed out"
             self.loop.run_once(timeout=0.05)
 
-    def run(self, command: str, timeout: float = 5.0, expect_status=None, section="s"):
+    def run(self, command: str, timeout: float = 5.0, expect_status=None, section="s",
+            user=None, env=None):
         count = len(self.results)
-        self.checks.submit([CheckRun(section, command, timeout, 1, expect_status)])
+        self.checks.submit([CheckRun(section, command, timeout, 1, expect_status, user, env)])
         self.run_until(lambda: len(self.results) > count, timeout + 5)
         return self.results[count][1]
 
@@ -455,3 +459,96 @@ def test_probe_by_host_name_under_a_real_listener(write_config, supervisord, zk,
     log = config.parent / "zkwatcher.log"
     wait_until(lambda: f"[web] check failed: failed: connect: {'; '.join(tried)}"
                in log.read_text(), 5, what="probe failure logged")
+NOBODY = check_user(pwd.getpwnam("nobody"))
+
+
+def proc_status(text: str) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def test_a_check_with_a_user_runs_as_it_in_a_session_of_its_own(runner, member_user):
+    assert os.geteuid() == 0, "switching to another user needs root"
+    ours = os.getgroups()
+    os.setgroups([0, grp.getgrnam("adm").gr_gid])  # groups of ours the check must not keep
+    try:
+        outcome = runner("echo $$ $(id -u) $(id -g) $(id -G) $(pwd); cat /proc/$$/stat; "
+                         "exit 3", user=member_user, env={"PATH": os.environ["PATH"]})
+    finally:
+        os.setgroups(ours)
+    assert not outcome.passed and outcome.returncode == 3
+    first, stat = outcome.output.splitlines()[:2]
+    pid, uid, gid, *groups, cwd = first.split()
+    assert (int(uid), int(gid), cwd) == (member_user.uid, member_user.gid, member_user.home)
+    # Its primary group and the one it is a member of, as initgroups gives them.
+    assert len(member_user.groups) == 2
+    assert sorted(map(int, groups)) == sorted(member_user.groups)
+    fields = stat.rsplit(")", 1)[1].split()
+    assert fields[2] == fields[3] == pid  # leads its own process group and session
+
+
+def test_a_check_with_a_user_keeps_the_others_guarantees(harness, reachable_dir):
+    runner = harness.run
+    marker = reachable_dir / "child"
+    os.chmod(reachable_dir, 0o777)
+    started = time.monotonic()
+    outcome = runner(f"sleep 60 & echo $! > {marker}; sleep 60", timeout=0.5, user=NOBODY)
+    assert outcome.timed_out and time.monotonic() - started < 2
+    child = int(marker.read_text())
+    deadline = time.monotonic() + 2
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(f"/proc/{child}")  # its whole group was killed
+    harness.run_until(lambda: not harness.checks.busy_sections(), 5)  # and reaped
+    probe = reachable_dir / "fds"
+    assert runner(f'test -z "$(cat)" && ls /proc/self/fd > {probe}', user=NOBODY).passed
+    assert len(probe.read_text().split()) == 4  # 0, 1, 2 and ls's own
+    outcome = runner("/nonexistent/check", user=NOBODY)
+    assert not outcome.passed and "No such file or directory" in outcome.describe()
+
+
+def test_checks_start_with_default_signals_and_none_blocked(runner):
+    # Python ignores SIGPIPE; a check must not inherit that, nor a blocked mask.
+    pipe, xfsz = 1 << (signal.SIGPIPE - 1), 1 << (signal.SIGXFSZ - 1)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        outcome = runner("cat /proc/self/status", user=NOBODY)  # no shell between
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    status = proc_status(outcome.output)
+    assert int(status["SigIgn"], 16) & (pipe | xfsz) == 0
+    assert int(status["SigBlk"], 16) == 0
+    assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+
+
+def test_many_checks_with_a_user_at_once_are_each_reaped_once(harness):
+    runs = [CheckRun(f"s{i}", f"(sleep 0.0{i % 5}; echo x) & exit {i % 2}", 5.0, 1,
+                     user=NOBODY) for i in range(100)]
+    harness.checks.submit(runs)
+    harness.run_until(lambda: len(harness.results) >= 100 and not harness.checks.running(),
+                      60)
+    outcomes = {run.section: outcome for run, outcome in harness.results}
+    assert len(outcomes) == 100
+    assert all(outcomes[f"s{i}"].passed == (i % 2 == 0) for i in range(100))
+    assert harness.run("true").passed and harness.run("true", user=NOBODY).passed
+
+
+def test_checks_never_see_supervisords_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("SUPERVISOR_PASSWORD", "s3cret")
+    monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///tmp/s.sock")
+    harness = Harness()  # takes the environment it starts with
+    try:
+        outcome = harness.run("env; exit 1")
+        assert "KEPT" not in outcome.output
+        assert "SUPERVISOR_" not in outcome.output and "s3cret" not in outcome.output
+        assert "PATH=" in outcome.output
+        # A section's own PATH is where its command is looked up.
+        (tmp_path / "bin").mkdir()
+        script = tmp_path / "bin" / "zkw-only-here"
+        script.write_text("#!/bin/sh\necho \"$MARK\"\nexit 4\n")
+        script.chmod(0o755)
+        env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MARK": "from the section"}
+        outcome = harness.run("zkw-only-here", env=env)
+        assert (outcome.returncode, outcome.output) == (4, "from the section\n")
+    finally:
+        harness.checks.stop()
+        harness.loop.close()

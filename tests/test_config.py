@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -15,12 +17,16 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from zkwatcher_supervisor.config import (
+    Config,
     ConfigError,
     ProgramSpec,
+    ServiceSettings,
+    ZooKeeperSettings,
     load_config,
     parse_zookeeper_data,
 )
 from zkwatcher_supervisor.payload import node_payload
+from zkwatcher_supervisor.privilege import CheckUser, check_user, may_enter, switch_error
 
 ZK_WATCHER_README_EXAMPLE = """\
 [ssh]
@@ -179,6 +185,22 @@ BAD_CONFIGS = [
      "line 4: [s] service_port: %(port)s: no key 'port' in [s] or [DEFAULT]"),
     ("[DEFAULT]\nloop = %(loop)s\n[s]\ncmd = true\nzookeeper_path = /s\nservice_port = 1\n",
      "line 2: [s] loop: %(...)s references nest too deeply"),
+    ("[s]\ncmd = true\nuser = no-such-user-zkw\nservice_port = 1\nzookeeper_path = /s\n",
+     "line 3: [s] user: no such user 'no-such-user-zkw'"),
+    ("[s]\ncmd = true\nuser = 4000000000\nservice_port = 1\nzookeeper_path = /s\n",
+     "line 3: [s] user: no such user '4000000000'"),
+    ("[s]\ncmd = true\nuser = nobody\ngroup = no-such-group-zkw\nservice_port = 1\n"
+     "zookeeper_path = /s\n", "line 4: [s] group: no such group 'no-such-group-zkw'"),
+    ("[s]\ncmd = true\ngroup = nogroup\nservice_port = 1\nzookeeper_path = /s\n",
+     "line 3: [s] group: needs a user too (a check left running as root could change"),
+    ("[zkwatcher]\ngroup = nogroup\n[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n",
+     "line 2: [zkwatcher] group: needs a user too for [s] (a check"),
+    ("[zkwatcher]\nuser = no-such-user-zkw\n[s]\ncmd = true\nservice_port = 1\n"
+     "zookeeper_path = /s\n", "line 2: [zkwatcher] user: no such user 'no-such-user-zkw'"),
+    ("[DEFAULT]\nuser = no-such-user-zkw\n[s]\ncmd = true\nservice_port = 1\n"
+     "zookeeper_path = /s\n", "line 2: [s] user: no such user 'no-such-user-zkw'"),
+    ("[s]\ncmd = true\nenvironment = A\nservice_port = 1\nzookeeper_path = /s\n",
+     "line 3: [s] environment: expected KEY=\"value\",KEY2=\"value2\", as in supervisord's"),
 ]
 
 
@@ -428,3 +450,205 @@ def test_unused_default_key_is_a_warning(tmp_path):
                            "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /%(env)s\n")
     assert load_config(path).warnings == (f"{path}: line 2: [DEFAULT] refrsh: unknown key, "
                                           "ignored",)
+
+
+def nobody_gid() -> int:
+    return pwd.getpwnam("nobody").pw_gid
+
+
+def test_check_user_is_resolved_as_initgroups_would_set_it(tmp_path):
+    config = load_config(write(tmp_path, """
+        [by-name]
+        cmd = true
+        user = nobody
+        service_port = 1
+        zookeeper_path = /s
+
+        [by-uid]
+        cmd = true
+        user = 65534
+        group = daemon
+        service_port = 2
+        zookeeper_path = /s
+        """))
+    by_name, by_uid = config.services
+    gid = nobody_gid()
+    assert by_name.user == CheckUser("nobody", 65534, gid, tuple(os.getgrouplist("nobody", gid)),
+                                     "/nonexistent", directory="/")  # home: cannot enter
+    daemon = grp.getgrnam("daemon").gr_gid
+    assert (by_uid.user.name, by_uid.user.uid, by_uid.user.gid) == ("nobody", 65534, daemon)
+    assert by_uid.user.groups == tuple(os.getgrouplist("nobody", daemon))
+
+
+def test_zkwatcher_user_is_the_default_for_check_commands_only(tmp_path):
+    config = load_config(write(tmp_path, """
+        [zkwatcher]
+        user = nobody
+
+        [script]
+        cmd = true
+        service_port = 1
+        zookeeper_path = /s
+
+        [own]
+        cmd = true
+        user = root
+        service_port = 2
+        zookeeper_path = /s
+
+        [probe]
+        cmd = tcp://127.0.0.1:22
+        service_port = 3
+        zookeeper_path = /s
+
+        [bound]
+        program = web
+        service_port = 4
+        zookeeper_path = /s
+        """))
+    users = {service.name: service.user and service.user.name for service in config.services}
+    assert users == {"script": "nobody", "own": "root", "probe": None, "bound": None}
+    assert config.warnings == ()
+
+
+def test_user_where_nothing_is_spawned_is_a_warning(tmp_path):
+    path = write(tmp_path, "[probe]\ncmd = tcp://127.0.0.1:22\nuser = nobody\n"
+                           "service_port = 1\nzookeeper_path = /s\n")
+    config = load_config(path)
+    assert config.services[0].user is None
+    assert config.warnings == (f"{path}: line 3: [probe] user: has no effect: only a check "
+                               "command (not tcp:// or http://) runs as a user with an "
+                               "environment",)
+
+
+def test_checks_get_our_environment_without_supervisords_plus_their_own(tmp_path, monkeypatch):
+    for key, value in {"SUPERVISOR_USERNAME": "admin", "SUPERVISOR_PASSWORD": "s3cret",
+                       "SUPERVISOR_SERVER_URL": "unix:///s.sock", "SUPERVISOR_ENABLED": "1",
+                       "SUPERVISOR_PROCESS_NAME": "zkwatcher", "KEPT": "yes"}.items():
+        monkeypatch.setenv(key, value)
+    config = load_config(write(tmp_path, """
+        [DEFAULT]
+        service_port = 1
+        zookeeper_path = /s
+
+        [plain]
+        cmd = true
+
+        [nobody]
+        cmd = true
+        user = nobody
+        environment = A="1",B="x, y",C=plain,HOME="/var/empty"
+        service_port = 2
+
+        [also-plain]
+        cmd = false
+        service_port = 3
+        """))
+    plain, nobody, also_plain = config.services
+    for service in (plain, nobody):
+        assert not [key for key in service.check_env if key.startswith("SUPERVISOR_")]
+        assert service.check_env["KEPT"] == "yes"
+    assert plain.check_env == {k: v for k, v in os.environ.items()
+                               if not k.startswith("SUPERVISOR_")}
+    assert nobody.environment == (("A", "1"), ("B", "x, y"), ("C", "plain"),
+                                  ("HOME", "/var/empty"))
+    # As sudo -u sets them; the section's own environment wins.
+    assert {k: nobody.check_env[k] for k in ("A", "B", "C", "HOME", "USER", "LOGNAME")} == {
+        "A": "1", "B": "x, y", "C": "plain", "HOME": "/var/empty", "USER": "nobody",
+        "LOGNAME": "nobody"}
+    # Built once per distinct setting, not per section.
+    assert plain.check_env is also_plain.check_env
+    assert "s3cret" not in repr(nobody)
+
+
+def test_a_listener_that_is_not_root_runs_checks_only_as_itself():
+    def config(user, group=None):
+        entry = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group else None
+        service = ServiceSettings("s", "/s", 1, "h", cmd="true", user=check_user(entry, gid))
+        return Config("c.cfg", ZooKeeperSettings(), (service,))
+
+    gid = nobody_gid()
+    assert switch_error(config("nobody"), 0, 0) is None  # root may switch to anyone
+    assert switch_error(config("nobody"), 65534, gid) is None  # itself: nothing to switch
+    assert str(switch_error(config("root"), 65534, gid)) == (
+        "c.cfg: [s] user: the listener runs as uid 65534, not root, and cannot switch to "
+        "user 'root'")
+    assert str(switch_error(config("nobody", "daemon"), 65534, gid)) == (
+        f"c.cfg: [s] group: the listener runs with gid {gid}, not root, and cannot switch "
+        f"to gid {grp.getgrnam('daemon').gr_gid}")
+
+
+def test_may_enter_needs_search_permission_all_the_way_down(tmp_path, reachable_dir):
+    gid = nobody_gid()
+    # tmp_path is under pytest's 0700 directory: nobody cannot get that far.
+    assert not may_enter(str(tmp_path), 65534, [gid])
+    assert may_enter(str(tmp_path), 0, [0])
+    assert not may_enter(str(tmp_path / "missing"), 0, [0])
+    assert not may_enter("relative/home", 0, [0])
+    top = reachable_dir / "top"
+    (top / "home").mkdir(parents=True)
+    os.chmod(top, 0o750)
+    os.chown(top, 0, gid)
+    os.chmod(top / "home", 0o700)
+    os.chown(top / "home", 65534, gid)
+    assert may_enter(str(top / "home"), 65534, [gid])  # via the group, then as owner
+    assert not may_enter(str(top / "home"), 65533, [65533])
+    os.chmod(top, 0o700)
+    assert not may_enter(str(top / "home"), 65534, [gid])
+
+
+def as_root():
+    assert os.geteuid() == 0, "these tests check what the listener refuses as root"
+
+
+@pytest.mark.parametrize(("layout", "culprit", "problem"), [
+    ("file 0666", "cfg", "is writable by others (mode 0666); chmod o-w"),
+    ("file 0620", "cfg", "is writable by group (mode 0620); chmod g-w"),
+    ("file owned by nobody", "cfg", "is owned by uid 65534 (nobody), not root"),
+    ("dir 0775", "dir", "is writable by group (mode 0775); chmod g-w"),
+    ("dir 0777", "dir", "is writable by others (mode 0777); chmod o-w"),
+    ("dir owned by nobody", "dir", "is owned by uid 65534 (nobody), not root"),
+    ("sticky dir owned by nobody", "dir", "is owned by uid 65534 (nobody), not root"),
+    ("link into dir 0777", "dir", "is writable by others (mode 0777); chmod o-w"),
+])
+def test_config_others_can_change_is_refused_as_root(tmp_path, layout, culprit, problem):
+    as_root()
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    cfg = directory / "config.cfg"
+    cfg.write_text("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n")
+    os.chmod(cfg, 0o644)
+    given = cfg
+    if layout.startswith("file 0"):
+        os.chmod(cfg, int(layout[-4:], 8))
+    elif layout == "file owned by nobody":
+        os.chown(cfg, 65534, -1)
+    elif layout.startswith("dir 0"):
+        os.chmod(directory, int(layout[-4:], 8))
+    elif layout == "dir owned by nobody":
+        os.chown(directory, 65534, -1)
+    elif layout == "sticky dir owned by nobody":
+        os.chmod(directory, 0o1777)
+        os.chown(directory, 65534, -1)
+    elif layout == "link into dir 0777":
+        os.chmod(directory, 0o777)
+        (tmp_path / "safe").mkdir()
+        given = tmp_path / "safe" / "config.cfg"
+        given.symlink_to(cfg)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(given))
+    culprit_path = cfg if culprit == "cfg" else directory
+    assert str(caught.value) == (
+        f"{given}: refused as root: others could change it, and with it the commands we "
+        f"run: {culprit_path} {problem}" + (f" {culprit_path}" if "chmod" in problem else ""))
+
+
+def test_config_in_a_root_sticky_directory_like_tmp_loads_as_root(tmp_path):
+    as_root()
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    os.chmod(directory, 0o1777)
+    cfg = directory / "config.cfg"
+    cfg.write_text("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n")
+    assert load_config(str(cfg)).services[0].cmd == "true"

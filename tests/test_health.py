@@ -222,3 +222,25 @@ def test_up_means_every_process_running_and_check_passing(sequence):
         all_running = bool(states) and all(s == "RUNNING" for s in states.values())
         expected = all_running and last_check_since_running is True
         assert (health.up_sections() == {"s"}) is expected
+
+
+def test_a_reload_that_changes_who_runs_the_check_starts_it_afresh():
+    from dataclasses import replace
+
+    from zkwatcher_supervisor.privilege import CheckUser
+
+    nobody = CheckUser("nobody", 65534, 65534, (65534,), "/nonexistent", "/")
+    health = Health([service()])
+    run_check(health, True)
+    assert health.up_sections() == {"s"}
+    same = replace(service(), zookeeper_path="/moved")  # not the check: health carries over
+    health.reconfigure([same], now=1.0)
+    assert health.up_sections() == {"s"}
+    for changed in (replace(same, user=nobody), replace(same, user=nobody,
+                                                        environment=(("A", "1"),))):
+        health.reconfigure([changed], now=2.0)
+        assert health.up_sections() == set()  # another check: down until it passes
+        (run,) = health.due_checks(2.0)
+        assert (run.user, run.env) == (changed.user, changed.check_env)
+        health.check_result("s", run.token, True)
+        assert health.up_sections() == {"s"}

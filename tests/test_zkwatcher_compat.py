@@ -47,6 +47,7 @@ LOG_CHANGES = "only changes of a check's result are logged"
 BARE_PERCENT = "a bare % stays literal"
 SHELL_SYNTAX = "a cmd with shell syntax runs under /bin/sh"
 UNSTORABLE_DATA = "zookeeper_data zk_watcher could not store is an error"
+WRITABLE_CONFIG = "as root, a config others can change is refused"
 
 EXIT_2 = "exits 2 before touching ZooKeeper"
 
@@ -62,7 +63,10 @@ class Case:
     ours: dict | str | None = None
     # zk_watcher log text that shows why it registered what it did.
     zk_watcher_log: str | None = None
+    # With ours = EXIT_2: what our one line of stderr says.
+    ours_error: str | None = None
     auth: tuple[str, str] | None = None
+    mode: int = 0o600  # of the config file
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
 
@@ -120,6 +124,7 @@ CORPUS = [
     Case("data-unstorable", svc("bad", data="5") + svc("good", 23, data="ok=1"),
          differs=UNSTORABLE_DATA,
          zk_watcher={f"/services/ssh/{FQDN}:23": {"ok": "1"}}, ours=EXIT_2,
+         ours_error="[bad] zookeeper_data: expected a JSON object or k=v pairs, got '5'",
          zk_watcher_log="TypeError"),
     # configparser: [DEFAULT], interpolation, layout.
     Case("default-section", "[DEFAULT]\ncmd: true\nrefresh: 60\nservice_hostname: web1\n"
@@ -164,6 +169,10 @@ CORPUS = [
          zk_watcher={f"/services/ssh/{FQDN}:22": {}}, ours={}),
     Case("failing-check", svc("s", cmd="false").replace("refresh: 60", "refresh: 1"),
          differs=LOG_CHANGES, zk_watcher={}, ours={}),
+    Case("world-writable", svc("s"), mode=0o666, differs=WRITABLE_CONFIG,
+         zk_watcher={f"/services/ssh/{FQDN}:22": {}}, ours=EXIT_2,
+         ours_error="refused as root: others could change it, and with it the commands we "
+                    "run: "),
 ]
 
 # zk_watcher needs 12 s for slow-check; the failing check must have run a few times.
@@ -276,7 +285,7 @@ def outcomes(server, tmp_path_factory) -> dict[str, tuple[Outcome, Outcome]]:
                 admin.create(f"/{tool}-{case.id}", acl=OPEN_ACL_UNSAFE)
             config = work / f"{case.name}.cfg"
             config.write_bytes(case.config.encode())
-            config.chmod(0o600)
+            config.chmod(case.mode)
             with open(work / f"{case.name}.zkw.log", "wb") as log:
                 theirs[case.name] = subprocess.Popen(
                     [str(peer), "-c", str(config), "-s", f"{server.hosts}/zkw-{case.id}"],
@@ -380,7 +389,7 @@ def test_deliberate_difference(outcomes, case):
     if case.ours == EXIT_2:
         assert ours.exit_code == 2, ours.log
         (line,) = ours.log.splitlines()
-        assert "[bad] zookeeper_data: expected a JSON object or k=v pairs, got '5'" in line
+        assert case.ours_error in line
         assert not ours.nodes
     else:
         assert user_data(ours.nodes) == case.ours, ours.log

@@ -7,8 +7,10 @@ with ``posix_spawn`` (a vfork: the cheapest way to start a process) in a
 session and process group of its own, with stdin from /dev/null and never our
 stdout — that is the supervisord protocol channel.  It starts with no signal
 blocked and SIGPIPE, SIGXFSZ and the signals we handle at their default action,
-whatever the listener has ignored.  At the deadline, and again when the check
-exits, the whole group is killed so no stray child lingers.
+whatever the listener has ignored.  A check with a ``user`` is forked instead
+(posix_spawn cannot change who runs it), with the same session, descriptors
+and signal dispositions.  At the deadline, and again when the check exits, the
+whole group is killed so no stray child lingers.
 
 A check counts as failed at its deadline even if its process cannot be reaped
 (a process stuck in uninterruptible sleep ignores SIGKILL); the section then
@@ -30,8 +32,10 @@ import ipaddress
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -40,13 +44,17 @@ from typing import Callable
 from .config import BuiltinCheck
 from .health import CheckRun
 from .loop import EventLoop, Timer, offload
+from .privilege import check_environment
 
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 2048
-# Start at most this many checks per loop pass, so with a thousand due at once
-# events and results are handled while the rest are still being started.
+# Start at most this many checks per loop pass, and stop early once a pass has
+# spent this long starting them, so with a thousand due at once events and
+# results are handled while the rest are still being started.  (A posix_spawn
+# takes about 0.2 ms, a fork to switch users about 3 ms.)
 SPAWN_BATCH = 32
+SPAWN_PASS_SECONDS = 0.01
 # Without pidfd (Linux < 5.3) exits are noticed by polling at this interval.
 _POLL_INTERVAL = 0.05
 _HAVE_PIDFD = hasattr(os, "pidfd_open")
@@ -114,9 +122,13 @@ class _Process:
     """A check command in flight, from spawn until it is reaped."""
 
     def __init__(self, run: CheckRun, pid: int, output_fd: int, pidfd: int | None,
-                 now: float) -> None:
+                 now: float, forked: subprocess.Popen | None = None) -> None:
         self.run = run
         self.pid = pid
+        # Held until we reap it: a Popen dropped while its child runs is put on
+        # subprocess's list of children to reap, and the next Popen would reap
+        # ours behind our back.
+        self.forked = forked
         self.output_fd: int | None = output_fd
         self.pidfd = pidfd
         self.started = now
@@ -164,6 +176,8 @@ class CheckRunner:
         self._poller: Timer | None = None
         self._parsed: dict[str, tuple[BuiltinCheck | None, str | None]] = {}
         self._numeric: dict[tuple[str, int], tuple | None] = {}  # literal -> addrinfo list
+        # For runs that bring no environment of their own.
+        self._environment = check_environment(os.environ)
 
     # -- the runner's API (loop thread) -------------------------------------
 
@@ -206,7 +220,10 @@ class CheckRunner:
         deadline = time.monotonic() + timeout
         for process in list(self._processes.values()):
             while time.monotonic() < deadline:
-                if os.waitpid(process.pid, os.WNOHANG)[0]:
+                pid, status = os.waitpid(process.pid, os.WNOHANG)
+                if pid:
+                    if process.forked is not None:
+                        process.forked.returncode = os.waitstatus_to_exitcode(status)
                     break
                 time.sleep(0.005)
 
@@ -214,8 +231,11 @@ class CheckRunner:
 
     def _start_pending(self) -> None:
         self._spawn_scheduled = False
+        ends = time.monotonic() + SPAWN_PASS_SECONDS
         for _ in range(min(SPAWN_BATCH, len(self._pending))):
             self._start(self._pending.popleft())
+            if time.monotonic() > ends:
+                break
         if self._pending:
             self._spawn_scheduled = True
             self._loop.call_soon(self._start_pending)
@@ -248,14 +268,24 @@ class CheckRunner:
             return
         os.set_blocking(read_fd, False)  # only our end: the check's stdout stays blocking
         argv = command_argv(run.command)
+        env = self._environment if run.env is None else run.env
+        forked = None
         try:
-            # Only fds 0-2 are passed on: everything else we hold is close-on-exec.
-            pid = os.posix_spawnp(argv[0], argv, os.environ, setsid=True, file_actions=[
-                (os.POSIX_SPAWN_DUP2, self._devnull, 0),
-                (os.POSIX_SPAWN_DUP2, write_fd, 1),
-                (os.POSIX_SPAWN_DUP2, write_fd, 2),
-            ], setsigdef=SIGNALS_RESET_IN_CHECKS, setsigmask=())
-        except (OSError, ValueError, IndexError) as exc:
+            if run.user is not None:
+                forked = self._fork(run, argv, env, write_fd)
+                pid = forked.pid
+            else:
+                program = argv[0]
+                if env.get("PATH") != os.environ.get("PATH") and "/" not in program:
+                    # posix_spawnp searches our PATH; the section set its own.
+                    program = shutil.which(program, path=env.get("PATH")) or program
+                # Only fds 0-2 are passed on: everything else we hold is close-on-exec.
+                pid = os.posix_spawnp(program, argv, env, setsid=True, file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, write_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, write_fd, 2),
+                ], setsigdef=SIGNALS_RESET_IN_CHECKS, setsigmask=())
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError) as exc:
             os.close(read_fd)
             self._report(run, CheckOutcome(False, None, False, 0.0, str(exc)))
             return
@@ -267,7 +297,7 @@ class CheckRunner:
                 pidfd = os.pidfd_open(pid)
             except OSError:
                 pass  # out of file descriptors: this one is polled instead
-        process = _Process(run, pid, read_fd, pidfd, self._loop.clock())
+        process = _Process(run, pid, read_fd, pidfd, self._loop.clock(), forked)
         self._processes[pid] = process
         self._by_section[run.section] = process
         self._loop.add_reader(read_fd, lambda: self._read_output(process))
@@ -277,6 +307,33 @@ class CheckRunner:
             self._poller = self._loop.call_later(_POLL_INTERVAL, self._poll_exits)
         process.timer = self._loop.call_at(process.started + run.timeout,
                                            lambda: self._deadline(process))
+
+    def _fork(self, run: CheckRun, argv: list[str], env: dict[str, str],
+              output_fd: int) -> subprocess.Popen:
+        """Start a check as its user: fork, switch identity, exec.
+
+        Only root switches: a listener that is not root was allowed to start
+        only if every such check runs as the listener's own user and group, and
+        then only the environment and directory differ.
+        """
+        user = run.user
+        switch = {}
+        if os.geteuid() == 0:
+            switch = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        if blocked:
+            # The child inherits this thread's signal mask; a check must start
+            # with none blocked, as posix_spawn starts the others.
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        try:
+            # restore_signals: SIGPIPE and SIGXFSZ back to their defaults.
+            return subprocess.Popen(
+                argv, stdin=self._devnull, stdout=output_fd, stderr=output_fd, env=env,
+                cwd=user.directory, close_fds=True, restore_signals=True,
+                start_new_session=True, **switch)
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def _read_output(self, process: _Process) -> None:
         try:
@@ -322,6 +379,8 @@ class CheckRunner:
             return
         self._kill_group(process)  # whatever the check left behind
         _, status = os.waitpid(process.pid, 0)  # it has exited: returns at once
+        if process.forked is not None:
+            process.forked.returncode = os.waitstatus_to_exitcode(status)  # reaped: by us
         del self._processes[process.pid]
         if self._by_section.get(process.run.section) is process:
             del self._by_section[process.run.section]

@@ -15,6 +15,7 @@ import time
 from . import __version__, statedir
 from .config import DEFAULT_HOSTS, Config, ConfigError, ZooKeeperSettings, load_config
 from .payload import node_payload
+from .privilege import root_warnings, switch_error
 from .status import locate_status, status_report
 
 DEFAULT_CONFIG = "/etc/zk/config.cfg"
@@ -220,8 +221,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{node_payload(service, os.getpid()).decode()}")
         return 0
 
+    error = switch_error(config, os.geteuid(), os.getegid())
+    if error is not None:
+        print(f"zkwatcher-supervisor: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
     log_writer = setup_logging(args.verbose, args.syslog)
-    for warning in config.warnings:
+    warnings = [*config.warnings, *(root_warnings(config.services) if os.geteuid() == 0 else [])]
+    for warning in warnings:
         logging.getLogger(__name__).warning("%s", warning)
 
     try:

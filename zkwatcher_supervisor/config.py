@@ -21,6 +21,18 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from supervisor.datatypes import dict_of_key_value_pairs
+
+from .privilege import (
+    CheckUser,
+    check_environment,
+    check_user,
+    lookup_group,
+    lookup_user,
+    unsafe_path,
+    user_environment,
+)
+
 GLOBAL_SECTION = "zkwatcher"
 AUTH_SECTION = "auth"
 
@@ -36,7 +48,7 @@ DEFAULT_TIMEOUT = 10.0
 MAX_CONFIG_BYTES = 16 * 2**20
 
 GLOBAL_KEYS = {"hosts", "session_timeout", "reconnect_spread", "status_file", "metrics_port",
-               "use_ssl", "ca", "certfile", "keyfile"}
+               "use_ssl", "ca", "certfile", "keyfile", "user", "group"}
 PAYLOAD_FORMATS = ("nd_service_registry", "serverset", "curator")
 AUTH_KEYS = {"user", "password"}
 SERVICE_KEYS = {
@@ -53,6 +65,9 @@ SERVICE_KEYS = {
     "payload_format",
     "expect_status",
     "drain_seconds",
+    "user",
+    "group",
+    "environment",
 }
 
 # %(key)s in a value, as configparser's BasicInterpolation reads it.
@@ -154,6 +169,13 @@ class ServiceSettings:
     # The port as written when that differs from str(service_port) ("0080"):
     # zk_watcher put the text into the node name, so consumers know that name.
     port_text: str | None = None
+    user: CheckUser | None = None  # who runs the check command; None: the listener's user
+    environment: tuple[tuple[str, str], ...] = ()  # the section's own environment = pairs
+    # The whole environment of the check command, built once when the config
+    # loads (shared by sections with the same user and environment); None for
+    # sections that start no process.  Not shown: it may hold secrets.
+    check_env: dict[str, str] | None = field(default=None, compare=False, hash=False,
+                                             repr=False)
 
     @property
     def node_path(self) -> str:
@@ -431,7 +453,94 @@ class _Section:
         return names
 
 
-def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
+class _CheckIdentities:
+    """Who each section's check command runs as, and the environment it gets.
+
+    Resolved once per distinct setting, however many sections share it: a
+    thousand sections with one ``user`` cost one user lookup and one
+    environment.
+    """
+
+    def __init__(self, file: _File) -> None:
+        self.base = check_environment(os.environ)
+        self.users: dict[tuple[str, str | None], CheckUser] = {}
+        self.environments: dict[tuple, dict[str, str]] = {}
+        self.default_user = self.default_group = None
+        self.defaults: _Section | None = None
+        if file.parser.has_section(GLOBAL_SECTION):
+            section = self.defaults = file.section(GLOBAL_SECTION)
+            self.default_user, self.default_group = section.text("user"), section.text("group")
+            # Checked even when no section uses them: a typo is found now.
+            self._lookup(section, self.default_user, self.default_group)
+
+    def _lookup(self, section: _Section, user: str | None, group: str | None
+                ) -> CheckUser | None:
+        if user is None:
+            if group is not None:
+                try:
+                    lookup_group(group)
+                except ValueError as exc:
+                    raise section.error("group", str(exc)) from None
+            return None
+        found = self.users.get((user, group))
+        if found is None:
+            try:
+                entry = lookup_user(user)
+            except ValueError as exc:
+                raise section.error("user", str(exc)) from None
+            try:
+                gid = None if group is None else lookup_group(group)
+            except ValueError as exc:
+                raise section.error("group", str(exc)) from None
+            found = self.users[(user, group)] = check_user(entry, gid)
+        return found
+
+    def read(self, section: _Section, runs_process: bool
+             ) -> tuple[CheckUser | None, tuple[tuple[str, str], ...], dict[str, str] | None]:
+        """The section's user, its own environment pairs, and its check's whole environment."""
+        if not runs_process:
+            # Builtin probes run inside the listener; without cmd nothing runs.
+            for key in ("user", "group", "environment"):
+                if key in section.own_keys:
+                    section.warn(key, "has no effect: only a check command (not tcp:// or "
+                                 "http://) runs as a user with an environment")
+            return None, (), None
+        user_text = section.text("user") or self.default_user
+        group_text = section.text("group") or self.default_group
+        if user_text is None and group_text is not None:
+            own = section.text("group") is not None
+            where, which = (section, "") if own else (self.defaults, f" for [{section.name}]")
+            raise where.error("group", f"needs a user too{which} (a check left running as "
+                              "root could change its group back)")
+        user = self._lookup(section, user_text, group_text)
+        pairs = _environment_pairs(section)
+        environment = self.environments.get((user, pairs))
+        if environment is None:
+            environment = {**self.base, **(user_environment(user) if user else {}),
+                           **dict(pairs)}
+            self.environments[(user, pairs)] = environment
+        return user, pairs, environment
+
+
+def _environment_pairs(section: _Section) -> tuple[tuple[str, str], ...]:
+    """``environment = KEY="value",KEY2="value2"``, read as supervisord reads its own."""
+    raw = section.text("environment")
+    if raw is None:
+        return ()
+    try:
+        pairs = dict_of_key_value_pairs(raw)
+    except ValueError:
+        raise section.error("environment", 'expected KEY="value",KEY2="value2", as in '
+                            "supervisord's environment=") from None
+    for key, value in pairs.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise section.error("environment", f"{key!r} is not a usable variable name "
+                                "and value")
+    return tuple(pairs.items())
+
+
+def _read_service(section: _Section, default_hostname: str,
+                  identities: _CheckIdentities) -> ServiceSettings:
     program = None
     if section.text("program") is not None:
         try:
@@ -445,6 +554,7 @@ def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
         builtin = BuiltinCheck.parse(cmd) if cmd else None
     except ValueError as exc:
         raise section.error("cmd", str(exc)) from None
+    user, environment, check_env = identities.read(section, cmd is not None and builtin is None)
     payload_format = section.text("payload_format") or "nd_service_registry"
     if payload_format not in PAYLOAD_FORMATS:
         raise section.error("payload_format",
@@ -508,6 +618,9 @@ def _read_service(section: _Section, default_hostname: str) -> ServiceSettings:
         expect_status=expect_status,
         port_text=port_text,
         drain_seconds=section.seconds("drain_seconds", 0.0, allow_zero=True),
+        user=user,
+        environment=environment,
+        check_env=check_env,
     )
 
 
@@ -625,6 +738,13 @@ def _key_lines(text: str, optionxform: Callable[[str], str]) -> dict[tuple[str, 
 def load_config(filename: str, hosts_override: str | None = None) -> Config:
     """Read and validate ``filename``; ``hosts_override`` is the ``-s/--server`` flag."""
     text, stat = _read_text(filename)
+    if os.geteuid() == 0:
+        # Whoever can change the file runs its commands as root (sshd and sudo
+        # refuse theirs for the same reason).
+        problem = unsafe_path(filename, stat)
+        if problem is not None:
+            raise ConfigError(filename, "refused as root: others could change it, and with "
+                              f"it the commands we run: {problem}")
     file = _File(filename, text)
     parser = file.parser
 
@@ -644,6 +764,7 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
             file.section(special).warn_unknown_keys(known)
 
     default_hostname = ""
+    identities = _CheckIdentities(file)
     services: list[ServiceSettings] = []
     seen_paths: dict[str, str] = {}
     for name in parser.sections():  # never [DEFAULT]: it is inherited, not a service
@@ -652,7 +773,7 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
         section = file.section(name)
         if not section.text("service_hostname") and not default_hostname:
             default_hostname = socket.getfqdn()
-        service = _read_service(section, default_hostname)
+        service = _read_service(section, default_hostname, identities)
         if service.node_path in seen_paths:
             raise section.error(
                 None, f"same znode {service.display_path} as [{seen_paths[service.node_path]}]"

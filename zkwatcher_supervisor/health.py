@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import ServiceSettings
+from .privilege import CheckUser
 
 RUNNING = "RUNNING"
 
@@ -42,6 +43,9 @@ class CheckRun:
     timeout: float
     token: int
     expect_status: int | None = None  # http:// checks only
+    user: CheckUser | None = None  # who runs the command; None: the listener's user
+    # The command's environment; None: the listener's, without supervisord's variables.
+    env: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -168,17 +172,16 @@ class Health:
     def reconfigure(self, services: Iterable[ServiceSettings], now: float) -> None:
         """Switch to a new set of sections (a config reload).
 
-        A section whose ``program`` and ``cmd`` are unchanged keeps its process
-        and check state — it does not flap — and takes its other settings from
-        the new config.  A new section, or one whose ``program`` or ``cmd``
-        changed, starts afresh: process states from what we know, check down
-        and due at once.
+        A section whose ``program`` and check (``cmd``, its user and
+        environment) are unchanged keeps its process and check state — it does
+        not flap — and takes its other settings from the new config.  A new
+        section, or one whose ``program`` or check changed, starts afresh:
+        process states from what we know, check down and due at once.
         """
         old, self.sections = self.sections, {}
         for service in services:
             section = old.get(service.name)
-            if (section is not None and section.service.program == service.program
-                    and section.service.cmd == service.cmd):
+            if section is not None and _same_check(section.service, service):
                 section.service = service
             else:
                 section = SectionHealth(service, now)
@@ -272,7 +275,7 @@ class Health:
             section.next_check_at = now + section.refresh
             service = section.service
             runs.append(CheckRun(name, service.cmd, service.timeout, token,
-                                 service.expect_status))
+                                 service.expect_status, service.user, service.check_env))
         return runs
 
     def check_result(self, section_name: str, token: int, passed: bool,
@@ -286,3 +289,9 @@ class Health:
         section.record_result(passed, now)
         self.reschedule(section_name)
         return True
+
+
+def _same_check(old: ServiceSettings, new: ServiceSettings) -> bool:
+    """Whether a reloaded section checks the same thing, so its health carries over."""
+    return (old.program == new.program and old.cmd == new.cmd and old.user == new.user
+            and old.environment == new.environment)

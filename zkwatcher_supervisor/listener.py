@@ -41,6 +41,7 @@ from .health import RUNNING, CheckRun, Health
 from .loop import EventLoop, Timer, offload
 from .payload import node_payload
 from .pidwatch import PidWatcher
+from .privilege import root_warnings, switch_error
 from .protocol import SupervisorChannel, claim_stdout, parse_process_state
 from .registry import Registry
 from .session_file import SessionStore
@@ -392,10 +393,12 @@ class Watcher:
             return
         self._reload_reading = True
         filename, hosts = self.config.filename, self.hosts_override
-        offload(self.loop, lambda: load_config(filename, hosts_override=hosts),
+        running = dict(self.services)
+        offload(self.loop, lambda: read_reloaded_config(filename, hosts, running),
                 self._reload_read, name="reload")
 
-    def _reload_read(self, config: Config | None, error: BaseException | None) -> None:
+    def _reload_read(self, read: tuple[Config, list[str]] | None,
+                     error: BaseException | None) -> None:
         self._reload_reading = False
         if self._reload_again:
             # Another HUP came while reading: that file may be newer than ours.
@@ -407,7 +410,8 @@ class Watcher:
             return
         if error is not None:
             raise error
-        for warning in config.warnings:
+        config, warnings = read
+        for warning in [*config.warnings, *warnings]:
             log.warning("%s", warning)
         self.reload(config)
 
@@ -662,6 +666,24 @@ class Watcher:
             "sections": sections,
             "requests": self._acknowledgements(registered),
         }
+
+
+def read_reloaded_config(filename: str, hosts_override: str | None,
+                         running: dict[str, ServiceSettings]) -> tuple[Config, list[str]]:
+    """Read the config again (off the loop), refusing what this listener could not
+    run; also returns the warnings for sections whose checks run as root anew."""
+    config = load_config(filename, hosts_override=hosts_override)
+    error = switch_error(config, os.geteuid(), os.getegid())
+    if error is not None:
+        raise error
+    warnings = []
+    if os.geteuid() == 0:
+        changed = [service for service in config.services
+                   if (old := running.get(service.name)) is None
+                   or (old.cmd, old.user, old.environment)
+                   != (service.cmd, service.user, service.environment)]
+        warnings = root_warnings(changed)
+    return config, warnings
 
 
 def _wake_only() -> None:

@@ -1,0 +1,281 @@
+"""Least privilege for checks, under a real supervisord and ZooKeeper: who a check
+runs as, what environment it sees, and which configs a root listener refuses."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import site
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import ProtocolDriver, listener_section, node_exists
+
+from zkwatcher_supervisor.sandbox import wait_until
+
+pytestmark = pytest.mark.e2e
+
+CREDENTIALS = 'SUPERVISOR_USERNAME="admin",SUPERVISOR_PASSWORD="s3cret"'
+
+
+def section(base_path, name, port, lines):
+    body = [f"[{name}]", *(line.strip() for line in lines.strip().splitlines()),
+            f"service_port = {port}", "service_hostname = host1",
+            f"zookeeper_path = {base_path}/{name}"]
+    return "\n" + "\n".join(body) + "\n"
+
+
+def line_of(config, text):
+    return config.read_text().splitlines().index(text) + 1
+
+
+def environment_of(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def log_lines(path, text):
+    return [line for line in path.read_text().splitlines() if text in line]
+
+
+def test_a_check_runs_as_its_user_and_never_sees_supervisords_credentials(
+        write_config, supervisord, zookeeper, zk, base_path, reachable_dir):
+    out = reachable_dir
+    out.chmod(0o777)  # nobody writes what it saw here
+    (out / "bin").mkdir()
+    (out / "bin").chmod(0o777)
+    script = out / "bin" / "check.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    config = write_config(
+        section(base_path, "asuser", 1, f"""
+            cmd = id -u > {out}/uid; id -G > {out}/groups; env > {out}/env; pwd > {out}/pwd
+            user = nobody
+            environment = CHECK_FLAVOUR="mint, fresh"
+            """)
+        + section(base_path, "asroot", 2, f"cmd = env > {out}/root-env")
+        + section(base_path, "script", 3, f"cmd = {script}")
+        + section(base_path, "probe", 4, f"cmd = tcp://127.0.0.1:{zookeeper.port}")
+        + section(base_path, "bound", 5, "program = web"))
+    server = supervisord(textwrap.dedent("""
+        [program:web]
+        command = sleep 100000
+        startsecs = 0
+        stopsignal = KILL
+        """) + listener_section(config, extra=f"environment = {CREDENTIALS}\n"))
+    wait_until(lambda: all(node_exists(zk, f"{base_path}/{name}/host1:{port}") for name, port in
+                           (("asuser", 1), ("asroot", 2), ("script", 3), ("probe", 4),
+                            ("bound", 5))), 15, what="every section registered")
+    wait_until(lambda: all((out / name).exists() and (out / name).read_text()
+                           for name in ("uid", "groups", "env", "pwd", "root-env")),
+               5, what="the checks' reports")
+
+    nobody = pwd.getpwnam("nobody")
+    assert (out / "uid").read_text() == "65534\n"
+    assert sorted(map(int, (out / "groups").read_text().split())) == sorted(
+        set(os.getgrouplist("nobody", nobody.pw_gid)))
+    assert (out / "pwd").read_text() == "/\n"  # its home, /nonexistent, cannot be entered
+    seen = environment_of((out / "env").read_text())
+    assert [key for key in seen if key.startswith("SUPERVISOR_")] == []
+    assert (seen["HOME"], seen["USER"], seen["LOGNAME"]) == ("/nonexistent", "nobody", "nobody")
+    assert seen["CHECK_FLAVOUR"] == "mint, fresh"
+    # A check left to run as root loses them too ...
+    as_root = (out / "root-env").read_text()
+    assert "SUPERVISOR_" not in as_root and "s3cret" not in as_root
+    # ... which the listener itself was given, and used for its XML-RPC snapshot.
+    pid = server.info("zkwatcher")["pid"]
+    own = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"SUPERVISOR_PASSWORD=s3cret" in own and any(
+        item.startswith(b"SUPERVISOR_SERVER_URL=") for item in own)
+
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: log_lines(log, "run as root too"), 5, what="the root warning")
+    (warning,) = log_lines(log, "run as root too")
+    assert ("WARNING running as root, so the checks of [asroot], [script] run as root too; "
+            "give them a user") in warning
+    (writable,) = log_lines(log, "others can change it")
+    assert writable.endswith(f"WARNING [script]: the check runs {script} as root, and others "
+                             f"can change it: {out}/bin is writable by others (mode 0777); "
+                             f"chmod o-w {out}/bin")
+
+
+def test_a_checks_user_gets_its_supplementary_groups_and_its_home(
+        write_config, supervisord, zk, base_path, reachable_dir, member_user):
+    out = reachable_dir
+    out.chmod(0o777)
+    report = "id -u; id -g; id -G; pwd; echo $HOME"
+    config = write_config(
+        section(base_path, "member", 1, f"""
+            cmd = ({report}) > {out}/member
+            user = {member_user.name}
+            """)
+        + section(base_path, "regrouped", 2, f"""
+            cmd = ({report}) > {out}/regrouped
+            user = {member_user.name}
+            group = nogroup
+            """))
+    supervisord(listener_section(config))
+    wait_until(lambda: all(node_exists(zk, f"{base_path}/{name}/host1:{port}")
+                           for name, port in (("member", 1), ("regrouped", 2))), 15,
+               what="registered")
+    for name, gid in (("member", member_user.gid), ("regrouped", 65534)):
+        uid, primary, groups, cwd, home = (out / name).read_text().splitlines()
+        assert (int(uid), int(primary), cwd, home) == (member_user.uid, gid, member_user.home,
+                                                       member_user.home)
+        # initgroups(user, gid): the primary (or given) gid and every group it is in.
+        assert sorted(map(int, groups.split())) == sorted(
+            set(os.getgrouplist(member_user.name, gid)))
+        assert len(groups.split()) == 2
+
+
+REPO = Path(__file__).resolve().parent.parent
+AS_NOBODY = {"user": "nobody", "group": pwd.getpwnam("nobody").pw_gid, "extra_groups": []}
+
+
+def python_for_nobody(home: Path) -> tuple[str, dict[str, str]]:
+    """An interpreter user nobody can run, with our packages importable, and its
+    environment: the virtualenv's own interpreter may sit in root's 0700 home."""
+    env = {**os.environ, "HOME": str(home),
+           "PYTHONPATH": os.pathsep.join([str(REPO), *site.getsitepackages()])}
+    for python in (os.path.realpath(sys.executable), "/usr/bin/python3"):
+        try:
+            works = subprocess.run([python, "-c", "import zkwatcher_supervisor.listener"],
+                                   env=env, cwd="/", capture_output=True, **AS_NOBODY,
+                                   timeout=30).returncode == 0
+        except PermissionError:
+            works = False
+        if works:
+            return python, env
+    raise AssertionError("no Python interpreter that user nobody can run with our packages")
+
+
+def run_listener(config, *args, python=sys.executable, env=None, **identity):
+    return subprocess.run([python, "-m", "zkwatcher_supervisor", "-c", str(config), *args],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=30, env=env, cwd="/", **identity)
+
+
+def test_a_user_that_does_not_exist_is_exit_2_naming_section_and_key(write_config, base_path):
+    config = write_config(section(base_path, "web", 1, """
+        cmd = true
+        user = no-such-user-zkw
+        """))
+    for args in ((), ("--check-config",)):
+        result = run_listener(config, *args)
+        assert result.returncode == 2
+        line = line_of(config, "user = no-such-user-zkw")
+        assert result.stderr == (f"zkwatcher-supervisor: {config}: line {line}: [web] user: "
+                                 "no such user 'no-such-user-zkw'\n")
+
+
+@pytest.mark.parametrize("layout", ["world-writable file", "group-writable directory"])
+def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, base_path, layout):
+    assert os.geteuid() == 0
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    config = write_config(section(base_path, "web", 1, "cmd = true"), name="etc/config.cfg")
+    if layout == "world-writable file":
+        config.chmod(0o666)
+        culprit = f"{config} is writable by others (mode 0666); chmod o-w {config}"
+    else:
+        directory.chmod(0o775)
+        culprit = f"{directory} is writable by group (mode 0775); chmod g-w {directory}"
+    result = run_listener(config)
+    assert result.returncode == 2
+    assert result.stderr == (f"zkwatcher-supervisor: {config}: refused as root: others could "
+                             f"change it, and with it the commands we run: {culprit}\n")
+
+
+def test_a_reload_the_listener_could_not_run_is_rejected_and_the_running_config_kept(
+        write_config, supervisord, zk, base_path):
+    body = section(base_path, "web", 1, """
+        cmd = true
+        user = nobody
+        refresh = 1
+        """)
+    config = write_config(body)
+    server = supervisord(listener_section(config))
+    node = f"{base_path}/web/host1:1"
+    wait_until(lambda: node_exists(zk, node), 15, what="registered")
+    before = zk.exists(node)
+    log = config.parent / "zkwatcher.log"
+
+    write_config(body.replace("user = nobody", "user = no-such-user-zkw")
+                 .replace(f"{base_path}/web", f"{base_path}/moved"))
+    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
+    wait_until(lambda: log_lines(log, "reload rejected"), 5, what="reload rejected")
+    (line,) = log_lines(log, "reload rejected")
+    number = line_of(config, "user = no-such-user-zkw")
+    assert line.endswith(f"ERROR reload rejected, keeping the running config: {config}: line "
+                         f"{number}: [web] user: no such user 'no-such-user-zkw'")
+
+    write_config(body.replace(f"{base_path}/web", f"{base_path}/moved"))
+    config.chmod(0o666)  # a file others can change, however good its contents
+    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
+    wait_until(lambda: len(log_lines(log, "reload rejected")) == 2, 5, what="reload rejected")
+    assert "refused as root: others could change it" in log_lines(log, "reload rejected")[1]
+
+    after = zk.exists(node)
+    assert (after.czxid, after.mzxid) == (before.czxid, before.mzxid)
+    assert not node_exists(zk, f"{base_path}/moved/host1:1")
+    config.chmod(0o644)
+    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
+    wait_until(lambda: node_exists(zk, f"{base_path}/moved/host1:1")
+               and not node_exists(zk, node), 5, what="the good reload applied")
+
+
+class NobodyListener(ProtocolDriver):
+    """The listener as user nobody, driven over its protocol pipes."""
+
+    def __init__(self, config, home, python, env) -> None:
+        self.stderr_path = home / "listener.stderr"
+        with open(self.stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [python, "-m", "zkwatcher_supervisor", "-c", str(config)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env,
+                cwd="/", **AS_NOBODY)
+        self.stdout = b""
+        self.transcript: list[bytes] = []
+        self.serial = 0
+
+
+def test_a_listener_that_is_not_root_runs_checks_only_as_itself(
+        zookeeper, zk, base_path, reachable_dir):
+    home = reachable_dir / "home"
+    home.mkdir()
+    os.chown(home, 65534, -1)
+    config = reachable_dir / "config.cfg"
+    header = f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 4\n"
+    as_root = header + section(base_path, "web", 1, "cmd = true\nuser = root\nrefresh = 1")
+    config.write_text(as_root)
+    config.chmod(0o644)
+    python, env = python_for_nobody(home)
+    # check-config (and status) do not switch: they work as anyone.
+    checked = run_listener(config, "--check-config", python=python, env=env, **AS_NOBODY)
+    assert checked.returncode == 0, checked.stderr
+    result = run_listener(config, python=python, env=env, **AS_NOBODY)
+    assert result.returncode == 2
+    assert result.stderr == (f"zkwatcher-supervisor: {config}: [web] user: the listener runs "
+                             "as uid 65534, not root, and cannot switch to user 'root'\n")
+
+    config.write_text(as_root.replace("user = root", "user = nobody"))
+    listener = NobodyListener(config, home, python, env)
+    try:
+        try:
+            listener.wait_ready()
+        except EOFError:
+            raise AssertionError(listener.stderr()) from None
+        node = f"{base_path}/web/host1:1"
+        wait_until(lambda: node_exists(zk, node), 15, what="registered as nobody")
+        config.write_text(as_root.replace(f"{base_path}/web", f"{base_path}/moved"))
+        os.kill(listener.process.pid, signal.SIGHUP)
+        wait_until(lambda: "reload rejected" in listener.stderr(), 5, what="reload rejected")
+        assert ("reload rejected, keeping the running config: "
+                f"{config}: [web] user: the listener runs as uid 65534, not root, and cannot "
+                "switch to user 'root'") in listener.stderr()
+        assert node_exists(zk, node) and not node_exists(zk, f"{base_path}/moved/host1:1")
+    finally:
+        listener.stop()
