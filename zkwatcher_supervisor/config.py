@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .session_file import state_path
+from .tls import TLSSetupError, client_context
 
 GLOBAL_SECTION = "zkwatcher"
 AUTH_SECTION = "auth"
@@ -37,8 +38,9 @@ DEFAULT_REFRESH = 30
 DEFAULT_TIMEOUT = 10.0
 MAX_CONFIG_BYTES = 16 * 2**20
 
+TLS_KEYS = ("ca", "certfile", "keyfile", "keyfile_password", "tls_check_hostname")
 GLOBAL_KEYS = {"hosts", "session_timeout", "reconnect_spread", "status_file", "metrics_port",
-               "use_ssl", "ca", "certfile", "keyfile"}
+               "use_ssl", *TLS_KEYS}
 PAYLOAD_FORMATS = ("nd_service_registry", "serverset", "curator")
 AUTH_KEYS = {"user", "password"}
 SERVICE_KEYS = {
@@ -120,9 +122,11 @@ class Auth:
 
 @dataclass(frozen=True)
 class TLSSettings:
-    ca: str | None = None
+    ca: str | None = None  # None: the system's CA store
     certfile: str | None = None
     keyfile: str | None = None
+    keyfile_password: str | None = field(default=None, repr=False)
+    check_hostname: bool = True
 
 
 @dataclass(frozen=True)
@@ -406,6 +410,15 @@ class _Section:
             raise self.error(key, f"must be {bounds}, got {value}")
         return value
 
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self.text(key)
+        if raw is None:
+            return default
+        value = configparser.ConfigParser.BOOLEAN_STATES.get(raw.lower())
+        if value is None:
+            raise self.error(key, f"expected true or false, got {raw!r}")
+        return value
+
     def seconds(self, key: str, default: float, allow_zero: bool = False,
                 maximum: float = float("inf")) -> float:
         raw = self.text(key)
@@ -541,22 +554,30 @@ def _read_zookeeper(file: _File) -> ZooKeeperSettings:
 
 
 def _read_tls(section: _Section) -> TLSSettings | None:
-    use_ssl = (section.text("use_ssl") or "false").lower()
-    if use_ssl not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
-        raise section.error("use_ssl", f"expected true or false, got {use_ssl!r}")
-    files = {key: section.text(key) for key in ("ca", "certfile", "keyfile")}
-    if use_ssl not in ("true", "yes", "1", "on"):
-        for key, value in files.items():
-            if value:
+    if not section.boolean("use_ssl", False):
+        for key in TLS_KEYS:
+            if section.text(key):
                 raise section.error(key, "set use_ssl = true to use it")
         return None
+    files = {key: section.text(key) for key in ("ca", "certfile", "keyfile")}
     for key, value in files.items():
         if value and not os.access(value, os.R_OK):
             raise section.error(key, f"cannot read {value}")
     if bool(files["certfile"]) != bool(files["keyfile"]):
         raise section.error("certfile" if not files["certfile"] else "keyfile",
                             "certfile and keyfile go together")
-    return TLSSettings(**files)
+    password = section.text("keyfile_password")
+    if password and not files["keyfile"]:
+        raise section.error("keyfile_password", "goes with certfile and keyfile")
+    settings = TLSSettings(**files, keyfile_password=password,
+                           check_hostname=section.boolean("tls_check_hostname", True))
+    # Loaded once here, so a key that does not decrypt or a CA file that is
+    # not PEM is a config error now rather than a refused connection later.
+    try:
+        client_context(settings)
+    except TLSSetupError as exc:
+        raise section.error(exc.key, str(exc)) from None
+    return settings
 
 
 def _read_text(filename: str) -> tuple[str, os.stat_result]:
@@ -641,9 +662,11 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
         except ValueError as exc:
             raise ConfigError(filename, f"--server: {exc}") from None
         zookeeper = dataclasses.replace(zookeeper, hosts=hosts_override)
-    if zookeeper.auth is not None and stat.st_mode & 0o044 and os.path.isfile(filename):
-        file.warn(AUTH_SECTION, "password", f"the file is readable by group or others (mode "
-                  f"{stat.st_mode & 0o777:04o}); chmod go-rwx {filename}")
+    if stat.st_mode & 0o044 and os.path.isfile(filename):
+        for section, key in ((AUTH_SECTION, "password"), (GLOBAL_SECTION, "keyfile_password")):
+            if parser.has_section(section) and file.section(section).text(key):
+                file.warn(section, key, f"the file is readable by group or others (mode "
+                          f"{stat.st_mode & 0o777:04o}); chmod go-rwx {filename}")
 
     for special, known in ((GLOBAL_SECTION, GLOBAL_KEYS), (AUTH_SECTION, AUTH_KEYS)):
         if parser.has_section(special):

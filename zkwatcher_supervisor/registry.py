@@ -25,6 +25,7 @@ import errno
 import logging
 import posixpath
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -45,8 +46,9 @@ from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
 
 from . import session_file
-from .config import ZooKeeperSettings
+from .config import TLSSettings, ZooKeeperSettings
 from .payload import same_registration
+from .tls import client_context, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -91,38 +93,72 @@ class _Owned:
     version: int
 
 
-class SpreadHandler(SequentialThreadingHandler):
-    """kazoo's threading handler, except that the first connection after a
-    session expired waits a random 0..``spread`` seconds.
+class ZooKeeperHandler(SequentialThreadingHandler):
+    """kazoo's threading handler, with our TLS and a spread-out reconnect.
 
-    When a whole fleet loses the ensemble for longer than its session timeout,
-    every host learns of the expiry in the same second the ensemble is back,
-    and would open its new session (and re-create all its nodes) in that same
-    second.  The wait runs on kazoo's connection thread, where kazoo sleeps
-    between its own retries; :meth:`session_expired`, called from the state
-    listener, only draws the number.
+    TLS: kazoo hands ``create_connection`` the host name from ``hosts``; the
+    connection is wrapped in our own context (see :mod:`.tls`), so the name
+    is checked against the server's certificate (an address against its IP
+    SANs) and only ``ca`` is trusted when set.  A refused certificate is
+    logged once per server and reason, not on every attempt.
+
+    Spread: the first connection after a session expired waits a random
+    0..``spread`` seconds.  When a whole fleet loses the ensemble for longer
+    than its session timeout, every host learns of the expiry in the same
+    second the ensemble is back, and would open its new session (and
+    re-create all its nodes) in that same second.  The wait runs on kazoo's
+    connection thread, where kazoo sleeps between its own retries;
+    :meth:`session_expired`, called from the state listener, only draws the
+    number.
     """
 
-    def __init__(self, spread: float) -> None:
+    def __init__(self, spread: float, tls: TLSSettings | None = None) -> None:
         super().__init__()
         self.spread = spread
         self.last_delay: float | None = None  # the most recent wait, for logs and tests
         self._delay = 0.0
         self._cancel = threading.Event()
+        self.tls = tls
+        self._context = client_context(tls) if tls is not None else None
+        # Servers whose certificate we refused, and why; a good handshake clears it.
+        self.refusals: dict[tuple[str, int], str] = {}
 
     def session_expired(self) -> float:
         """Make the next connection wait; returns the wait drawn."""
         self._delay = random.uniform(0.0, self.spread) if self.spread > 0 else 0.0
         return self._delay
 
-    def create_connection(self, *args, **kwargs):
+    def create_connection(self, address, hostname=None, timeout=None, **kazoo_tls):
         delay, self._delay = self._delay, 0.0
         if delay > 0:
             self.last_delay = delay
             if self._cancel.wait(delay):
                 # Stopping: fail this attempt rather than open a session to close.
                 raise OSError(errno.ECANCELED, "client stopping")
-        return super().create_connection(*args, **kwargs)
+        if self._context is None:
+            return super().create_connection(address, hostname=hostname, timeout=timeout,
+                                             **kazoo_tls)
+        # kazoo's plain TCP connect (its timeout and socket options), then our TLS.
+        sock = super().create_connection(address, timeout=timeout)
+        name = hostname or address[0]
+        try:
+            return self._handshake(sock, name, address[1])
+        except BaseException:
+            sock.close()
+            raise
+
+    def _handshake(self, sock, name: str, port: int):
+        try:
+            wrapped = self._context.wrap_socket(sock, server_hostname=name)
+        except ssl.SSLCertVerificationError as exc:
+            reason = refusal_reason(exc, self.tls)
+            if self.refusals.get((name, port)) != reason:
+                self.refusals[(name, port)] = reason
+                log.error("ZooKeeper %s:%d: TLS certificate refused: %s; not connecting to "
+                          "this server", name, port, reason)
+            raise
+        self.refusals.pop((name, port), None)
+        return wrapped
 
     def start(self) -> None:
         self._cancel.clear()
@@ -133,6 +169,18 @@ class SpreadHandler(SequentialThreadingHandler):
         super().stop()
 
 
+class _KazooLog(logging.LoggerAdapter):
+    """kazoo's client log, less what we log better ourselves: kazoo repeats a
+    refused certificate on every connection attempt, two a second."""
+
+    def log(self, level, msg, *args, **kwargs) -> None:
+        for arg in args:
+            if isinstance(arg, BaseException) and isinstance(
+                    arg.__context__, ssl.SSLCertVerificationError):
+                return  # ZooKeeperHandler said it, once
+        super().log(level, msg, *args, **kwargs)
+
+
 def make_client(settings: ZooKeeperSettings,
                 client_id: tuple[int, bytes] | None = None) -> KazooClient:
     """A kazoo client for ``settings``: hosts, session timeout, digest auth, TLS,
@@ -140,9 +188,6 @@ def make_client(settings: ZooKeeperSettings,
     options: dict = {}
     if settings.auth is not None:
         options["auth_data"] = [("digest", f"{settings.auth.user}:{settings.auth.password}")]
-    if settings.tls is not None:
-        options.update(use_ssl=True, verify_certs=True, ca=settings.tls.ca,
-                       certfile=settings.tls.certfile, keyfile=settings.tls.keyfile)
     return KazooClient(
         hosts=settings.hosts,
         timeout=settings.session_timeout,
@@ -150,8 +195,11 @@ def make_client(settings: ZooKeeperSettings,
         # second of the server returning (after an expiry, of the new session,
         # which reconnect_spread may open a little later).
         connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
-        handler=SpreadHandler(settings.reconnect_spread),
+        # The handler makes the TLS connection; use_ssl only tells kazoo's log.
+        handler=ZooKeeperHandler(settings.reconnect_spread, settings.tls),
+        use_ssl=settings.tls is not None,
         client_id=client_id,
+        logger=_KazooLog(logging.getLogger("kazoo.client"), {}),
         **options,
     )
 
@@ -161,7 +209,14 @@ def read_existing(settings: ZooKeeperSettings, paths: list[str],
     """Which of ``paths`` exist, read by a short-lived client (for ``status``)."""
     client = make_client(settings)
     try:
-        client.start(timeout=timeout)
+        try:
+            client.start(timeout=timeout)
+        except KazooTimeoutError:
+            refusals = client.handler.refusals
+            if refusals:
+                raise ConnectionError("TLS certificate refused: "
+                                      + "; ".join(sorted(set(refusals.values())))) from None
+            raise
         lookups = {path: client.exists_async(path) for path in paths}
         return {path: lookup.get(timeout=timeout) is not None for path, lookup in lookups.items()}
     finally:

@@ -1,0 +1,287 @@
+"""The link to ZooKeeper: TLS that checks whom it talks to, against real
+ZooKeeper servers with a secure client port (``ssl.clientAuth=need``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
+
+from zkwatcher_supervisor.config import ConfigError, load_config
+from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+SECTION = """
+[svc]
+cmd = true
+service_port = 1
+service_hostname = host1
+zookeeper_path = {path}
+"""
+
+
+def pkcs8(cert: trustme.LeafCert, password: bytes | None = None) -> bytes:
+    """The certificate's key as PKCS#8 PEM (ZooKeeper's PEM key store reads no other)."""
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), None)
+    encryption = (serialization.BestAvailableEncryption(password) if password
+                  else serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             encryption)
+
+
+class Credentials:
+    """Our CA, a client certificate it issued, and their files."""
+
+    def __init__(self, directory) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.ca = trustme.CA()
+        self.ca_pem = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_pem))
+        client = self.ca.issue_cert("zkwatcher-client")
+        self.certfile = directory / "client.pem"
+        client.cert_chain_pems[0].write_to_path(str(self.certfile))
+        self.keyfile = directory / "client.key"
+        self.keyfile.write_bytes(pkcs8(client))
+        self.keyfile.chmod(0o600)
+        self.encrypted_keyfile = directory / "client-encrypted.key"
+        self.encrypted_keyfile.write_bytes(pkcs8(client, b"key pass"))
+        self.encrypted_keyfile.chmod(0o600)
+
+
+def tls_zookeeper(directory, server_cert: trustme.LeafCert, client_ca_pem) -> LocalZooKeeper:
+    """A started ZooKeeper presenting ``server_cert`` on its secure port and wanting a
+    client certificate from ``client_ca_pem``; its plain port is for the test's reader."""
+    directory.mkdir(parents=True, exist_ok=True)
+    keystore = directory / "server.pem"
+    keystore.write_bytes(pkcs8(server_cert)
+                         + b"".join(pem.bytes() for pem in server_cert.cert_chain_pems))
+    server = LocalZooKeeper(directory)
+    server.secure_port = free_port()
+    server.extra_config = [
+        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+        f"secureClientPort={server.secure_port}",
+        f"ssl.keyStore.location={keystore}",
+        "ssl.keyStore.type=PEM",
+        f"ssl.trustStore.location={client_ca_pem}",
+        "ssl.trustStore.type=PEM",
+        "ssl.clientAuth=need",
+    ]
+    return server.start()
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+    return Credentials(tmp_path_factory.mktemp("ours"))
+
+
+@pytest.fixture(scope="module")
+def right_name_zk(tmp_path_factory, ours):
+    """Its certificate, from our CA, names localhost and the address 127.0.0.1."""
+    server = tls_zookeeper(tmp_path_factory.mktemp("right-name"),
+                           ours.ca.issue_cert("localhost", "127.0.0.1"), ours.ca_pem)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def wrong_name_zk(tmp_path_factory, ours):
+    """Its certificate, from our CA, names only wrong.example."""
+    server = tls_zookeeper(tmp_path_factory.mktemp("wrong-name"),
+                           ours.ca.issue_cert("wrong.example"), ours.ca_pem)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def reader():
+    """Plain-port clients of the TLS servers, to see what got registered."""
+    clients = []
+
+    def connect(server: LocalZooKeeper) -> KazooClient:
+        client = KazooClient(hosts=server.hosts, timeout=5)
+        client.start(timeout=30)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.stop()
+        client.close()
+
+
+def tls_config(write_config, ours, host, server, path, name="zkwatcher.cfg", ca=True,
+               keyfile=None, extra=""):
+    keyfile = keyfile or ours.keyfile
+    settings = "use_ssl = true\n" + (f"ca = {ours.ca_pem}\n" if ca else "")
+    settings += f"certfile = {ours.certfile}\nkeyfile = {keyfile}\n{extra}"
+    return write_config(SECTION.format(path=path), name=name,
+                        hosts=f"{host}:{server.secure_port}", settings=settings)
+
+
+def assert_refused_once(drv, reader_client, node, reason):
+    """Refused, said in one line, while the listener keeps trying (kazoo logs
+    each attempt with -v): nothing registered, no line repeated."""
+    wait_until(lambda: drv.stderr().count("Connecting to ") >= 4
+               or "connected to ZooKeeper" in drv.stderr(), 30,
+               what="four connection attempts")
+    drv.tick()  # still answering supervisord
+    log = drv.stderr()
+    refusals = [line for line in log.splitlines() if "TLS certificate refused" in line]
+    assert len(refusals) == 1, log
+    assert reason in refusals[0], refusals[0]
+    assert "ERROR" in refusals[0]
+    assert "CERTIFICATE_VERIFY_FAILED" not in log  # kazoo's own line per attempt
+    assert "connected to ZooKeeper" not in log
+    assert reader_client.exists(node) is None
+
+
+def test_tls_with_the_right_name_and_with_the_ip_san(
+        tmp_path, write_config, driver, reader, base_path, ours, right_name_zk):
+    zk = reader(right_name_zk)
+    # By name: the certificate's DNS name; the key is encrypted (keyfile_password).
+    by_name = tls_config(write_config, ours, "localhost", right_name_zk, f"{base_path}/name",
+                         name="by-name.cfg", keyfile=ours.encrypted_keyfile,
+                         extra="keyfile_password = key pass\n")
+    # By address: checked against the certificate's IP SAN.
+    by_ip = tls_config(write_config, ours, "127.0.0.1", right_name_zk, f"{base_path}/ip",
+                       name="by-ip.cfg")
+    (tmp_path / "ip").mkdir()
+    by_ip = by_ip.rename(tmp_path / "ip" / "zkwatcher.cfg")
+    name_drv, ip_drv = driver(by_name), driver(by_ip)
+    wait_until(lambda: zk.exists(f"{base_path}/name/host1:1"), 20, what="registered by name")
+    wait_until(lambda: zk.exists(f"{base_path}/ip/host1:1"), 20, what="registered by address")
+    for drv in (name_drv, ip_drv):
+        assert "TLS certificate refused" not in drv.stderr()
+        assert "connected to ZooKeeper" in drv.stderr()
+
+
+def test_tls_refuses_a_certificate_issued_for_another_name(
+        tmp_path, write_config, driver, reader, base_path, ours, wrong_name_zk):
+    zk = reader(wrong_name_zk)
+    for host, reason in (("localhost", "Hostname mismatch, certificate is not valid for "
+                                       "'localhost' (tls_check_hostname = true)"),
+                         ("127.0.0.1", "IP address mismatch, certificate is not valid for "
+                                       "'127.0.0.1' (tls_check_hostname = true)")):
+        directory = tmp_path / host
+        directory.mkdir()
+        config = tls_config(write_config, ours, host, wrong_name_zk, f"{base_path}/{host}")
+        config = config.rename(directory / "zkwatcher.cfg")
+        drv = driver(config, args=("-v",))
+        assert_refused_once(drv, zk, f"{base_path}/{host}/host1:1",
+                            f"ZooKeeper {host}:{wrong_name_zk.secure_port}: TLS certificate "
+                            f"refused: {reason}; not connecting to this server")
+        # status connects the same way, and says why it could not.
+        status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
+                                 str(config)], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 1
+        assert f"unreachable (TLS certificate refused: {reason})" in status.stdout
+
+    # The CA is ours, so only the name was wrong: without the check it registers.
+    (tmp_path / "unchecked").mkdir()
+    unchecked = tls_config(write_config, ours, "localhost", wrong_name_zk,
+                           f"{base_path}/unchecked", extra="tls_check_hostname = false\n")
+    unchecked = unchecked.rename(tmp_path / "unchecked" / "zkwatcher.cfg")
+    driver(unchecked)
+    wait_until(lambda: zk.exists(f"{base_path}/unchecked/host1:1"), 20,
+               what="registered without the name check")
+
+
+def test_tls_trusts_only_ca_even_when_the_system_trusts_another(
+        tmp_path, write_config, driver, reader, base_path, ours, monkeypatch):
+    # A throwaway CA that "the system" trusts: the only CA in a test-local store.
+    system_ca = trustme.CA()
+    system_store = tmp_path / "system-store.pem"
+    system_ca.cert_pem.write_to_path(str(system_store))
+    server = tls_zookeeper(tmp_path / "zk", system_ca.issue_cert("localhost", "127.0.0.1"),
+                           ours.ca_pem)
+    try:
+        zk = reader(server)
+        hosts = f"127.0.0.1:{server.secure_port}"
+        env = {"SSL_CERT_FILE": str(system_store)}
+        # What kazoo's own TLS does with ca = our CA: it loads the system store
+        # first, so a certificate from the other CA passes.
+        monkeypatch.setenv("SSL_CERT_FILE", str(system_store))
+        plain_kazoo = KazooClient(hosts=hosts, use_ssl=True, verify_certs=True,
+                                  ca=str(ours.ca_pem), certfile=str(ours.certfile),
+                                  keyfile=str(ours.keyfile), timeout=5)
+        plain_kazoo.start(timeout=30)
+        plain_kazoo.stop()
+        plain_kazoo.close()
+
+        for name, with_ca in (("with-ca", True), ("system", False)):
+            (tmp_path / name).mkdir()
+            config = tls_config(write_config, ours, "127.0.0.1", server,
+                                f"{base_path}/{name}", ca=with_ca)
+            config = config.rename(tmp_path / name / "zkwatcher.cfg")
+            if with_ca:
+                drv = driver(config, env=env, args=("-v",))
+                assert_refused_once(drv, zk, f"{base_path}/{name}/host1:1",
+                                    "unable to get local issuer certificate (trusting only "
+                                    f"{ours.ca_pem})")
+            else:
+                # No ca: the system store decides, and it trusts that CA.
+                drv = driver(config, env=env)
+                wait_until(lambda: zk.exists(f"{base_path}/system/host1:1"), 20,
+                           what="registered on the system store")
+    finally:
+        server.stop()
+
+
+def test_plain_tcp_to_the_secure_port_gets_nowhere(right_name_zk):
+    plain = KazooClient(hosts=f"127.0.0.1:{right_name_zk.secure_port}", timeout=3)
+    with pytest.raises(KazooTimeoutError):
+        plain.start(timeout=3)
+    plain.close()
+
+
+def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
+    """Found when the config loads (exit 2, one line naming the key), never a
+    password prompt and never a refused connection later."""
+    other = Credentials(tmp_path / "other")
+
+    written = []
+
+    def config(keyfile, extra=""):
+        written.append(keyfile)
+        path = tmp_path / f"zkwatcher{len(written)}.cfg"
+        path.write_text(textwrap.dedent(f"""\
+            [zkwatcher]
+            use_ssl = true
+            ca = {ours.ca_pem}
+            certfile = {ours.certfile}
+            keyfile = {keyfile}
+            {extra}
+            """) + SECTION.format(path="/svc"))
+        path.chmod(0o600)
+        return path
+
+    cases = [
+        (config(ours.encrypted_keyfile), f"line 5: [zkwatcher] keyfile: "
+         f"{ours.encrypted_keyfile} is encrypted and no password for it is set"),
+        (config(ours.encrypted_keyfile, "keyfile_password = not it"),
+         f"line 6: [zkwatcher] keyfile_password: does not decrypt {ours.encrypted_keyfile}"),
+        (config(other.keyfile), f"line 5: [zkwatcher] keyfile: {other.keyfile} is not the key "
+         f"of {ours.certfile}"),
+        (config(ours.keyfile, "tls_check_hostname = maybe"),
+         "line 6: [zkwatcher] tls_check_hostname: expected true or false, got 'maybe'"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_config(str(path))
+        assert str(caught.value) == f"{path}: {message}"
+    assert load_config(str(config(ours.encrypted_keyfile, "keyfile_password = key pass")))
+
+    path = config(ours.encrypted_keyfile)
+    checked = subprocess.run(
+        [sys.executable, "-m", "zkwatcher_supervisor", "--check-config", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert checked.returncode == 2
+    assert checked.stderr == f"zkwatcher-supervisor: {path}: {cases[0][1]}\n"
