@@ -1,5 +1,6 @@
-"""The link to ZooKeeper: TLS that checks whom it talks to, against real
-ZooKeeper servers with a secure client port (``ssl.clientAuth=need``)."""
+"""The link to ZooKeeper, against real servers: TLS that checks whom it talks
+to (a secure client port with ``ssl.clientAuth=need``), and SASL logins
+(a JAAS file with DigestLoginModule)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import ACL, Id, Permissions
 
 from zkwatcher_supervisor.config import ConfigError, load_config
 from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
@@ -285,3 +288,108 @@ def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert checked.returncode == 2
     assert checked.stderr == f"zkwatcher-supervisor: {path}: {cases[0][1]}\n"
+
+
+def sasl_zookeeper(directory, users: dict[str, str], port: int | None = None) -> LocalZooKeeper:
+    """A started ZooKeeper that takes SASL DIGEST-MD5 logins for ``users``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    jaas = directory / "jaas.conf"
+    entries = "".join(f'  user_{user}="{password}"\n' for user, password in users.items())
+    jaas.write_text("Server {\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n"
+                    + entries.rstrip("\n") + ";\n};\n")
+    server = LocalZooKeeper(directory, port=port)
+    server.extra_config = [
+        "authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider"]
+    server.jvm_options = [f"-Djava.security.auth.login.config={jaas}"]
+    return server.start()
+
+
+def sasl_client(server: LocalZooKeeper, user: str, password: str) -> KazooClient:
+    client = KazooClient(hosts=server.hosts, timeout=5, sasl_options={
+        "mechanism": "DIGEST-MD5", "username": user, "password": password})
+    client.start(timeout=30)
+    return client
+
+
+def sasl_config(write_config, server, path, password, user="deploy"):
+    return write_config(SECTION.format(path=path) + textwrap.dedent(f"""
+        [auth]
+        mechanism = DIGEST-MD5
+        user = {user}
+        password = {password}
+        """), hosts=server.hosts)
+
+
+def test_sasl_login_and_the_acl_it_gives(tmp_path, write_config, driver, reader, base_path):
+    server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret", "intruder": "other"})
+    try:
+        config = sasl_config(write_config, server, f"{base_path}/svc", "s3cret")
+        config.chmod(0o600)
+        drv = driver(config, args=("-v",))
+        anyone = reader(server)
+        node = f"{base_path}/svc/host1:1"
+        wait_until(lambda: anyone.exists(node), 20, what="registered over SASL")
+        assert "connected to ZooKeeper (SASL DIGEST-MD5 as 'deploy')" in drv.stderr()
+        # Our node and the parent we created: sasl:deploy may do all, the world may read.
+        expected = sorted([ACL(Permissions.ALL, Id("sasl", "deploy")),
+                           ACL(Permissions.READ, Id("world", "anyone"))], key=str)
+        for path in (node, f"{base_path}/svc"):
+            assert sorted(anyone.get_acls(path)[0], key=str) == expected
+        assert anyone.get_acls(base_path)[0] == [ACL(Permissions.ALL, Id("world", "anyone"))]
+        # Nobody else can take the registration away, another SASL user included.
+        intruder = sasl_client(server, "intruder", "other")
+        try:
+            for client in (anyone, intruder):
+                with pytest.raises(NoAuthError):
+                    client.delete(node)
+                with pytest.raises(NoAuthError):
+                    client.set(node, b"forged")
+        finally:
+            intruder.stop()
+            intruder.close()
+        assert anyone.exists(node)
+        assert "s3cret" not in drv.stderr()  # not even in kazoo's debug lines
+    finally:
+        server.stop()
+
+
+def test_sasl_refused_password_is_one_line_and_no_crash_loop(
+        tmp_path, write_config, driver, reader, base_path):
+    server = sasl_zookeeper(tmp_path / "zk", {"deploy": "old-secret"})
+    try:
+        config = sasl_config(write_config, server, f"{base_path}/svc", "new-secret")
+        drv = driver(config, args=("-v",))
+        anyone = reader(server)
+        node = f"{base_path}/svc/host1:1"
+        # The first refusal and two new connections after it (2 s, then 4 s later).
+        wait_until(lambda: drv.stderr().count("Connecting to ") >= 3, 30,
+                   what="three logins tried")
+        drv.tick()  # alive, still answering supervisord
+        assert drv.process.poll() is None
+        log = drv.stderr()
+        refused = [line for line in log.splitlines() if "refused our credentials" in line]
+        assert refused == [line for line in log.splitlines() if " ERROR " in line], log
+        assert refused[0].endswith(
+            "ERROR ZooKeeper refused our credentials ([auth] SASL DIGEST-MD5, user 'deploy'): "
+            "nothing can be registered until it accepts them; trying again every 30s at most")
+        assert "AUTH_FAILED closing" not in log
+        assert "connected to ZooKeeper" not in log
+        assert anyone.exists(node) is None
+        assert "new-secret" not in log
+
+        status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
+                                 str(config)], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 1
+        assert ("unreachable (ZooKeeper refused our credentials ([auth] SASL DIGEST-MD5, "
+                "user 'deploy'))") in status.stdout
+
+        # The server is given the new password (a rotation done client side
+        # first): the listener gets in by itself and registers.
+        anyone.stop()
+        server.stop()
+        server = sasl_zookeeper(tmp_path / "zk", {"deploy": "new-secret"}, port=server.port)
+        anyone = reader(server)
+        wait_until(lambda: anyone.exists(node), 45, what="registered once accepted")
+        assert drv.stderr().count("refused our credentials") == 1
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import configparser
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -42,7 +43,10 @@ TLS_KEYS = ("ca", "certfile", "keyfile", "keyfile_password", "tls_check_hostname
 GLOBAL_KEYS = {"hosts", "session_timeout", "reconnect_spread", "status_file", "metrics_port",
                "use_ssl", *TLS_KEYS}
 PAYLOAD_FORMATS = ("nd_service_registry", "serverset", "curator")
-AUTH_KEYS = {"user", "password"}
+AUTH_KEYS = {"user", "password", "mechanism"}
+# [auth] mechanism: ZooKeeper's digest scheme (zk_watcher's), or a SASL mechanism.
+DIGEST = "digest"
+SASL_MECHANISMS = ("DIGEST-MD5",)
 SERVICE_KEYS = {
     "program",
     "cmd",
@@ -117,7 +121,12 @@ class ProgramSpec:
 @dataclass(frozen=True)
 class Auth:
     user: str
-    password: str
+    password: str = field(repr=False)
+    mechanism: str = DIGEST  # or one of SASL_MECHANISMS
+
+    @property
+    def sasl(self) -> bool:
+        return self.mechanism != DIGEST
 
 
 @dataclass(frozen=True)
@@ -547,10 +556,24 @@ def _read_zookeeper(file: _File) -> ZooKeeperSettings:
                                  maximum=MAX_RECONNECT_SPREAD)
         tls = _read_tls(section)
     if file.parser.has_section(AUTH_SECTION):
-        section = file.section(AUTH_SECTION)
-        auth = Auth(section.required("user"), section.required("password"))
+        auth = _read_auth(file.section(AUTH_SECTION))
     return ZooKeeperSettings(hosts=hosts, session_timeout=timeout, auth=auth, tls=tls,
                              reconnect_spread=spread)
+
+
+def _read_auth(section: _Section) -> Auth:
+    raw = section.text("mechanism") or DIGEST
+    mechanism = raw.upper() if raw.upper() in SASL_MECHANISMS else raw.lower()
+    if mechanism in ("gssapi", "kerberos"):
+        raise section.error("mechanism", "GSSAPI (Kerberos) is not supported; use "
+                            "DIGEST-MD5 or digest")
+    if mechanism != DIGEST and mechanism not in SASL_MECHANISMS:
+        raise section.error("mechanism", f"expected {DIGEST} or "
+                            f"{', '.join(SASL_MECHANISMS)}, got {raw!r}")
+    if mechanism != DIGEST and importlib.util.find_spec("puresasl") is None:
+        raise section.error("mechanism", f"{mechanism} needs the pure-sasl package (pip "
+                            "install 'zkwatcher-supervisor[sasl]')")
+    return Auth(section.required("user"), section.required("password"), mechanism)
 
 
 def _read_tls(section: _Section) -> TLSSettings | None:

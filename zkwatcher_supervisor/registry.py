@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
+    AuthFailedError,
     BadVersionError,
     ConnectionLoss,
     KazooException,
@@ -42,8 +43,9 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
+from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
-from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
+from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, make_acl
 
 from . import session_file
 from .config import TLSSettings, ZooKeeperSettings
@@ -58,9 +60,13 @@ log = logging.getLogger(__name__)
 # (NoAuth) costs ZooKeeper one request per path every half minute.
 RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 30.0
+# After ZooKeeper refused our SASL credentials kazoo stops connecting; we open
+# a new connection this long after the first refusal, doubling to
+# MAX_RETRY_DELAY (one server of an ensemble may be the one that refuses).
+REOPEN_DELAY = 2.0
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
-CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError)
+CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
 # A registration key whose last element is "<prefix>#<anything>" stands for one
 # ephemeral *sequential* znode "<prefix><10-digit sequence>" (ServerSet
 # members); the name ZooKeeper assigns is what we own, update and delete.
@@ -170,24 +176,41 @@ class ZooKeeperHandler(SequentialThreadingHandler):
 
 
 class _KazooLog(logging.LoggerAdapter):
-    """kazoo's client log, less what we log better ourselves: kazoo repeats a
-    refused certificate on every connection attempt, two a second."""
+    """kazoo's client log, less what we say better ourselves, once: kazoo
+    repeats a refused certificate on every connection attempt (two a second),
+    and a refused SASL login on every new connection."""
 
     def log(self, level, msg, *args, **kwargs) -> None:
         for arg in args:
-            if isinstance(arg, BaseException) and isinstance(
-                    arg.__context__, ssl.SSLCertVerificationError):
-                return  # ZooKeeperHandler said it, once
+            if isinstance(arg, AuthFailedError) or (isinstance(arg, BaseException) and isinstance(
+                    arg.__context__, ssl.SSLCertVerificationError)):
+                return
         super().log(level, msg, *args, **kwargs)
+
+
+def node_acl(settings: ZooKeeperSettings) -> list | None:
+    """The ACL of our nodes and of the parent we create for them: our
+    credentials may do everything, the world may read (as nd_service_registry
+    did); None, kazoo's open default, without [auth]."""
+    auth = settings.auth
+    if auth is None:
+        return None
+    if auth.sasl:
+        return [make_acl("sasl", auth.user, all=True), *READ_ACL_UNSAFE]
+    return CREATOR_ALL_ACL + READ_ACL_UNSAFE
 
 
 def make_client(settings: ZooKeeperSettings,
                 client_id: tuple[int, bytes] | None = None) -> KazooClient:
-    """A kazoo client for ``settings``: hosts, session timeout, digest auth, TLS,
-    reconnect spread."""
+    """A kazoo client for ``settings``: hosts, session timeout, digest or SASL
+    auth, TLS, reconnect spread."""
     options: dict = {}
-    if settings.auth is not None:
-        options["auth_data"] = [("digest", f"{settings.auth.user}:{settings.auth.password}")]
+    auth = settings.auth
+    if auth is not None and auth.sasl:
+        options["sasl_options"] = {"mechanism": auth.mechanism, "username": auth.user,
+                                   "password": auth.password}
+    elif auth is not None:
+        options["auth_data"] = [("digest", f"{auth.user}:{auth.password}")]
     return KazooClient(
         hosts=settings.hosts,
         timeout=settings.session_timeout,
@@ -204,6 +227,13 @@ def make_client(settings: ZooKeeperSettings,
     )
 
 
+def refused_credentials(settings: ZooKeeperSettings) -> str:
+    auth = settings.auth
+    mechanism = f"SASL {auth.mechanism}" if auth and auth.sasl else "digest"
+    return f"ZooKeeper refused our credentials ([auth] {mechanism}, user {auth.user!r})" \
+        if auth else "ZooKeeper refused the connection (AUTH_FAILED)"
+
+
 def read_existing(settings: ZooKeeperSettings, paths: list[str],
                   timeout: float = 5.0) -> dict[str, bool]:
     """Which of ``paths`` exist, read by a short-lived client (for ``status``)."""
@@ -218,7 +248,11 @@ def read_existing(settings: ZooKeeperSettings, paths: list[str],
                                       + "; ".join(sorted(set(refusals.values())))) from None
             raise
         lookups = {path: client.exists_async(path) for path in paths}
-        return {path: lookup.get(timeout=timeout) is not None for path, lookup in lookups.items()}
+        try:
+            return {path: lookup.get(timeout=timeout) is not None
+                    for path, lookup in lookups.items()}
+        except AuthFailedError:
+            raise ConnectionError(refused_credentials(settings)) from None
     finally:
         client.stop()
         client.close()
@@ -249,11 +283,14 @@ class Registry:
             log.info("reattaching to ZooKeeper session 0x%x (%d node(s))",
                      self._saved.session_id, len(self._saved.nodes))
         self._client = make_client(settings, client_id)
-        # As nd_service_registry: our credentials get everything and the world
-        # may read, on our nodes and on the parent we create for them.
-        self._acl = None  # kazoo's default: open
-        if settings.auth is not None:
-            self._acl = CREATOR_ALL_ACL + READ_ACL_UNSAFE
+        self._settings = settings
+        self._acl = node_acl(settings)
+        # SASL: kazoo reports CONNECTED before the server has checked our
+        # credentials, so a new connection is confirmed by one read first.
+        self._sasl = settings.auth is not None and settings.auth.sasl
+        self._unconfirmed = False
+        self._refusals = 0  # refused logins in a row
+        self._reopen_at: float | None = None  # when to connect again after a refusal
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -370,14 +407,29 @@ class Registry:
         self.on_change()
         if state == KazooState.CONNECTED:
             self.connects += 1
-            log.info("connected to ZooKeeper")
+            if not self._sasl:
+                log.info("connected to ZooKeeper")
             with self._lock:
+                self._unconfirmed = self._sasl
                 self._examine_all = True
                 self._failures.clear()  # a new connection: try everything at once
                 self._retry_at.clear()
             self._wake.set()
         elif state == KazooState.SUSPENDED:
             log.warning("ZooKeeper connection suspended; nodes stay until the session expires")
+        elif (state == KazooState.LOST and not self._stopping
+              and self._client.client_state == KeeperState.AUTH_FAILED):
+            # kazoo has stopped connecting for good; the worker opens a new connection.
+            with self._lock:
+                self._refusals += 1
+                delay = min(REOPEN_DELAY * 2 ** (self._refusals - 1), MAX_RETRY_DELAY)
+                self._reopen_at = time.monotonic() + delay
+                first = self._refusals == 1
+            if first:
+                log.error("%s: nothing can be registered until it accepts them; trying "
+                          "again every %gs at most", refused_credentials(self._settings),
+                          MAX_RETRY_DELAY)
+            self._wake.set()
         elif state == KazooState.LOST and not self._stopping:
             delay = self._client.handler.session_expired()
             log.warning("ZooKeeper session lost; will reconnect in %.2fs (reconnect_spread) "
@@ -403,22 +455,33 @@ class Registry:
 
     def _next_wait(self) -> float | None:
         with self._lock:
-            if not self._retry_at:
+            if self._reopen_at is not None:
+                return max(0.0, self._reopen_at - time.monotonic())
+            # Retries wait for their time only while connected; a reconnect
+            # wakes us and clears them (waiting for a past retry would spin).
+            if not self._retry_at or not self._client.connected:
                 return None
             return max(0.0, min(self._retry_at.values()) - time.monotonic())
 
     def _work(self) -> None:
         while True:
-            # Retries wait for their time only while connected; a reconnect
-            # wakes us and clears them (waiting for a past retry would spin).
-            self._wake.wait(self._next_wait() if self._client.connected else None)
+            self._wake.wait(self._next_wait())
             self._wake.clear()
             if self._stopping:
                 return
+            with self._lock:
+                reopen = self._reopen_at is not None and self._reopen_at <= time.monotonic()
+                if reopen:
+                    self._reopen_at = None
+            if reopen:
+                self._client.start_async()
+                continue
             # Read once: kazoo's thread may drop the connection at any moment.
             client_id = self._client.client_id if self._client.connected else None
             if not client_id:
                 continue  # the CONNECTED callback wakes us again
+            if self._unconfirmed and not self._confirm_credentials():
+                continue
             session_id = client_id[0]
             now = time.monotonic()
             with self._lock:
@@ -455,6 +518,22 @@ class Registry:
                 self._published_nodes = dict(self._nodes)
                 self._save_session()
                 self.on_change()
+
+    def _confirm_credentials(self) -> bool:
+        """SASL: one read on a new connection tells whether the server accepted
+        our login (a refusal is logged by the state listener)."""
+        try:
+            self._client.exists_async("/").get(timeout=REPLY_TIMEOUT)
+        except (KazooException, *CONNECTION_ERRORS):
+            return False  # refused, or the connection went: a state change wakes us
+        with self._lock:
+            if not self._unconfirmed:
+                return True
+            self._unconfirmed = False
+            self._refusals = 0
+        log.info("connected to ZooKeeper (SASL %s as %r)", self._settings.auth.mechanism,
+                 self._settings.auth.user)
+        return True
 
     def _new_session(self, session_id: int, password: bytes) -> None:
         saved = self._saved
