@@ -1,9 +1,11 @@
 """The link to ZooKeeper, against real servers: TLS that checks whom it talks
-to (a secure client port with ``ssl.clientAuth=need``), and SASL logins
-(a JAAS file with DigestLoginModule)."""
+to (a secure client port with ``ssl.clientAuth=need``), SASL logins (a JAAS
+file with DigestLoginModule), and secrets kept in files of their own."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import subprocess
 import sys
 import textwrap
@@ -393,3 +395,148 @@ def test_sasl_refused_password_is_one_line_and_no_crash_loop(
         assert drv.stderr().count("refused our credentials") == 1
     finally:
         server.stop()
+
+
+def private_file(path, text: str, mode: int = 0o600):
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def foreign_file(tmp_path):
+    """A file private to another user: as root, one given to nobody; otherwise
+    one of root's."""
+    if os.geteuid() != 0:
+        return "/etc/passwd", "root"
+    path = private_file(tmp_path / "nobodys-secret", "s3cret\n")
+    os.chown(path, 65534, 65534)
+    return str(path), "nobody"
+
+
+def test_secret_files_must_be_private_to_the_listeners_user(tmp_path, ours):
+    """password_file, keyfile and keyfile_password_file: refused when they are not
+    ours or group or others may read or write them (exit 2, one line naming the
+    file, section and key)."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    written = []
+
+    def config(auth="", tls=""):
+        written.append(1)
+        path = tmp_path / f"zkwatcher{len(written)}.cfg"
+        path.write_text(f"[zkwatcher]\n{tls}\n" + (f"[auth]\nuser = deploy\n{auth}\n"
+                                                    if auth else "")
+                        + SECTION.format(path="/svc"))
+        path.chmod(0o600)
+        return path
+
+    def tls(keyfile, extra=""):
+        return (f"use_ssl = true\nca = {ours.ca_pem}\ncertfile = {ours.certfile}\n"
+                f"keyfile = {keyfile}\n{extra}")
+
+    group_readable = private_file(tmp_path / "group-readable", "s3cret\n", 0o640)
+    world_writable = private_file(tmp_path / "world-writable", "s3cret\n", 0o602)
+    empty = private_file(tmp_path / "empty", "\n")
+    foreign, owner = foreign_file(tmp_path)
+    open_key = tmp_path / "open.key"
+    open_key.write_bytes(ours.encrypted_keyfile.read_bytes())
+    open_key.chmod(0o644)
+    wrong_pass = private_file(tmp_path / "wrong-pass", "not it\n")
+
+    def mode(path, bits):
+        return (f"{path} is readable or writable by group or others (mode {bits}); "
+                f"chmod go-rw {path}")
+
+    cases = [
+        (config(f"password_file = {group_readable}"),
+         f"line 5: [auth] password_file: {mode(group_readable, '0640')}"),
+        (config(f"password_file = {world_writable}"),
+         f"line 5: [auth] password_file: {mode(world_writable, '0602')}"),
+        (config(f"password_file = {foreign}"),
+         f"line 5: [auth] password_file: {foreign} belongs to {owner}, not to {me} (the user "
+         f"the listener runs as); chown {me} {foreign}"),
+        (config(f"password_file = {empty}"), f"line 5: [auth] password_file: {empty} is empty"),
+        (config(f"password_file = {tmp_path}/missing"),
+         f"line 5: [auth] password_file: cannot read {tmp_path}/missing: No such file or "
+         "directory"),
+        (config(f"password = inline\npassword_file = {empty}"),
+         "line 6: [auth] password_file: set password or password_file, not both"),
+        (config(tls=tls(open_key, "keyfile_password = key pass")),
+         f"line 5: [zkwatcher] keyfile: {mode(open_key, '0644')}"),
+        (config(tls=tls(ours.encrypted_keyfile, f"keyfile_password_file = {group_readable}")),
+         f"line 6: [zkwatcher] keyfile_password_file: {mode(group_readable, '0640')}"),
+        (config(tls=tls(ours.encrypted_keyfile, f"keyfile_password_file = {wrong_pass}")),
+         f"line 6: [zkwatcher] keyfile_password_file: does not decrypt {ours.encrypted_keyfile}"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_config(str(path))
+        assert str(caught.value) == f"{path}: {message}"
+
+    path = cases[0][0]
+    checked = subprocess.run(
+        [sys.executable, "-m", "zkwatcher_supervisor", "--check-config", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (checked.returncode, checked.stderr) == (2, f"zkwatcher-supervisor: {path}: "
+                                                       f"{cases[0][1]}\n")
+
+    # Private files load; the secret is the text less its newline, and shows in no repr.
+    password = private_file(tmp_path / "password", "pass word\n")
+    key_pass = private_file(tmp_path / "key-pass", "key pass\r\n")
+    loaded = load_config(str(config(f"password_file = {password}", tls(
+        ours.encrypted_keyfile, f"keyfile_password_file = {key_pass}"))))
+    assert loaded.zookeeper.auth.password == "pass word"
+    assert loaded.zookeeper.tls.keyfile_password == "key pass"
+    assert not loaded.warnings  # no password in the config file itself
+    assert "pass word" not in repr(loaded) and "key pass" not in repr(loaded)
+
+
+def test_secrets_from_files_reach_zookeeper_and_nowhere_else(
+        tmp_path, write_config, driver, reader, base_path, ours, right_name_zk):
+    """The SASL password and the key's password come from files; neither shows
+    in the log (with -v, kazoo's debug lines too) nor in a check's command
+    line, environment, or its parent's (the listener's) command line."""
+    sasl = sasl_zookeeper(tmp_path / "zk", {"deploy": "sasl-from-file"})
+    try:
+        password = private_file(tmp_path / "sasl-password", "sasl-from-file\n")
+        key_pass = private_file(tmp_path / "key-pass", "key pass\n")
+        seen = tmp_path / "seen-by-check"
+        script = tmp_path / "check.sh"
+        script.write_text(f'tr "\\\\0" " " < /proc/$PPID/cmdline > {seen}; echo >> {seen}\n'
+                          f'tr "\\\\0" " " < /proc/$$/cmdline >> {seen}; echo >> {seen}\n'
+                          f'env >> {seen}\n')
+        check = f"sh {script}"  # no shell syntax: the listener spawns it directly
+        sasl_body = textwrap.dedent(f"""
+            [svc]
+            cmd = {check}
+            service_port = 1
+            service_hostname = host1
+            zookeeper_path = {base_path}/sasl
+
+            [auth]
+            mechanism = DIGEST-MD5
+            user = deploy
+            password_file = {password}
+            """)
+        (tmp_path / "sasl").mkdir()
+        sasl_config_path = tmp_path / "sasl" / "zkwatcher.cfg"
+        sasl_config_path.write_text(f"[zkwatcher]\nhosts = {sasl.hosts}\n" + sasl_body)
+        tls_path = tls_config(write_config, ours, "localhost", right_name_zk, f"{base_path}/tls",
+                              keyfile=ours.encrypted_keyfile,
+                              extra=f"keyfile_password_file = {key_pass}\n")
+        sasl_drv = driver(sasl_config_path, args=("-v",))
+        tls_drv = driver(tls_path, args=("-v",))
+        wait_until(lambda: reader(sasl).exists(f"{base_path}/sasl/host1:1"), 20,
+                   what="registered with the SASL password from its file")
+        wait_until(lambda: reader(right_name_zk).exists(f"{base_path}/tls/host1:1"), 20,
+                   what="registered with the key's password from its file")
+        assert "connected to ZooKeeper (SASL DIGEST-MD5 as 'deploy')" in sasl_drv.stderr()
+        for drv in (sasl_drv, tls_drv):
+            assert "DEBUG" in drv.stderr()  # kazoo's chatter is in, the secrets are not
+            assert "sasl-from-file" not in drv.stderr()
+            assert "key pass" not in drv.stderr()
+        observed = seen.read_text()
+        assert f"-m zkwatcher_supervisor -c {sasl_config_path}" in observed  # our argv
+        assert f"sh {script}" in observed  # the check's
+        assert "sasl-from-file" not in observed
+    finally:
+        sasl.stop()

@@ -6,6 +6,10 @@ problem is a :class:`ConfigError` naming the file, the line where there is one, 
 section and the key, so the command line can print one line and exit 2 before
 anything touches ZooKeeper.  What zk_watcher only tolerated loads as it behaved there,
 with a line in :attr:`Config.warnings`.
+
+Besides the file itself, loading reads the secrets it names (``password_file``,
+``keyfile_password_file``: see :mod:`.secret_files`) and loads the TLS files once,
+so that a key that does not decrypt is a config error too.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .secret_files import check_private_path, read_secret
 from .session_file import state_path
 from .tls import TLSSetupError, client_context
 
@@ -39,11 +44,12 @@ DEFAULT_REFRESH = 30
 DEFAULT_TIMEOUT = 10.0
 MAX_CONFIG_BYTES = 16 * 2**20
 
-TLS_KEYS = ("ca", "certfile", "keyfile", "keyfile_password", "tls_check_hostname")
+TLS_KEYS = ("ca", "certfile", "keyfile", "keyfile_password", "keyfile_password_file",
+            "tls_check_hostname")
 GLOBAL_KEYS = {"hosts", "session_timeout", "reconnect_spread", "status_file", "metrics_port",
                "use_ssl", *TLS_KEYS}
 PAYLOAD_FORMATS = ("nd_service_registry", "serverset", "curator")
-AUTH_KEYS = {"user", "password", "mechanism"}
+AUTH_KEYS = {"user", "password", "password_file", "mechanism"}
 # [auth] mechanism: ZooKeeper's digest scheme (zk_watcher's), or a SASL mechanism.
 DIGEST = "digest"
 SASL_MECHANISMS = ("DIGEST-MD5",)
@@ -573,7 +579,25 @@ def _read_auth(section: _Section) -> Auth:
     if mechanism != DIGEST and importlib.util.find_spec("puresasl") is None:
         raise section.error("mechanism", f"{mechanism} needs the pure-sasl package (pip "
                             "install 'zkwatcher-supervisor[sasl]')")
-    return Auth(section.required("user"), section.required("password"), mechanism)
+    user = section.required("user")
+    return Auth(user, _secret(section, "password"), mechanism)
+
+
+def _secret(section: _Section, key: str, required: bool = True) -> str | None:
+    """``key`` as written, or read from the file ``<key>_file`` names (which
+    must be private to us); exactly one of them."""
+    file_key = f"{key}_file"
+    value, path = section.text(key), section.text(file_key)
+    if value and path:
+        raise section.error(file_key, f"set {key} or {file_key}, not both")
+    if path:
+        try:
+            return read_secret(path)
+        except ValueError as exc:
+            raise section.error(file_key, str(exc)) from None
+    if value is None and required:
+        raise section.error(key, f"required key is missing (or set {file_key})")
+    return value
 
 
 def _read_tls(section: _Section) -> TLSSettings | None:
@@ -589,9 +613,15 @@ def _read_tls(section: _Section) -> TLSSettings | None:
     if bool(files["certfile"]) != bool(files["keyfile"]):
         raise section.error("certfile" if not files["certfile"] else "keyfile",
                             "certfile and keyfile go together")
-    password = section.text("keyfile_password")
+    password = _secret(section, "keyfile_password", required=False)
     if password and not files["keyfile"]:
-        raise section.error("keyfile_password", "goes with certfile and keyfile")
+        raise section.error("keyfile_password_file" if section.text("keyfile_password_file")
+                            else "keyfile_password", "goes with certfile and keyfile")
+    if files["keyfile"]:
+        try:
+            check_private_path(files["keyfile"])
+        except ValueError as exc:
+            raise section.error("keyfile", str(exc)) from None
     settings = TLSSettings(**files, keyfile_password=password,
                            check_hostname=section.boolean("tls_check_hostname", True))
     # Loaded once here, so a key that does not decrypt or a CA file that is
@@ -599,7 +629,10 @@ def _read_tls(section: _Section) -> TLSSettings | None:
     try:
         client_context(settings)
     except TLSSetupError as exc:
-        raise section.error(exc.key, str(exc)) from None
+        key = exc.key
+        if key == "keyfile_password" and section.text("keyfile_password_file"):
+            key = "keyfile_password_file"
+        raise section.error(key, str(exc)) from None
     return settings
 
 
