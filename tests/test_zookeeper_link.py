@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import subprocess
 import sys
 import textwrap
@@ -123,12 +124,12 @@ def reader():
 
 
 def tls_config(write_config, ours, host, server, path, name="zkwatcher.cfg", ca=True,
-               keyfile=None, extra=""):
+               keyfile=None, extra="", cmd="true"):
     keyfile = keyfile or ours.keyfile
     settings = "use_ssl = true\n" + (f"ca = {ours.ca_pem}\n" if ca else "")
     settings += f"certfile = {ours.certfile}\nkeyfile = {keyfile}\n{extra}"
-    return write_config(SECTION.format(path=path), name=name,
-                        hosts=f"{host}:{server.secure_port}", settings=settings)
+    return write_config(SECTION.format(path=path).replace("cmd = true", f"cmd = {cmd}"),
+                        name=name, hosts=f"{host}:{server.secure_port}", settings=settings)
 
 
 def assert_refused_once(drv, reader_client, node, reason):
@@ -278,6 +279,10 @@ def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
         (config(ours.keyfile, "tls_check_hostname = maybe"),
          "line 6: [zkwatcher] tls_check_hostname: expected true or false, got 'maybe'"),
     ]
+    not_a_ca = config(ours.keyfile)
+    not_a_ca.write_text(not_a_ca.read_text().replace(f"ca = {ours.ca_pem}", f"ca = {ours.keyfile}"))
+    cases.append((not_a_ca, f"line 3: [zkwatcher] ca: cannot load CA certificates from "
+                            f"{ours.keyfile}: no certificate or crl found"))
     for path, message in cases:
         with pytest.raises(ConfigError) as caught:
             load_config(str(path))
@@ -479,6 +484,17 @@ def test_secret_files_must_be_private_to_the_listeners_user(tmp_path, ours):
     assert (checked.returncode, checked.stderr) == (2, f"zkwatcher-supervisor: {path}: "
                                                        f"{cases[0][1]}\n")
 
+    # A symlink (as Kubernetes mounts secrets) is followed and its target checked.
+    link = tmp_path / "linked-secret"
+    link.symlink_to(group_readable)
+    with pytest.raises(ConfigError, match=re.escape(f"[auth] password_file: {mode(link, '0640')}")):
+        load_config(str(config(f"password_file = {link}")))
+    target = private_file(tmp_path / "target", "via link\n")
+    link.unlink()
+    link.symlink_to(target)
+    assert load_config(str(config(f"password_file = {link}"))).zookeeper.auth.password == \
+        "via link"
+
     # Private files load; the secret is the text less its newline, and shows in no repr.
     password = private_file(tmp_path / "password", "pass word\n")
     key_pass = private_file(tmp_path / "key-pass", "key pass\r\n")
@@ -499,12 +515,14 @@ def test_secrets_from_files_reach_zookeeper_and_nowhere_else(
     try:
         password = private_file(tmp_path / "sasl-password", "sasl-from-file\n")
         key_pass = private_file(tmp_path / "key-pass", "key pass\n")
-        seen = tmp_path / "seen-by-check"
+        # What a check sees: the listener's command line (its parent's), its own, its
+        # environment.  No shell syntax, so the listener spawns it directly.
         script = tmp_path / "check.sh"
-        script.write_text(f'tr "\\\\0" " " < /proc/$PPID/cmdline > {seen}; echo >> {seen}\n'
-                          f'tr "\\\\0" " " < /proc/$$/cmdline >> {seen}; echo >> {seen}\n'
-                          f'env >> {seen}\n')
-        check = f"sh {script}"  # no shell syntax: the listener spawns it directly
+        script.write_text('tr "\\\\0" " " < /proc/$PPID/cmdline > "$1"; echo >> "$1"\n'
+                          'tr "\\\\0" " " < /proc/$$/cmdline >> "$1"; echo >> "$1"\n'
+                          'env >> "$1"\n')
+        seen = {name: tmp_path / f"seen-by-{name}-check" for name in ("sasl", "tls")}
+        check = f"sh {script} {seen['sasl']}"
         sasl_body = textwrap.dedent(f"""
             [svc]
             cmd = {check}
@@ -522,7 +540,8 @@ def test_secrets_from_files_reach_zookeeper_and_nowhere_else(
         sasl_config_path.write_text(f"[zkwatcher]\nhosts = {sasl.hosts}\n" + sasl_body)
         tls_path = tls_config(write_config, ours, "localhost", right_name_zk, f"{base_path}/tls",
                               keyfile=ours.encrypted_keyfile,
-                              extra=f"keyfile_password_file = {key_pass}\n")
+                              extra=f"keyfile_password_file = {key_pass}\n",
+                              cmd=f"sh {script} {seen['tls']}")
         sasl_drv = driver(sasl_config_path, args=("-v",))
         tls_drv = driver(tls_path, args=("-v",))
         wait_until(lambda: reader(sasl).exists(f"{base_path}/sasl/host1:1"), 20,
@@ -534,9 +553,32 @@ def test_secrets_from_files_reach_zookeeper_and_nowhere_else(
             assert "DEBUG" in drv.stderr()  # kazoo's chatter is in, the secrets are not
             assert "sasl-from-file" not in drv.stderr()
             assert "key pass" not in drv.stderr()
-        observed = seen.read_text()
-        assert f"-m zkwatcher_supervisor -c {sasl_config_path}" in observed  # our argv
-        assert f"sh {script}" in observed  # the check's
-        assert "sasl-from-file" not in observed
+        for name, config in (("sasl", sasl_config_path), ("tls", tls_path)):
+            observed = seen[name].read_text()
+            assert f"-m zkwatcher_supervisor -c {config}" in observed  # the listener's argv
+            assert f"sh {script} {seen[name]}" in observed  # the check's
+            assert "PATH=" in observed  # and its environment
+            assert "sasl-from-file" not in observed
+            assert "key pass" not in observed
     finally:
         sasl.stop()
+
+
+def test_sasl_without_pure_sasl_is_a_config_error(tmp_path):
+    path = tmp_path / "zkwatcher.cfg"
+    path.write_text("[auth]\nmechanism = DIGEST-MD5\nuser = deploy\npassword = unseen\n"
+                    + SECTION.format(path="/svc"))
+    path.chmod(0o600)
+    hidden = ("import sys; sys.modules['puresasl'] = None; "  # as if it were not installed
+              "from zkwatcher_supervisor.cli import main; "
+              f"sys.exit(main(['--check-config', '-c', {str(path)!r}]))")
+    checked = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True,
+                             timeout=60)
+    assert (checked.returncode, checked.stderr) == (
+        2, f"zkwatcher-supervisor: {path}: line 2: [auth] mechanism: DIGEST-MD5 needs the "
+           "pure-sasl package (pip install 'zkwatcher-supervisor[sasl]')\n")
+    shown = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "--check-config",
+                            "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0
+    assert "auth=deploy (SASL DIGEST-MD5)" in shown.stdout
+    assert "unseen" not in shown.stdout + shown.stderr

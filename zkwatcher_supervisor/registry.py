@@ -228,10 +228,12 @@ def make_client(settings: ZooKeeperSettings,
 
 
 def refused_credentials(settings: ZooKeeperSettings) -> str:
+    """How to say that ZooKeeper refused our login."""
     auth = settings.auth
-    mechanism = f"SASL {auth.mechanism}" if auth and auth.sasl else "digest"
-    return f"ZooKeeper refused our credentials ([auth] {mechanism}, user {auth.user!r})" \
-        if auth else "ZooKeeper refused the connection (AUTH_FAILED)"
+    if auth is None:
+        return "ZooKeeper refused the connection (AUTH_FAILED)"
+    mechanism = f"SASL {auth.mechanism}" if auth.sasl else "digest"
+    return f"ZooKeeper refused our credentials ([auth] {mechanism}, user {auth.user!r})"
 
 
 def read_existing(settings: ZooKeeperSettings, paths: list[str],
