@@ -12,11 +12,12 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["zkwatcher_supervisor", "zkwatcher_supervisor.*"]),
     python_requires=">=3.9",
-    install_requires=["kazoo>=2.9", "supervisor>=4.2.5"],
+    install_requires=["kazoo>=2.11", "supervisor>=4.2.5"],
     extras_require={
         "metrics": ["prometheus_client"],
+        "sasl": ["pure-sasl"],
         "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6", "ruff", "prometheus_client",
-                 "trustme"],
+                 "trustme", "pure-sasl"],
     },
     entry_points={
         "console_scripts": ["zkwatcher-supervisor = zkwatcher_supervisor.cli:main"],

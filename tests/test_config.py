@@ -170,6 +170,12 @@ BAD_CONFIGS = [
      "[zkwatcher] hosts: expected host:port"),
     ("[auth]\nuser = u\n[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n",
      "[auth] password: required key is missing"),
+    ("[auth]\nuser = u\npassword = p\nmechanism = GSSAPI\n"
+     "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n",
+     "line 4: [auth] mechanism: GSSAPI (Kerberos) is not supported; use DIGEST-MD5 or digest"),
+    ("[auth]\nuser = u\npassword = p\nmechanism = PLAIN\n"
+     "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n",
+     "line 4: [auth] mechanism: expected digest or DIGEST-MD5, got 'PLAIN'"),
     ("[a]\ncmd = true\nservice_port = 1\nservice_hostname = h\nzookeeper_path = /s\n"
      "[b]\ncmd = false\nservice_port = 1\nservice_hostname = h\nzookeeper_path = /s/\n",
      "[b]: same znode /s/h:1 as [a]"),

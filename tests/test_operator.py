@@ -1,5 +1,5 @@
 """Operator tools and interop, against real ZooKeeper and supervisord servers:
-status, builtin tcp/http checks, payload formats, Prometheus metrics, TLS."""
+status, builtin tcp/http checks, payload formats, Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -15,14 +15,10 @@ import time
 import urllib.request
 
 import pytest
-import trustme
 from conftest import listener_section, node_exists
-from cryptography.hazmat.primitives import serialization
-from kazoo.client import KazooClient
-from kazoo.handlers.threading import KazooTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 
-from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+from zkwatcher_supervisor.sandbox import free_port, wait_until
 from zkwatcher_supervisor.status import process_alive
 
 pytestmark = pytest.mark.e2e
@@ -311,78 +307,3 @@ def test_prometheus_metrics(write_config, driver, zk, base_path, tmp_path):
     assert samples[section("zkwatcher_section_up", "flip")] == 0
     assert samples[section("zkwatcher_section_registered", "flip")] == 0
     assert samples[section("zkwatcher_section_up", "up")] == 1
-
-
-def test_tls_to_a_zookeeper_secure_port(tmp_path, write_config, driver, base_path):
-    ca = trustme.CA()
-    server_cert = ca.issue_cert("127.0.0.1", "localhost")
-    client_cert = ca.issue_cert("zkwatcher-client")
-    ca_pem, server_pem = tmp_path / "ca.pem", tmp_path / "server.pem"
-    client_cert_pem, client_key_pem = tmp_path / "client.pem", tmp_path / "client.key"
-    ca.cert_pem.write_to_path(str(ca_pem))
-    # ZooKeeper's PEM key store reads PKCS#8 keys only.
-    server_key = serialization.load_pem_private_key(server_cert.private_key_pem.bytes(), None)
-    server_pem.write_bytes(server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()) + b"".join(c.bytes() for c in server_cert.cert_chain_pems))
-    client_cert.cert_chain_pems[0].write_to_path(str(client_cert_pem))
-    client_cert.private_key_pem.write_to_path(str(client_key_pem))
-
-    secure_port = free_port()
-    server = LocalZooKeeper(tmp_path / "tls-zk")
-    server.extra_config = [
-        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
-        f"secureClientPort={secure_port}",
-        f"ssl.keyStore.location={server_pem}",
-        "ssl.keyStore.type=PEM",
-        f"ssl.trustStore.location={ca_pem}",
-        "ssl.trustStore.type=PEM",
-        "ssl.clientAuth=need",
-    ]
-    server.start()
-    try:
-        hosts = f"127.0.0.1:{secure_port}"
-        config = write_config(f"""
-            [svc]
-            cmd = true
-            service_port = 1
-            service_hostname = host1
-            zookeeper_path = {base_path}/svc
-            """, hosts=hosts, settings=f"use_ssl = true\nca = {ca_pem}\n"
-                                      f"certfile = {client_cert_pem}\nkeyfile = {client_key_pem}\n")
-        drv = driver(config)
-        reader = KazooClient(hosts=hosts, use_ssl=True, verify_certs=True, ca=str(ca_pem),
-                             certfile=str(client_cert_pem), keyfile=str(client_key_pem))
-        reader.start(timeout=30)
-        try:
-            wait_until(lambda: reader.exists(f"{base_path}/svc/host1:1"), 15,
-                       what="registration over TLS")
-            wait_until(lambda: "connected to ZooKeeper" in drv.stderr(), 5,
-                       what="connection logged")
-
-            # A CA that did not sign the server's certificate: refused, nothing registered.
-            other_ca_pem = tmp_path / "other-ca.pem"
-            trustme.CA().cert_pem.write_to_path(str(other_ca_pem))
-            wrong = tmp_path / "wrong-ca"
-            wrong.mkdir()
-            wrong_config = wrong / "zkwatcher.cfg"
-            wrong_config.write_text(config.read_text()
-                                    .replace(f"ca = {ca_pem}", f"ca = {other_ca_pem}")
-                                    .replace(f"zookeeper_path = {base_path}/svc",
-                                             f"zookeeper_path = {base_path}/wrong"))
-            refused = driver(wrong_config)
-            wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in refused.stderr(), 15,
-                       what="the server's certificate refused")
-            refused.tick()
-            assert "connected to ZooKeeper" not in refused.stderr()
-            assert reader.exists(f"{base_path}/wrong") is None
-        finally:
-            reader.stop()
-            reader.close()
-        # A client speaking plain TCP to the secure port gets nowhere.
-        plain = KazooClient(hosts=hosts, timeout=3)
-        with pytest.raises(KazooTimeoutError):
-            plain.start(timeout=3)
-        plain.close()
-    finally:
-        server.stop()

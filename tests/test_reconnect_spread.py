@@ -15,7 +15,7 @@ from zkwatcher_supervisor.config import (
     ConfigError,
     load_config,
 )
-from zkwatcher_supervisor.registry import SpreadHandler
+from zkwatcher_supervisor.registry import ZooKeeperHandler
 from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
 
 SERVICE = "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n"
@@ -59,10 +59,10 @@ def test_bad_spread_is_a_located_error(tmp_path, text, message):
 
 
 def test_handler_draws_within_the_spread_and_waits_once():
-    handler = SpreadHandler(2.0)
+    handler = ZooKeeperHandler(2.0)
     draws = {handler.session_expired() for _ in range(50)}
     assert all(0.0 <= d <= 2.0 for d in draws) and len(draws) > 40
-    assert SpreadHandler(0.0).session_expired() == 0.0
+    assert ZooKeeperHandler(0.0).session_expired() == 0.0
     handler._delay = 0.2  # as drawn by session_expired
     started = time.monotonic()
     with pytest.raises(OSError):

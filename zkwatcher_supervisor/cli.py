@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         zookeeper = config.zookeeper
         print(f"zookeeper {zookeeper.hosts} session_timeout={zookeeper.session_timeout:g}s"
-              + (f" auth={zookeeper.auth.user}" if zookeeper.auth else ""))
+              + (f" auth={zookeeper.auth.user}" if zookeeper.auth else "")
+              + (f" (SASL {zookeeper.auth.mechanism})" if zookeeper.auth and zookeeper.auth.sasl
+                 else ""))
         print(f"status file {config.status_file or statedir.state_path(config.filename, 'status')}")
         for service in config.services:
             print(f"[{service.name}] {service.display_path} "

@@ -6,6 +6,10 @@ problem is a :class:`ConfigError` naming the file, the line where there is one, 
 section and the key, so the command line can print one line and exit 2 before
 anything touches ZooKeeper.  What zk_watcher only tolerated loads as it behaved there,
 with a line in :attr:`Config.warnings`.
+
+Besides the file itself, loading reads the secrets it names (``password_file``,
+``keyfile_password_file``: see :mod:`.secret_files`) and loads the TLS files once,
+so that a key that does not decrypt is a config error too.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import ast
 import configparser
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -32,6 +37,8 @@ from .privilege import (
     unsafe_path,
     user_environment,
 )
+from .secret_files import check_private_path, read_secret
+from .tls import TLSSetupError, client_context
 
 GLOBAL_SECTION = "zkwatcher"
 AUTH_SECTION = "auth"
@@ -47,10 +54,15 @@ DEFAULT_REFRESH = 30
 DEFAULT_TIMEOUT = 10.0
 MAX_CONFIG_BYTES = 16 * 2**20
 
+TLS_KEYS = ("ca", "certfile", "keyfile", "keyfile_password", "keyfile_password_file",
+            "tls_check_hostname")
 GLOBAL_KEYS = {"hosts", "session_timeout", "reconnect_spread", "status_file", "metrics_port",
-               "use_ssl", "ca", "certfile", "keyfile", "user", "group"}
+               "use_ssl", "user", "group", *TLS_KEYS}
 PAYLOAD_FORMATS = ("nd_service_registry", "serverset", "curator")
-AUTH_KEYS = {"user", "password"}
+AUTH_KEYS = {"user", "password", "password_file", "mechanism"}
+# [auth] mechanism: ZooKeeper's digest scheme (zk_watcher's), or a SASL mechanism.
+DIGEST = "digest"
+SASL_MECHANISMS = ("DIGEST-MD5",)
 SERVICE_KEYS = {
     "program",
     "cmd",
@@ -129,14 +141,21 @@ class ProgramSpec:
 @dataclass(frozen=True)
 class Auth:
     user: str
-    password: str
+    password: str = field(repr=False)
+    mechanism: str = DIGEST  # or one of SASL_MECHANISMS
+
+    @property
+    def sasl(self) -> bool:
+        return self.mechanism != DIGEST
 
 
 @dataclass(frozen=True)
 class TLSSettings:
-    ca: str | None = None
+    ca: str | None = None  # None: the system's CA store
     certfile: str | None = None
     keyfile: str | None = None
+    keyfile_password: str | None = field(default=None, repr=False)
+    check_hostname: bool = True
 
 
 @dataclass(frozen=True)
@@ -420,6 +439,15 @@ class _Section:
             raise self.error(key, f"must be {bounds}, got {value}")
         return value
 
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self.text(key)
+        if raw is None:
+            return default
+        value = configparser.ConfigParser.BOOLEAN_STATES.get(raw.lower())
+        if value is None:
+            raise self.error(key, f"expected true or false, got {raw!r}")
+        return value
+
     def seconds(self, key: str, default: float, allow_zero: bool = False,
                 maximum: float = float("inf")) -> float:
         raw = self.text(key)
@@ -639,29 +667,78 @@ def _read_zookeeper(file: _File) -> ZooKeeperSettings:
                                  maximum=MAX_RECONNECT_SPREAD)
         tls = _read_tls(section)
     if file.parser.has_section(AUTH_SECTION):
-        section = file.section(AUTH_SECTION)
-        auth = Auth(section.required("user"), section.required("password"))
+        auth = _read_auth(file.section(AUTH_SECTION))
     return ZooKeeperSettings(hosts=hosts, session_timeout=timeout, auth=auth, tls=tls,
                              reconnect_spread=spread)
 
 
+def _read_auth(section: _Section) -> Auth:
+    raw = section.text("mechanism") or DIGEST
+    mechanism = raw.upper() if raw.upper() in SASL_MECHANISMS else raw.lower()
+    if mechanism in ("gssapi", "kerberos"):
+        raise section.error("mechanism", "GSSAPI (Kerberos) is not supported; use "
+                            "DIGEST-MD5 or digest")
+    if mechanism != DIGEST and mechanism not in SASL_MECHANISMS:
+        raise section.error("mechanism", f"expected {DIGEST} or "
+                            f"{', '.join(SASL_MECHANISMS)}, got {raw!r}")
+    if mechanism != DIGEST and importlib.util.find_spec("puresasl") is None:
+        raise section.error("mechanism", f"{mechanism} needs the pure-sasl package (pip "
+                            "install 'zkwatcher-supervisor[sasl]')")
+    user = section.required("user")
+    return Auth(user, _secret(section, "password"), mechanism)
+
+
+def _secret(section: _Section, key: str, required: bool = True) -> str | None:
+    """``key`` as written, or read from the file ``<key>_file`` names (which
+    must be private to us); exactly one of them."""
+    file_key = f"{key}_file"
+    value, path = section.text(key), section.text(file_key)
+    if value and path:
+        raise section.error(file_key, f"set {key} or {file_key}, not both")
+    if path:
+        try:
+            return read_secret(path)
+        except ValueError as exc:
+            raise section.error(file_key, str(exc)) from None
+    if value is None and required:
+        raise section.error(key, f"required key is missing (or set {file_key})")
+    return value
+
+
 def _read_tls(section: _Section) -> TLSSettings | None:
-    use_ssl = (section.text("use_ssl") or "false").lower()
-    if use_ssl not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
-        raise section.error("use_ssl", f"expected true or false, got {use_ssl!r}")
-    files = {key: section.text(key) for key in ("ca", "certfile", "keyfile")}
-    if use_ssl not in ("true", "yes", "1", "on"):
-        for key, value in files.items():
-            if value:
+    if not section.boolean("use_ssl", False):
+        for key in TLS_KEYS:
+            if section.text(key):
                 raise section.error(key, "set use_ssl = true to use it")
         return None
+    files = {key: section.text(key) for key in ("ca", "certfile", "keyfile")}
     for key, value in files.items():
         if value and not os.access(value, os.R_OK):
             raise section.error(key, f"cannot read {value}")
     if bool(files["certfile"]) != bool(files["keyfile"]):
         raise section.error("certfile" if not files["certfile"] else "keyfile",
                             "certfile and keyfile go together")
-    return TLSSettings(**files)
+    password = _secret(section, "keyfile_password", required=False)
+    if password and not files["keyfile"]:
+        raise section.error("keyfile_password_file" if section.text("keyfile_password_file")
+                            else "keyfile_password", "goes with certfile and keyfile")
+    if files["keyfile"]:
+        try:
+            check_private_path(files["keyfile"])
+        except ValueError as exc:
+            raise section.error("keyfile", str(exc)) from None
+    settings = TLSSettings(**files, keyfile_password=password,
+                           check_hostname=section.boolean("tls_check_hostname", True))
+    # Loaded once here, so a key that does not decrypt or a CA file that is
+    # not PEM is a config error now rather than a refused connection later.
+    try:
+        client_context(settings)
+    except TLSSetupError as exc:
+        key = exc.key
+        if key == "keyfile_password" and section.text("keyfile_password_file"):
+            key = "keyfile_password_file"
+        raise section.error(key, str(exc)) from None
+    return settings
 
 
 def _read_text(filename: str) -> tuple[str, os.stat_result]:
@@ -755,9 +832,11 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
         except ValueError as exc:
             raise ConfigError(filename, f"--server: {exc}") from None
         zookeeper = dataclasses.replace(zookeeper, hosts=hosts_override)
-    if zookeeper.auth is not None and stat.st_mode & 0o044 and os.path.isfile(filename):
-        file.warn(AUTH_SECTION, "password", f"the file is readable by group or others (mode "
-                  f"{stat.st_mode & 0o777:04o}); chmod go-rwx {filename}")
+    if stat.st_mode & 0o044 and os.path.isfile(filename):
+        for section, key in ((AUTH_SECTION, "password"), (GLOBAL_SECTION, "keyfile_password")):
+            if parser.has_section(section) and file.section(section).text(key):
+                file.warn(section, key, f"the file is readable by group or others (mode "
+                          f"{stat.st_mode & 0o777:04o}); chmod go-rwx {filename}")
 
     for special, known in ((GLOBAL_SECTION, GLOBAL_KEYS), (AUTH_SECTION, AUTH_KEYS)):
         if parser.has_section(special):

@@ -25,6 +25,7 @@ import errno
 import logging
 import posixpath
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
+    AuthFailedError,
     BadVersionError,
     ConnectionLoss,
     KazooException,
@@ -41,12 +43,14 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
+from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
-from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE
+from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, make_acl
 
 from . import session_file
-from .config import ServiceSettings, ZooKeeperSettings
+from .config import ServiceSettings, TLSSettings, ZooKeeperSettings
 from .payload import names_endpoint, same_registration
+from .tls import client_context, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,13 @@ log = logging.getLogger(__name__)
 # (NoAuth) costs ZooKeeper one request per path every half minute.
 RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 30.0
+# After ZooKeeper refused our SASL credentials kazoo stops connecting; we open
+# a new connection this long after the first refusal, doubling to
+# MAX_RETRY_DELAY (one server of an ensemble may be the one that refuses).
+REOPEN_DELAY = 2.0
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
-CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError)
+CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
 # A registration key whose last element is "<prefix>#<anything>" stands for one
 # ephemeral *sequential* znode "<prefix><10-digit sequence>" (ServerSet
 # members); the name ZooKeeper assigns is what we own, update and delete.
@@ -91,38 +99,72 @@ class _Owned:
     version: int
 
 
-class SpreadHandler(SequentialThreadingHandler):
-    """kazoo's threading handler, except that the first connection after a
-    session expired waits a random 0..``spread`` seconds.
+class ZooKeeperHandler(SequentialThreadingHandler):
+    """kazoo's threading handler, with our TLS and a spread-out reconnect.
 
-    When a whole fleet loses the ensemble for longer than its session timeout,
-    every host learns of the expiry in the same second the ensemble is back,
-    and would open its new session (and re-create all its nodes) in that same
-    second.  The wait runs on kazoo's connection thread, where kazoo sleeps
-    between its own retries; :meth:`session_expired`, called from the state
-    listener, only draws the number.
+    TLS: kazoo hands ``create_connection`` the host name from ``hosts``; the
+    connection is wrapped in our own context (see :mod:`.tls`), so the name
+    is checked against the server's certificate (an address against its IP
+    SANs) and only ``ca`` is trusted when set.  A refused certificate is
+    logged once per server and reason, not on every attempt.
+
+    Spread: the first connection after a session expired waits a random
+    0..``spread`` seconds.  When a whole fleet loses the ensemble for longer
+    than its session timeout, every host learns of the expiry in the same
+    second the ensemble is back, and would open its new session (and
+    re-create all its nodes) in that same second.  The wait runs on kazoo's
+    connection thread, where kazoo sleeps between its own retries;
+    :meth:`session_expired`, called from the state listener, only draws the
+    number.
     """
 
-    def __init__(self, spread: float) -> None:
+    def __init__(self, spread: float, tls: TLSSettings | None = None) -> None:
         super().__init__()
         self.spread = spread
         self.last_delay: float | None = None  # the most recent wait, for logs and tests
         self._delay = 0.0
         self._cancel = threading.Event()
+        self.tls = tls
+        self._context = client_context(tls) if tls is not None else None
+        # Servers whose certificate we refused, and why; a good handshake clears it.
+        self.refusals: dict[tuple[str, int], str] = {}
 
     def session_expired(self) -> float:
         """Make the next connection wait; returns the wait drawn."""
         self._delay = random.uniform(0.0, self.spread) if self.spread > 0 else 0.0
         return self._delay
 
-    def create_connection(self, *args, **kwargs):
+    def create_connection(self, address, hostname=None, timeout=None, **kazoo_tls):
         delay, self._delay = self._delay, 0.0
         if delay > 0:
             self.last_delay = delay
             if self._cancel.wait(delay):
                 # Stopping: fail this attempt rather than open a session to close.
                 raise OSError(errno.ECANCELED, "client stopping")
-        return super().create_connection(*args, **kwargs)
+        if self._context is None:
+            return super().create_connection(address, hostname=hostname, timeout=timeout,
+                                             **kazoo_tls)
+        # kazoo's plain TCP connect (its timeout and socket options), then our TLS.
+        sock = super().create_connection(address, timeout=timeout)
+        name = hostname or address[0]
+        try:
+            return self._handshake(sock, name, address[1])
+        except BaseException:
+            sock.close()
+            raise
+
+    def _handshake(self, sock, name: str, port: int):
+        try:
+            wrapped = self._context.wrap_socket(sock, server_hostname=name)
+        except ssl.SSLCertVerificationError as exc:
+            reason = refusal_reason(exc, self.tls)
+            if self.refusals.get((name, port)) != reason:
+                self.refusals[(name, port)] = reason
+                log.error("ZooKeeper %s:%d: TLS certificate refused: %s; not connecting to "
+                          "this server", name, port, reason)
+            raise
+        self.refusals.pop((name, port), None)
+        return wrapped
 
     def start(self) -> None:
         self._cancel.clear()
@@ -133,16 +175,42 @@ class SpreadHandler(SequentialThreadingHandler):
         super().stop()
 
 
+class _KazooLog(logging.LoggerAdapter):
+    """kazoo's client log, less what we say better ourselves, once: kazoo
+    repeats a refused certificate on every connection attempt (two a second),
+    and a refused SASL login on every new connection."""
+
+    def log(self, level, msg, *args, **kwargs) -> None:
+        for arg in args:
+            if isinstance(arg, AuthFailedError) or (isinstance(arg, BaseException) and isinstance(
+                    arg.__context__, ssl.SSLCertVerificationError)):
+                return
+        super().log(level, msg, *args, **kwargs)
+
+
+def node_acl(settings: ZooKeeperSettings) -> list | None:
+    """The ACL of our nodes and of the parent we create for them: our
+    credentials may do everything, the world may read (as nd_service_registry
+    did); None, kazoo's open default, without [auth]."""
+    auth = settings.auth
+    if auth is None:
+        return None
+    if auth.sasl:
+        return [make_acl("sasl", auth.user, all=True), *READ_ACL_UNSAFE]
+    return CREATOR_ALL_ACL + READ_ACL_UNSAFE
+
+
 def make_client(settings: ZooKeeperSettings,
                 client_id: tuple[int, bytes] | None = None) -> KazooClient:
-    """A kazoo client for ``settings``: hosts, session timeout, digest auth, TLS,
-    reconnect spread."""
+    """A kazoo client for ``settings``: hosts, session timeout, digest or SASL
+    auth, TLS, reconnect spread."""
     options: dict = {}
-    if settings.auth is not None:
-        options["auth_data"] = [("digest", f"{settings.auth.user}:{settings.auth.password}")]
-    if settings.tls is not None:
-        options.update(use_ssl=True, verify_certs=True, ca=settings.tls.ca,
-                       certfile=settings.tls.certfile, keyfile=settings.tls.keyfile)
+    auth = settings.auth
+    if auth is not None and auth.sasl:
+        options["sasl_options"] = {"mechanism": auth.mechanism, "username": auth.user,
+                                   "password": auth.password}
+    elif auth is not None:
+        options["auth_data"] = [("digest", f"{auth.user}:{auth.password}")]
     return KazooClient(
         hosts=settings.hosts,
         timeout=settings.session_timeout,
@@ -150,10 +218,22 @@ def make_client(settings: ZooKeeperSettings,
         # second of the server returning (after an expiry, of the new session,
         # which reconnect_spread may open a little later).
         connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
-        handler=SpreadHandler(settings.reconnect_spread),
+        # The handler makes the TLS connection; use_ssl only tells kazoo's log.
+        handler=ZooKeeperHandler(settings.reconnect_spread, settings.tls),
+        use_ssl=settings.tls is not None,
         client_id=client_id,
+        logger=_KazooLog(logging.getLogger("kazoo.client"), {}),
         **options,
     )
+
+
+def refused_credentials(settings: ZooKeeperSettings) -> str:
+    """How to say that ZooKeeper refused our login."""
+    auth = settings.auth
+    if auth is None:
+        return "ZooKeeper refused the connection (AUTH_FAILED)"
+    mechanism = f"SASL {auth.mechanism}" if auth.sasl else "digest"
+    return f"ZooKeeper refused our credentials ([auth] {mechanism}, user {auth.user!r})"
 
 
 def read_existing(settings: ZooKeeperSettings, paths: list[str],
@@ -161,9 +241,20 @@ def read_existing(settings: ZooKeeperSettings, paths: list[str],
     """Which of ``paths`` exist, read by a short-lived client (for ``status``)."""
     client = make_client(settings)
     try:
-        client.start(timeout=timeout)
+        try:
+            client.start(timeout=timeout)
+        except KazooTimeoutError:
+            refusals = client.handler.refusals
+            if refusals:
+                raise ConnectionError("TLS certificate refused: "
+                                      + "; ".join(sorted(set(refusals.values())))) from None
+            raise
         lookups = {path: client.exists_async(path) for path in paths}
-        return {path: lookup.get(timeout=timeout) is not None for path, lookup in lookups.items()}
+        try:
+            return {path: lookup.get(timeout=timeout) is not None
+                    for path, lookup in lookups.items()}
+        except AuthFailedError:
+            raise ConnectionError(refused_credentials(settings)) from None
     finally:
         client.stop()
         client.close()
@@ -227,11 +318,14 @@ class Registry:
             log.info("reattaching to ZooKeeper session 0x%x (%d node(s))",
                      self._saved.session_id, len(self._saved.nodes))
         self._client = make_client(settings, client_id)
-        # As nd_service_registry: our credentials get everything and the world
-        # may read, on our nodes and on the parent we create for them.
-        self._acl = None  # kazoo's default: open
-        if settings.auth is not None:
-            self._acl = CREATOR_ALL_ACL + READ_ACL_UNSAFE
+        self._settings = settings
+        self._acl = node_acl(settings)
+        # SASL: kazoo reports CONNECTED before the server has checked our
+        # credentials, so a new connection is confirmed by one read first.
+        self._sasl = settings.auth is not None and settings.auth.sasl
+        self._unconfirmed = False
+        self._refusals = 0  # refused logins in a row
+        self._reopen_at: float | None = None  # when to connect again after a refusal
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -369,14 +463,29 @@ class Registry:
         self.on_change()
         if state == KazooState.CONNECTED:
             self.connects += 1
-            log.info("connected to ZooKeeper")
+            if not self._sasl:
+                log.info("connected to ZooKeeper")
             with self._lock:
+                self._unconfirmed = self._sasl
                 self._examine_all = True
                 self._failures.clear()  # a new connection: try everything at once
                 self._retry_at.clear()
             self._wake.set()
         elif state == KazooState.SUSPENDED:
             log.warning("ZooKeeper connection suspended; nodes stay until the session expires")
+        elif (state == KazooState.LOST and not self._stopping
+              and self._client.client_state == KeeperState.AUTH_FAILED):
+            # kazoo has stopped connecting for good; the worker opens a new connection.
+            with self._lock:
+                self._refusals += 1
+                delay = min(REOPEN_DELAY * 2 ** (self._refusals - 1), MAX_RETRY_DELAY)
+                self._reopen_at = time.monotonic() + delay
+                first = self._refusals == 1
+            if first:
+                log.error("%s: nothing can be registered until it accepts them; trying "
+                          "again every %gs at most", refused_credentials(self._settings),
+                          MAX_RETRY_DELAY)
+            self._wake.set()
         elif state == KazooState.LOST and not self._stopping:
             delay = self._client.handler.session_expired()
             log.warning("ZooKeeper session lost; will reconnect in %.2fs (reconnect_spread) "
@@ -402,22 +511,33 @@ class Registry:
 
     def _next_wait(self) -> float | None:
         with self._lock:
-            if not self._retry_at:
+            if self._reopen_at is not None:
+                return max(0.0, self._reopen_at - time.monotonic())
+            # Retries wait for their time only while connected; a reconnect
+            # wakes us and clears them (waiting for a past retry would spin).
+            if not self._retry_at or not self._client.connected:
                 return None
             return max(0.0, min(self._retry_at.values()) - time.monotonic())
 
     def _work(self) -> None:
         while True:
-            # Retries wait for their time only while connected; a reconnect
-            # wakes us and clears them (waiting for a past retry would spin).
-            self._wake.wait(self._next_wait() if self._client.connected else None)
+            self._wake.wait(self._next_wait())
             self._wake.clear()
             if self._stopping:
                 return
+            with self._lock:
+                reopen = self._reopen_at is not None and self._reopen_at <= time.monotonic()
+                if reopen:
+                    self._reopen_at = None
+            if reopen:
+                self._client.start_async()
+                continue
             # Read once: kazoo's thread may drop the connection at any moment.
             client_id = self._client.client_id if self._client.connected else None
             if not client_id:
                 continue  # the CONNECTED callback wakes us again
+            if self._unconfirmed and not self._confirm_credentials():
+                continue
             session_id = client_id[0]
             now = time.monotonic()
             with self._lock:
@@ -455,6 +575,22 @@ class Registry:
                 self._published_nodes = dict(self._nodes)
                 self._save_session()
                 self.on_change()
+
+    def _confirm_credentials(self) -> bool:
+        """SASL: one read on a new connection tells whether the server accepted
+        our login (a refusal is logged by the state listener)."""
+        try:
+            self._client.exists_async("/").get(timeout=REPLY_TIMEOUT)
+        except (KazooException, *CONNECTION_ERRORS):
+            return False  # refused, or the connection went: a state change wakes us
+        with self._lock:
+            if not self._unconfirmed:
+                return True
+            self._unconfirmed = False
+            self._refusals = 0
+        log.info("connected to ZooKeeper (SASL %s as %r)", self._settings.auth.mechanism,
+                 self._settings.auth.user)
+        return True
 
     def _new_session(self, session_id: int, password: bytes) -> None:
         saved = self._saved

@@ -107,6 +107,7 @@ class LocalZooKeeper:
         self.servers: list[tuple[int, int, int]] = []  # ensemble: (myid, peer, election)
         self.myid = 0
         self.extra_config: list[str] = []  # more zoo.cfg lines (e.g. TLS settings)
+        self.jvm_options: list[str] = []  # e.g. -Djava.security.auth.login.config=...
 
     @property
     def hosts(self) -> str:
@@ -145,7 +146,8 @@ class LocalZooKeeper:
         with open(self.workdir / "zookeeper.log", "ab") as log:
             self.process = subprocess.Popen(
                 ["java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-cp", ZOOKEEPER_CLASSPATH,
+                 "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", *self.jvm_options,
+                 "-cp", ZOOKEEPER_CLASSPATH,
                  ZOOKEEPER_MAIN, str(config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent,

@@ -1,0 +1,586 @@
+"""The link to ZooKeeper, against real servers: TLS that checks whom it talks
+to (a secure client port with ``ssl.clientAuth=need``), SASL logins (a JAAS
+file with DigestLoginModule), and secrets kept in files of their own."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import ACL, Id, Permissions
+
+from zkwatcher_supervisor.config import ConfigError, load_config
+from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+SECTION = """
+[svc]
+cmd = true
+service_port = 1
+service_hostname = host1
+zookeeper_path = {path}
+"""
+
+
+def pkcs8(cert: trustme.LeafCert, password: bytes | None = None) -> bytes:
+    """The certificate's key as PKCS#8 PEM (ZooKeeper's PEM key store reads no other)."""
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), None)
+    encryption = (serialization.BestAvailableEncryption(password) if password
+                  else serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             encryption)
+
+
+class Credentials:
+    """Our CA, a client certificate it issued, and their files."""
+
+    def __init__(self, directory) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.ca = trustme.CA()
+        self.ca_pem = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_pem))
+        client = self.ca.issue_cert("zkwatcher-client")
+        self.certfile = directory / "client.pem"
+        client.cert_chain_pems[0].write_to_path(str(self.certfile))
+        self.keyfile = directory / "client.key"
+        self.keyfile.write_bytes(pkcs8(client))
+        self.keyfile.chmod(0o600)
+        self.encrypted_keyfile = directory / "client-encrypted.key"
+        self.encrypted_keyfile.write_bytes(pkcs8(client, b"key pass"))
+        self.encrypted_keyfile.chmod(0o600)
+
+
+def tls_zookeeper(directory, server_cert: trustme.LeafCert, client_ca_pem) -> LocalZooKeeper:
+    """A started ZooKeeper presenting ``server_cert`` on its secure port and wanting a
+    client certificate from ``client_ca_pem``; its plain port is for the test's reader."""
+    directory.mkdir(parents=True, exist_ok=True)
+    keystore = directory / "server.pem"
+    keystore.write_bytes(pkcs8(server_cert)
+                         + b"".join(pem.bytes() for pem in server_cert.cert_chain_pems))
+    server = LocalZooKeeper(directory)
+    server.secure_port = free_port()
+    server.extra_config = [
+        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+        f"secureClientPort={server.secure_port}",
+        f"ssl.keyStore.location={keystore}",
+        "ssl.keyStore.type=PEM",
+        f"ssl.trustStore.location={client_ca_pem}",
+        "ssl.trustStore.type=PEM",
+        "ssl.clientAuth=need",
+    ]
+    return server.start()
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+    return Credentials(tmp_path_factory.mktemp("ours"))
+
+
+@pytest.fixture(scope="module")
+def right_name_zk(tmp_path_factory, ours):
+    """Its certificate, from our CA, names localhost and the address 127.0.0.1."""
+    server = tls_zookeeper(tmp_path_factory.mktemp("right-name"),
+                           ours.ca.issue_cert("localhost", "127.0.0.1"), ours.ca_pem)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def wrong_name_zk(tmp_path_factory, ours):
+    """Its certificate, from our CA, names only wrong.example."""
+    server = tls_zookeeper(tmp_path_factory.mktemp("wrong-name"),
+                           ours.ca.issue_cert("wrong.example"), ours.ca_pem)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def reader():
+    """Plain-port clients of the TLS servers, to see what got registered."""
+    clients = []
+
+    def connect(server: LocalZooKeeper) -> KazooClient:
+        client = KazooClient(hosts=server.hosts, timeout=5)
+        client.start(timeout=30)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.stop()
+        client.close()
+
+
+def tls_config(write_config, ours, host, server, path, name="zkwatcher.cfg", ca=True,
+               keyfile=None, extra="", cmd="true"):
+    keyfile = keyfile or ours.keyfile
+    settings = "use_ssl = true\n" + (f"ca = {ours.ca_pem}\n" if ca else "")
+    settings += f"certfile = {ours.certfile}\nkeyfile = {keyfile}\n{extra}"
+    return write_config(SECTION.format(path=path).replace("cmd = true", f"cmd = {cmd}"),
+                        name=name, hosts=f"{host}:{server.secure_port}", settings=settings)
+
+
+def logged(drv, text: str) -> None:
+    """Wait for a line the listener logs (its log writer batches lines)."""
+    wait_until(lambda: text in drv.stderr(), 5, what=f"{text!r} logged")
+
+
+def alone(config):
+    """Move ``config`` into a directory of its own: a listener's log goes beside it."""
+    directory = config.parent / config.stem
+    directory.mkdir()
+    return config.rename(directory / "zkwatcher.cfg")
+
+
+def assert_refused_once(drv, reader_client, node, reason):
+    """Refused, said in one line, while the listener keeps trying (kazoo logs
+    each attempt with -v): nothing registered, no line repeated."""
+    wait_until(lambda: drv.stderr().count("Connecting to ") >= 4
+               or "connected to ZooKeeper" in drv.stderr(), 30,
+               what="four connection attempts")
+    drv.tick()  # still answering supervisord
+    log = drv.stderr()
+    refusals = [line for line in log.splitlines() if "TLS certificate refused" in line]
+    assert len(refusals) == 1, log
+    assert reason in refusals[0], refusals[0]
+    assert "ERROR" in refusals[0]
+    assert "CERTIFICATE_VERIFY_FAILED" not in log  # kazoo's own line per attempt
+    assert "connected to ZooKeeper" not in log
+    assert reader_client.exists(node) is None
+
+
+def test_tls_with_the_right_name_and_with_the_ip_san(
+        tmp_path, write_config, driver, reader, base_path, ours, right_name_zk):
+    zk = reader(right_name_zk)
+    # By name: the certificate's DNS name; the key is encrypted (keyfile_password).
+    by_name = tls_config(write_config, ours, "localhost", right_name_zk, f"{base_path}/name",
+                         name="by-name.cfg", keyfile=ours.encrypted_keyfile,
+                         extra="keyfile_password = key pass\n")
+    # By address: checked against the certificate's IP SAN.
+    by_ip = alone(tls_config(write_config, ours, "127.0.0.1", right_name_zk,
+                             f"{base_path}/ip", name="by-ip.cfg"))
+    name_drv, ip_drv = driver(by_name), driver(by_ip)
+    wait_until(lambda: zk.exists(f"{base_path}/name/host1:1"), 20, what="registered by name")
+    wait_until(lambda: zk.exists(f"{base_path}/ip/host1:1"), 20, what="registered by address")
+    for drv in (name_drv, ip_drv):
+        logged(drv, "connected to ZooKeeper")
+        assert "TLS certificate refused" not in drv.stderr()
+
+
+def test_tls_refuses_a_certificate_issued_for_another_name(
+        tmp_path, write_config, driver, reader, base_path, ours, wrong_name_zk):
+    zk = reader(wrong_name_zk)
+    for host, reason in (("localhost", "Hostname mismatch, certificate is not valid for "
+                                       "'localhost' (tls_check_hostname = true)"),
+                         ("127.0.0.1", "IP address mismatch, certificate is not valid for "
+                                       "'127.0.0.1' (tls_check_hostname = true)")):
+        config = alone(tls_config(write_config, ours, host, wrong_name_zk,
+                                  f"{base_path}/{host}", name=f"{host}.cfg"))
+        drv = driver(config, args=("-v",))
+        assert_refused_once(drv, zk, f"{base_path}/{host}/host1:1",
+                            f"ZooKeeper {host}:{wrong_name_zk.secure_port}: TLS certificate "
+                            f"refused: {reason}; not connecting to this server")
+        # status connects the same way, and says why it could not.
+        status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
+                                 str(config)], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 1
+        assert f"unreachable (TLS certificate refused: {reason})" in status.stdout
+
+    # The CA is ours, so only the name was wrong: without the check it registers.
+    driver(alone(tls_config(write_config, ours, "localhost", wrong_name_zk,
+                            f"{base_path}/unchecked", name="unchecked.cfg",
+                            extra="tls_check_hostname = false\n")))
+    wait_until(lambda: zk.exists(f"{base_path}/unchecked/host1:1"), 20,
+               what="registered without the name check")
+
+
+def test_tls_trusts_only_ca_even_when_the_system_trusts_another(
+        tmp_path, write_config, driver, reader, base_path, ours, monkeypatch):
+    # A throwaway CA that "the system" trusts: the only CA in a test-local store.
+    system_ca = trustme.CA()
+    system_store = tmp_path / "system-store.pem"
+    system_ca.cert_pem.write_to_path(str(system_store))
+    server = tls_zookeeper(tmp_path / "zk", system_ca.issue_cert("localhost", "127.0.0.1"),
+                           ours.ca_pem)
+    try:
+        zk = reader(server)
+        hosts = f"127.0.0.1:{server.secure_port}"
+        env = {"SSL_CERT_FILE": str(system_store)}
+        # What kazoo's own TLS does with ca = our CA: it loads the system store
+        # first, so a certificate from the other CA passes.
+        monkeypatch.setenv("SSL_CERT_FILE", str(system_store))
+        plain_kazoo = KazooClient(hosts=hosts, use_ssl=True, verify_certs=True,
+                                  ca=str(ours.ca_pem), certfile=str(ours.certfile),
+                                  keyfile=str(ours.keyfile), timeout=5)
+        plain_kazoo.start(timeout=30)
+        plain_kazoo.stop()
+        plain_kazoo.close()
+
+        for name, with_ca in (("with-ca", True), ("system", False)):
+            config = alone(tls_config(write_config, ours, "127.0.0.1", server,
+                                      f"{base_path}/{name}", name=f"{name}.cfg", ca=with_ca))
+            if with_ca:
+                drv = driver(config, env=env, args=("-v",))
+                assert_refused_once(drv, zk, f"{base_path}/{name}/host1:1",
+                                    "unable to get local issuer certificate (trusting only "
+                                    f"{ours.ca_pem})")
+            else:
+                # No ca: the system store decides, and it trusts that CA.
+                drv = driver(config, env=env)
+                wait_until(lambda: zk.exists(f"{base_path}/system/host1:1"), 20,
+                           what="registered on the system store")
+    finally:
+        server.stop()
+
+
+def test_plain_tcp_to_the_secure_port_gets_nowhere(right_name_zk):
+    plain = KazooClient(hosts=f"127.0.0.1:{right_name_zk.secure_port}", timeout=3)
+    with pytest.raises(KazooTimeoutError):
+        plain.start(timeout=3)
+    plain.close()
+
+
+def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
+    """Found when the config loads (exit 2, one line naming the key), never a
+    password prompt and never a refused connection later."""
+    other = Credentials(tmp_path / "other")
+
+    written = []
+
+    def config(keyfile, extra=""):
+        written.append(keyfile)
+        path = tmp_path / f"zkwatcher{len(written)}.cfg"
+        path.write_text(textwrap.dedent(f"""\
+            [zkwatcher]
+            use_ssl = true
+            ca = {ours.ca_pem}
+            certfile = {ours.certfile}
+            keyfile = {keyfile}
+            {extra}
+            """) + SECTION.format(path="/svc"))
+        path.chmod(0o600)
+        return path
+
+    cases = [
+        (config(ours.encrypted_keyfile), f"line 5: [zkwatcher] keyfile: "
+         f"{ours.encrypted_keyfile} is encrypted and no password for it is set"),
+        (config(ours.encrypted_keyfile, "keyfile_password = not it"),
+         f"line 6: [zkwatcher] keyfile_password: does not decrypt {ours.encrypted_keyfile}"),
+        (config(other.keyfile), f"line 5: [zkwatcher] keyfile: {other.keyfile} is not the key "
+         f"of {ours.certfile}"),
+        (config(ours.keyfile, "tls_check_hostname = maybe"),
+         "line 6: [zkwatcher] tls_check_hostname: expected true or false, got 'maybe'"),
+    ]
+    not_a_ca = config(ours.keyfile)
+    not_a_ca.write_text(not_a_ca.read_text().replace(f"ca = {ours.ca_pem}", f"ca = {ours.keyfile}"))
+    cases.append((not_a_ca, f"line 3: [zkwatcher] ca: cannot load CA certificates from "
+                            f"{ours.keyfile}: no certificate or crl found"))
+    for path, message in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_config(str(path))
+        assert str(caught.value) == f"{path}: {message}"
+    assert load_config(str(config(ours.encrypted_keyfile, "keyfile_password = key pass")))
+
+    path = config(ours.encrypted_keyfile)
+    checked = subprocess.run(
+        [sys.executable, "-m", "zkwatcher_supervisor", "--check-config", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert checked.returncode == 2
+    assert checked.stderr == f"zkwatcher-supervisor: {path}: {cases[0][1]}\n"
+
+
+def sasl_zookeeper(directory, users: dict[str, str], port: int | None = None) -> LocalZooKeeper:
+    """A started ZooKeeper that takes SASL DIGEST-MD5 logins for ``users``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    jaas = directory / "jaas.conf"
+    entries = "".join(f'  user_{user}="{password}"\n' for user, password in users.items())
+    jaas.write_text("Server {\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n"
+                    + entries.rstrip("\n") + ";\n};\n")
+    server = LocalZooKeeper(directory, port=port)
+    server.extra_config = [
+        "authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider"]
+    server.jvm_options = [f"-Djava.security.auth.login.config={jaas}"]
+    return server.start()
+
+
+def sasl_client(server: LocalZooKeeper, user: str, password: str) -> KazooClient:
+    client = KazooClient(hosts=server.hosts, timeout=5, sasl_options={
+        "mechanism": "DIGEST-MD5", "username": user, "password": password})
+    client.start(timeout=30)
+    return client
+
+
+def sasl_config(write_config, server, path, password, user="deploy"):
+    return write_config(SECTION.format(path=path) + textwrap.dedent(f"""
+        [auth]
+        mechanism = DIGEST-MD5
+        user = {user}
+        password = {password}
+        """), hosts=server.hosts)
+
+
+def test_sasl_login_and_the_acl_it_gives(tmp_path, write_config, driver, reader, base_path):
+    server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret", "intruder": "other"})
+    try:
+        config = sasl_config(write_config, server, f"{base_path}/svc", "s3cret")
+        config.chmod(0o600)
+        drv = driver(config, args=("-v",))
+        anyone = reader(server)
+        node = f"{base_path}/svc/host1:1"
+        wait_until(lambda: anyone.exists(node), 20, what="registered over SASL")
+        logged(drv, "connected to ZooKeeper (SASL DIGEST-MD5 as 'deploy')")
+        # Our node and the parent we created: sasl:deploy may do all, the world may read.
+        expected = sorted([ACL(Permissions.ALL, Id("sasl", "deploy")),
+                           ACL(Permissions.READ, Id("world", "anyone"))], key=str)
+        for path in (node, f"{base_path}/svc"):
+            assert sorted(anyone.get_acls(path)[0], key=str) == expected
+        assert anyone.get_acls(base_path)[0] == [ACL(Permissions.ALL, Id("world", "anyone"))]
+        # Nobody else can take the registration away, another SASL user included.
+        intruder = sasl_client(server, "intruder", "other")
+        try:
+            for client in (anyone, intruder):
+                with pytest.raises(NoAuthError):
+                    client.delete(node)
+                with pytest.raises(NoAuthError):
+                    client.set(node, b"forged")
+        finally:
+            intruder.stop()
+            intruder.close()
+        assert anyone.exists(node)
+        assert "s3cret" not in drv.stderr()  # not even in kazoo's debug lines
+    finally:
+        server.stop()
+
+
+def test_sasl_refused_password_is_one_line_and_no_crash_loop(
+        tmp_path, write_config, driver, reader, base_path):
+    server = sasl_zookeeper(tmp_path / "zk", {"deploy": "old-secret"})
+    try:
+        config = sasl_config(write_config, server, f"{base_path}/svc", "new-secret")
+        drv = driver(config, args=("-v",))
+        anyone = reader(server)
+        node = f"{base_path}/svc/host1:1"
+        # The first refusal and two new connections after it (2 s, then 4 s later).
+        wait_until(lambda: drv.stderr().count("Connecting to ") >= 3, 30,
+                   what="three logins tried")
+        drv.tick()  # alive, still answering supervisord
+        assert drv.process.poll() is None
+        log = drv.stderr()
+        refused = [line for line in log.splitlines() if "refused our credentials" in line]
+        assert refused == [line for line in log.splitlines() if " ERROR " in line], log
+        assert refused[0].endswith(
+            "ERROR ZooKeeper refused our credentials ([auth] SASL DIGEST-MD5, user 'deploy'): "
+            "nothing can be registered until it accepts them; trying again every 30s at most")
+        assert "AUTH_FAILED closing" not in log
+        assert "connected to ZooKeeper" not in log
+        assert anyone.exists(node) is None
+        assert "new-secret" not in log
+
+        status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
+                                 str(config)], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 1
+        assert ("unreachable (ZooKeeper refused our credentials ([auth] SASL DIGEST-MD5, "
+                "user 'deploy'))") in status.stdout
+
+        # The server is given the new password (a rotation done client side
+        # first): the listener gets in by itself and registers.
+        anyone.stop()
+        server.stop()
+        server = sasl_zookeeper(tmp_path / "zk", {"deploy": "new-secret"}, port=server.port)
+        anyone = reader(server)
+        wait_until(lambda: anyone.exists(node), 45, what="registered once accepted")
+        assert drv.stderr().count("refused our credentials") == 1
+    finally:
+        server.stop()
+
+
+def private_file(path, text: str, mode: int = 0o600):
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def foreign_file(tmp_path):
+    """A file private to another user: as root, one given to nobody; otherwise
+    one of root's."""
+    if os.geteuid() != 0:
+        return "/etc/passwd", "root"
+    path = private_file(tmp_path / "nobodys-secret", "s3cret\n")
+    os.chown(path, 65534, 65534)
+    return str(path), "nobody"
+
+
+def test_secret_files_must_be_private_to_the_listeners_user(tmp_path, ours):
+    """password_file, keyfile and keyfile_password_file: refused when they are not
+    ours or group or others may read or write them (exit 2, one line naming the
+    file, section and key)."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    written = []
+
+    def config(auth="", tls=""):
+        written.append(1)
+        path = tmp_path / f"zkwatcher{len(written)}.cfg"
+        path.write_text(f"[zkwatcher]\n{tls}\n" + (f"[auth]\nuser = deploy\n{auth}\n"
+                                                    if auth else "")
+                        + SECTION.format(path="/svc"))
+        path.chmod(0o600)
+        return path
+
+    def tls(keyfile, extra=""):
+        return (f"use_ssl = true\nca = {ours.ca_pem}\ncertfile = {ours.certfile}\n"
+                f"keyfile = {keyfile}\n{extra}")
+
+    group_readable = private_file(tmp_path / "group-readable", "s3cret\n", 0o640)
+    world_writable = private_file(tmp_path / "world-writable", "s3cret\n", 0o602)
+    empty = private_file(tmp_path / "empty", "\n")
+    foreign, owner = foreign_file(tmp_path)
+    open_key = tmp_path / "open.key"
+    open_key.write_bytes(ours.encrypted_keyfile.read_bytes())
+    open_key.chmod(0o644)
+    wrong_pass = private_file(tmp_path / "wrong-pass", "not it\n")
+
+    def mode(path, bits):
+        return (f"{path} is readable or writable by group or others (mode {bits}); "
+                f"chmod go-rw {path}")
+
+    cases = [
+        (config(f"password_file = {group_readable}"),
+         f"line 5: [auth] password_file: {mode(group_readable, '0640')}"),
+        (config(f"password_file = {world_writable}"),
+         f"line 5: [auth] password_file: {mode(world_writable, '0602')}"),
+        (config(f"password_file = {foreign}"),
+         f"line 5: [auth] password_file: {foreign} belongs to {owner}, not to {me} (the user "
+         f"the listener runs as); chown {me} {foreign}"),
+        (config(f"password_file = {empty}"), f"line 5: [auth] password_file: {empty} is empty"),
+        (config(f"password_file = {tmp_path}/missing"),
+         f"line 5: [auth] password_file: cannot read {tmp_path}/missing: No such file or "
+         "directory"),
+        (config(f"password = inline\npassword_file = {empty}"),
+         "line 6: [auth] password_file: set password or password_file, not both"),
+        (config(tls=tls(open_key, "keyfile_password = key pass")),
+         f"line 5: [zkwatcher] keyfile: {mode(open_key, '0644')}"),
+        (config(tls=tls(ours.encrypted_keyfile, f"keyfile_password_file = {group_readable}")),
+         f"line 6: [zkwatcher] keyfile_password_file: {mode(group_readable, '0640')}"),
+        (config(tls=tls(ours.encrypted_keyfile, f"keyfile_password_file = {wrong_pass}")),
+         f"line 6: [zkwatcher] keyfile_password_file: does not decrypt {ours.encrypted_keyfile}"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_config(str(path))
+        assert str(caught.value) == f"{path}: {message}"
+
+    path = cases[0][0]
+    checked = subprocess.run(
+        [sys.executable, "-m", "zkwatcher_supervisor", "--check-config", "-c", str(path)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (checked.returncode, checked.stderr) == (2, f"zkwatcher-supervisor: {path}: "
+                                                       f"{cases[0][1]}\n")
+
+    # A symlink (as Kubernetes mounts secrets) is followed and its target checked.
+    link = tmp_path / "linked-secret"
+    link.symlink_to(group_readable)
+    with pytest.raises(ConfigError, match=re.escape(f"[auth] password_file: {mode(link, '0640')}")):
+        load_config(str(config(f"password_file = {link}")))
+    target = private_file(tmp_path / "target", "via link\n")
+    link.unlink()
+    link.symlink_to(target)
+    assert load_config(str(config(f"password_file = {link}"))).zookeeper.auth.password == \
+        "via link"
+
+    # Private files load; the secret is the text less its newline, and shows in no repr.
+    password = private_file(tmp_path / "password", "pass word\n")
+    key_pass = private_file(tmp_path / "key-pass", "key pass\r\n")
+    loaded = load_config(str(config(f"password_file = {password}", tls(
+        ours.encrypted_keyfile, f"keyfile_password_file = {key_pass}"))))
+    assert loaded.zookeeper.auth.password == "pass word"
+    assert loaded.zookeeper.tls.keyfile_password == "key pass"
+    assert not loaded.warnings  # no password in the config file itself
+    assert "pass word" not in repr(loaded) and "key pass" not in repr(loaded)
+
+
+def test_secrets_from_files_reach_zookeeper_and_nowhere_else(
+        tmp_path, write_config, driver, reader, base_path, ours, right_name_zk):
+    """The SASL password and the key's password come from files; neither shows
+    in the log (with -v, kazoo's debug lines too) nor in a check's command
+    line, environment, or its parent's (the listener's) command line."""
+    sasl = sasl_zookeeper(tmp_path / "zk", {"deploy": "sasl-from-file"})
+    try:
+        password = private_file(tmp_path / "sasl-password", "sasl-from-file\n")
+        key_pass = private_file(tmp_path / "key-pass", "key pass\n")
+        # What a check sees: the listener's command line (its parent's), its own, its
+        # environment.  No shell syntax, so the listener spawns it directly.
+        script = tmp_path / "check.sh"
+        script.write_text('tr "\\\\0" " " < /proc/$PPID/cmdline > "$1"; echo >> "$1"\n'
+                          'tr "\\\\0" " " < /proc/$$/cmdline >> "$1"; echo >> "$1"\n'
+                          'env >> "$1"\n')
+        seen = {name: tmp_path / f"seen-by-{name}-check" for name in ("sasl", "tls")}
+        check = f"sh {script} {seen['sasl']}"
+        sasl_body = textwrap.dedent(f"""
+            [svc]
+            cmd = {check}
+            service_port = 1
+            service_hostname = host1
+            zookeeper_path = {base_path}/sasl
+
+            [auth]
+            mechanism = DIGEST-MD5
+            user = deploy
+            password_file = {password}
+            """)
+        sasl_config_path = alone(write_config(sasl_body, name="sasl.cfg", hosts=sasl.hosts))
+        tls_path = tls_config(write_config, ours, "localhost", right_name_zk, f"{base_path}/tls",
+                              keyfile=ours.encrypted_keyfile,
+                              extra=f"keyfile_password_file = {key_pass}\n",
+                              cmd=f"sh {script} {seen['tls']}")
+        sasl_drv = driver(sasl_config_path, args=("-v",))
+        tls_drv = driver(tls_path, args=("-v",))
+        wait_until(lambda: reader(sasl).exists(f"{base_path}/sasl/host1:1"), 20,
+                   what="registered with the SASL password from its file")
+        wait_until(lambda: reader(right_name_zk).exists(f"{base_path}/tls/host1:1"), 20,
+                   what="registered with the key's password from its file")
+        logged(sasl_drv, "connected to ZooKeeper (SASL DIGEST-MD5 as 'deploy')")
+        for drv in (sasl_drv, tls_drv):
+            assert "DEBUG" in drv.stderr()  # kazoo's chatter is in, the secrets are not
+            assert "sasl-from-file" not in drv.stderr()
+            assert "key pass" not in drv.stderr()
+        for name, config in (("sasl", sasl_config_path), ("tls", tls_path)):
+            observed = seen[name].read_text()
+            assert f"-m zkwatcher_supervisor -c {config}" in observed  # the listener's argv
+            assert f"sh {script} {seen[name]}" in observed  # the check's
+            assert "PATH=" in observed  # and its environment
+            assert "sasl-from-file" not in observed
+            assert "key pass" not in observed
+    finally:
+        sasl.stop()
+
+
+def test_sasl_without_pure_sasl_is_a_config_error(tmp_path):
+    path = tmp_path / "zkwatcher.cfg"
+    path.write_text("[auth]\nmechanism = DIGEST-MD5\nuser = deploy\npassword = unseen\n"
+                    + SECTION.format(path="/svc"))
+    path.chmod(0o600)
+    hidden = ("import sys; sys.modules['puresasl'] = None; "  # as if it were not installed
+              "from zkwatcher_supervisor.cli import main; "
+              f"sys.exit(main(['--check-config', '-c', {str(path)!r}]))")
+    checked = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True,
+                             timeout=60)
+    assert (checked.returncode, checked.stderr) == (
+        2, f"zkwatcher-supervisor: {path}: line 2: [auth] mechanism: DIGEST-MD5 needs the "
+           "pure-sasl package (pip install 'zkwatcher-supervisor[sasl]')\n")
+    shown = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "--check-config",
+                            "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0
+    assert "auth=deploy (SASL DIGEST-MD5)" in shown.stdout
+    assert "unseen" not in shown.stdout + shown.stderr
