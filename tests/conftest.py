@@ -93,12 +93,16 @@ def node_exists(zk: KazooClient, path: str) -> bool:
 class ProtocolDriver:
     """Plays supervisord's side of the listener protocol over pipes, byte for byte."""
 
-    def __init__(self, config: Path, env: dict | None = None, args: tuple = ()) -> None:
+    def __init__(self, config: Path, env: dict | None = None, args: tuple = (),
+                 stderr_pipe: bool = False) -> None:
+        """``stderr_pipe``: the listener's stderr is a pipe (``process.stderr``)
+        that the test reads, or leaves unread, itself; else a file (:meth:`stderr`)."""
         self.stderr_path = config.parent / "listener.stderr"
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "zkwatcher_supervisor", "-c", str(config), *args],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE if stderr_pipe else stderr,
                 env={**os.environ, **(env or {})},
             )
         self.stdout = b""  # read from the listener's stdout, not yet matched
@@ -158,8 +162,9 @@ class ProtocolDriver:
 def driver():
     drivers: list[ProtocolDriver] = []
 
-    def start(config: Path, env: dict | None = None, args: tuple = ()) -> ProtocolDriver:
-        d = ProtocolDriver(config, env, args)
+    def start(config: Path, env: dict | None = None, args: tuple = (),
+              stderr_pipe: bool = False) -> ProtocolDriver:
+        d = ProtocolDriver(config, env, args, stderr_pipe)
         drivers.append(d)
         d.wait_ready()
         return d
