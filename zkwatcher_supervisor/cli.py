@@ -159,9 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     for warning in config.warnings:
         logging.getLogger(__name__).warning("%s", warning)
 
+    status = 1
     try:
         from .listener import run  # imports kazoo; not needed for --check-config
 
-        return run(config, hosts_override=args.server)
+        status = run(config, hosts_override=args.server)
+        return status
     finally:
-        log_writer.stop()  # every line written before we exit
+        # Every line written before we exit.  A log that takes none (stderr
+        # blocked) would hold the interpreter's own exit, which flushes stderr.
+        if not log_writer.stop():
+            os._exit(status)

@@ -71,11 +71,12 @@ class LogWriter:
         self.records.put(record)
         return True
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Write everything queued so far, then end the thread; gives up after
-        ``timeout`` seconds if the log does not take it."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Write everything queued so far, then end the thread.  False if the
+        log did not take it all within ``timeout`` seconds."""
         self.records.put(None)
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
