@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     for warning in config.warnings:
         logging.getLogger(__name__).warning("%s", warning)
 
-    status = 1
+    status = 1  # what a crash would exit with, unless run() returns
     try:
         from .listener import run  # imports kazoo; not needed for --check-config
 
