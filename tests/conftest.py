@@ -133,12 +133,16 @@ class ProtocolDriver:
     """Plays supervisord's side of the listener protocol over pipes, byte for byte."""
 
     def __init__(self, config: Path, env: dict | None = None, args: tuple = (),
-                 command: tuple = (sys.executable, "-m", "zkwatcher_supervisor")) -> None:
+                 command: tuple = (sys.executable, "-m", "zkwatcher_supervisor"),
+                 stderr_pipe: bool = False) -> None:
+        """``stderr_pipe``: the listener's stderr is a pipe (``process.stderr``)
+        that the test reads, or leaves unread, itself; else a file (:meth:`stderr`)."""
         self.stderr_path = config.parent / "listener.stderr"
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 [*command, "-c", str(config), *args],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE if stderr_pipe else stderr,
                 env={**os.environ, **(env or {})},
             )
         self.stdout = b""  # read from the listener's stdout, not yet matched

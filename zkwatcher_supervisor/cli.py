@@ -7,13 +7,11 @@ import importlib.util
 import logging
 import logging.handlers
 import os
-import queue
 import sys
-import threading
-import time
 
 from . import __version__, statedir
 from .config import DEFAULT_HOSTS, Config, ConfigError, ZooKeeperSettings, load_config
+from .logs import KAZOO_REPEATS, LogWriter
 from .payload import node_payload
 from .privilege import root_warnings, switch_error
 from .status import locate_status, status_report
@@ -73,49 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class LogWriter:
-    """Writes the records the listener queues, from a thread of its own, in
-    batches: each a moment after its first record.
-
-    The moments that log most (a program died: a deletion to send) are the
-    ones where every millisecond counts; writing at once would wake
-    supervisord to copy our stderr into its log while ZooKeeper commits the
-    deletion, on the same CPUs (bench/kill_detection.py: the median from
-    SIGKILL to a consumer seeing the node gone went from 5.0 to 3.0 ms).
-    Records keep the time they were made.
-    """
-
-    HOLD = 0.02  # seconds
-
-    def __init__(self, handler: logging.Handler) -> None:
-        self.records: queue.SimpleQueue = queue.SimpleQueue()
-        self._handler = handler
-        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Write everything queued so far, then end the thread."""
-        self.records.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            batch = [self.records.get()]
-            if batch[0] is not None:
-                time.sleep(self.HOLD)
-            while not self.records.empty():
-                batch.append(self.records.get())
-            for record in batch:
-                if record is None:
-                    return
-                try:
-                    self._handler.handle(record)
-                except Exception:  # the handler's own errors are reported, not fatal
-                    self._handler.handleError(record)
-
-
 def setup_logging(verbose: bool, syslog: bool) -> LogWriter:
     """Log through a queue: the event loop never waits for stderr or syslog to
     take a line.  Stop the returned writer to flush before exiting."""
@@ -129,11 +84,16 @@ def setup_logging(verbose: bool, syslog: bool) -> LogWriter:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     writer = LogWriter(handler)
     writer.start()
+    to_writer = writer.queue_handler()
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(writer.records)]
+    root.handlers[:] = [to_writer]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # kazoo logs every reconnect attempt at INFO/WARNING; keep its chatter for -v.
+    # kazoo logs every reconnect attempt at INFO/WARNING; keep its chatter for
+    # -v, and otherwise the first warning of each kind (the registry reports
+    # how many more there were).
     logging.getLogger("kazoo").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        to_writer.addFilter(KAZOO_REPEATS)
     if syslog and not isinstance(handler, logging.handlers.SysLogHandler):
         logging.getLogger(__name__).warning("--syslog: %s does not exist; logging to stderr",
                                             SYSLOG_SOCKET)
@@ -233,9 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     for warning in warnings:
         logging.getLogger(__name__).warning("%s", warning)
 
+    status = 1  # what a crash would exit with, unless run() returns
     try:
         from .listener import run  # imports kazoo; not needed for --check-config
 
-        return run(config, hosts_override=args.server)
+        status = run(config, hosts_override=args.server)
+        return status
     finally:
-        log_writer.stop()  # every line written before we exit
+        # Every line written before we exit.  A log that takes none (stderr
+        # blocked) would hold the interpreter's own exit, which flushes stderr.
+        if not log_writer.stop():
+            os._exit(status)

@@ -12,7 +12,11 @@ and a worker thread makes ZooKeeper match it:
 * a node at our path held by any other session — a zk_watcher still running
   during a migration, a second listener started by mistake — is never
   deleted: we log once, watch it, and register the moment it goes;
-* nodes it never created (persistent ones, other sessions') are never written.
+* nodes it never created (persistent ones, other sessions') are never written;
+* with credentials, a parent whose ACL lets anyone delete (or create) in it
+  is named once at start: there our credentials do not protect our nodes;
+* a lost connection is one line, its progress one line a minute, and the
+  recovery one line (kazoo's own per-attempt warnings are counted into them).
 
 Reads and writes are pipelined with kazoo's async API, PIPELINE_DEPTH at a
 time, so a full reconcile of a thousand nodes costs a few dozen round trips,
@@ -45,10 +49,11 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
 from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
-from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, make_acl
+from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, Permissions, make_acl
 
 from . import session_file
 from .config import ServiceSettings, TLSSettings, ZooKeeperSettings
+from .logs import KAZOO_REPEATS
 from .payload import names_endpoint, same_registration
 from .tls import client_context, refusal_reason
 
@@ -79,6 +84,8 @@ def sequence_prefix(key: str) -> str | None:
     if SEQUENCE_MARK not in name:
         return None
     return posixpath.join(parent, name.split(SEQUENCE_MARK, 1)[0])
+# While ZooKeeper is out of reach, one line says so this often.
+PROGRESS_INTERVAL = 60.0
 # Upper bound on waiting for one pipelined batch of replies.
 REPLY_TIMEOUT = 10.0
 # Requests pipelined before waiting for their replies.  Every request in
@@ -355,11 +362,22 @@ class Registry:
         # created without saving their names (killed in between); swept once settled.
         self._reattached = False
         self._sweep: set[str] = set()
+        # With [auth]: parents whose ACL is still to be looked at, once each.
+        self._acl_checks: set[str] = set()
+        self._acl_checked: set[str] = set()
         self._published_nodes: dict[str, str] = {}
         # Nodes of a reattached session that we do not want (yet): kept until
         # the listener has worked out its health after the restart.
         self._holding = True
         self._foreign: dict[str, int] = {}  # path -> holder we logged about (0: persistent)
+        # The current stretch without a connection (set by kazoo's callbacks,
+        # under _lock): since when, and whether the session expired meanwhile;
+        # the worker logs its progress.  Until the first connect: since start.
+        self._session_timeout = settings.session_timeout
+        self._ever_connected = False
+        self._away_since: float | None = time.monotonic()
+        self._expired = False
+        self._next_progress = self._away_since + PROGRESS_INTERVAL
         self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
 
     # -- public API ---------------------------------------------------------
@@ -395,6 +413,8 @@ class Registry:
             self._holding = False
             self._examine_all = True
             self._sweep |= set(parents)
+            if self._acl is not None:
+                self._acl_checks |= set(parents)
         self._wake.set()
 
     @property
@@ -463,16 +483,37 @@ class Registry:
         self.on_change()
         if state == KazooState.CONNECTED:
             self.connects += 1
-            if not self._sasl:
-                log.info("connected to ZooKeeper")
             with self._lock:
                 self._unconfirmed = self._sasl
+                away_since, self._away_since = self._away_since, None
+                expired, self._expired = self._expired, False
+                first, self._ever_connected = not self._ever_connected, True
                 self._examine_all = True
                 self._failures.clear()  # a new connection: try everything at once
                 self._retry_at.clear()
+                wanted = len(self._wanted)
             self._wake.set()
+            away = time.monotonic() - away_since if away_since is not None else 0.0
+            repeats = KAZOO_REPEATS.take(forget=True)
+            if self._sasl:
+                return  # logged once the server has accepted the login
+            if first:
+                took = f" after {away:.0f} s" if away >= PROGRESS_INTERVAL else ""
+                log.info("connected to ZooKeeper%s%s", took, f"; {repeats}" if repeats else "")
+            else:
+                kept = (f"a new session: registering {wanted} node(s)" if expired else
+                        f"the session lived: {len(self._registered)} node(s) kept")
+                log.info("reconnected to ZooKeeper after %.1f s away; %s%s", away, kept,
+                         f"; {repeats}" if repeats else "")
         elif state == KazooState.SUSPENDED:
-            log.warning("ZooKeeper connection suspended; nodes stay until the session expires")
+            with self._lock:
+                if self._away_since is None:
+                    self._away_since = time.monotonic()
+                    self._next_progress = self._away_since + PROGRESS_INTERVAL
+            self._wake.set()  # the worker logs the progress of the outage
+            log.warning("ZooKeeper connection suspended; %d node(s) stay while the session "
+                        "lives (session_timeout %g s)", len(self._registered),
+                        self._session_timeout)
         elif (state == KazooState.LOST and not self._stopping
               and self._client.client_state == KeeperState.AUTH_FAILED):
             # kazoo has stopped connecting for good; the worker opens a new connection.
@@ -487,6 +528,12 @@ class Registry:
                           MAX_RETRY_DELAY)
             self._wake.set()
         elif state == KazooState.LOST and not self._stopping:
+            with self._lock:
+                if self._away_since is None:
+                    self._away_since = time.monotonic()
+                    self._next_progress = self._away_since + PROGRESS_INTERVAL
+                self._expired = True
+            self._wake.set()
             delay = self._client.handler.session_expired()
             log.warning("ZooKeeper session lost; will reconnect in %.2fs (reconnect_spread) "
                         "and re-register", delay)
@@ -519,12 +566,51 @@ class Registry:
                 return None
             return max(0.0, min(self._retry_at.values()) - time.monotonic())
 
+    def _progress_wait(self) -> float | None:
+        """Seconds until the next line about an outage; None while connected."""
+        with self._lock:
+            if self._away_since is None:
+                return None
+            return max(0.0, self._next_progress - time.monotonic())
+
+    def _log_progress(self) -> None:
+        """While ZooKeeper is out of reach: one line every PROGRESS_INTERVAL."""
+        now = time.monotonic()
+        with self._lock:
+            if self._away_since is None or now < self._next_progress:
+                return
+            while self._next_progress <= now:
+                self._next_progress += PROGRESS_INTERVAL
+            away, expired, wanted = now - self._away_since, self._expired, len(self._wanted)
+            ever_connected = self._ever_connected
+        repeats = KAZOO_REPEATS.take()
+        if not ever_connected:
+            state = f"no ZooKeeper session yet after {away:.0f} s; {wanted} node(s) to register"
+        elif expired:
+            state = (f"still disconnected from ZooKeeper after {away:.0f} s; the session "
+                     f"expired: {wanted} node(s) to register once a server answers")
+        elif away < self._session_timeout:
+            state = (f"still disconnected from ZooKeeper after {away:.0f} s; "
+                     f"{len(self._registered)} node(s) kept while the session lives "
+                     f"(session_timeout {self._session_timeout:g} s)")
+        else:
+            # Only a server can tell: one that is up has expired the session,
+            # a restarted ensemble gives it a fresh session_timeout.
+            state = (f"still disconnected from ZooKeeper after {away:.0f} s; "
+                     f"{len(self._registered)} node(s) kept if the session still lives "
+                     f"(a server that is up expires it {self._session_timeout:g} s after "
+                     f"it last heard from us)")
+        log.warning("%s%s", state, f"; {repeats}" if repeats else "")
+
     def _work(self) -> None:
         while True:
-            self._wake.wait(self._next_wait())
+            waits = [wait for wait in (self._next_wait(), None if self._client.connected
+                                       else self._progress_wait()) if wait is not None]
+            self._wake.wait(min(waits) if waits else None)
             self._wake.clear()
             if self._stopping:
                 return
+            self._log_progress()
             with self._lock:
                 reopen = self._reopen_at is not None and self._reopen_at <= time.monotonic()
                 if reopen:
@@ -570,6 +656,7 @@ class Registry:
                     self._wake.set()
                 failed = set()
             self._schedule_retries(failed, (changed | suspect) - failed)
+            self._warn_open_parents()
             if self._registered != self._owned.keys() or self._published_nodes != self._nodes:
                 self._registered = frozenset(self._owned)
                 self._published_nodes = dict(self._nodes)
@@ -853,6 +940,41 @@ class Registry:
                 self._forget_node(path)
                 self.deregistrations += 1
         return again, retry
+
+    def _warn_open_parents(self) -> None:
+        """Warn once about each parent we register under whose ACL lets anyone
+        delete (or create) its children: [auth] protects our nodes' data, but
+        ZooKeeper allows deleting a node to whoever may delete in its parent."""
+        with self._lock:
+            parents = sorted(self._acl_checks - self._acl_checked)
+            self._acl_checks.clear()
+        lookups = [(parent, self._client.get_acls_async(parent)) for parent in parents]
+        for parent, lookup in lookups:
+            try:
+                acls, _ = lookup.get(timeout=REPLY_TIMEOUT)
+            except CONNECTION_ERRORS:
+                with self._lock:  # looked at again on the next pass
+                    self._acl_checks.add(parent)
+                continue
+            except NoNodeError:
+                acls = []  # we create it, with our ACL
+            except KazooException as exc:
+                log.debug("%s: cannot read its ACL: %r", parent, exc)
+                acls = []
+            self._acl_checked.add(parent)
+            granted = 0
+            for acl in acls:
+                if (acl.id.scheme, acl.id.id) == ("world", "anyone"):
+                    granted |= acl.perms
+            risks = [(name, risk) for name, bit, risk in (
+                ("DELETE", Permissions.DELETE, "delete our nodes"),
+                ("CREATE", Permissions.CREATE, "create a node at our path before we do"))
+                if granted & bit]
+            if risks:
+                log.warning("%s grants %s to world:anyone: anyone can %s, [auth] "
+                            "notwithstanding; give it an ACL like ours (creator all, "
+                            "world read)", parent, " and ".join(name for name, _ in risks),
+                            " or ".join(risk for _, risk in risks))
 
     def _find_unsaved_members(self, wanted: dict[str, bytes]) -> None:
         """After a reattach, members the old incarnation created but never saved
