@@ -339,3 +339,19 @@ def test_a_drain_dropped_with_its_section_on_reload_stays_dropped(host, zk):
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: server.info("zkwatcher")["pid"] not in (0, old), 10, what="restart")
     wait_until(lambda: node_exists(zk, nodes["flag"]), 10, what="flag registered again")
+
+
+def test_utf_8_in_events_keeps_the_protocol_in_step(host, zk):
+    """supervisord counts an event's len in characters: text beyond ASCII — ours or
+    another tool's REMOTE_COMMUNICATION — must not shift where the next event starts."""
+    server, config, nodes, _flag = host
+    pid = server.info("zkwatcher")["pid"]
+    server.rpc().supervisor.sendRemoteCommEvent("some-other-tool", "café éééééééé\nx")
+    result = cli(server, config, "drain", "web", "--reason", "déploiement ☃ 42")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_until(lambda: not node_exists(zk, nodes["web"]), 2, what="drained")
+    assert server.info("zkwatcher")["statename"] == "RUNNING"
+    assert server.info("zkwatcher")["pid"] == pid
+    status = wait_until(lambda: "DRAINED" in (r := cli(server, config, "status")).stdout and r,
+                        5, interval=0.2, what="status shows the drain")
+    assert "(déploiement ☃ 42)" in status.stdout

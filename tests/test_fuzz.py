@@ -223,3 +223,37 @@ def test_config_files(tmp_path):
 
     run()
     counted.report()
+
+
+def test_status_reports_from_odd_status_files(tmp_path):
+    """``status`` reads a file others may have put in its way: whatever parses as a
+    status file is reported without a traceback."""
+    from zkwatcher_supervisor.status import status_report
+
+    counted = Counted("status reports")
+    section = st.fixed_dictionaries({"path": st.text(max_size=10), "healthy": st.booleans()},
+                                    optional={"registered": json_values,
+                                              "processes": json_values,
+                                              "check": json_values | st.fixed_dictionaries(
+                                                  {}, optional={key: json_values for key in (
+                                                      "last_result", "last_run", "passes",
+                                                      "failures", "rise", "fall", "detail",
+                                                      "due_by")}),
+                                              "drained": json_values | st.fixed_dictionaries(
+                                                  {}, optional={key: json_values for key in (
+                                                      "by", "reason", "since", "until")})})
+    path = tmp_path / "status.json"
+
+    @FUZZ
+    @given(sections=st.dictionaries(st.text(max_size=8), section, max_size=3),
+           updated=st.floats(0, 2e9) | json_values)
+    def run(sections, updated):
+        counted()
+        path.write_text(json.dumps({"pid": os.getpid(), "updated": updated,
+                                    "zookeeper": {"connected": True}, "sections": sections}))
+        state = read_status_file(str(path))
+        status_report(None, lambda paths: dict.fromkeys(paths, True),
+                      located=(str(path), state))
+
+    run()
+    counted.report()

@@ -251,7 +251,8 @@ def test_handoff_is_refused_while_the_session_cannot_be_saved(
         consumer = EveryEvent(zk, nodes)
         result = handoff(server, config)
         assert result.returncode == 1, result.stdout + result.stderr
-        assert "refused to hand over" in result.stderr and "session file" in result.stderr
+        # Its status file is in that directory too: not believed, so nothing is signalled.
+        assert "may be written by others; not trusted" in result.stderr, result.stderr
         assert listener_pid(server) == pid
         time.sleep(0.5)
         assert consumer.events == []
@@ -299,3 +300,41 @@ def test_an_upgrade_takes_over_the_session_and_drains_an_earlier_version_left(
     assert not node_exists(zk, nodes[1])  # still drained
     wait_until(lambda: not any(os.path.exists(p) for p in legacy.values()), 5,
                what="the old files removed once the new ones are written")
+
+
+@pytest.mark.parametrize("directory, needs_drain", [
+    ("/run/zkwatcher-supervisor", False), ("/var/lib/zkwatcher-supervisor", True)],
+    ids=["session directory opened", "drains not saved"])
+def test_handoff_is_refused_when_state_cannot_reach_the_successor(
+        write_config, supervisord, zk, base_path, directory, needs_drain):
+    """A state directory that others may write from some moment on: the session
+    file, or the drains, would not be trusted by the successor — so no hand-over."""
+    config = write_config(sections(base_path, 2), session_timeout=10)
+    server = supervisord(listener_section(config))
+    nodes = [f"{base_path}/s{i}/host1:{i + 1}" for i in range(2)]
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 20, what="all registered")
+    os.makedirs(directory, exist_ok=True)
+    mode = os.stat(directory).st_mode & 0o777
+    env = {**os.environ, "SUPERVISOR_SERVER_URL": f"unix://{server.workdir}/supervisor.sock"}
+    try:
+        os.chmod(directory, 0o775)
+        if needs_drain:
+            drained = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "drain",
+                                      "s1", "-c", str(config)], capture_output=True, text=True,
+                                     env=env, timeout=60)
+            assert drained.returncode == 0, drained.stderr
+            log = config.parent / "zkwatcher.log"
+            wait_until(lambda: "cannot save the drained sections" in log.read_text(), 5,
+                       what="the failed save")
+        consumer = EveryEvent(zk, nodes[:1])
+        pid = listener_pid(server)
+        result = handoff(server, config)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert ("may be written by others; not trusted" in result.stderr if not needs_drain
+                else "refused to hand over" in result.stderr
+                and "drained sections are not saved" in result.stderr), result.stderr
+        assert listener_pid(server) == pid
+        time.sleep(0.5)
+        assert consumer.events == []
+    finally:
+        os.chmod(directory, mode)

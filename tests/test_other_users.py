@@ -157,3 +157,43 @@ def test_a_listener_under_supervisords_user_keeps_its_state_in_its_own_home(
         server.stop()
         for leftover in state.glob("*"):  # only this test runs listeners as this user
             leftover.unlink()
+
+
+def test_a_status_file_forged_by_another_user_is_not_believed(write_config, base_path):
+    """Anyone can name a process zkwatcher-supervisor and write a status file in
+    their home; only a listener root started (root's own, or one under root's
+    supervisord) is believed, so with no listener running ``status`` says so."""
+    import hashlib
+    import json
+    import time
+
+    config = write_config(section(base_path))
+    home = Path(pwd.getpwnam(SERVICE_USER).pw_dir)
+    state = home / ".local" / "state" / "zkwatcher-supervisor"
+    entry = pwd.getpwnam(SERVICE_USER)
+    forger = subprocess.Popen(
+        ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
+         "/usr/bin/python3", "-c",
+         "import os; os.execv('/bin/sleep', ['zkwatcher-supervisor', '60'])"])
+    digest = hashlib.sha256(os.path.abspath(config).encode()).hexdigest()[:12]
+    forged = state / f"status-{digest}.json"
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        for directory in (home / ".local", home / ".local" / "state", state):
+            os.chown(directory, entry.pw_uid, entry.pw_gid)
+            os.chmod(directory, 0o755)
+        forged.write_text(json.dumps({
+            "pid": forger.pid, "updated": time.time(), "config": os.path.abspath(config),
+            "zookeeper": {"connected": True, "hosts": "127.0.0.1:1"},
+            "sections": {"svc": {"path": "/forged/none", "healthy": False,
+                                 "registered": False, "processes": {}}}}))
+        os.chown(forged, entry.pw_uid, entry.pw_gid)
+        time.sleep(0.2)  # the forger has exec'd under its new name
+        result = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status",
+                                 "-c", str(config)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, result.stdout
+        assert "no status file" in result.stdout and "/forged/none" not in result.stdout
+    finally:
+        forger.kill()
+        forger.wait()
+        forged.unlink(missing_ok=True)

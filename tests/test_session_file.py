@@ -140,3 +140,12 @@ def test_a_session_an_earlier_listener_still_holds_is_not_taken(tmp_path):
         capture_output=True, text=True)
     assert other.returncode == 0, other.stderr
     assert "still holds" in other.stderr
+
+
+def test_a_negative_session_id_is_a_session_id(tmp_path):
+    """Servers whose myid is 128 or more hand out ids with the top bit set, which
+    kazoo reads as negative numbers."""
+    path = str(tmp_path / "state" / "session.json")
+    negative = SavedSession(-0x7ef0000000000001, b"p" * 16, {})
+    session_file.save(path, negative)
+    assert session_file.load(path) == negative

@@ -63,3 +63,22 @@ def test_the_status_file_is_the_json_of_the_snapshot(tmp_path, state, sections):
     assert json.loads(text) == state
     # Arbitrary content is not a listener's status: refused, never a traceback.
     assert read_status_file(str(path)) in (None, state)
+
+
+def test_zookeeper_unreachable_is_not_fine(tmp_path):
+    """Nothing known about the nodes: an unhealthy section must not pass for one
+    correctly without its node."""
+    config_path = tmp_path / "config.cfg"
+    status_path = tmp_path / "status.json"
+    config_path.write_text(f"[zkwatcher]\nstatus_file = {status_path}\n"
+                           "[web]\ncmd = true\nservice_port = 80\n"
+                           "service_hostname = h\nzookeeper_path = /s\n")
+    config = load_config(str(config_path))
+    now = 1_000_000.0
+    status_path.write_text(json.dumps({
+        "pid": os.getpid(), "updated": now, "zookeeper": {"connected": True},
+        "sections": {"web": {"path": "/s/h:80", "healthy": False, "registered": False,
+                             "processes": {}, "check": None}}}))
+    lines, ok = status_report(config, lambda paths: None, now=now)
+    assert not ok
+    assert lines[1] == "BAD  [web] /s/h:80 registration unknown, unhealthy"

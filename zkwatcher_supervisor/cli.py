@@ -121,7 +121,7 @@ def show_status(config: Config | None, config_filename: str,
             settings = ZooKeeperSettings(hosts=hosts_override or zookeeper.get("hosts")
                                          or DEFAULT_HOSTS)
 
-    def read_nodes(paths: list[str]) -> dict[str, bool]:
+    def read_nodes(paths: list[str]) -> dict[str, bool] | None:
         if settings is None:
             # Only the listener's word: what it last confirmed in ZooKeeper.
             sections = located[1].get("sections", {})
@@ -131,7 +131,7 @@ def show_status(config: Config | None, config_filename: str,
             return read_existing(settings, paths)
         except Exception as exc:
             print(f"ZooKeeper {settings.hosts}: unreachable ({exc})")
-            return {}
+            return None
 
     lines, ok = status_report(config, read_nodes, located=located)
     print("\n".join(lines))

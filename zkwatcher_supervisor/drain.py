@@ -30,7 +30,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from . import statedir
-from .untrusted import Unusable, load_json, number, text_field
+from .untrusted import Unusable, load_json, number, printable, text_field
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,17 @@ def _parse_saved(saved) -> dict[str, Drain]:
             raise Unusable(f"[{name}] is not a mapping")
         until = entry.get("until")
         drains[text_field(name, "section", MAX_NAME_CHARS)] = Drain(
-            text_field(entry.get("reason", ""), "reason", MAX_REASON_CHARS),
-            text_field(entry.get("by", "?"), "by", MAX_BY_CHARS),
+            _saved_text(entry.get("reason", ""), MAX_REASON_CHARS),
+            _saved_text(entry.get("by", "?"), MAX_BY_CHARS),
             number(entry.get("since"), "since", 0, 1e11),
             None if until is None else number(until, "until", 0, 1e11))
     return drains
+
+
+def _saved_text(value, limit: int) -> str:
+    """A reason or name as saved: shortened rather than refused (earlier versions had
+    no limits), never a reason to lose every drain in the file."""
+    return printable(value if isinstance(value, str) else str(value))[:limit]
 
 
 def load(path: str) -> dict[str, Drain]:
@@ -144,8 +150,13 @@ def save(path: str, drains: dict[str, Drain]) -> None:
 
 def request(config_filename: str, action: str, sections: list[str], reason: str = "",
             duration: float | None = None, by: str = "") -> dict:
+    """The request for the listener of ``config_filename``.  It carries ``duration``
+    (what this version applies) and the ``until`` it implies, which is all a
+    listener of an earlier version reads — so a drain sent while upgrading ends
+    when asked."""
     return {"config": statedir.config_key(config_filename), "id": uuid.uuid4().hex,
             "action": action, "sections": sections, "reason": reason, "duration": duration,
+            "until": None if duration is None else time.time() + duration,
             "by": by or getpass.getuser()}
 
 
@@ -180,9 +191,10 @@ def parse_event(payload: str) -> DrainRequest | None:
     if not isinstance(sections, list) or not 0 < len(sections) <= MAX_SECTIONS:
         raise refuse("sections must be a list of section names")
     try:
-        names = tuple(text_field(name, "a section name", MAX_NAME_CHARS) for name in sections)
+        names = tuple(dict.fromkeys(text_field(name, "a section name", MAX_NAME_CHARS)
+                                    for name in sections))
         duration = parsed.get("duration")
-        if "until" in parsed and duration is None:
+        if parsed.get("until") is not None and duration is None:
             raise Unusable("an absolute 'until' from an older client; this listener takes "
                            "a duration")
         if duration is not None:
@@ -264,7 +276,7 @@ def run_drain(config, args) -> int:
     from supervisor import childutils
 
     from .handoff import DEFAULT_SERVER_URL
-    from .status import locate_status, owner_of, process_alive
+    from .status import distrust, locate_status, owner_of, process_alive
 
     def fail(message: str, status: int = 1) -> int:
         print(f"zkwatcher-supervisor {args.command}: {message}", file=sys.stderr)
@@ -272,6 +284,8 @@ def run_drain(config, args) -> int:
 
     if sum([bool(args.sections), args.program is not None, args.all]) != 1:
         return fail("name the sections, or give --program NAME or --all (one of them)", 2)
+    if args.command == "undrain" and (args.stop or args.duration):
+        return fail("--stop and --for go with drain, not undrain", 2)
     duration = None
     if args.command == "drain" and args.duration:
         try:
@@ -292,7 +306,7 @@ def run_drain(config, args) -> int:
     pid = (state or {}).get("pid")
     if not pid or not process_alive(pid):
         return fail(f"the listener for {config.filename} is not running (no live pid in "
-                    f"{status_file})")
+                    f"{distrust(status_file) or status_file})")
     message = request(config.filename, args.command, sections, args.reason, duration,
                       by=args.username or "")
     try:
@@ -305,8 +319,13 @@ def run_drain(config, args) -> int:
                     "is REMOTE_COMMUNICATION in its events = ?")
     if answer.get("error"):
         return fail(f"the listener refused the request: {answer['error']}")
-    applied = [name for name in answer.get("applied", []) if name in sections]
-    refused = answer.get("refused") or {}
+    if "applied" in answer:
+        applied = [name for name in answer["applied"] if name in sections]
+        refused = answer.get("refused") or {}
+    else:  # an earlier version: it lists what it applied and drops the rest unsaid
+        applied = [name for name in answer.get("sections", []) if name in sections]
+        refused = {name: "not applied by the running listener (an earlier version; reload "
+                   "or hand over first)" for name in sections if name not in applied}
     listed = ", ".join(f"[{name}]" for name in applied)
     if refused:
         if applied:
@@ -314,6 +333,9 @@ def run_drain(config, args) -> int:
         for name, why in sorted(refused.items()):
             print(f"zkwatcher-supervisor {args.command}: [{name}] not {args.command}ed: {why}",
                   file=sys.stderr)
+        if answer.get("refused_more"):
+            print(f"zkwatcher-supervisor {args.command}: and {answer['refused_more']} more "
+                  "section(s) like them", file=sys.stderr)
         return 1
     if not args.stop:
         print(f"{args.command}ed {listed}")

@@ -16,7 +16,7 @@ import time
 from supervisor import childutils
 
 from .config import Config
-from .status import locate_status, owner_of, process_alive, read_status_file
+from .status import distrust, locate_status, owner_of, process_alive, read_status_file
 
 DEFAULT_SERVER_URL = "unix:///var/run/supervisor.sock"
 SETTLE = 2.0
@@ -36,7 +36,8 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
     path, state = locate_status(config.filename, config.status_file)
     pid = (state or {}).get("pid")
     if not pid or not process_alive(pid):
-        return False, f"no running listener for {config.filename} (status file {path})"
+        return False, f"no running listener for {config.filename} (status file " \
+                      f"{distrust(path) or path})"
     owner = owner_of(path)
     # The file is published within half a second of a change: a listener that
     # has just connected may not say so yet.
@@ -45,7 +46,15 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
         time.sleep(0.05)
         state = read_status_file(path, owner) or state
     session = _session(state)
-    if session is None:
+    if session is None and "session" not in ((state or {}).get("zookeeper") or {}):
+        # A listener of an earlier version does not publish its session: its nodes'
+        # owner is the session the successor must hold.
+        try:
+            session = _session_of_nodes(config, state)
+        except Exception as exc:  # unreachable, refused: nothing to prove a hand-over by
+            return False, f"the listener (pid {pid}) is of an earlier version and its " \
+                          f"session cannot be read from ZooKeeper ({exc}); nothing was done"
+    elif session is None:
         return False, f"the listener (pid {pid}) is not connected to ZooKeeper: there is " \
                       "no session to hand over (a restart now would re-register every node)"
     refused_before = state.get("handoff_refused")
@@ -74,6 +83,9 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
                           "still running, nothing changed"
         if successor and successor != pid and process_alive(successor):
             now_session = _session(state)
+            if now_session is not None and session is None:
+                return True, f"handed over: pid {pid} -> pid {successor} (no node was " \
+                             "registered, so none could flap)"
             if now_session == session:
                 return True, f"handed over: pid {pid} -> pid {successor}, ZooKeeper " \
                              f"session {session} kept"
@@ -91,3 +103,16 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
         time.sleep(0.05)
     return False, f"pid {pid} was signalled but no successor took over its session within " \
                   f"{timeout:.0f}s; see the log of {name}"
+
+
+def _session_of_nodes(config: Config, state: dict) -> str | None:
+    """The session holding the nodes the status file says are registered, read from
+    ZooKeeper; None if none is registered."""
+    from .registry import owners  # imports kazoo
+
+    paths = [info["path"] for info in state.get("sections", {}).values()
+             if info.get("registered") and "<" not in info["path"]]
+    if not paths:
+        return None
+    held = owners(config.zookeeper, paths[:20])
+    return next((f"0x{owner:x}" for owner in held.values() if owner), None)

@@ -54,6 +54,8 @@ PROCESS_STATE_PREFIX = "PROCESS_STATE_"
 # The exit of a hand-over (SIGUSR2): not 0, so that supervisord's default
 # autorestart = unexpected starts the successor (EX_TEMPFAIL: "run me again").
 EXIT_HANDED_OVER = 75
+# An acknowledgement names at most this many refused sections (it is in the status file).
+MAX_REFUSALS_SHOWN = 100
 # How long to wait for supervisord's XML-RPC answer before saying so in the log.
 RPC_TIMEOUT = 5.0
 # Shutdown budget: ZooKeeper's session close, and killing running checks.
@@ -135,6 +137,7 @@ class Watcher:
         self._drain_timers: dict[str, Timer] = {}
         self._drain_saving = False
         self._drain_save_again = False
+        self._drain_save_error: str | None = None
         self._requests: OrderedDict[str, dict] = OrderedDict()
         self._legacy_drains: str | None = None  # an earlier version's file, once adopted
         if drain_path is not None:
@@ -179,8 +182,14 @@ class Watcher:
             self.request_snapshot()
 
     def request_hand_over(self) -> None:
-        """SIGUSR2: leave the session to the next listener — only if it can take it."""
+        """SIGUSR2: leave the session to the next listener — only if it can take it,
+        and only with every drain on disk (the successor starts from the file)."""
         problem = self.registry.hand_over_problem()
+        if problem is None and self._drain_path is not None:
+            if self._drain_saving:
+                problem = "the drained sections are being saved; try again in a moment"
+            elif self._drain_save_error is not None:
+                problem = f"the drained sections are not saved ({self._drain_save_error})"
         if problem is not None:
             log.error("SIGUSR2: cannot hand over (%s); still running, nothing changed",
                       problem)
@@ -513,7 +522,8 @@ class Watcher:
         """A request we cannot apply: logged, and answered if it says who is asking."""
         self.drops.drop("drain-request", f"ignoring a drain request: {error}")
         if error.id is not None and error.config == self.config_key:
-            self._answer(error.id, {"error": str(error), "accepted": time.time()})
+            # No "accepted": a client of an earlier version would read it as success.
+            self._answer(error.id, {"error": str(error)})
 
     def _answer(self, request_id: str, answer: dict) -> None:
         self._requests[request_id] = answer
@@ -545,8 +555,10 @@ class Watcher:
                     log.info("[%s] undrained by %s", name, request.by)
                     self._set_drain(name, None)
                 applied.append(name)
+        shown = dict(list(refused.items())[:MAX_REFUSALS_SHOWN])
         self._answer(request.id, {"action": request.action, "sections": applied,
-                                  "applied": applied, "refused": refused,
+                                  "applied": applied, "refused": shown,
+                                  "refused_more": len(refused) - len(shown),
                                   "accepted": time.time()})
         if applied:
             self._save_drains()
@@ -594,6 +606,7 @@ class Watcher:
 
     def _drains_saved(self, _result, error: BaseException | None) -> None:
         self._drain_saving = False
+        self._drain_save_error = None if error is None else str(error)
         if error is not None:
             log.error("cannot save the drained sections to %s: %s; they would not survive "
                       "a restart", self._drain_path, error)

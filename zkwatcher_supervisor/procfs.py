@@ -37,7 +37,8 @@ def listener_uids() -> set[int]:
     for pid in pids:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"zkwatcher" not in cmdline.read(4096):
+                text = cmdline.read(4096)
+                if b"zkwatcher-supervisor" not in text and b"zkwatcher_supervisor" not in text:
                     continue
         except OSError:
             continue
@@ -45,3 +46,20 @@ def listener_uids() -> set[int]:
         if uid is not None:
             uids.add(uid)
     return uids
+
+
+def process_cmdline(pid: int) -> bytes:
+    """The first 4 KiB of ``pid``'s command line, NUL-separated; empty if unreadable."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read(4096)
+    except OSError:
+        return b""
+
+
+def parent_pid(pid: int) -> int | None:
+    fields = proc_stat(pid)
+    try:
+        return int(fields[1]) if fields else None
+    except (ValueError, IndexError):
+        return None

@@ -15,6 +15,7 @@ that crashes us would do so for ever.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import sys
@@ -28,11 +29,11 @@ from .untrusted import DropLog
 
 log = logging.getLogger(__name__)
 
-# supervisord's own events are a few hundred bytes; a REMOTE_COMMUNICATION
-# payload is as big as its sender made it.  Bigger ones are skipped unread.
-MAX_PAYLOAD_BYTES = 1 << 20
-# A header line is short; a stream with no newline in this many bytes is noise.
-MAX_HEADER_BYTES = 4096
+# supervisord's own events are a few hundred characters; a REMOTE_COMMUNICATION
+# payload is as big as its sender made it.  Bigger ones are skipped unkept.
+MAX_PAYLOAD_CHARS = 1 << 20
+# A header line is short; a stream with no newline in this many characters is noise.
+MAX_HEADER_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -53,16 +54,22 @@ def parse_header_line(line: str) -> dict[str, str]:
 
 
 class EventParser:
-    """Bytes from supervisord in, complete events out; never raises on bad input."""
+    """Bytes from supervisord in, complete events out; never raises on bad input.
+
+    supervisord counts ``len`` in characters of the payload it encodes as
+    UTF-8 (as ``childutils`` reads it, from a text stream), so the stream is
+    decoded as it arrives and payloads are cut by characters, not bytes.
+    """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._buffer = ""
         self._headers: dict[str, str] | None = None
         self._length = 0
-        self._skipping = 0  # payload bytes still to discard (an oversized event)
+        self._skipping = 0  # payload characters still to discard (an oversized event)
 
     def feed(self, data: bytes) -> Iterator[Event]:
-        self._buffer += data
+        self._buffer += self._decoder.decode(data)
         while True:
             event = self._next()
             if event is None:
@@ -71,35 +78,33 @@ class EventParser:
 
     def _next(self) -> Event | None:
         if self._headers is None:
-            end = self._buffer.find(b"\n")
+            end = self._buffer.find("\n")
             if end < 0:
-                if len(self._buffer) > MAX_HEADER_BYTES:
+                if len(self._buffer) > MAX_HEADER_CHARS:
                     size = len(self._buffer)
-                    self._buffer.clear()
-                    return Event({}, "", f"{size} bytes without a header line")
+                    self._buffer = ""
+                    return Event({}, "", f"{size} characters without a header line")
                 return None
-            line = bytes(self._buffer[:end]).decode("utf-8", "replace")
-            del self._buffer[:end + 1]
+            line, self._buffer = self._buffer[:end], self._buffer[end + 1:]
             headers = parse_header_line(line)
             length = headers.get("len", "")
-            if not (length.isascii() and length.isdigit()):
+            if not (length.isascii() and length.isdigit() and len(length) <= 12):
                 return Event(headers, "", f"header without a usable len: {line!r}")
             self._headers, self._length = headers, int(length)
-            if self._length > MAX_PAYLOAD_BYTES:
+            if self._length > MAX_PAYLOAD_CHARS:
                 self._skipping = self._length
         if self._skipping:
             skipped = min(self._skipping, len(self._buffer))
-            del self._buffer[:skipped]
+            self._buffer = self._buffer[skipped:]
             self._skipping -= skipped
             if self._skipping:
                 return None
             headers, self._headers = self._headers, None
-            return Event(headers, "", f"payload of {self._length} bytes is larger than "
-                         f"{MAX_PAYLOAD_BYTES}")
+            return Event(headers, "", f"payload of {self._length} characters is larger than "
+                         f"{MAX_PAYLOAD_CHARS}")
         if len(self._buffer) < self._length:
             return None
-        payload = bytes(self._buffer[:self._length]).decode("utf-8", "replace")
-        del self._buffer[:self._length]
+        payload, self._buffer = self._buffer[:self._length], self._buffer[self._length:]
         headers, self._headers = self._headers, None
         return Event(headers, payload)
 

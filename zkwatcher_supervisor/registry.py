@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import posixpath
 import random
 import ssl
@@ -51,7 +52,7 @@ from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, Permissions, make_acl
 
-from . import session_file
+from . import session_file, statedir
 from .config import ServiceSettings, TLSSettings, ZooKeeperSettings
 from .logs import KAZOO_REPEATS
 from .payload import names_endpoint, same_registration
@@ -303,6 +304,19 @@ def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
         client.close()
 
 
+def owners(settings: ZooKeeperSettings, paths: list[str], timeout: float = 5.0) -> dict[str, int]:
+    """The session that holds each of ``paths`` that exists (``handoff``'s proof)."""
+    client = make_client(settings)
+    try:
+        client.start(timeout=timeout)
+        lookups = {path: client.exists_async(path) for path in paths}
+        stats = {path: lookup.get(timeout=timeout) for path, lookup in lookups.items()}
+        return {path: stat.ephemeralOwner for path, stat in stats.items() if stat is not None}
+    finally:
+        client.stop()
+        client.close()
+
+
 class Registry:
     """Registers ephemeral znodes; see the module docstring for the guarantees.
 
@@ -440,6 +454,10 @@ class Registry:
         """Why a successor could not take over our session right now, or None."""
         if self._store is None:
             return "no session file"
+        if self._store.problem is None and not statedir.safe_directory(
+                os.path.dirname(self._store.path)):
+            self._store.problem = f"{os.path.dirname(self._store.path)} is not private " \
+                                  "any more: a successor would not trust the session file"
         if self._store.problem is not None:
             return self._store.problem
         if self._session_id is None or not self._client.connected:
@@ -459,6 +477,7 @@ class Registry:
             return "no session file"
         if self._session_id is None:
             return "no ZooKeeper session to hand over"
+        self._saved_nodes = None  # written again even if unchanged: the file may be gone
         self._save_session()
         if not self._store.flush(timeout):
             return self._store.problem or "the session file was not written"

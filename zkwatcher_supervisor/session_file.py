@@ -70,7 +70,7 @@ def claim(path: str) -> int | None:
 def _locked_by_another(path: str) -> bool:
     """Whether a running listener holds the session lock of ``path``."""
     try:
-        fd = os.open(path + ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path + ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return False
     try:
@@ -91,8 +91,10 @@ def _parse_session(saved: Any) -> SavedSession:
     if not isinstance(nodes, dict):
         raise Unusable("nodes is not a mapping")
     session_id = saved["session_id"]
+    # A signed 64-bit number as kazoo reads it: negative from a server whose myid
+    # is 128 or more (the id's top byte).
     if isinstance(session_id, bool) or not isinstance(session_id, int) \
-            or not 0 < session_id < 2**63:
+            or not -2**63 <= session_id < 2**63 or session_id == 0:
         raise Unusable("session_id is not a session id")
     if not isinstance(saved["password"], str):
         raise Unusable("password is not a string")
@@ -150,6 +152,7 @@ class SessionStore:
             return None
         saved = load(self.path)
         if saved is not None or os.path.lexists(self.path):
+            self._legacy = []
             return saved
         for old in self._legacy:
             if _locked_by_another(old):
@@ -159,7 +162,9 @@ class SessionStore:
             saved = load(old)
             if saved is not None:
                 log.info("taking over the session saved by an earlier version at %s", old)
+                self._legacy = [old]  # removed once ours is written; the others are not ours
                 return saved
+        self._legacy = []
         return None
 
     def put(self, session: SavedSession) -> None:

@@ -163,15 +163,26 @@ def read_private_json(path: str, what: str, parse: Callable[[Any], T],
 
 def write_atomically(path: str, text: str, mode: int) -> None:
     """Readers see the old file or the new one, never a part."""
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    directory = os.path.dirname(path)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
+            out.flush()
+            os.fsync(out.fileno())  # a crash right after must not leave an empty file
         os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
         raise
+    try:
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(directory_fd)  # and the rename itself reaches the disk
+    finally:
+        os.close(directory_fd)
 
 
 def remove(path: str) -> None:

@@ -24,7 +24,7 @@ from typing import Callable
 from . import statedir
 from .config import Config
 from .loop import EventLoop, Timer, offload
-from .procfs import listener_uids, proc_stat, process_uid
+from .procfs import listener_uids, parent_pid, proc_stat, process_cmdline, process_uid
 from .untrusted import Unusable, load_json, number, printable
 
 log = logging.getLogger(__name__)
@@ -166,37 +166,55 @@ def _check_state(state) -> dict:
         if not isinstance(info.get("path"), str) or not isinstance(info.get("healthy"), bool) \
                 or not isinstance(info.get("registered", False), bool):
             raise Unusable(f"section {name!r} lacks path/healthy/registered")
-        mapping(info.get("processes", {}), f"processes of {name!r}")
+        processes = mapping(info.get("processes", {}), f"processes of {name!r}")
+        if not all(isinstance(value, str) for value in processes.values()):
+            raise Unusable(f"processes of {name!r} are not states")
         check = info.get("check")
         if check is not None:
             mapping(check, f"check of {name!r}")
-            for key in ("last_run", "due_by", "duration"):
+            for key in ("due_by", "duration"):
                 optional_number(check.get(key), key)
             for key in ("passes", "failures", "rise", "fall"):
-                number(check.get(key, 0), key, 0, 1e12)
+                number(check.get(key), key, 0, 1e12)
+            if check.get("last_result") is not None:
+                if not isinstance(check["last_result"], bool):
+                    raise Unusable(f"last_result of {name!r} is not true or false")
+                number(check.get("last_run"), "last_run", 0, 1e11)
+            if not isinstance(check.get("detail") or "", str):
+                raise Unusable(f"detail of {name!r} is not text")
         drained = info.get("drained")
         if drained is not None:
             mapping(drained, f"drain of {name!r}")
             number(drained.get("since"), "since", 0, 1e11)
             if drained.get("until") is not None:
                 number(drained.get("until"), "until", 0, 1e11)
+            if not isinstance(drained.get("by"), str) \
+                    or not isinstance(drained.get("reason", ""), str):
+                raise Unusable(f"drain of {name!r} lacks who and why")
     mapping(state.get("requests", {}), "requests")
     return state
 
 
-def read_status_file(path: str, owner: int | None = None) -> dict | None:
+def read_status_file(path: str, owner: int | None = None,
+                     follow: bool = True) -> dict | None:
     """The listener's status file, or None if it is missing or not one we can use.
 
-    ``owner``: the uid the file (and the listener it names) must belong to.
+    ``owner``: the uid the file and its directory must belong to, writable by
+    nobody else; ``follow``: whether a symlink is followed (only for a path an
+    operator configured).
     """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, flags)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or (owner is not None and info.st_uid != owner):
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            if owner is not None and not (statedir.trusted(info, owner) and statedir.trusted(
+                    os.stat(os.path.dirname(path) or "."), owner)):
                 return None
             return _check_state(load_json(handle.read(MAX_STATUS_BYTES + 1),
                                           MAX_STATUS_BYTES))
@@ -207,7 +225,15 @@ def read_status_file(path: str, owner: int | None = None) -> dict | None:
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs; a killed listener not yet reaped (a zombie) does not."""
     fields = proc_stat(pid)
-    return bool(fields) and fields[0] not in (b"Z", b"X")
+    if fields:
+        return fields[0] not in (b"Z", b"X")
+    try:  # /proc mounted with hidepid: another user's process is hidden, not gone
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False  # ours, yet /proc does not show it: gone
 
 
 def owner_of(path: str) -> int | None:
@@ -217,29 +243,63 @@ def owner_of(path: str) -> int | None:
         return None
 
 
+def _runs_the_listener(uid: int, pid: int) -> bool:
+    """Whether ``pid`` is a listener run as ``uid`` that only root could have started:
+    root itself, or a child of root's supervisord (its ``user =``).  Anyone can
+    start a process called zkwatcher-supervisor; nobody but root can make
+    supervisord its parent."""
+    if uid == 0:
+        return True
+    if process_uid(pid) != uid:
+        return False
+    parent = parent_pid(pid)
+    return parent is not None and process_uid(parent) == 0 \
+        and b"supervisord" in process_cmdline(parent)
+
+
+def distrust(path: str) -> str:
+    """Why the status file at ``path`` was not used: "" if there is none, else a reason."""
+    try:
+        info = os.lstat(path)
+        directory = os.stat(os.path.dirname(path) or ".")
+    except OSError:
+        return ""
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file"
+    if not (statedir.trusted(info, info.st_uid) and statedir.trusted(directory, info.st_uid)):
+        return f"{path} or its directory may be written by others; not trusted"
+    return f"{path} names no listener that is running"
+
+
 def locate_status(config_filename: str, explicit: str = "") -> tuple[str, dict | None]:
     """Where the listener for ``config_filename`` publishes its state, and the state.
 
     Whoever asks gets the same answer: the listener may run as root (its file
     is under /run) or as another user (its home), and we may be yet another
-    user, so every place a listener could use is looked at — ours, root's, and
-    those of the users running a listener now.  A file counts only if its owner
-    runs the listener it names.
+    user, so every place a listener could use is looked at — root's, those of
+    the users running a listener now, ours, and where earlier versions kept
+    it.  A file counts only if it is its owner's alone and its owner runs, as
+    a listener only root could have started, the process it names.
     """
     if explicit:
         return explicit, read_status_file(explicit)
-    first = None
-    fallback: tuple[str, dict] | None = None
-    for uid in dict.fromkeys([0, *sorted(listener_uids()), os.geteuid()]):
-        path = statedir.state_path(config_filename, "status", uid)
-        first = first or path
-        state = read_status_file(path, owner=uid)
+    candidates = [(statedir.state_path(config_filename, "status", uid), uid)
+                  for uid in dict.fromkeys([0, *sorted(listener_uids()), os.geteuid()])]
+    candidates += [(path, None) for path in statedir.legacy_paths(config_filename, "status")]
+    first = candidates[0][0]
+    stale: tuple[str, dict] | None = None
+    for path, uid in dict.fromkeys(candidates):
+        owner = uid if uid is not None else owner_of(path)
+        if owner is None:
+            continue
+        state = read_status_file(path, owner=owner, follow=False)
         if state is None:
             continue
-        if process_alive(state["pid"]) and process_uid(state["pid"]) == uid:
+        if process_alive(state["pid"]) and _runs_the_listener(owner, state["pid"]):
             return path, state
-        fallback = fallback or (path, state)
-    return fallback if fallback is not None else (first, None)
+        if owner == 0 and stale is None:
+            stale = (path, state)  # root's word that its listener is gone
+    return stale if stale is not None else (first, None)
 
 
 def _describe_check(check: dict | None, now: float) -> str:
@@ -269,6 +329,12 @@ def _describe_drain(drained: dict | None, now: float) -> str:
     return text
 
 
+def _registration(registered: bool, unknown: bool) -> str:
+    if unknown:
+        return "registration unknown"
+    return "registered" if registered else "not registered"
+
+
 def _overdue(info: dict | None, now: float) -> str:
     """Why the section's check is overdue, or "" (a stuck check runner shows here)."""
     due_by = ((info or {}).get("check") or {}).get("due_by")
@@ -277,12 +343,14 @@ def _overdue(info: dict | None, now: float) -> str:
     return f"check OVERDUE: no result for {now - due_by:.0f}s past its deadline"
 
 
-def status_report(config: Config | None, read_nodes: Callable[[list[str]], dict[str, bool]],
+def status_report(config: Config | None,
+                  read_nodes: Callable[[list[str]], dict[str, bool] | None],
                   now: float | None = None,
                   located: tuple[str, dict | None] | None = None) -> tuple[list[str], bool]:
     """Lines to print and whether everything is as it should be.
 
-    ``read_nodes`` maps each znode path to whether it exists in ZooKeeper.
+    ``read_nodes`` maps each znode path to whether it exists in ZooKeeper (None:
+    ZooKeeper could not be asked, so nothing is known to be right).
     ``located``: the status file's path and content (default: :func:`locate_status`).
     Without ``config`` (one we may not read) the sections are the status file's.
     """
@@ -293,7 +361,9 @@ def status_report(config: Config | None, read_nodes: Callable[[list[str]], dict[
     running = state is not None and process_alive(state["pid"])
     lines = []
     if state is None:
-        lines.append(f"listener: no status file at {path} (not running?)")
+        why = distrust(path)
+        lines.append(f"listener: {why}" if why else
+                     f"listener: no status file at {path} (not running?)")
     elif not running:
         lines.append(f"listener: pid {state['pid']} is gone; status from "
                      f"{now - state['updated']:.0f}s ago")
@@ -318,7 +388,9 @@ def status_report(config: Config | None, read_nodes: Callable[[list[str]], dict[
         return info["path"] if info and "<" not in info["path"] else display_path
 
     present = read_nodes([node(*entry) for entry in listed if "<" not in node(*entry)])
-    all_ok = running
+    unknown = present is None  # ZooKeeper could not be asked: nothing is known to be right
+    all_ok = running and not unknown
+    present = present or {}
     for name, display_path in listed:
         info = sections.get(name) if running else None
         registered = present.get(node(name, display_path), False)
@@ -332,7 +404,7 @@ def status_report(config: Config | None, read_nodes: Callable[[list[str]], dict[
             ok = registered == info["healthy"]
             health = "healthy" if info["healthy"] else "unhealthy"
         overdue = _overdue(info, now)
-        if overdue:
+        if overdue or unknown:
             ok = False
         all_ok = all_ok and ok
         details = [overdue, _describe_drain((info or {}).get("drained"), now)]
@@ -343,7 +415,7 @@ def status_report(config: Config | None, read_nodes: Callable[[list[str]], dict[
             details.append(_describe_check(info.get("check"), now))
         lines.append(printable(
             f"{'ok  ' if ok else 'BAD '} [{name}] {node(name, display_path)} "
-            f"{'registered' if registered else 'not registered'}, {health}"
+            f"{_registration(registered, unknown)}, {health}"
             + "".join(f"; {d}" for d in details if d)
         ))
     return lines, all_ok
