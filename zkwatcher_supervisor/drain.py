@@ -309,6 +309,9 @@ def run_drain(config, args) -> int:
                     f"{distrust(status_file) or status_file})")
     message = request(config.filename, args.command, sections, args.reason, duration,
                       by=args.username or "")
+    if "session" not in state.get("zookeeper", {}):
+        # A listener of an earlier version knows itself by the config's resolved path.
+        message["config"] = os.path.realpath(config.filename)
     try:
         client.send(message)
     except Exception as exc:  # refused connection, bad credentials, xmlrpc fault

@@ -75,7 +75,9 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
     deadline = time.monotonic() + timeout
     started = False
     while time.monotonic() < deadline:
-        state = read_status_file(path, owner)
+        # Looked for afresh: a successor of another version may publish elsewhere.
+        state = read_status_file(path, owner) or locate_status(config.filename,
+                                                                config.status_file)[1]
         successor = (state or {}).get("pid")
         if successor == pid and state.get("handoff_refused") not in (None, refused_before):
             why = state["handoff_refused"].get("why")
