@@ -79,7 +79,7 @@ def same_registration(a: bytes, b: bytes) -> bool:
 def names_endpoint(data: bytes, host: str, port: int) -> bool:
     """Whether node data (any format we write, or a peer's) advertises ``host:port``."""
     try:
-        value = json.loads(data[:65536])
+        value = json.loads(data[:1 << 20])  # ZooKeeper's own limit on node data
     except (ValueError, RecursionError):
         return False
     if not isinstance(value, dict):

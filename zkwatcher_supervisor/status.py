@@ -227,13 +227,13 @@ def process_alive(pid: int) -> bool:
     fields = proc_stat(pid)
     if fields:
         return fields[0] not in (b"Z", b"X")
-    try:  # /proc mounted with hidepid: another user's process is hidden, not gone
+    try:  # /proc with hidepid hides other users' (and non-dumpable) processes
         os.kill(pid, 0)
     except PermissionError:
         return True
     except OSError:
         return False
-    return False  # ours, yet /proc does not show it: gone
+    return True
 
 
 def owner_of(path: str) -> int | None:
