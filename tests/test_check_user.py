@@ -171,7 +171,8 @@ def test_a_user_that_does_not_exist_is_exit_2_naming_section_and_key(write_confi
                                  "no such user 'no-such-user-zkw'\n")
 
 
-@pytest.mark.parametrize("layout", ["world-writable file", "group-writable directory"])
+@pytest.mark.parametrize("layout", ["world-writable file", "group-writable directory",
+                                    "link through a world-writable directory"])
 def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, base_path, layout):
     assert os.geteuid() == 0
     directory = tmp_path / "etc"
@@ -180,9 +181,22 @@ def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, b
     if layout == "world-writable file":
         config.chmod(0o666)
         culprit = f"{config} is writable by others (mode 0666); chmod o-w {config}"
-    else:
+    elif layout == "group-writable directory":
         directory.chmod(0o775)
         culprit = f"{directory} is writable by group (mode 0775); chmod g-w {directory}"
+    else:
+        # etc/config.cfg -> shared/link -> real/config.cfg: the path as given and
+        # the file it ends at are root's alone, but whoever writes shared/ can
+        # repoint the link in the middle.
+        (tmp_path / "real").mkdir()
+        real = config.rename(tmp_path / "real" / "config.cfg")
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        (shared / "link").symlink_to("../real/config.cfg")
+        config.symlink_to("../shared/link")
+        assert run_listener(real, "--check-config").returncode == 0  # the file itself is fine
+        culprit = f"{shared} is writable by others (mode 0777); chmod o-w {shared}"
     result = run_listener(config)
     assert result.returncode == 2
     assert result.stderr == (f"zkwatcher-supervisor: {config}: refused as root: others could "

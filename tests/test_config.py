@@ -26,7 +26,13 @@ from zkwatcher_supervisor.config import (
     parse_zookeeper_data,
 )
 from zkwatcher_supervisor.payload import node_payload
-from zkwatcher_supervisor.privilege import CheckUser, check_user, may_enter, switch_error
+from zkwatcher_supervisor.privilege import (
+    CheckUser,
+    check_user,
+    may_enter,
+    switch_error,
+    unsafe_path,
+)
 
 ZK_WATCHER_README_EXAMPLE = """\
 [ssh]
@@ -617,6 +623,11 @@ def as_root():
     ("dir owned by nobody", "dir", "is owned by uid 65534 (nobody), not root"),
     ("sticky dir owned by nobody", "dir", "is owned by uid 65534 (nobody), not root"),
     ("link into dir 0777", "dir", "is writable by others (mode 0777); chmod o-w"),
+    ("link via a link in dir 0777", "shared", "is writable by others (mode 0777); chmod o-w"),
+    ("link via a relative link in dir 0777", "shared",
+     "is writable by others (mode 0777); chmod o-w"),
+    ("'..' after a link into dir 0777", "dir", "is writable by others (mode 0777); chmod o-w"),
+    ("link by nobody in a sticky dir", "link", "is owned by uid 65534 (nobody), not root"),
 ])
 def test_config_others_can_change_is_refused_as_root(tmp_path, layout, culprit, problem):
     as_root()
@@ -642,12 +653,67 @@ def test_config_others_can_change_is_refused_as_root(tmp_path, layout, culprit, 
         (tmp_path / "safe").mkdir()
         given = tmp_path / "safe" / "config.cfg"
         given.symlink_to(cfg)
+    elif layout.startswith(("link via a", "link by nobody")):
+        # given -> shared/hop -> etc/config.cfg: whoever can write shared/ could
+        # point the hop elsewhere, though neither the path as given nor the file
+        # it ends at is in a writable directory.
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        hop = shared / "hop"
+        hop.symlink_to(cfg if "relative" not in layout else "../etc/config.cfg")
+        if layout == "link by nobody in a sticky dir":
+            os.chmod(shared, 0o1777)
+            os.lchown(hop, 65534, -1)
+        else:
+            os.chmod(shared, 0o777)
+        (tmp_path / "safe").mkdir()
+        given = tmp_path / "safe" / "config.cfg"
+        given.symlink_to(hop if "relative" not in layout else "../shared/hop")
+    elif layout == "'..' after a link into dir 0777":
+        # safe/sub -> etc/inner, so safe/sub/../config.cfg is etc/config.cfg for
+        # the kernel, not safe/config.cfg as the path reads.
+        os.chmod(directory, 0o777)
+        (directory / "inner").mkdir()
+        (tmp_path / "safe").mkdir()
+        (tmp_path / "safe" / "sub").symlink_to(directory / "inner")
+        (tmp_path / "safe" / "config.cfg").write_text(cfg.read_text())
+        given = tmp_path / "safe" / "sub" / ".." / "config.cfg"
     with pytest.raises(ConfigError) as caught:
         load_config(str(given))
-    culprit_path = cfg if culprit == "cfg" else directory
+    culprit_path = {"cfg": cfg, "dir": directory, "shared": tmp_path / "shared",
+                    "link": tmp_path / "shared" / "hop"}[culprit]
     assert str(caught.value) == (
         f"{given}: refused as root: others could change it, and with it the commands we "
         f"run: {culprit_path} {problem}" + (f" {culprit_path}" if "chmod" in problem else ""))
+
+
+def test_a_chain_of_links_through_root_only_directories_loads_as_root(tmp_path):
+    as_root()
+    for name in ("etc", "shared", "real"):
+        (tmp_path / name).mkdir()
+    cfg = tmp_path / "real" / "config.cfg"
+    cfg.write_text("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n")
+    os.chmod(cfg, 0o644)
+    (tmp_path / "shared" / "link").symlink_to("../real/config.cfg")
+    (tmp_path / "etc" / "config.cfg").symlink_to(tmp_path / "shared" / "link")
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    (sticky / "link").symlink_to(cfg)  # root's link: nobody else may replace it
+    for path in (tmp_path / "etc" / "config.cfg", sticky / "link"):
+        assert load_config(str(path)).services[0].cmd == "true"
+    assert unsafe_path(str(tmp_path / "etc" / "config.cfg")) is None
+
+
+def test_a_link_loop_met_on_the_way_ends_the_walk(tmp_path):
+    """The file may change between its stat and the walk: a loop by then stops it."""
+    as_root()
+    cfg = tmp_path / "config.cfg"
+    cfg.write_text("")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert unsafe_path(str(tmp_path / "a"), os.stat(cfg)) == (
+        f"cannot resolve {tmp_path / 'a'}: too many levels of symbolic links")
 
 
 def test_config_in_a_root_sticky_directory_like_tmp_loads_as_root(tmp_path):

@@ -116,16 +116,23 @@ def switch_problem(user: CheckUser, euid: int, egid: int) -> str | None:
             f"{user.name!r}")
 
 
+# Symbolic links followed in one path before giving up, as Linux does (ELOOP).
+MAX_SYMLINK_HOPS = 40
+
+
 def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
     """Why someone other than root could change ``path``, or None.
 
     The file must be root's and not writable by group or others, and so must
-    every directory above it — both along the path as given and along where its
-    symlinks lead — except that a root-owned directory with the sticky bit
-    (``/tmp``) may be writable by all: nobody else can rename or delete our file
-    there.  ``info`` is the file's stat, if the caller already has it.
+    every directory the lookup of ``path`` passes through: the path is resolved
+    one name at a time, as the kernel resolves it, so every directory a symlink
+    sits in and every directory its target leads through counts — whoever can
+    write any of them can point the path at another file.  A root-owned
+    directory with the sticky bit (``/tmp``) may be writable by all, as nobody
+    else can rename or delete root's entries there; a link in it must be
+    root's too.  ``info`` is the file's stat, if the caller already has it.
     """
-    absolute = os.path.abspath(path)
+    absolute = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
     try:
         info = info or os.stat(absolute)
     except OSError as exc:
@@ -133,21 +140,59 @@ def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
     problem = _writable_by_others(absolute, info, directory=False)
     if problem:
         return problem
-    seen: set[str] = set()
-    for chain in (absolute, os.path.realpath(absolute)):
-        parent = os.path.dirname(chain)
-        while parent not in seen:
-            seen.add(parent)
+    return _unsafe_lookup(absolute)
+
+
+def _unsafe_lookup(absolute: str) -> str | None:
+    """The first directory or link on the way to ``absolute`` that others could change."""
+    current = "/"  # where the lookup is, symlinks resolved: every directory in it was checked
+    problem = _unsafe_directory(current)
+    if problem:
+        return problem
+    pending = absolute.split("/")[::-1]  # names still to look up, next one last
+    hops = 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, name)
+        try:
+            entry = os.lstat(candidate)
+        except OSError as exc:
+            return f"cannot stat {candidate}: {exc.strerror}"
+        if stat.S_ISLNK(entry.st_mode):
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                return f"cannot resolve {absolute}: too many levels of symbolic links"
+            if entry.st_uid != 0 and os.stat(current).st_mode & stat.S_ISVTX:
+                # Sticky: its owner may replace it, whoever owns the directory.
+                return f"{candidate} is owned by {_user_name(entry.st_uid)}, not root"
             try:
-                problem = _writable_by_others(parent, os.stat(parent), directory=True)
+                target = os.readlink(candidate)
             except OSError as exc:
-                problem = f"cannot stat {parent}: {exc.strerror}"
+                return f"cannot read link {candidate}: {exc.strerror}"
+            if target.startswith("/"):
+                current = "/"
+            pending.extend(target.split("/")[::-1])
+            continue
+        if stat.S_ISDIR(entry.st_mode):
+            problem = _writable_by_others(candidate, entry, directory=True)
             if problem:
                 return problem
-            if parent == "/":
-                break
-            parent = os.path.dirname(parent)
+        elif pending:
+            return f"cannot stat {candidate}/: not a directory"
+        current = candidate
     return None
+
+
+def _unsafe_directory(path: str) -> str | None:
+    try:
+        return _writable_by_others(path, os.stat(path), directory=True)
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror}"
 
 
 def _writable_by_others(path: str, info: os.stat_result, directory: bool) -> str | None:
