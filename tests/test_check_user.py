@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ProtocolDriver, listener_section, node_exists
+from kazoo.security import make_digest_acl_credential
 
 from zkwatcher_supervisor.sandbox import wait_until
 
@@ -129,6 +130,30 @@ def test_a_checks_user_gets_its_supplementary_groups_and_its_home(
         assert sorted(map(int, groups.split())) == sorted(
             set(os.getgrouplist(member_user.name, gid)))
         assert len(groups.split()) == 2
+
+
+def test_defaults_user_is_auths_and_checks_run_as_the_listener_as_with_zk_watcher(
+        write_config, supervisord, zk, base_path, reachable_dir):
+    out = reachable_dir
+    out.chmod(0o777)
+    config = write_config("[DEFAULT]\nuser = nobody\n\n[auth]\npassword = p4ss\n"
+                          + section(base_path, "web", 1, f"cmd = id -u > {out}/uid"))
+    config.chmod(0o600)
+    supervisord(listener_section(config))
+    node = f"{base_path}/web/host1:1"
+    wait_until(lambda: node_exists(zk, node), 15, what="registered")
+    assert (out / "uid").read_text() == "0\n"  # the listener's user, not nobody
+    zk.add_auth("digest", "nobody:p4ss")  # ZooKeeper shows the hash only to its owner
+    acl, _ = zk.get_acls(node)
+    assert (31, "digest", make_digest_acl_credential("nobody", "p4ss")) in [
+        (entry.perms, entry.id.scheme, entry.id.id) for entry in acl]
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: log_lines(log, "[DEFAULT] user"), 5, what="the warning")
+    (line,) = log_lines(log, "[DEFAULT] user")
+    number = line_of(config, "user = nobody")
+    assert line.endswith(f"WARNING {config}: line {number}: [DEFAULT] user: not taken for check "
+                         "commands (it is [auth] user, as for zk_watcher); to set the checks' "
+                         "user, write it in [zkwatcher] or a section")
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -209,8 +209,6 @@ BAD_CONFIGS = [
      "line 2: [zkwatcher] group: needs a user too for [s] (a check"),
     ("[zkwatcher]\nuser = no-such-user-zkw\n[s]\ncmd = true\nservice_port = 1\n"
      "zookeeper_path = /s\n", "line 2: [zkwatcher] user: no such user 'no-such-user-zkw'"),
-    ("[DEFAULT]\nuser = no-such-user-zkw\n[s]\ncmd = true\nservice_port = 1\n"
-     "zookeeper_path = /s\n", "line 2: [s] user: no such user 'no-such-user-zkw'"),
     ("[s]\ncmd = true\nenvironment = A\nservice_port = 1\nzookeeper_path = /s\n",
      "line 3: [s] environment: expected KEY=\"value\",KEY2=\"value2\", as in supervisord's"),
 ]
@@ -523,6 +521,75 @@ def test_zkwatcher_user_is_the_default_for_check_commands_only(tmp_path):
     assert config.warnings == ()
 
 
+def test_defaults_user_is_auths_and_not_who_runs_the_checks(tmp_path):
+    # zk_watcher configs put [auth] user in [DEFAULT]; this host need not have one.
+    path = write(tmp_path, """
+        [DEFAULT]
+        user = deploy-zkw-nonexistent
+
+        [zkwatcher]
+        hosts = zk1:2181
+
+        [auth]
+        password = p
+
+        [web]
+        cmd = true
+        service_port = 1
+        zookeeper_path = /s
+
+        [own]
+        cmd = true
+        user = nobody
+        service_port = 2
+        zookeeper_path = /s
+        """)
+    os.chmod(path, 0o600)
+    config = load_config(path)
+    assert config.zookeeper.auth.user == "deploy-zkw-nonexistent"
+    web, own = config.services
+    assert web.user is None and web.check_env == {
+        key: value for key, value in os.environ.items() if not key.startswith("SUPERVISOR_")}
+    assert own.user.name == "nobody"
+    assert config.warnings == (
+        f"{path}: line 3: [DEFAULT] user: not taken for check commands (it is [auth] user, "
+        "as for zk_watcher); to set the checks' user, write it in [zkwatcher] or a section",)
+
+
+def test_no_check_identity_key_is_inherited_from_defaults(tmp_path, monkeypatch):
+    monkeypatch.delenv("FROM_DEFAULT", raising=False)
+    path = write(tmp_path, """
+        [DEFAULT]
+        user = nobody
+        group = daemon
+        environment = FROM_DEFAULT="1"
+
+        [zkwatcher]
+        hosts = zk1:2181
+
+        [auth]
+        user = digest-user
+        password = p
+
+        [web]
+        cmd = true
+        service_port = 1
+        zookeeper_path = /s
+        """)
+    os.chmod(path, 0o600)
+    config = load_config(path)
+    (web,) = config.services
+    assert (web.user, web.environment) == (None, ())
+    assert "FROM_DEFAULT" not in web.check_env
+    assert config.zookeeper.auth.user == "digest-user"
+    assert config.warnings == tuple(
+        f"{path}: line {line}: [DEFAULT] {key}: not taken for check commands; to set the "
+        f"checks' {key}, write it in {where}"
+        for line, key, where in ((3, "user", "[zkwatcher] or a section"),
+                                 (4, "group", "[zkwatcher] or a section"),
+                                 (5, "environment", "a section")))
+
+
 def test_user_where_nothing_is_spawned_is_a_warning(tmp_path):
     path = write(tmp_path, "[probe]\ncmd = tcp://127.0.0.1:22\nuser = nobody\n"
                            "service_port = 1\nzookeeper_path = /s\n")
@@ -571,6 +638,20 @@ def test_checks_get_our_environment_without_supervisords_plus_their_own(tmp_path
     # Built once per distinct setting, not per section.
     assert plain.check_env is also_plain.check_env
     assert "s3cret" not in repr(nobody)
+
+
+def test_a_sections_environment_may_give_a_check_supervisords_address_back(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///ours.sock")
+    config = load_config(write(tmp_path, """
+        [web]
+        cmd = supervisorctl status web
+        environment = SUPERVISOR_SERVER_URL="unix:///var/run/supervisor.sock"
+        service_port = 1
+        zookeeper_path = /s
+        """))
+    assert config.services[0].check_env["SUPERVISOR_SERVER_URL"] == (
+        "unix:///var/run/supervisor.sock")
 
 
 def test_a_listener_that_is_not_root_runs_checks_only_as_itself():
