@@ -3,6 +3,7 @@ runs as, what environment it sees, and which configs a root listener refuses."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import signal
@@ -13,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ProtocolDriver, listener_section, node_exists
+from conftest import ProtocolDriver, listener_section, node_exists, throwaway_user
 from kazoo.security import make_digest_acl_credential
 
 from zkwatcher_supervisor.sandbox import wait_until
@@ -154,6 +155,45 @@ def test_defaults_user_is_auths_and_checks_run_as_the_listener_as_with_zk_watche
     assert line.endswith(f"WARNING {config}: line {number}: [DEFAULT] user: not taken for check "
                          "commands (it is [auth] user, as for zk_watcher); to set the checks' "
                          "user, write it in [zkwatcher] or a section")
+
+
+def test_a_reload_keeps_a_checks_health_when_only_its_users_groups_or_home_changed(
+        write_config, supervisord, zk, base_path, reachable_dir):
+    out = reachable_dir
+    out.chmod(0o777)
+    with throwaway_user(extra_groups=1) as (user, (new_group,)):
+        config = write_config(section(base_path, "web", 1, f"""
+            cmd = (id -G; pwd; echo $HOME) > {out}/report.tmp; mv {out}/report.tmp {out}/report
+            user = {user.name}
+            refresh = 1
+            """))
+        server = supervisord(listener_section(config))
+        node = f"{base_path}/web/host1:1"
+        wait_until(lambda: node_exists(zk, node), 15, what="registered")
+        wait_until(lambda: (out / "report").exists(), 5, what="the check's report")
+        registered = zk.exists(node)
+        assert (out / "report").read_text().splitlines()[1:] == [user.home, user.home]
+
+        # The administrator adds the user to a group and gives it a new home;
+        # the config is the same, and a reload must not take the node down.
+        home = out / "new-home"
+        home.mkdir()
+        os.chown(home, user.uid, user.gid)
+        subprocess.run(["usermod", "--append", "--groups", new_group, "--home", str(home),
+                        user.name], check=True)
+        log = config.parent / "zkwatcher.log"
+        assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
+        wait_until(lambda: log_lines(log, "reloaded"), 5, what="reloaded")
+        added = grp.getgrnam(new_group).gr_gid
+
+        def report() -> list[str]:
+            return (out / "report").read_text().splitlines()
+
+        # The next runs have the new group and home ...
+        wait_until(lambda: str(added) in report()[0].split(), 10, what="a run with the group")
+        assert report()[1:] == [str(home), str(home)]
+        # ... and the node is the one registered before: never deleted meanwhile.
+        assert zk.exists(node).czxid == registered.czxid
 
 
 REPO = Path(__file__).resolve().parent.parent

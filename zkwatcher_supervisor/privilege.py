@@ -41,6 +41,21 @@ class CheckUser:
     home: str
     directory: str  # where the check starts: its home if it may enter it, else /
 
+    @property
+    def identity(self) -> tuple[str, int, int]:
+        """Who the check runs as — user and group — as a reload compares it.
+
+        The user's supplementary groups and home are what the system says
+        about that user today: when only they change, it is the same check,
+        run with them from then on.
+        """
+        return (self.name, self.uid, self.gid)
+
+
+def identity_of(user: CheckUser | None) -> tuple[str, int, int] | None:
+    """:attr:`CheckUser.identity`, or None for a check run as the listener's user."""
+    return None if user is None else user.identity
+
 
 def lookup_user(text: str) -> pwd.struct_passwd:
     """A user by name or uid; ValueError if there is none."""
