@@ -17,6 +17,7 @@ import pytest
 from conftest import ProtocolDriver, listener_section, node_exists, throwaway_user
 from kazoo.security import make_digest_acl_credential
 
+from zkwatcher_supervisor import procfs
 from zkwatcher_supervisor.sandbox import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -100,8 +101,8 @@ def test_a_check_runs_as_its_user_and_never_sees_supervisords_credentials(
             "give them a user") in warning
     (writable,) = log_lines(log, "others can change it")
     assert writable.endswith(f"WARNING [script]: the check runs {script} as root, and others "
-                             f"can change it: {out}/bin is writable by others (mode 0777); "
-                             f"chmod o-w {out}/bin")
+                             f"can change it: {out} is writable by others (mode 0777); "
+                             f"chmod o-w {out}")  # the first such directory on the way
 
 
 def test_a_checks_user_gets_its_supplementary_groups_and_its_home(
@@ -358,3 +359,76 @@ def test_a_listener_that_is_not_root_runs_checks_only_as_itself(
         assert node_exists(zk, node) and not node_exists(zk, f"{base_path}/moved/host1:1")
     finally:
         listener.stop()
+
+
+def test_a_check_of_the_listeners_own_user_cannot_read_its_environment_or_memory(
+        zookeeper, supervisord, zk, base_path, reachable_dir):
+    """supervisord's ``user = nobody`` for the listener; its check has no user, so it
+    runs as nobody too, and tries what any process of that user could."""
+    out = reachable_dir / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    home = reachable_dir / "home"
+    home.mkdir()
+    os.chown(home, 65534, -1)
+    python, env = python_for_nobody(home)
+    script = reachable_dir / "peek.sh"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        out={out}
+        id -u > $out/uid
+        tr '\\0' ' ' < /proc/$PPID/cmdline > $out/cmdline
+        if cat /proc/$PPID/environ > $out/environ 2> $out/environ.err; then
+            echo read; else echo refused; fi > $out/environ.result
+        if (exec 3< /proc/$PPID/mem) 2> $out/mem.err; then
+            echo opened; else echo refused; fi > $out/mem.result
+        echo $PPID > $out/ppid.tmp && mv $out/ppid.tmp $out/ppid
+        """))
+    script.chmod(0o755)
+    config = reachable_dir / "config.cfg"
+    config.write_text(f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 4\n"
+                      + section(base_path, "peek", 1, f"cmd = sh {script}"))
+    config.chmod(0o644)
+    server = supervisord(textwrap.dedent(f"""
+        [eventlistener:zkwatcher]
+        command = {python} -m zkwatcher_supervisor -c {config}
+        user = nobody
+        directory = /
+        events = PROCESS_STATE,TICK_5
+        startsecs = 0
+        stderr_logfile = {reachable_dir}/zkwatcher.log
+        environment = PYTHONPATH="{env["PYTHONPATH"]}",{CREDENTIALS}
+        """))
+    wait_until(lambda: node_exists(zk, f"{base_path}/peek/host1:1"), 20, what="registered")
+    wait_until(lambda: (out / "ppid").exists(), 5, what="the check's report")
+    listener = server.info("zkwatcher")["pid"]
+    # The check's parent is the listener itself (checks are spawned directly),
+    # and both run as nobody.
+    assert int((out / "ppid").read_text()) == listener
+    assert "zkwatcher_supervisor" in (out / "cmdline").read_text()
+    assert (out / "uid").read_text() == "65534\n"
+    assert procfs.process_uid(listener) == 65534
+    # The password is in the listener's environment (root can see it) ...
+    own = Path(f"/proc/{listener}/environ").read_bytes().split(b"\0")
+    assert b"SUPERVISOR_PASSWORD=s3cret" in own
+    # ... and a process of its own user can read neither that nor its memory.
+    assert (out / "environ.result").read_text() == "refused\n"
+    assert "Permission denied" in (out / "environ.err").read_text()
+    assert (out / "environ").read_bytes() == b""
+    assert (out / "mem.result").read_text() == "refused\n"
+    assert "Permission denied" in (out / "mem.err").read_text()
+    assert "can read its environment" not in (reachable_dir / "zkwatcher.log").read_text()
+
+
+def test_the_commands_other_than_run_stay_dumpable(write_config, base_path):
+    """Only the listener hides itself: status and --check-config are debugged as usual."""
+    config = write_config(section(base_path, "web", 1, "cmd = true"))
+    for args in (["--check-config"], ["status"]):
+        probe = ("import ctypes, sys\n"
+                 "from zkwatcher_supervisor import cli\n"
+                 f"cli.main({[*args, '-c', str(config)]!r})\n"
+                 "libc = ctypes.CDLL(None)\n"
+                 "print('dumpable', libc.prctl(3, 0, 0, 0, 0), file=sys.stderr)\n")  # GET
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                timeout=60)
+        assert result.stderr.splitlines()[-1] == "dumpable 1", (args, result.stderr)

@@ -12,12 +12,14 @@ theirs: whoever can write it runs commands as root.
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import os
 import pwd
 import shlex
 import shutil
 import stat
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 # supervisord hands these to its children; for us they are its XML-RPC address
 # and credentials, which a check has no business with.
 SUPERVISOR_PREFIX = "SUPERVISOR_"
+PR_SET_DUMPABLE = 4  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,20 @@ def may_enter(path: str, uid: int, gids: Iterable[int]) -> bool:
         if not allowed:
             return False
     return True
+
+
+def make_undumpable() -> str | None:
+    """Keep processes of our own user — checks without a ``user`` among them —
+    from reading our memory and initial environment (supervisord's password,
+    the ZooKeeper password): /proc/<pid>/environ, /proc/<pid>/mem and ptrace
+    then need CAP_SYS_PTRACE, which root has.  Also no core dump is written.
+    Returns why it could not be done, or None."""
+    if not sys.platform.startswith("linux"):
+        return f"cannot hide the listener's memory from its own user on {sys.platform}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        return f"prctl(PR_SET_DUMPABLE, 0): {os.strerror(ctypes.get_errno())}"
+    return None
 
 
 def check_environment(environ: Mapping[str, str]) -> dict[str, str]:
