@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import signal
 import socket
 import time
@@ -549,6 +550,18 @@ def test_checks_never_see_supervisords_variables(monkeypatch, tmp_path):
         env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MARK": "from the section"}
         outcome = harness.run("zkw-only-here", env=env)
         assert (outcome.returncode, outcome.output) == (4, "from the section\n")
+        # ... and only there: a program on the listener's PATH alone is not found.
+        (tmp_path / "empty").mkdir()
+        assert shutil.which("true")
+        env = {"PATH": str(tmp_path / "empty")}
+        outcome = harness.run("true", env=env)
+        assert (outcome.passed, outcome.returncode) == (False, None)
+        assert outcome.describe() == (f"failed: true: not found on the section's PATH "
+                                      f"({tmp_path / 'empty'})")
+        # As a program that exists nowhere fails.
+        nowhere = f"{tmp_path / 'empty'}:/usr/bin"
+        assert harness.run("zkw-nowhere", env={"PATH": nowhere}).describe() == (
+            f"failed: zkw-nowhere: not found on the section's PATH ({nowhere})")
     finally:
         harness.checks.stop()
         harness.loop.close()

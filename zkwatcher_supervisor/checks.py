@@ -277,8 +277,12 @@ class CheckRunner:
             else:
                 program = argv[0]
                 if env.get("PATH") != os.environ.get("PATH") and "/" not in program:
-                    # posix_spawnp searches our PATH; the section set its own.
-                    program = shutil.which(program, path=env.get("PATH")) or program
+                    # posix_spawnp searches our PATH; the section set its own,
+                    # and a program only on ours must not be found there.
+                    program = shutil.which(program, path=env.get("PATH", ""))
+                    if program is None:
+                        raise FileNotFoundError(f"{argv[0]}: not found on the section's "
+                                                f"PATH ({env.get('PATH', '')})")
                 # Only fds 0-2 are passed on: everything else we hold is close-on-exec.
                 pid = os.posix_spawnp(program, argv, env, setsid=True, file_actions=[
                     (os.POSIX_SPAWN_DUP2, self._devnull, 0),
