@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import select
@@ -12,11 +13,13 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
 
+from zkwatcher_supervisor.privilege import CheckUser
 from zkwatcher_supervisor.sandbox import LocalSupervisord, LocalZooKeeper, wait_until
 
 LISTENER = f"{sys.executable} -m zkwatcher_supervisor"
@@ -70,17 +73,19 @@ def reachable_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def member_user():
-    """A throwaway system user with a home of its own and a supplementary group,
-    removed afterwards: what initgroups gives a check's user is seen with it."""
+@contextlib.contextmanager
+def throwaway_user(extra_groups: int = 0) -> Iterator[tuple[CheckUser, list[str]]]:
+    """A system user with a home of its own and a supplementary group, removed
+    afterwards, and ``extra_groups`` more groups it is not in yet (their names)."""
     from zkwatcher_supervisor.privilege import check_user
 
     suffix = uuid.uuid4().hex[:8]
     name, group = f"zkwt-{suffix}", f"zkwt-g-{suffix}"
+    spare = [f"zkwt-x{index}-{suffix}" for index in range(extra_groups)]
     home = Path(tempfile.mkdtemp(prefix="zkwatcher-home-"))
-    subprocess.run(["groupadd", "--system", group], check=True)
     try:
+        for each in (group, *spare):
+            subprocess.run(["groupadd", "--system", each], check=True)
         subprocess.run(["useradd", "--system", "--user-group", "--groups", group,
                         "--home-dir", str(home), "--no-create-home",
                         "--shell", "/usr/sbin/nologin", name], check=True)
@@ -88,12 +93,21 @@ def member_user():
             entry = pwd.getpwnam(name)
             os.chown(home, entry.pw_uid, entry.pw_gid)
             home.chmod(0o700)
-            yield check_user(entry)
+            yield check_user(entry), spare
         finally:
             subprocess.run(["userdel", name], check=True)
     finally:
-        subprocess.run(["groupdel", group], check=False)  # userdel may have taken it
+        for each in (group, *spare):  # userdel may have taken the user's own already
+            subprocess.run(["groupdel", each], check=False, stderr=subprocess.DEVNULL)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def member_user():
+    """A throwaway system user with a home of its own and a supplementary group,
+    removed afterwards: what initgroups gives a check's user is seen with it."""
+    with throwaway_user() as (user, _):
+        yield user
 
 
 @pytest.fixture
@@ -214,4 +228,4 @@ def driver():
         d.stop()
 
 
-__all__ = ["listener_section", "node_exists", "wait_until"]
+__all__ = ["listener_section", "node_exists", "throwaway_user", "wait_until"]

@@ -3,6 +3,7 @@ runs as, what environment it sees, and which configs a root listener refuses."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import signal
@@ -13,8 +14,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ProtocolDriver, listener_section, node_exists
+from conftest import ProtocolDriver, listener_section, node_exists, throwaway_user
+from kazoo.security import make_digest_acl_credential
 
+from zkwatcher_supervisor import procfs
 from zkwatcher_supervisor.sandbox import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -98,8 +101,8 @@ def test_a_check_runs_as_its_user_and_never_sees_supervisords_credentials(
             "give them a user") in warning
     (writable,) = log_lines(log, "others can change it")
     assert writable.endswith(f"WARNING [script]: the check runs {script} as root, and others "
-                             f"can change it: {out}/bin is writable by others (mode 0777); "
-                             f"chmod o-w {out}/bin")
+                             f"can change it: {out} is writable by others (mode 0777); "
+                             f"chmod o-w {out}")  # the first such directory on the way
 
 
 def test_a_checks_user_gets_its_supplementary_groups_and_its_home(
@@ -129,6 +132,69 @@ def test_a_checks_user_gets_its_supplementary_groups_and_its_home(
         assert sorted(map(int, groups.split())) == sorted(
             set(os.getgrouplist(member_user.name, gid)))
         assert len(groups.split()) == 2
+
+
+def test_defaults_user_is_auths_and_checks_run_as_the_listener_as_with_zk_watcher(
+        write_config, supervisord, zk, base_path, reachable_dir):
+    out = reachable_dir
+    out.chmod(0o777)
+    config = write_config("[DEFAULT]\nuser = nobody\n\n[auth]\npassword = p4ss\n"
+                          + section(base_path, "web", 1, f"cmd = id -u > {out}/uid"))
+    config.chmod(0o600)
+    supervisord(listener_section(config))
+    node = f"{base_path}/web/host1:1"
+    wait_until(lambda: node_exists(zk, node), 15, what="registered")
+    assert (out / "uid").read_text() == "0\n"  # the listener's user, not nobody
+    zk.add_auth("digest", "nobody:p4ss")  # ZooKeeper shows the hash only to its owner
+    acl, _ = zk.get_acls(node)
+    assert (31, "digest", make_digest_acl_credential("nobody", "p4ss")) in [
+        (entry.perms, entry.id.scheme, entry.id.id) for entry in acl]
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: log_lines(log, "[DEFAULT] user"), 5, what="the warning")
+    (line,) = log_lines(log, "[DEFAULT] user")
+    number = line_of(config, "user = nobody")
+    assert line.endswith(f"WARNING {config}: line {number}: [DEFAULT] user: not taken for check "
+                         "commands (it is [auth] user, as for zk_watcher); to set the checks' "
+                         "user, write it in [zkwatcher] or a section")
+
+
+def test_a_reload_keeps_a_checks_health_when_only_its_users_groups_or_home_changed(
+        write_config, supervisord, zk, base_path, reachable_dir):
+    out = reachable_dir
+    out.chmod(0o777)
+    with throwaway_user(extra_groups=1) as (user, (new_group,)):
+        config = write_config(section(base_path, "web", 1, f"""
+            cmd = (id -G; pwd; echo $HOME) > {out}/report.tmp; mv {out}/report.tmp {out}/report
+            user = {user.name}
+            refresh = 1
+            """))
+        server = supervisord(listener_section(config))
+        node = f"{base_path}/web/host1:1"
+        wait_until(lambda: node_exists(zk, node), 15, what="registered")
+        wait_until(lambda: (out / "report").exists(), 5, what="the check's report")
+        registered = zk.exists(node)
+        assert (out / "report").read_text().splitlines()[1:] == [user.home, user.home]
+
+        # The administrator adds the user to a group and gives it a new home;
+        # the config is the same, and a reload must not take the node down.
+        home = out / "new-home"
+        home.mkdir()
+        os.chown(home, user.uid, user.gid)
+        subprocess.run(["usermod", "--append", "--groups", new_group, "--home", str(home),
+                        user.name], check=True)
+        log = config.parent / "zkwatcher.log"
+        assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
+        wait_until(lambda: log_lines(log, "reloaded"), 5, what="reloaded")
+        added = grp.getgrnam(new_group).gr_gid
+
+        def report() -> list[str]:
+            return (out / "report").read_text().splitlines()
+
+        # The next runs have the new group and home ...
+        wait_until(lambda: str(added) in report()[0].split(), 10, what="a run with the group")
+        assert report()[1:] == [str(home), str(home)]
+        # ... and the node is the one registered before: never deleted meanwhile.
+        assert zk.exists(node).czxid == registered.czxid
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,7 +237,8 @@ def test_a_user_that_does_not_exist_is_exit_2_naming_section_and_key(write_confi
                                  "no such user 'no-such-user-zkw'\n")
 
 
-@pytest.mark.parametrize("layout", ["world-writable file", "group-writable directory"])
+@pytest.mark.parametrize("layout", ["world-writable file", "group-writable directory",
+                                    "link through a world-writable directory"])
 def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, base_path, layout):
     assert os.geteuid() == 0
     directory = tmp_path / "etc"
@@ -180,9 +247,22 @@ def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, b
     if layout == "world-writable file":
         config.chmod(0o666)
         culprit = f"{config} is writable by others (mode 0666); chmod o-w {config}"
-    else:
+    elif layout == "group-writable directory":
         directory.chmod(0o775)
         culprit = f"{directory} is writable by group (mode 0775); chmod g-w {directory}"
+    else:
+        # etc/config.cfg -> shared/link -> real/config.cfg: the path as given and
+        # the file it ends at are root's alone, but whoever writes shared/ can
+        # repoint the link in the middle.
+        (tmp_path / "real").mkdir()
+        real = config.rename(tmp_path / "real" / "config.cfg")
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        (shared / "link").symlink_to("../real/config.cfg")
+        config.symlink_to("../shared/link")
+        assert run_listener(real, "--check-config").returncode == 0  # the file itself is fine
+        culprit = f"{shared} is writable by others (mode 0777); chmod o-w {shared}"
     result = run_listener(config)
     assert result.returncode == 2
     assert result.stderr == (f"zkwatcher-supervisor: {config}: refused as root: others could "
@@ -279,3 +359,76 @@ def test_a_listener_that_is_not_root_runs_checks_only_as_itself(
         assert node_exists(zk, node) and not node_exists(zk, f"{base_path}/moved/host1:1")
     finally:
         listener.stop()
+
+
+def test_a_check_of_the_listeners_own_user_cannot_read_its_environment_or_memory(
+        zookeeper, supervisord, zk, base_path, reachable_dir):
+    """supervisord's ``user = nobody`` for the listener; its check has no user, so it
+    runs as nobody too, and tries what any process of that user could."""
+    out = reachable_dir / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    home = reachable_dir / "home"
+    home.mkdir()
+    os.chown(home, 65534, -1)
+    python, env = python_for_nobody(home)
+    script = reachable_dir / "peek.sh"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        out={out}
+        id -u > $out/uid
+        tr '\\0' ' ' < /proc/$PPID/cmdline > $out/cmdline
+        if cat /proc/$PPID/environ > $out/environ 2> $out/environ.err; then
+            echo read; else echo refused; fi > $out/environ.result
+        if (exec 3< /proc/$PPID/mem) 2> $out/mem.err; then
+            echo opened; else echo refused; fi > $out/mem.result
+        echo $PPID > $out/ppid.tmp && mv $out/ppid.tmp $out/ppid
+        """))
+    script.chmod(0o755)
+    config = reachable_dir / "config.cfg"
+    config.write_text(f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 4\n"
+                      + section(base_path, "peek", 1, f"cmd = sh {script}"))
+    config.chmod(0o644)
+    server = supervisord(textwrap.dedent(f"""
+        [eventlistener:zkwatcher]
+        command = {python} -m zkwatcher_supervisor -c {config}
+        user = nobody
+        directory = /
+        events = PROCESS_STATE,TICK_5
+        startsecs = 0
+        stderr_logfile = {reachable_dir}/zkwatcher.log
+        environment = PYTHONPATH="{env["PYTHONPATH"]}",{CREDENTIALS}
+        """))
+    wait_until(lambda: node_exists(zk, f"{base_path}/peek/host1:1"), 20, what="registered")
+    wait_until(lambda: (out / "ppid").exists(), 5, what="the check's report")
+    listener = server.info("zkwatcher")["pid"]
+    # The check's parent is the listener itself (checks are spawned directly),
+    # and both run as nobody.
+    assert int((out / "ppid").read_text()) == listener
+    assert "zkwatcher_supervisor" in (out / "cmdline").read_text()
+    assert (out / "uid").read_text() == "65534\n"
+    assert procfs.process_uid(listener) == 65534
+    # The password is in the listener's environment (root can see it) ...
+    own = Path(f"/proc/{listener}/environ").read_bytes().split(b"\0")
+    assert b"SUPERVISOR_PASSWORD=s3cret" in own
+    # ... and a process of its own user can read neither that nor its memory.
+    assert (out / "environ.result").read_text() == "refused\n"
+    assert "Permission denied" in (out / "environ.err").read_text()
+    assert (out / "environ").read_bytes() == b""
+    assert (out / "mem.result").read_text() == "refused\n"
+    assert "Permission denied" in (out / "mem.err").read_text()
+    assert "can read its environment" not in (reachable_dir / "zkwatcher.log").read_text()
+
+
+def test_the_commands_other_than_run_stay_dumpable(write_config, base_path):
+    """Only the listener hides itself: status and --check-config are debugged as usual."""
+    config = write_config(section(base_path, "web", 1, "cmd = true"))
+    for args in (["--check-config"], ["status"]):
+        probe = ("import ctypes, sys\n"
+                 "from zkwatcher_supervisor import cli\n"
+                 f"cli.main({[*args, '-c', str(config)]!r})\n"
+                 "libc = ctypes.CDLL(None)\n"
+                 "print('dumpable', libc.prctl(3, 0, 0, 0, 0), file=sys.stderr)\n")  # GET
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                timeout=60)
+        assert result.stderr.splitlines()[-1] == "dumpable 1", (args, result.stderr)

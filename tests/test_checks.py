@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import signal
 import socket
 import time
@@ -520,6 +521,23 @@ def test_checks_start_with_default_signals_and_none_blocked(runner):
     assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, ())
 
 
+def test_a_check_with_a_user_started_while_the_listener_shuts_down_gets_default_signals(
+        runner):
+    """At shutdown the listener ignores the signals it handles; a check forked to
+    switch users then must not inherit that (exec keeps what is ignored)."""
+    saved = {signum: signal.signal(signum, signal.SIG_IGN) for signum in HANDLED_SIGNALS}
+    try:
+        outcome = runner("cat /proc/self/status", user=NOBODY)  # no shell between
+        still = {signum: signal.getsignal(signum) for signum in HANDLED_SIGNALS}
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    ignored = int(proc_status(outcome.output)["SigIgn"], 16)
+    assert [signal.Signals(signum).name for signum in HANDLED_SIGNALS
+            if ignored & (1 << (signum - 1))] == []
+    assert set(still.values()) == {signal.SIG_IGN}  # ours are ignored again
+
+
 def test_many_checks_with_a_user_at_once_are_each_reaped_once(harness):
     runs = [CheckRun(f"s{i}", f"(sleep 0.0{i % 5}; echo x) & exit {i % 2}", 5.0, 1,
                      user=NOBODY) for i in range(100)]
@@ -549,6 +567,18 @@ def test_checks_never_see_supervisords_variables(monkeypatch, tmp_path):
         env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MARK": "from the section"}
         outcome = harness.run("zkw-only-here", env=env)
         assert (outcome.returncode, outcome.output) == (4, "from the section\n")
+        # ... and only there: a program on the listener's PATH alone is not found.
+        (tmp_path / "empty").mkdir()
+        assert shutil.which("true")
+        env = {"PATH": str(tmp_path / "empty")}
+        outcome = harness.run("true", env=env)
+        assert (outcome.passed, outcome.returncode) == (False, None)
+        assert outcome.describe() == (f"failed: true: not found on the section's PATH "
+                                      f"({tmp_path / 'empty'})")
+        # As a program that exists nowhere fails.
+        nowhere = f"{tmp_path / 'empty'}:/usr/bin"
+        assert harness.run("zkw-nowhere", env={"PATH": nowhere}).describe() == (
+            f"failed: zkw-nowhere: not found on the section's PATH ({nowhere})")
     finally:
         harness.checks.stop()
         harness.loop.close()

@@ -26,7 +26,13 @@ from zkwatcher_supervisor.config import (
     parse_zookeeper_data,
 )
 from zkwatcher_supervisor.payload import node_payload
-from zkwatcher_supervisor.privilege import CheckUser, check_user, may_enter, switch_error
+from zkwatcher_supervisor.privilege import (
+    CheckUser,
+    check_user,
+    may_enter,
+    switch_error,
+    unsafe_path,
+)
 
 ZK_WATCHER_README_EXAMPLE = """\
 [ssh]
@@ -203,8 +209,6 @@ BAD_CONFIGS = [
      "line 2: [zkwatcher] group: needs a user too for [s] (a check"),
     ("[zkwatcher]\nuser = no-such-user-zkw\n[s]\ncmd = true\nservice_port = 1\n"
      "zookeeper_path = /s\n", "line 2: [zkwatcher] user: no such user 'no-such-user-zkw'"),
-    ("[DEFAULT]\nuser = no-such-user-zkw\n[s]\ncmd = true\nservice_port = 1\n"
-     "zookeeper_path = /s\n", "line 2: [s] user: no such user 'no-such-user-zkw'"),
     ("[s]\ncmd = true\nenvironment = A\nservice_port = 1\nzookeeper_path = /s\n",
      "line 3: [s] environment: expected KEY=\"value\",KEY2=\"value2\", as in supervisord's"),
 ]
@@ -517,6 +521,75 @@ def test_zkwatcher_user_is_the_default_for_check_commands_only(tmp_path):
     assert config.warnings == ()
 
 
+def test_defaults_user_is_auths_and_not_who_runs_the_checks(tmp_path):
+    # zk_watcher configs put [auth] user in [DEFAULT]; this host need not have one.
+    path = write(tmp_path, """
+        [DEFAULT]
+        user = deploy-zkw-nonexistent
+
+        [zkwatcher]
+        hosts = zk1:2181
+
+        [auth]
+        password = p
+
+        [web]
+        cmd = true
+        service_port = 1
+        zookeeper_path = /s
+
+        [own]
+        cmd = true
+        user = nobody
+        service_port = 2
+        zookeeper_path = /s
+        """)
+    os.chmod(path, 0o600)
+    config = load_config(path)
+    assert config.zookeeper.auth.user == "deploy-zkw-nonexistent"
+    web, own = config.services
+    assert web.user is None and web.check_env == {
+        key: value for key, value in os.environ.items() if not key.startswith("SUPERVISOR_")}
+    assert own.user.name == "nobody"
+    assert config.warnings == (
+        f"{path}: line 3: [DEFAULT] user: not taken for check commands (it is [auth] user, "
+        "as for zk_watcher); to set the checks' user, write it in [zkwatcher] or a section",)
+
+
+def test_no_check_identity_key_is_inherited_from_defaults(tmp_path, monkeypatch):
+    monkeypatch.delenv("FROM_DEFAULT", raising=False)
+    path = write(tmp_path, """
+        [DEFAULT]
+        user = nobody
+        group = daemon
+        environment = FROM_DEFAULT="1"
+
+        [zkwatcher]
+        hosts = zk1:2181
+
+        [auth]
+        user = digest-user
+        password = p
+
+        [web]
+        cmd = true
+        service_port = 1
+        zookeeper_path = /s
+        """)
+    os.chmod(path, 0o600)
+    config = load_config(path)
+    (web,) = config.services
+    assert (web.user, web.environment) == (None, ())
+    assert "FROM_DEFAULT" not in web.check_env
+    assert config.zookeeper.auth.user == "digest-user"
+    assert config.warnings == tuple(
+        f"{path}: line {line}: [DEFAULT] {key}: not taken for check commands; to set the "
+        f"checks' {key}, write it in {where}"
+        for line, key, where in ((3, "user", "[zkwatcher] or a section"),
+                                 (4, "group", "[zkwatcher] or a section"),
+                                 (5, "environment", "a section")))
+
+
 def test_user_where_nothing_is_spawned_is_a_warning(tmp_path):
     path = write(tmp_path, "[probe]\ncmd = tcp://127.0.0.1:22\nuser = nobody\n"
                            "service_port = 1\nzookeeper_path = /s\n")
@@ -565,6 +638,20 @@ def test_checks_get_our_environment_without_supervisords_plus_their_own(tmp_path
     # Built once per distinct setting, not per section.
     assert plain.check_env is also_plain.check_env
     assert "s3cret" not in repr(nobody)
+
+
+def test_a_sections_environment_may_give_a_check_supervisords_address_back(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERVISOR_SERVER_URL", "unix:///ours.sock")
+    config = load_config(write(tmp_path, """
+        [web]
+        cmd = supervisorctl status web
+        environment = SUPERVISOR_SERVER_URL="unix:///var/run/supervisor.sock"
+        service_port = 1
+        zookeeper_path = /s
+        """))
+    assert config.services[0].check_env["SUPERVISOR_SERVER_URL"] == (
+        "unix:///var/run/supervisor.sock")
 
 
 def test_a_listener_that_is_not_root_runs_checks_only_as_itself():
@@ -617,6 +704,11 @@ def as_root():
     ("dir owned by nobody", "dir", "is owned by uid 65534 (nobody), not root"),
     ("sticky dir owned by nobody", "dir", "is owned by uid 65534 (nobody), not root"),
     ("link into dir 0777", "dir", "is writable by others (mode 0777); chmod o-w"),
+    ("link via a link in dir 0777", "shared", "is writable by others (mode 0777); chmod o-w"),
+    ("link via a relative link in dir 0777", "shared",
+     "is writable by others (mode 0777); chmod o-w"),
+    ("'..' after a link into dir 0777", "dir", "is writable by others (mode 0777); chmod o-w"),
+    ("link by nobody in a sticky dir", "link", "is owned by uid 65534 (nobody), not root"),
 ])
 def test_config_others_can_change_is_refused_as_root(tmp_path, layout, culprit, problem):
     as_root()
@@ -642,12 +734,67 @@ def test_config_others_can_change_is_refused_as_root(tmp_path, layout, culprit, 
         (tmp_path / "safe").mkdir()
         given = tmp_path / "safe" / "config.cfg"
         given.symlink_to(cfg)
+    elif layout.startswith(("link via a", "link by nobody")):
+        # given -> shared/hop -> etc/config.cfg: whoever can write shared/ could
+        # point the hop elsewhere, though neither the path as given nor the file
+        # it ends at is in a writable directory.
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        hop = shared / "hop"
+        hop.symlink_to(cfg if "relative" not in layout else "../etc/config.cfg")
+        if layout == "link by nobody in a sticky dir":
+            os.chmod(shared, 0o1777)
+            os.lchown(hop, 65534, -1)
+        else:
+            os.chmod(shared, 0o777)
+        (tmp_path / "safe").mkdir()
+        given = tmp_path / "safe" / "config.cfg"
+        given.symlink_to(hop if "relative" not in layout else "../shared/hop")
+    elif layout == "'..' after a link into dir 0777":
+        # safe/sub -> etc/inner, so safe/sub/../config.cfg is etc/config.cfg for
+        # the kernel, not safe/config.cfg as the path reads.
+        os.chmod(directory, 0o777)
+        (directory / "inner").mkdir()
+        (tmp_path / "safe").mkdir()
+        (tmp_path / "safe" / "sub").symlink_to(directory / "inner")
+        (tmp_path / "safe" / "config.cfg").write_text(cfg.read_text())
+        given = tmp_path / "safe" / "sub" / ".." / "config.cfg"
     with pytest.raises(ConfigError) as caught:
         load_config(str(given))
-    culprit_path = cfg if culprit == "cfg" else directory
+    culprit_path = {"cfg": cfg, "dir": directory, "shared": tmp_path / "shared",
+                    "link": tmp_path / "shared" / "hop"}[culprit]
     assert str(caught.value) == (
         f"{given}: refused as root: others could change it, and with it the commands we "
         f"run: {culprit_path} {problem}" + (f" {culprit_path}" if "chmod" in problem else ""))
+
+
+def test_a_chain_of_links_through_root_only_directories_loads_as_root(tmp_path):
+    as_root()
+    for name in ("etc", "shared", "real"):
+        (tmp_path / name).mkdir()
+    cfg = tmp_path / "real" / "config.cfg"
+    cfg.write_text("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n")
+    os.chmod(cfg, 0o644)
+    (tmp_path / "shared" / "link").symlink_to("../real/config.cfg")
+    (tmp_path / "etc" / "config.cfg").symlink_to(tmp_path / "shared" / "link")
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    (sticky / "link").symlink_to(cfg)  # root's link: nobody else may replace it
+    for path in (tmp_path / "etc" / "config.cfg", sticky / "link"):
+        assert load_config(str(path)).services[0].cmd == "true"
+    assert unsafe_path(str(tmp_path / "etc" / "config.cfg")) is None
+
+
+def test_a_link_loop_met_on_the_way_ends_the_walk(tmp_path):
+    """The file may change between its stat and the walk: a loop by then stops it."""
+    as_root()
+    cfg = tmp_path / "config.cfg"
+    cfg.write_text("")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert unsafe_path(str(tmp_path / "a"), os.stat(cfg)) == (
+        f"cannot resolve {tmp_path / 'a'}: too many levels of symbolic links")
 
 
 def test_config_in_a_root_sticky_directory_like_tmp_loads_as_root(tmp_path):

@@ -224,6 +224,29 @@ def test_up_means_every_process_running_and_check_passing(sequence):
         assert (health.up_sections() == {"s"}) is expected
 
 
+def test_a_reload_that_only_finds_new_groups_or_home_for_the_user_keeps_its_health():
+    from dataclasses import replace
+
+    from zkwatcher_supervisor.privilege import CheckUser
+
+    before = CheckUser("deploy", 1000, 1000, (1000,), "/home/deploy", "/home/deploy")
+    health = Health([replace(service(), user=before)])
+    run_check(health, True)
+    assert health.up_sections() == {"s"}
+    after = CheckUser("deploy", 1000, 1000, (1000, 27), "/srv/deploy", "/")
+    reloaded = replace(service(), user=after, check_env={"HOME": "/srv/deploy"})
+    health.reconfigure([reloaded], now=1.0)
+    assert health.up_sections() == {"s"}  # the same check: no flap
+    (run,) = health.due_checks(health.next_due())
+    assert (run.user, run.env) == (after, {"HOME": "/srv/deploy"})  # the new groups and home
+    for other in (replace(after, name="other"), replace(after, uid=1001),
+                  replace(after, gid=27)):
+        health.reconfigure([replace(reloaded, user=other)], now=2.0)
+        assert health.up_sections() == set()  # another user or group: afresh
+        (run,) = health.due_checks(2.0)
+        health.check_result("s", run.token, True)
+
+
 def test_a_reload_that_changes_who_runs_the_check_starts_it_afresh():
     from dataclasses import replace
 

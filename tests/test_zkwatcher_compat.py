@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
 import shutil
 import socket
@@ -48,6 +49,7 @@ BARE_PERCENT = "a bare % stays literal"
 SHELL_SYNTAX = "a cmd with shell syntax runs under /bin/sh"
 UNSTORABLE_DATA = "zookeeper_data zk_watcher could not store is an error"
 WRITABLE_CONFIG = "as root, a config others can change is refused"
+NO_SUPERVISOR_ENV = "checks no longer see SUPERVISOR_* variables"
 
 EXIT_2 = "exits 2 before touching ZooKeeper"
 
@@ -67,6 +69,10 @@ class Case:
     ours_error: str | None = None
     auth: tuple[str, str] | None = None
     mode: int = 0o600  # of the config file
+    # Added to both tools' environment, as supervisord adds SUPERVISOR_* to its children's.
+    env: dict[str, str] = field(default_factory=dict)
+    # Text our log must hold (why we registered what we did).
+    ours_log: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
 
@@ -151,6 +157,15 @@ CORPUS = [
     Case("same-parent", svc("a", 80, "/services/web") + svc("b", 81, "/services/web")),
     Case("deep-path-auth", svc("s", path="/org/team/env/ssh", data="a=1") + AUTH,
          auth=("username", "123456")),
+    # [auth] user through [DEFAULT]: zk_watcher's [auth] gets it; it names no
+    # user of this host, and is not who runs the checks.
+    Case("default-user-for-auth", "[DEFAULT]\nuser: deploy\n\n" + svc("s")
+         + "[auth]\npassword: 123456\n", auth=("deploy", "123456")),
+    # ... nor when such a user exists: the check still runs as the listener's
+    # user (root here), as zk_watcher's did; as nobody it would fail.
+    Case("default-user-exists", "[DEFAULT]\nuser: nobody\n\n"
+         + svc("s", cmd="test -w /etc/passwd") + "[auth]\npassword: 123456\n",
+         auth=("nobody", "123456")),
     Case("hostname", svc("s", extra="service_hostname: db-1.example.com\n")),
     Case("port-leading-zeros", svc("s", port="0080")),
     Case("refresh-zero", svc("s").replace("refresh: 60", "refresh: 0")),
@@ -169,6 +184,10 @@ CORPUS = [
          zk_watcher={f"/services/ssh/{FQDN}:22": {}}, ours={}),
     Case("failing-check", svc("s", cmd="false").replace("refresh: 60", "refresh: 1"),
          differs=LOG_CHANGES, zk_watcher={}, ours={}),
+    Case("supervisor-env-in-check", svc("s", cmd="printenv SUPERVISOR_SERVER_URL"),
+         env={"SUPERVISOR_SERVER_URL": "unix:///nonexistent/supervisor.sock"},
+         differs=NO_SUPERVISOR_ENV, zk_watcher={f"/services/ssh/{FQDN}:22": {}}, ours={},
+         ours_log="[s] check failed: exit status 1"),
     Case("world-writable", svc("s"), mode=0o666, differs=WRITABLE_CONFIG,
          zk_watcher={f"/services/ssh/{FQDN}:22": {}}, ours=EXIT_2,
          ours_error="refused as root: others could change it, and with it the commands we "
@@ -209,12 +228,13 @@ def server(tmp_path_factory):
 class Listener(ProtocolDriver):
     """Our listener on the unchanged file, with the ZooKeeper given as zk_watcher gets it: -s."""
 
-    def __init__(self, config: Path, hosts: str) -> None:
+    def __init__(self, config: Path, hosts: str, env: dict[str, str] | None = None) -> None:
         self.stderr_path = config.with_suffix(".ours.log")
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "zkwatcher_supervisor", "-c", str(config), "-s", hosts],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                env={**os.environ, **(env or {})})
         self.stdout = b""
         self.transcript: list[bytes] = []
         self.serial = 0
@@ -289,8 +309,9 @@ def outcomes(server, tmp_path_factory) -> dict[str, tuple[Outcome, Outcome]]:
             with open(work / f"{case.name}.zkw.log", "wb") as log:
                 theirs[case.name] = subprocess.Popen(
                     [str(peer), "-c", str(config), "-s", f"{server.hosts}/zkw-{case.id}"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-            ours[case.name] = Listener(config, f"{server.hosts}/ours-{case.id}")
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env={**os.environ, **case.env})
+            ours[case.name] = Listener(config, f"{server.hosts}/ours-{case.id}", case.env)
         started = time.monotonic()
         for case in CORPUS:
             if case.ours != EXIT_2:
@@ -342,6 +363,7 @@ def settled(case: Case, theirs: Outcome, ours: Outcome) -> bool:
         return bool(theirs.nodes) and theirs.nodes == ours.nodes
     ours_ok = ours.exit_code == 2 if case.ours == EXIT_2 else user_data(ours.nodes) == case.ours
     logged = not case.zk_watcher_log or case.zk_watcher_log in theirs.log
+    logged = logged and (not case.ours_log or case.ours_log in ours.log)
     if case.differs == LOG_CHANGES:
         logged = theirs.log.count("returned a failed exit code") >= 3
     return user_data(theirs.nodes) == case.zk_watcher and ours_ok and logged
@@ -393,6 +415,9 @@ def test_deliberate_difference(outcomes, case):
         assert not ours.nodes
     else:
         assert user_data(ours.nodes) == case.ours, ours.log
+    if case.ours_log:
+        assert case.ours_log in ours.log, ours.log
+        assert ours.exit_code is None, ours.log
     if case.differs == LOG_CHANGES:
         # zk_watcher logged every failing run; we log the change to failing once.
         assert theirs.log.count("returned a failed exit code") >= 3, theirs.log

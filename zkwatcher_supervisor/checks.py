@@ -70,6 +70,12 @@ UNREAPED_WARNING_AFTER = 1.0
 # shuts down; exec resets handlers but keeps what is ignored.
 SIGNALS_RESET_IN_CHECKS = frozenset({signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM,
                                      signal.SIGINT, signal.SIGHUP, signal.SIGUSR2})
+# The ones Popen's restore_signals puts back for a forked check.
+_RESTORED_BY_POPEN = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
+
+
+def _ignore_signal(signum: int, frame) -> None:
+    """Stands in for SIG_IGN while a check is forked: exec resets a caught signal."""
 
 
 def command_argv(command: str) -> list[str]:
@@ -277,8 +283,12 @@ class CheckRunner:
             else:
                 program = argv[0]
                 if env.get("PATH") != os.environ.get("PATH") and "/" not in program:
-                    # posix_spawnp searches our PATH; the section set its own.
-                    program = shutil.which(program, path=env.get("PATH")) or program
+                    # posix_spawnp searches our PATH; the section set its own,
+                    # and a program only on ours must not be found there.
+                    program = shutil.which(program, path=env.get("PATH", ""))
+                    if program is None:
+                        raise FileNotFoundError(f"{argv[0]}: not found on the section's "
+                                                f"PATH ({env.get('PATH', '')})")
                 # Only fds 0-2 are passed on: everything else we hold is close-on-exec.
                 pid = os.posix_spawnp(program, argv, env, setsid=True, file_actions=[
                     (os.POSIX_SPAWN_DUP2, self._devnull, 0),
@@ -325,6 +335,14 @@ class CheckRunner:
             # The child inherits this thread's signal mask; a check must start
             # with none blocked, as posix_spawn starts the others.
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        # exec keeps a signal ignored (the listener ignores those it handles
+        # while it shuts down): for the fork they are caught by a handler that
+        # does nothing instead — still ignored for us — so the check starts
+        # with them at their default, as a posix_spawned one does.
+        ignored = [signum for signum in SIGNALS_RESET_IN_CHECKS - _RESTORED_BY_POPEN
+                   if signal.getsignal(signum) == signal.SIG_IGN]
+        for signum in ignored:
+            signal.signal(signum, _ignore_signal)
         try:
             # restore_signals: SIGPIPE and SIGXFSZ back to their defaults.
             return subprocess.Popen(
@@ -332,6 +350,8 @@ class CheckRunner:
                 cwd=user.directory, close_fds=True, restore_signals=True,
                 start_new_session=True, **switch)
         finally:
+            for signum in ignored:
+                signal.signal(signum, signal.SIG_IGN)
             if blocked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 

@@ -13,7 +13,7 @@ from . import __version__, statedir
 from .config import DEFAULT_HOSTS, Config, ConfigError, ZooKeeperSettings, load_config
 from .logs import KAZOO_REPEATS, LogWriter
 from .payload import node_payload
-from .privilege import root_warnings, switch_error
+from .privilege import make_undumpable, root_warnings, switch_error
 from .status import locate_status, status_report
 
 DEFAULT_CONFIG = "/etc/zk/config.cfg"
@@ -140,6 +140,11 @@ def show_status(config: Config | None, config_filename: str,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    undumpable_problem = None
+    if args.command == "run" and not args.check_config:
+        # Before the config (and its passwords) is read: from here on, other
+        # processes of our user cannot read our memory or environment.
+        undumpable_problem = make_undumpable()
     try:
         config = load_config(args.config, hosts_override=args.server)
     except ConfigError as exc:
@@ -190,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
 
     log_writer = setup_logging(args.verbose, args.syslog)
     warnings = [*config.warnings, *(root_warnings(config.services) if os.geteuid() == 0 else [])]
+    if undumpable_problem is not None:
+        warnings.append(f"{undumpable_problem}: processes running as uid {os.geteuid()}, "
+                        "checks without a user among them, can read its environment and "
+                        "memory")
     for warning in warnings:
         logging.getLogger(__name__).warning("%s", warning)
 

@@ -420,6 +420,10 @@ class _Section:
         value = self.values.get(key)
         return value if value else None
 
+    def own_text(self, key: str) -> str | None:
+        """Like :meth:`text`, but only if the key is written in this section, not inherited."""
+        return self.text(key) if key in self.own_keys else None
+
     def required(self, key: str) -> str:
         value = self.text(key)
         if value is None:
@@ -481,8 +485,19 @@ class _Section:
         return names
 
 
+# Keys that say who runs a check and with what: taken from the section itself
+# or from [zkwatcher], never inherited from [DEFAULT].
+CHECK_IDENTITY_KEYS = ("user", "group", "environment")
+
+
 class _CheckIdentities:
     """Who each section's check command runs as, and the environment it gets.
+
+    ``user``, ``group`` and ``environment`` count only where they are written:
+    in the section, or (``user``, ``group``) in [zkwatcher].  [DEFAULT]'s are
+    not inherited for checks: zk_watcher configs put ``user`` there for
+    [auth] (which still gets it), and it must not quietly become who runs
+    every check.
 
     Resolved once per distinct setting, however many sections share it: a
     thousand sections with one ``user`` cost one user lookup and one
@@ -495,9 +510,20 @@ class _CheckIdentities:
         self.environments: dict[tuple, dict[str, str]] = {}
         self.default_user = self.default_group = None
         self.defaults: _Section | None = None
+        for key in CHECK_IDENTITY_KEYS:
+            if file.parser.defaults().get(key, "").strip():
+                where = "[zkwatcher] or a section" if key != "environment" else "a section"
+                inherited_by_auth = (key == "user" and file.parser.has_section(AUTH_SECTION)
+                                     and (AUTH_SECTION, "user") not in file.lines)
+                also = (f" (it is [{AUTH_SECTION}] user, as for zk_watcher)"
+                        if inherited_by_auth else "")
+                file.warn(file.parser.default_section, key,
+                          f"not taken for check commands{also}; to set the checks' {key}, "
+                          f"write it in {where}")
         if file.parser.has_section(GLOBAL_SECTION):
             section = self.defaults = file.section(GLOBAL_SECTION)
-            self.default_user, self.default_group = section.text("user"), section.text("group")
+            self.default_user = section.own_text("user")
+            self.default_group = section.own_text("group")
             # Checked even when no section uses them: a typo is found now.
             self._lookup(section, self.default_user, self.default_group)
 
@@ -533,10 +559,10 @@ class _CheckIdentities:
                     section.warn(key, "has no effect: only a check command (not tcp:// or "
                                  "http://) runs as a user with an environment")
             return None, (), None
-        user_text = section.text("user") or self.default_user
-        group_text = section.text("group") or self.default_group
+        user_text = section.own_text("user") or self.default_user
+        group_text = section.own_text("group") or self.default_group
         if user_text is None and group_text is not None:
-            own = section.text("group") is not None
+            own = section.own_text("group") is not None
             where, which = (section, "") if own else (self.defaults, f" for [{section.name}]")
             raise where.error("group", f"needs a user too{which} (a check left running as "
                               "root could change its group back)")
@@ -552,7 +578,7 @@ class _CheckIdentities:
 
 def _environment_pairs(section: _Section) -> tuple[tuple[str, str], ...]:
     """``environment = KEY="value",KEY2="value2"``, read as supervisord reads its own."""
-    raw = section.text("environment")
+    raw = section.own_text("environment")
     if raw is None:
         return ()
     try:

@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from .config import ServiceSettings
-from .privilege import CheckUser
+from .privilege import CheckUser, identity_of
 
 RUNNING = "RUNNING"
 
@@ -172,8 +172,8 @@ class Health:
     def reconfigure(self, services: Iterable[ServiceSettings], now: float) -> None:
         """Switch to a new set of sections (a config reload).
 
-        A section whose ``program`` and check (``cmd``, its user and
-        environment) are unchanged keeps its process and check state — it does
+        A section whose ``program`` and check (``cmd``, who runs it and its
+        ``environment``) are unchanged keeps its process and check state — it does
         not flap — and takes its other settings from the new config.  A new
         section, or one whose ``program`` or check changed, starts afresh:
         process states from what we know, check down and due at once.
@@ -292,6 +292,11 @@ class Health:
 
 
 def _same_check(old: ServiceSettings, new: ServiceSettings) -> bool:
-    """Whether a reloaded section checks the same thing, so its health carries over."""
-    return (old.program == new.program and old.cmd == new.cmd and old.user == new.user
+    """Whether a reloaded section checks the same thing, so its health carries over.
+
+    The check's user counts by who it is, not by its groups and home as looked
+    up again: adding the user to a group must not take its nodes down.
+    """
+    return (old.program == new.program and old.cmd == new.cmd
+            and identity_of(old.user) == identity_of(new.user)
             and old.environment == new.environment)

@@ -41,7 +41,7 @@ from .health import RUNNING, CheckRun, Health
 from .loop import EventLoop, Timer, offload
 from .payload import node_payload
 from .pidwatch import PidWatcher
-from .privilege import root_warnings, switch_error
+from .privilege import identity_of, root_warnings, switch_error
 from .protocol import SupervisorChannel, claim_stdout, parse_process_state
 from .registry import Registry
 from .session_file import SessionStore
@@ -693,8 +693,8 @@ def read_reloaded_config(filename: str, hosts_override: str | None,
     if os.geteuid() == 0:
         changed = [service for service in config.services
                    if (old := running.get(service.name)) is None
-                   or (old.cmd, old.user, old.environment)
-                   != (service.cmd, service.user, service.environment)]
+                   or (old.cmd, identity_of(old.user), old.environment)
+                   != (service.cmd, identity_of(service.user), service.environment)]
         warnings = root_warnings(changed)
     return config, warnings
 

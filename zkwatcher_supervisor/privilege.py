@@ -12,12 +12,14 @@ theirs: whoever can write it runs commands as root.
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import os
 import pwd
 import shlex
 import shutil
 import stat
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 # supervisord hands these to its children; for us they are its XML-RPC address
 # and credentials, which a check has no business with.
 SUPERVISOR_PREFIX = "SUPERVISOR_"
+PR_SET_DUMPABLE = 4  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,21 @@ class CheckUser:
     groups: tuple[int, ...]  # supplementary groups, as initgroups(name, gid) sets them
     home: str
     directory: str  # where the check starts: its home if it may enter it, else /
+
+    @property
+    def identity(self) -> tuple[str, int, int]:
+        """Who the check runs as — user and group — as a reload compares it.
+
+        The user's supplementary groups and home are what the system says
+        about that user today: when only they change, it is the same check,
+        run with them from then on.
+        """
+        return (self.name, self.uid, self.gid)
+
+
+def identity_of(user: CheckUser | None) -> tuple[str, int, int] | None:
+    """:attr:`CheckUser.identity`, or None for a check run as the listener's user."""
+    return None if user is None else user.identity
 
 
 def lookup_user(text: str) -> pwd.struct_passwd:
@@ -94,6 +112,20 @@ def may_enter(path: str, uid: int, gids: Iterable[int]) -> bool:
     return True
 
 
+def make_undumpable() -> str | None:
+    """Keep processes of our own user — checks without a ``user`` among them —
+    from reading our memory and initial environment (supervisord's password,
+    the ZooKeeper password): /proc/<pid>/environ, /proc/<pid>/mem and ptrace
+    then need CAP_SYS_PTRACE, which root has.  Also no core dump is written.
+    Returns why it could not be done, or None."""
+    if not sys.platform.startswith("linux"):
+        return f"cannot hide the listener's memory from its own user on {sys.platform}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        return f"prctl(PR_SET_DUMPABLE, 0): {os.strerror(ctypes.get_errno())}"
+    return None
+
+
 def check_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment every check starts from: ours without supervisord's variables."""
     return {key: value for key, value in environ.items()
@@ -116,16 +148,23 @@ def switch_problem(user: CheckUser, euid: int, egid: int) -> str | None:
             f"{user.name!r}")
 
 
+# Symbolic links followed in one path before giving up, as Linux does (ELOOP).
+MAX_SYMLINK_HOPS = 40
+
+
 def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
     """Why someone other than root could change ``path``, or None.
 
     The file must be root's and not writable by group or others, and so must
-    every directory above it — both along the path as given and along where its
-    symlinks lead — except that a root-owned directory with the sticky bit
-    (``/tmp``) may be writable by all: nobody else can rename or delete our file
-    there.  ``info`` is the file's stat, if the caller already has it.
+    every directory the lookup of ``path`` passes through: the path is resolved
+    one name at a time, as the kernel resolves it, so every directory a symlink
+    sits in and every directory its target leads through counts — whoever can
+    write any of them can point the path at another file.  A root-owned
+    directory with the sticky bit (``/tmp``) may be writable by all, as nobody
+    else can rename or delete root's entries there; a link in it must be
+    root's too.  ``info`` is the file's stat, if the caller already has it.
     """
-    absolute = os.path.abspath(path)
+    absolute = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
     try:
         info = info or os.stat(absolute)
     except OSError as exc:
@@ -133,21 +172,59 @@ def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
     problem = _writable_by_others(absolute, info, directory=False)
     if problem:
         return problem
-    seen: set[str] = set()
-    for chain in (absolute, os.path.realpath(absolute)):
-        parent = os.path.dirname(chain)
-        while parent not in seen:
-            seen.add(parent)
+    return _unsafe_lookup(absolute)
+
+
+def _unsafe_lookup(absolute: str) -> str | None:
+    """The first directory or link on the way to ``absolute`` that others could change."""
+    current = "/"  # where the lookup is, symlinks resolved: every directory in it was checked
+    problem = _unsafe_directory(current)
+    if problem:
+        return problem
+    pending = absolute.split("/")[::-1]  # names still to look up, next one last
+    hops = 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, name)
+        try:
+            entry = os.lstat(candidate)
+        except OSError as exc:
+            return f"cannot stat {candidate}: {exc.strerror}"
+        if stat.S_ISLNK(entry.st_mode):
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                return f"cannot resolve {absolute}: too many levels of symbolic links"
+            if entry.st_uid != 0 and os.stat(current).st_mode & stat.S_ISVTX:
+                # Sticky: its owner may replace it, whoever owns the directory.
+                return f"{candidate} is owned by {_user_name(entry.st_uid)}, not root"
             try:
-                problem = _writable_by_others(parent, os.stat(parent), directory=True)
+                target = os.readlink(candidate)
             except OSError as exc:
-                problem = f"cannot stat {parent}: {exc.strerror}"
+                return f"cannot read link {candidate}: {exc.strerror}"
+            if target.startswith("/"):
+                current = "/"
+            pending.extend(target.split("/")[::-1])
+            continue
+        if stat.S_ISDIR(entry.st_mode):
+            problem = _writable_by_others(candidate, entry, directory=True)
             if problem:
                 return problem
-            if parent == "/":
-                break
-            parent = os.path.dirname(parent)
+        elif pending:
+            return f"cannot stat {candidate}/: not a directory"
+        current = candidate
     return None
+
+
+def _unsafe_directory(path: str) -> str | None:
+    try:
+        return _writable_by_others(path, os.stat(path), directory=True)
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror}"
 
 
 def _writable_by_others(path: str, info: os.stat_result, directory: bool) -> str | None:
