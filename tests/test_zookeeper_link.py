@@ -19,7 +19,14 @@ from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import ACL, Id, Permissions
 
-from zkwatcher_supervisor.config import ConfigError, load_config
+from zkwatcher_supervisor.config import (
+    ConfigError,
+    ServiceSettings,
+    TLSSettings,
+    ZooKeeperSettings,
+    load_config,
+)
+from zkwatcher_supervisor.drain import wait_until_unadvertised
 from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -252,6 +259,22 @@ def test_plain_tcp_to_the_secure_port_gets_nowhere(right_name_zk):
     plain.close()
 
 
+def test_drain_stop_says_why_zookeeper_cannot_confirm(ours, wrong_name_zk):
+    """drain --stop stops nothing it has not seen deregistered; when ZooKeeper
+    cannot be asked, what it reports instead names the reason."""
+    service = ServiceSettings(name="svc", zookeeper_path="/svc", service_port=1,
+                              service_hostname="host1")
+    tls = TLSSettings(ca=str(ours.ca_pem), certfile=str(ours.certfile),
+                      keyfile=str(ours.keyfile))
+    hosts = f"localhost:{wrong_name_zk.secure_port}"
+    assert wait_until_unadvertised(ZooKeeperSettings(hosts=hosts, tls=tls), [service], 1.0) \
+        == [f"(unknown: ZooKeeper {hosts} unreachable: TLS certificate refused: Hostname "
+            "mismatch, certificate is not valid for 'localhost' (tls_check_hostname = true))"]
+    closed = f"127.0.0.1:{free_port()}"
+    assert wait_until_unadvertised(ZooKeeperSettings(hosts=closed), [service], 1.0) == [
+        f"(unknown: ZooKeeper {closed} unreachable: no connection within 1s)"]
+
+
 def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
     """Found when the config loads (exit 2, one line naming the key), never a
     password prompt and never a refused connection later."""
@@ -293,12 +316,20 @@ def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
         assert str(caught.value) == f"{path}: {message}"
     assert load_config(str(config(ours.encrypted_keyfile, "keyfile_password = key pass")))
 
+    # The listener loads them as it starts: exit 2 before anything connects.
     path = config(ours.encrypted_keyfile)
+    started = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    assert (started.returncode, started.stderr) == (
+        2, f"zkwatcher-supervisor: {path}: {cases[0][1]}\n")
+    # --check-config, which any user may run, reads none of them and says so.
     checked = subprocess.run(
         [sys.executable, "-m", "zkwatcher_supervisor", "--check-config", "-c", str(path)],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert checked.returncode == 2
-    assert checked.stderr == f"zkwatcher-supervisor: {path}: {cases[0][1]}\n"
+    assert checked.returncode == 0, checked.stderr
+    assert (f"not read here (run reads and checks them, as its user): ca {ours.ca_pem}, "
+            f"certfile {ours.certfile}, keyfile {ours.encrypted_keyfile}\n") in checked.stdout
 
 
 def sasl_zookeeper(directory, users: dict[str, str], port: int | None = None) -> LocalZooKeeper:
@@ -388,11 +419,17 @@ def test_sasl_refused_password_is_one_line_and_no_crash_loop(
         assert anyone.exists(node) is None
         assert "new-secret" not in log
 
-        status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
-                                 str(config)], capture_output=True, text=True, timeout=60)
-        assert status.returncode == 1
-        assert ("unreachable (ZooKeeper refused our credentials ([auth] SASL DIGEST-MD5, "
-                "user 'deploy'))") in status.stdout
+        # status asks ZooKeeper without credentials; the refusal is the listener's word.
+        def status():
+            return subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status",
+                                   "-c", str(config)], capture_output=True, text=True,
+                                  timeout=60)
+
+        refused_line = ("ZooKeeper DISCONNECTED (ZooKeeper refused our credentials ([auth] "
+                        "SASL DIGEST-MD5, user 'deploy'))")
+        shown = wait_until(lambda: (r := status()).returncode == 1 and refused_line in r.stdout
+                           and r, 10, interval=0.3, what="status shows the refusal")
+        assert f"BAD  [svc] {node} not registered, healthy" in shown.stdout
 
         # The server is given the new password (a rotation done client side
         # first): the listener gets in by itself and registers.
@@ -482,10 +519,10 @@ def test_secret_files_must_be_private_to_the_listeners_user(tmp_path, ours):
         assert str(caught.value) == f"{path}: {message}"
 
     path = cases[0][0]
-    checked = subprocess.run(
-        [sys.executable, "-m", "zkwatcher_supervisor", "--check-config", "-c", str(path)],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert (checked.returncode, checked.stderr) == (2, f"zkwatcher-supervisor: {path}: "
+    started = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    assert (started.returncode, started.stderr) == (2, f"zkwatcher-supervisor: {path}: "
                                                        f"{cases[0][1]}\n")
 
     # A symlink (as Kubernetes mounts secrets) is followed and its target checked.

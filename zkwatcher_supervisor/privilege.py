@@ -116,7 +116,7 @@ def switch_problem(user: CheckUser, euid: int, egid: int) -> str | None:
             f"{user.name!r}")
 
 
-def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
+def unsafe_path(path: str, info: os.stat_result | None = None, owner: int = 0) -> str | None:
     """Why someone other than root could change ``path``, or None.
 
     The file must be root's and not writable by group or others, and so must
@@ -124,13 +124,15 @@ def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
     symlinks lead — except that a root-owned directory with the sticky bit
     (``/tmp``) may be writable by all: nobody else can rename or delete our file
     there.  ``info`` is the file's stat, if the caller already has it.
+    ``owner``: a user trusted as root is, wherever this says root (the
+    listener's own user, for the files that hold its secrets).
     """
     absolute = os.path.abspath(path)
     try:
         info = info or os.stat(absolute)
     except OSError as exc:
         return f"cannot stat {absolute}: {exc.strerror}"
-    problem = _writable_by_others(absolute, info, directory=False)
+    problem = _writable_by_others(absolute, info, directory=False, owner=owner)
     if problem:
         return problem
     seen: set[str] = set()
@@ -139,7 +141,8 @@ def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
         while parent not in seen:
             seen.add(parent)
             try:
-                problem = _writable_by_others(parent, os.stat(parent), directory=True)
+                problem = _writable_by_others(parent, os.stat(parent), directory=True,
+                                             owner=owner)
             except OSError as exc:
                 problem = f"cannot stat {parent}: {exc.strerror}"
             if problem:
@@ -150,12 +153,14 @@ def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
     return None
 
 
-def _writable_by_others(path: str, info: os.stat_result, directory: bool) -> str | None:
-    if info.st_uid != 0:
-        return f"{path} is owned by {_user_name(info.st_uid)}, not root"
+def _writable_by_others(path: str, info: os.stat_result, directory: bool,
+                        owner: int = 0) -> str | None:
+    if info.st_uid not in (0, owner):
+        return (f"{path} is owned by {_user_name(info.st_uid)}, not root"
+                + (f" or {_user_name(owner)}" if owner else ""))
     mode = info.st_mode
     if directory and mode & stat.S_ISVTX:
-        return None  # sticky and root's: others may add files, not touch ours
+        return None  # sticky and trusted: others may add files, not touch ours
     for bit, who, flag in ((stat.S_IWOTH, "others", "o-w"), (stat.S_IWGRP, "group", "g-w")):
         if mode & bit:
             return (f"{path} is writable by {who} (mode {stat.S_IMODE(mode):04o}); "

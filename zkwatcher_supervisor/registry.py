@@ -28,7 +28,8 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient, KazooState
@@ -236,38 +237,50 @@ def refused_credentials(settings: ZooKeeperSettings) -> str:
     return f"ZooKeeper refused our credentials ([auth] {mechanism}, user {auth.user!r})"
 
 
-def read_existing(settings: ZooKeeperSettings, paths: list[str],
-                  timeout: float = 5.0) -> dict[str, bool]:
-    """Which of ``paths`` exist, read by a short-lived client (for ``status``)."""
+def tls_refusals(handler: ZooKeeperHandler) -> str | None:
+    """The certificates ``handler`` refused, as one reason, or None."""
+    reasons = sorted(set(list(handler.refusals.values())))  # kazoo's thread adds to it
+    return "TLS certificate refused: " + "; ".join(reasons) if reasons else None
+
+
+@contextmanager
+def _reading_client(settings: ZooKeeperSettings, timeout: float) -> Iterator[KazooClient]:
+    """A short-lived client for a command that reads; whatever keeps it from
+    answering is a ConnectionError that says why."""
     client = make_client(settings)
     try:
         try:
             client.start(timeout=timeout)
         except KazooTimeoutError:
-            refusals = client.handler.refusals
-            if refusals:
-                raise ConnectionError("TLS certificate refused: "
-                                      + "; ".join(sorted(set(refusals.values())))) from None
-            raise
-        lookups = {path: client.exists_async(path) for path in paths}
+            raise ConnectionError(tls_refusals(client.handler)
+                                  or f"no connection within {timeout:.2g}s") from None
         try:
-            return {path: lookup.get(timeout=timeout) is not None
-                    for path, lookup in lookups.items()}
+            yield client
         except AuthFailedError:
             raise ConnectionError(refused_credentials(settings)) from None
+        except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
+            raise ConnectionError(f"connection lost ({type(exc).__name__})") from None
     finally:
         client.stop()
         client.close()
+
+
+def read_existing(settings: ZooKeeperSettings, paths: list[str],
+                  timeout: float = 5.0) -> dict[str, bool]:
+    """Which of ``paths`` exist, read by a short-lived client (for ``status``)."""
+    with _reading_client(settings, timeout) as client:
+        lookups = {path: client.exists_async(path) for path in paths}
+        return {path: lookup.get(timeout=timeout) is not None
+                for path, lookup in lookups.items()}
 
 
 def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
                 timeout: float = 5.0) -> dict[str, list[str]]:
     """For each service, the znodes that advertise its endpoint now, whoever holds them:
     its node path, or for sequential members every child of the parent whose data
-    names its host and port (for ``drain --stop``)."""
-    client = make_client(settings)
-    try:
-        client.start(timeout=timeout)
+    names its host and port (for ``drain --stop``).  PermissionError for a
+    member we may not read: whether it names the endpoint is unknown."""
+    with _reading_client(settings, timeout) as client:
         found: dict[str, list[str]] = {}
         for service in services:
             if sequence_prefix(service.node_path) is None:
@@ -287,13 +300,13 @@ def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
                     data, _ = read.get(timeout=timeout)
                 except NoNodeError:
                     continue
+                except NoAuthError:
+                    raise PermissionError(f"{posixpath.join(parent, child)}: NoAuth, its ACL "
+                                          "does not let the world read it") from None
                 if names_endpoint(data or b"", service.service_hostname, service.service_port):
                     nodes.append(posixpath.join(parent, child))
             found[service.name] = nodes
         return found
-    finally:
-        client.stop()
-        client.close()
 
 
 class Registry:
@@ -325,6 +338,7 @@ class Registry:
         self._sasl = settings.auth is not None and settings.auth.sasl
         self._unconfirmed = False
         self._refusals = 0  # refused logins in a row
+        self._refused = False  # the last login was refused (for status)
         self._reopen_at: float | None = None  # when to connect again after a refusal
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -399,7 +413,16 @@ class Registry:
 
     @property
     def connected(self) -> bool:
-        return self._client.connected
+        """Connected, and with SASL logged in (kazoo says connected before the login)."""
+        return self._client.connected and not self._unconfirmed
+
+    @property
+    def problem(self) -> str | None:
+        """Why we may not be connected, as far as we know: our login refused, or a
+        server's certificate."""
+        if self._refused:
+            return refused_credentials(self._settings)
+        return tls_refusals(self._client.handler)
 
     def registered(self) -> frozenset[str]:
         """Keys we hold in ZooKeeper, as the worker last confirmed them."""
@@ -478,6 +501,7 @@ class Registry:
             # kazoo has stopped connecting for good; the worker opens a new connection.
             with self._lock:
                 self._refusals += 1
+                self._refused = True
                 delay = min(REOPEN_DELAY * 2 ** (self._refusals - 1), MAX_RETRY_DELAY)
                 self._reopen_at = time.monotonic() + delay
                 first = self._refusals == 1
@@ -538,6 +562,7 @@ class Registry:
                 continue  # the CONNECTED callback wakes us again
             if self._unconfirmed and not self._confirm_credentials():
                 continue
+            self._refused = False
             session_id = client_id[0]
             now = time.monotonic()
             with self._lock:
@@ -590,6 +615,7 @@ class Registry:
             self._refusals = 0
         log.info("connected to ZooKeeper (SASL %s as %r)", self._settings.auth.mechanism,
                  self._settings.auth.user)
+        self.on_change()
         return True
 
     def _new_session(self, session_id: int, password: bytes) -> None:
