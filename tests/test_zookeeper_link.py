@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import trustme
@@ -19,7 +20,9 @@ from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import ACL, Id, Permissions
 
+from zkwatcher_supervisor import registry as registry_module
 from zkwatcher_supervisor.config import (
+    Auth,
     ConfigError,
     ServiceSettings,
     TLSSettings,
@@ -27,7 +30,9 @@ from zkwatcher_supervisor.config import (
     load_config,
 )
 from zkwatcher_supervisor.drain import wait_until_unadvertised
-from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+from zkwatcher_supervisor.registry import Registry
+from zkwatcher_supervisor.sandbox import FaultProxy, LocalZooKeeper, free_port, wait_until
+from zkwatcher_supervisor.status import locate_status
 
 pytestmark = pytest.mark.e2e
 
@@ -440,6 +445,90 @@ def test_sasl_refused_password_is_one_line_and_no_crash_loop(
         wait_until(lambda: anyone.exists(node), 45, what="registered once accepted")
         assert drv.stderr().count("refused our credentials") == 1
     finally:
+        server.stop()
+
+
+def test_sasl_session_survives_a_server_restart(
+        tmp_path, write_config, driver, reader, base_path):
+    """The connection to a restarting server may drop in the middle of the SASL
+    login, which kazoo reports as AUTH_FAILED (and forgets its session): a
+    drop, not a refused login.  The listener goes back to the same session, so
+    its node is the very one it had (a new session would leave the old one's
+    node up until it expired, even for a section gone down meanwhile).  The
+    proxy cuts the first login after the restart, where a restart may."""
+    server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"})
+    proxy = FaultProxy(server.port)
+    try:
+        config = write_config(SECTION.format(path=f"{base_path}/svc") + textwrap.dedent("""
+            [auth]
+            mechanism = DIGEST-MD5
+            user = deploy
+            password = s3cret
+            """), hosts=proxy.hosts, session_timeout=10)
+        config.chmod(0o600)
+        drv = driver(config)
+        node = f"{base_path}/svc/host1:1"
+        anyone = reader(server)
+        wait_until(lambda: anyone.exists(node), 20, what="registered over SASL")
+        before = anyone.exists(node)
+        logged(drv, "connected to ZooKeeper (SASL DIGEST-MD5 as 'deploy')")
+
+        server.stop()  # same port and data directory: the sessions survive the restart
+        proxy.cut_logins(1)
+        server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"}, port=server.port)
+        wait_until(lambda: drv.stderr().count("connected to ZooKeeper (SASL") == 2, 30,
+                   what="logged in again")
+        assert proxy.logins_cut == 1
+        assert ("WARNING ZooKeeper connection dropped during the SASL login; reconnecting "
+                "to the same session") in drv.stderr()
+        after = reader(server).exists(node)
+        assert (after.ephemeralOwner, after.czxid) == (before.ephemeralOwner, before.czxid)
+        session = wait_until(lambda: (locate_status(str(config))[1] or {})
+                             .get("zookeeper", {}).get("session"), 5, what="session published")
+        assert session == f"0x{before.ephemeralOwner:x}"
+        log = drv.stderr()
+        assert " ERROR " not in log and "refused our credentials" not in log, log
+        assert "held by another session" not in log, log
+    finally:
+        proxy.close()
+        server.stop()
+
+
+def test_a_slow_sasl_login_confirmation_still_registers(tmp_path, base_path, monkeypatch):
+    """The first read on a new SASL connection confirms the login; when its answer
+    comes later than the worker waits for one, registering follows as it comes."""
+    server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"})
+    proxy = FaultProxy(server.port)
+    anyone = KazooClient(hosts=server.hosts, timeout=5)
+    registry = None
+    held = []
+    original = KazooClient.exists_async
+
+    def exists_async(client, path, watch=None):
+        if path == "/" and not held:  # the confirmation: its answer arrives 3 s late
+            held.append(True)
+            proxy.freeze()
+            threading.Timer(3.0, proxy.restore).start()
+        return original(client, path, watch=watch)
+
+    try:
+        anyone.start(timeout=30)
+        monkeypatch.setattr(registry_module, "REPLY_TIMEOUT", 1.0)
+        monkeypatch.setattr(KazooClient, "exists_async", exists_async)
+        registry = Registry(ZooKeeperSettings(hosts=proxy.hosts, session_timeout=30,
+                                              auth=Auth("deploy", "s3cret", "DIGEST-MD5")))
+        node = f"{base_path}/svc/host1:1"
+        registry.update({node: b"{}"})
+        registry.start()
+        wait_until(lambda: held, 20, what="the login confirmed by a read")
+        wait_until(lambda: anyone.exists(node), 15, what="registered after the late answer")
+        assert registry.connected
+    finally:
+        if registry is not None:
+            registry.stop()
+        proxy.close()
+        anyone.stop()
+        anyone.close()
         server.stop()
 
 

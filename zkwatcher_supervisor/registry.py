@@ -36,6 +36,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
     AuthFailedError,
     BadVersionError,
+    ConnectionDropped,
     ConnectionLoss,
     KazooException,
     NoAuthError,
@@ -65,6 +66,11 @@ MAX_RETRY_DELAY = 30.0
 # a new connection this long after the first refusal, doubling to
 # MAX_RETRY_DELAY (one server of an ensemble may be the one that refuses).
 REOPEN_DELAY = 2.0
+# kazoo stops as well when the connection merely drops during the SASL login
+# (a server restarting, a network blip); then we reconnect as kazoo itself
+# would after a drop: at once, then a little slower, up to MAX_DROP_DELAY.
+DROP_DELAY = 0.1
+MAX_DROP_DELAY = 0.5
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
@@ -179,14 +185,31 @@ class ZooKeeperHandler(SequentialThreadingHandler):
 class _KazooLog(logging.LoggerAdapter):
     """kazoo's client log, less what we say better ourselves, once: kazoo
     repeats a refused certificate on every connection attempt (two a second),
-    and a refused SASL login on every new connection."""
+    and a refused SASL login on every new connection.
+
+    It also keeps the error that made kazoo give up with AUTH_FAILED: kazoo
+    says why only in its log (the state listener hears AUTH_FAILED for a
+    refused login and for a connection that dropped during it alike)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self.auth_failure: AuthFailedError | None = None
 
     def log(self, level, msg, *args, **kwargs) -> None:
         for arg in args:
-            if isinstance(arg, AuthFailedError) or (isinstance(arg, BaseException) and isinstance(
-                    arg.__context__, ssl.SSLCertVerificationError)):
+            if isinstance(arg, AuthFailedError):
+                self.auth_failure = arg
+                return
+            if isinstance(arg, BaseException) and isinstance(
+                    arg.__context__, ssl.SSLCertVerificationError):
                 return
         super().log(level, msg, *args, **kwargs)
+
+
+def dropped_during_login(failure: AuthFailedError | None) -> bool:
+    """Whether kazoo's AUTH_FAILED was a connection lost mid-login, not a refusal
+    (kazoo raises both as AuthFailedError; a drop carries the ConnectionDropped)."""
+    return failure is not None and isinstance(failure.__cause__, ConnectionDropped)
 
 
 def node_acl(settings: ZooKeeperSettings) -> list | None:
@@ -223,7 +246,7 @@ def make_client(settings: ZooKeeperSettings,
         handler=ZooKeeperHandler(settings.reconnect_spread, settings.tls),
         use_ssl=settings.tls is not None,
         client_id=client_id,
-        logger=_KazooLog(logging.getLogger("kazoo.client"), {}),
+        logger=_KazooLog(logging.getLogger("kazoo.client")),
         **options,
     )
 
@@ -338,8 +361,13 @@ class Registry:
         self._sasl = settings.auth is not None and settings.auth.sasl
         self._unconfirmed = False
         self._refusals = 0  # refused logins in a row
+        self._drops = 0  # logins cut short in a row
         self._refused = False  # the last login was refused (for status)
-        self._reopen_at: float | None = None  # when to connect again after a refusal
+        self._reopen_at: float | None = None  # when to connect again after AUTH_FAILED
+        # The session of the last connection (kazoo only tells while connected),
+        # and the one to resume after kazoo gave up and forgot it.
+        self._last_client_id: tuple[int, bytes] | None = None
+        self._resume: tuple[int, bytes] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -489,6 +517,7 @@ class Registry:
             if not self._sasl:
                 log.info("connected to ZooKeeper")
             with self._lock:
+                self._last_client_id = self._client.client_id
                 self._unconfirmed = self._sasl
                 self._examine_all = True
                 self._failures.clear()  # a new connection: try everything at once
@@ -498,14 +527,31 @@ class Registry:
             log.warning("ZooKeeper connection suspended; nodes stay until the session expires")
         elif (state == KazooState.LOST and not self._stopping
               and self._client.client_state == KeeperState.AUTH_FAILED):
-            # kazoo has stopped connecting for good; the worker opens a new connection.
+            # kazoo has stopped connecting for good, and forgets its session
+            # right after this call; the worker opens a new connection.  After
+            # a drop it resumes the session: its nodes live on until it
+            # expires, and a new session would leave them up even for a
+            # section gone down meanwhile.  Not after a refusal: each refused
+            # login would keep alive a session we cannot act in.
+            logger = self._client.logger
+            failure, logger.auth_failure = logger.auth_failure, None
+            dropped = dropped_during_login(failure)
             with self._lock:
-                self._refusals += 1
-                self._refused = True
-                delay = min(REOPEN_DELAY * 2 ** (self._refusals - 1), MAX_RETRY_DELAY)
+                self._resume = self._last_client_id if dropped else None
+                if dropped:
+                    self._drops += 1
+                    delay = min(DROP_DELAY * 2 ** (self._drops - 1), MAX_DROP_DELAY)
+                    first = self._drops == 1
+                else:
+                    self._refusals += 1
+                    self._refused = True
+                    delay = min(REOPEN_DELAY * 2 ** (self._refusals - 1), MAX_RETRY_DELAY)
+                    first = self._refusals == 1
                 self._reopen_at = time.monotonic() + delay
-                first = self._refusals == 1
-            if first:
+            if dropped and first:
+                log.warning("ZooKeeper connection dropped during the SASL login; "
+                            "reconnecting to the same session")
+            elif first:
                 log.error("%s: nothing can be registered until it accepts them; trying "
                           "again every %gs at most", refused_credentials(self._settings),
                           MAX_RETRY_DELAY)
@@ -554,7 +600,7 @@ class Registry:
                 if reopen:
                     self._reopen_at = None
             if reopen:
-                self._client.start_async()
+                self._reopen()
                 continue
             # Read once: kazoo's thread may drop the connection at any moment.
             client_id = self._client.client_id if self._client.connected else None
@@ -601,11 +647,37 @@ class Registry:
                 self._save_session()
                 self.on_change()
 
+    def _reopen(self) -> None:
+        """Connect again after kazoo gave up with AUTH_FAILED, with a new client:
+        on the session to resume, if any (kazoo's own client forgot it; if it
+        expired meanwhile, ZooKeeper says so and the client opens a new one)."""
+        with self._lock:
+            client_id, self._resume = self._resume, None
+        old = self._client
+        old.remove_listener(self._on_connection_state)
+        # Its connection thread has ended: this sends nothing, the session stays.
+        old.stop()
+        old.close()
+        client = make_client(self._settings, client_id)
+        client.add_listener(self._on_connection_state)
+        with self._lock:  # stop() closes whichever client is ours once it took the lock
+            if self._stopping:
+                client.close()
+                return
+            self._client = client
+            client.start_async()
+
     def _confirm_credentials(self) -> bool:
         """SASL: one read on a new connection tells whether the server accepted
         our login (a refusal is logged by the state listener)."""
+        confirmation = self._client.exists_async("/")
         try:
-            self._client.exists_async("/").get(timeout=REPLY_TIMEOUT)
+            confirmation.get(timeout=REPLY_TIMEOUT)
+        except KazooTimeoutError:
+            # Slow, not refused (a refusal or a drop changes the state, which
+            # wakes us): look again when the answer comes.
+            confirmation.rawlink(lambda _: self._wake.set())
+            return False
         except (KazooException, *CONNECTION_ERRORS):
             return False  # refused, or the connection went: a state change wakes us
         with self._lock:
@@ -613,6 +685,7 @@ class Registry:
                 return True
             self._unconfirmed = False
             self._refusals = 0
+            self._drops = 0
         log.info("connected to ZooKeeper (SASL %s as %r)", self._settings.auth.mechanism,
                  self._settings.auth.user)
         self.on_change()
@@ -1011,12 +1084,14 @@ class Registry:
     def _close(self) -> None:
         self._thread.join(0.2)
         owned = len(self._owned)
-        was_connected = self._client.connected
+        with self._lock:
+            client = self._client
+        was_connected = client.connected
         try:
             # Closing the session makes ZooKeeper delete all its ephemeral
             # nodes at once: one round trip, however many we hold.
-            self._client.stop()
-            self._client.close()
+            client.stop()
+            client.close()
         except Exception as exc:
             log.warning("closing the ZooKeeper session failed: %r", exc)
             return
