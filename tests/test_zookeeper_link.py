@@ -204,11 +204,14 @@ def test_tls_refuses_a_certificate_issued_for_another_name(
         assert_refused_once(drv, zk, f"{base_path}/{host}/host1:1",
                             f"ZooKeeper {host}:{wrong_name_zk.secure_port}: TLS certificate "
                             f"refused: {reason}; not connecting to this server")
-        # status connects the same way, and says why it could not.
+        # status connects the same way, and says why it could not; the listener
+        # says why it is not connected.
         status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
                                  str(config)], capture_output=True, text=True, timeout=60)
         assert status.returncode == 1
         assert f"unreachable (TLS certificate refused: {reason})" in status.stdout
+        assert (f"ZooKeeper DISCONNECTED (TLS certificate refused: {reason}), "
+                in status.stdout), status.stdout
 
     # The CA is ours, so only the name was wrong: without the check it registers.
     driver(alone(tls_config(write_config, ours, "localhost", wrong_name_zk,

@@ -135,6 +135,7 @@ class ZooKeeperHandler(SequentialThreadingHandler):
         self._context = client_context(tls) if tls is not None else None
         # Servers whose certificate we refused, and why; a good handshake clears it.
         self.refusals: dict[tuple[str, int], str] = {}
+        self.on_refusal: Callable[[], None] = lambda: None  # a new refusal (kazoo's thread)
 
     def session_expired(self) -> float:
         """Make the next connection wait; returns the wait drawn."""
@@ -169,6 +170,7 @@ class ZooKeeperHandler(SequentialThreadingHandler):
                 self.refusals[(name, port)] = reason
                 log.error("ZooKeeper %s:%d: TLS certificate refused: %s; not connecting to "
                           "this server", name, port, reason)
+                self.on_refusal()
             raise
         self.refusals.pop((name, port), None)
         return wrapped
@@ -354,6 +356,7 @@ class Registry:
             log.info("reattaching to ZooKeeper session 0x%x (%d node(s))",
                      self._saved.session_id, len(self._saved.nodes))
         self._client = make_client(settings, client_id)
+        self._client.handler.on_refusal = self._on_refusal
         self._settings = settings
         self._acl = node_acl(settings)
         # SASL: kazoo reports CONNECTED before the server has checked our
@@ -561,6 +564,9 @@ class Registry:
             log.warning("ZooKeeper session lost; will reconnect in %.2fs (reconnect_spread) "
                         "and re-register", delay)
 
+    def _on_refusal(self) -> None:
+        self.on_change()  # status shows why we are not connected
+
     def _on_watch(self, event) -> None:
         with self._lock:
             if event.path is None:  # a session event (kazoo fires these at expiry)
@@ -659,6 +665,7 @@ class Registry:
         old.stop()
         old.close()
         client = make_client(self._settings, client_id)
+        client.handler.on_refusal = self._on_refusal
         client.add_listener(self._on_connection_state)
         with self._lock:  # stop() closes whichever client is ours once it took the lock
             if self._stopping:
