@@ -120,8 +120,11 @@ def test_a_secret_that_others_could_put_another_file_in_place_of_is_refused(tmp_
     root_private = private_file(tmp_path / "root-private", "not a password\n")
     planted = open_dir / "planted"
     planted.symlink_to(root_private)
-    # A safe-looking path through a symlinked directory that leads into the open one.
-    (tmp_path / "via").symlink_to(open_dir)
+    # A safe-looking path through a symlink to a directory of root's, but one
+    # inside the open directory: whoever may write there may replace it.
+    inner = directory(open_dir / "inner", 0o755)
+    private_file(inner / "pw", "s3cret\n")
+    (tmp_path / "via").symlink_to(inner)
     key_in_open = open_dir / "client.key"
     shutil.copy(creds.encrypted_keyfile, key_in_open)
     key_in_open.chmod(0o600)
@@ -136,7 +139,7 @@ def test_a_secret_that_others_could_put_another_file_in_place_of_is_refused(tmp_
         (configs.write(f"password_file = {planted}"),
          f"line 6: [auth] password_file: {others(open_dir, '0777')}"),
         (configs.write(f"password_file = {tmp_path / 'via' / 'pw'}"),
-         f"line 6: [auth] password_file: {others(tmp_path / 'via', '0777')}"),
+         f"line 6: [auth] password_file: {others(open_dir, '0777')}"),
         (configs.write(f"password_file = {in_group}"),
          f"line 6: [auth] password_file: {others(group_dir, '0770', 'group', 'g-w')}"),
         (configs.write(f"password_file = {in_nobodys}"),
