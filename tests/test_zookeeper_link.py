@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import trustme
@@ -19,8 +20,19 @@ from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import ACL, Id, Permissions
 
-from zkwatcher_supervisor.config import ConfigError, load_config
-from zkwatcher_supervisor.sandbox import LocalZooKeeper, free_port, wait_until
+from zkwatcher_supervisor import registry as registry_module
+from zkwatcher_supervisor.config import (
+    Auth,
+    ConfigError,
+    ServiceSettings,
+    TLSSettings,
+    ZooKeeperSettings,
+    load_config,
+)
+from zkwatcher_supervisor.drain import wait_until_unadvertised
+from zkwatcher_supervisor.registry import Registry
+from zkwatcher_supervisor.sandbox import FaultProxy, LocalZooKeeper, free_port, wait_until
+from zkwatcher_supervisor.status import locate_status
 
 pytestmark = pytest.mark.e2e
 
@@ -192,11 +204,14 @@ def test_tls_refuses_a_certificate_issued_for_another_name(
         assert_refused_once(drv, zk, f"{base_path}/{host}/host1:1",
                             f"ZooKeeper {host}:{wrong_name_zk.secure_port}: TLS certificate "
                             f"refused: {reason}; not connecting to this server")
-        # status connects the same way, and says why it could not.
+        # status connects the same way, and says why it could not; the listener
+        # says why it is not connected.
         status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
                                  str(config)], capture_output=True, text=True, timeout=60)
         assert status.returncode == 1
         assert f"unreachable (TLS certificate refused: {reason})" in status.stdout
+        assert (f"ZooKeeper DISCONNECTED (TLS certificate refused: {reason}), "
+                in status.stdout), status.stdout
 
     # The CA is ours, so only the name was wrong: without the check it registers.
     driver(alone(tls_config(write_config, ours, "localhost", wrong_name_zk,
@@ -252,6 +267,22 @@ def test_plain_tcp_to_the_secure_port_gets_nowhere(right_name_zk):
     plain.close()
 
 
+def test_drain_stop_says_why_zookeeper_cannot_confirm(ours, wrong_name_zk):
+    """drain --stop stops nothing it has not seen deregistered; when ZooKeeper
+    cannot be asked, what it reports instead names the reason."""
+    service = ServiceSettings(name="svc", zookeeper_path="/svc", service_port=1,
+                              service_hostname="host1")
+    tls = TLSSettings(ca=str(ours.ca_pem), certfile=str(ours.certfile),
+                      keyfile=str(ours.keyfile))
+    hosts = f"localhost:{wrong_name_zk.secure_port}"
+    assert wait_until_unadvertised(ZooKeeperSettings(hosts=hosts, tls=tls), [service], 1.0) \
+        == [f"(unknown: ZooKeeper {hosts} unreachable: TLS certificate refused: Hostname "
+            "mismatch, certificate is not valid for 'localhost' (tls_check_hostname = true))"]
+    closed = f"127.0.0.1:{free_port()}"
+    assert wait_until_unadvertised(ZooKeeperSettings(hosts=closed), [service], 1.0) == [
+        f"(unknown: ZooKeeper {closed} unreachable: no connection within 1s)"]
+
+
 def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
     """Found when the config loads (exit 2, one line naming the key), never a
     password prompt and never a refused connection later."""
@@ -293,12 +324,20 @@ def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
         assert str(caught.value) == f"{path}: {message}"
     assert load_config(str(config(ours.encrypted_keyfile, "keyfile_password = key pass")))
 
+    # The listener loads them as it starts: exit 2 before anything connects.
     path = config(ours.encrypted_keyfile)
+    started = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    assert (started.returncode, started.stderr) == (
+        2, f"zkwatcher-supervisor: {path}: {cases[0][1]}\n")
+    # --check-config, which any user may run, reads none of them and says so.
     checked = subprocess.run(
         [sys.executable, "-m", "zkwatcher_supervisor", "--check-config", "-c", str(path)],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert checked.returncode == 2
-    assert checked.stderr == f"zkwatcher-supervisor: {path}: {cases[0][1]}\n"
+    assert checked.returncode == 0, checked.stderr
+    assert (f"not read here (run reads and checks them, as its user): ca {ours.ca_pem}, "
+            f"certfile {ours.certfile}, keyfile {ours.encrypted_keyfile}\n") in checked.stdout
 
 
 def sasl_zookeeper(directory, users: dict[str, str], port: int | None = None) -> LocalZooKeeper:
@@ -388,11 +427,17 @@ def test_sasl_refused_password_is_one_line_and_no_crash_loop(
         assert anyone.exists(node) is None
         assert "new-secret" not in log
 
-        status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
-                                 str(config)], capture_output=True, text=True, timeout=60)
-        assert status.returncode == 1
-        assert ("unreachable (ZooKeeper refused our credentials ([auth] SASL DIGEST-MD5, "
-                "user 'deploy'))") in status.stdout
+        # status asks ZooKeeper without credentials; the refusal is the listener's word.
+        def status():
+            return subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status",
+                                   "-c", str(config)], capture_output=True, text=True,
+                                  timeout=60)
+
+        refused_line = ("ZooKeeper DISCONNECTED (ZooKeeper refused our credentials ([auth] "
+                        "SASL DIGEST-MD5, user 'deploy'))")
+        shown = wait_until(lambda: (r := status()).returncode == 1 and refused_line in r.stdout
+                           and r, 10, interval=0.3, what="status shows the refusal")
+        assert f"BAD  [svc] {node} not registered, healthy" in shown.stdout
 
         # The server is given the new password (a rotation done client side
         # first): the listener gets in by itself and registers.
@@ -403,6 +448,90 @@ def test_sasl_refused_password_is_one_line_and_no_crash_loop(
         wait_until(lambda: anyone.exists(node), 45, what="registered once accepted")
         assert drv.stderr().count("refused our credentials") == 1
     finally:
+        server.stop()
+
+
+def test_sasl_session_survives_a_server_restart(
+        tmp_path, write_config, driver, reader, base_path):
+    """The connection to a restarting server may drop in the middle of the SASL
+    login, which kazoo reports as AUTH_FAILED (and forgets its session): a
+    drop, not a refused login.  The listener goes back to the same session, so
+    its node is the very one it had (a new session would leave the old one's
+    node up until it expired, even for a section gone down meanwhile).  The
+    proxy cuts the first login after the restart, where a restart may."""
+    server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"})
+    proxy = FaultProxy(server.port)
+    try:
+        config = write_config(SECTION.format(path=f"{base_path}/svc") + textwrap.dedent("""
+            [auth]
+            mechanism = DIGEST-MD5
+            user = deploy
+            password = s3cret
+            """), hosts=proxy.hosts, session_timeout=10)
+        config.chmod(0o600)
+        drv = driver(config)
+        node = f"{base_path}/svc/host1:1"
+        anyone = reader(server)
+        wait_until(lambda: anyone.exists(node), 20, what="registered over SASL")
+        before = anyone.exists(node)
+        logged(drv, "connected to ZooKeeper (SASL DIGEST-MD5 as 'deploy')")
+
+        server.stop()  # same port and data directory: the sessions survive the restart
+        proxy.cut_logins(1)
+        server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"}, port=server.port)
+        wait_until(lambda: drv.stderr().count("connected to ZooKeeper (SASL") == 2, 30,
+                   what="logged in again")
+        assert proxy.logins_cut == 1
+        assert ("WARNING ZooKeeper connection dropped during the SASL login; reconnecting "
+                "to the same session") in drv.stderr()
+        after = reader(server).exists(node)
+        assert (after.ephemeralOwner, after.czxid) == (before.ephemeralOwner, before.czxid)
+        session = wait_until(lambda: (locate_status(str(config))[1] or {})
+                             .get("zookeeper", {}).get("session"), 5, what="session published")
+        assert session == f"0x{before.ephemeralOwner:x}"
+        log = drv.stderr()
+        assert " ERROR " not in log and "refused our credentials" not in log, log
+        assert "held by another session" not in log, log
+    finally:
+        proxy.close()
+        server.stop()
+
+
+def test_a_slow_sasl_login_confirmation_still_registers(tmp_path, base_path, monkeypatch):
+    """The first read on a new SASL connection confirms the login; when its answer
+    comes later than the worker waits for one, registering follows as it comes."""
+    server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"})
+    proxy = FaultProxy(server.port)
+    anyone = KazooClient(hosts=server.hosts, timeout=5)
+    registry = None
+    held = []
+    original = KazooClient.exists_async
+
+    def exists_async(client, path, watch=None):
+        if path == "/" and not held:  # the confirmation: its answer arrives 3 s late
+            held.append(True)
+            proxy.freeze()
+            threading.Timer(3.0, proxy.restore).start()
+        return original(client, path, watch=watch)
+
+    try:
+        anyone.start(timeout=30)
+        monkeypatch.setattr(registry_module, "REPLY_TIMEOUT", 1.0)
+        monkeypatch.setattr(KazooClient, "exists_async", exists_async)
+        registry = Registry(ZooKeeperSettings(hosts=proxy.hosts, session_timeout=30,
+                                              auth=Auth("deploy", "s3cret", "DIGEST-MD5")))
+        node = f"{base_path}/svc/host1:1"
+        registry.update({node: b"{}"})
+        registry.start()
+        wait_until(lambda: held, 20, what="the login confirmed by a read")
+        wait_until(lambda: anyone.exists(node), 15, what="registered after the late answer")
+        assert registry.connected
+    finally:
+        if registry is not None:
+            registry.stop()
+        proxy.close()
+        anyone.stop()
+        anyone.close()
         server.stop()
 
 
@@ -482,10 +611,10 @@ def test_secret_files_must_be_private_to_the_listeners_user(tmp_path, ours):
         assert str(caught.value) == f"{path}: {message}"
 
     path = cases[0][0]
-    checked = subprocess.run(
-        [sys.executable, "-m", "zkwatcher_supervisor", "--check-config", "-c", str(path)],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert (checked.returncode, checked.stderr) == (2, f"zkwatcher-supervisor: {path}: "
+    started = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+    assert (started.returncode, started.stderr) == (2, f"zkwatcher-supervisor: {path}: "
                                                        f"{cases[0][1]}\n")
 
     # A symlink (as Kubernetes mounts secrets) is followed and its target checked.

@@ -10,7 +10,14 @@ import os
 import sys
 
 from . import __version__, statedir
-from .config import DEFAULT_HOSTS, Config, ConfigError, ZooKeeperSettings, load_config
+from .config import (
+    DEFAULT_HOSTS,
+    Config,
+    ConfigError,
+    ZooKeeperSettings,
+    load_config,
+    settings_for_reading,
+)
 from .logs import KAZOO_REPEATS, LogWriter
 from .payload import node_payload
 from .privilege import make_undumpable, root_warnings, switch_error
@@ -102,11 +109,16 @@ def setup_logging(verbose: bool, syslog: bool) -> LogWriter:
 
 def show_status(config: Config | None, config_filename: str,
                 hosts_override: str | None = None) -> int:
-    """``status``; without ``config`` (we may not read it), from the status file alone."""
+    """``status``; without ``config`` (we may not read it), from the status file alone.
+
+    ZooKeeper is asked as whoever runs us, without the listener's credentials;
+    where that is not possible (TLS files this user cannot read), the
+    listener's own word stands in for it."""
     from .registry import read_existing  # imports kazoo
 
     located = locate_status(config_filename, config.status_file if config else "")
-    settings = config.zookeeper if config is not None else None
+    settings: ZooKeeperSettings | None = None
+    unchecked = None
     if config is None:
         path, state = located
         if state is None:
@@ -116,15 +128,22 @@ def show_status(config: Config | None, config_filename: str,
         zookeeper = state.get("zookeeper", {})
         print(f"(cannot read {config_filename}: sections and ZooKeeper from {path})")
         if zookeeper.get("tls"):
-            print("ZooKeeper not checked: its TLS settings are in the config")
+            unchecked = "its TLS settings are in the config"
         else:
             settings = ZooKeeperSettings(hosts=hosts_override or zookeeper.get("hosts")
                                          or DEFAULT_HOSTS)
+    else:
+        try:
+            settings = settings_for_reading(config.zookeeper)
+        except ValueError as exc:
+            unchecked = str(exc)
+    if unchecked is not None:
+        print(f"ZooKeeper not checked: {unchecked}; registered as the listener last saw it")
 
     def read_nodes(paths: list[str]) -> dict[str, bool] | None:
         if settings is None:
             # Only the listener's word: what it last confirmed in ZooKeeper.
-            sections = located[1].get("sections", {})
+            sections = (located[1] or {}).get("sections", {})
             registered = {info["path"] for info in sections.values() if info.get("registered")}
             return {path: path in registered for path in paths}
         try:
@@ -138,15 +157,31 @@ def show_status(config: Config | None, config_filename: str,
     return 0 if ok else 1
 
 
+def link_file_paths(config: Config) -> list[str]:
+    """The files of the link to ZooKeeper, ``key path`` each."""
+    zookeeper = config.zookeeper
+    found = []
+    if zookeeper.tls is not None:
+        for key in ("ca", "certfile", "keyfile", "keyfile_password_file"):
+            if getattr(zookeeper.tls, key):
+                found.append(f"{key} {getattr(zookeeper.tls, key)}")
+    if zookeeper.auth is not None and zookeeper.auth.password_file:
+        found.append(f"password_file {zookeeper.auth.password_file}")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Only the listener needs its secrets; the other commands may run as any
+    # user, who may not read them or own them.
+    runs = args.command == "run" and not args.check_config
     undumpable_problem = None
-    if args.command == "run" and not args.check_config:
+    if runs:
         # Before the config (and its passwords) is read: from here on, other
         # processes of our user cannot read our memory or environment.
         undumpable_problem = make_undumpable()
     try:
-        config = load_config(args.config, hosts_override=args.server)
+        config = load_config(args.config, hosts_override=args.server, link_files=runs)
     except ConfigError as exc:
         if args.command == "status" and exc.unreadable:
             return show_status(None, args.config, args.server)
@@ -183,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
               + (f" (SASL {zookeeper.auth.mechanism})" if zookeeper.auth and zookeeper.auth.sasl
                  else ""))
         print(f"status file {config.status_file or statedir.state_path(config.filename, 'status')}")
+        unread = link_file_paths(config)
+        if unread:
+            print(f"not read here (run reads and checks them, as its user): {', '.join(unread)}")
         for service in config.services:
             print(f"[{service.name}] {service.display_path} "
                   f"{node_payload(service, os.getpid()).decode()}")

@@ -7,9 +7,12 @@ section and the key, so the command line can print one line and exit 2 before
 anything touches ZooKeeper.  What zk_watcher only tolerated loads as it behaved there,
 with a line in :attr:`Config.warnings`.
 
-Besides the file itself, loading reads the secrets it names (``password_file``,
-``keyfile_password_file``: see :mod:`.secret_files`) and loads the TLS files once,
-so that a key that does not decrypt is a config error too.
+For ``run``, loading also reads the secrets the file names (``password_file``,
+``keyfile_password_file``), checks who could change those and the TLS files
+(see :mod:`.secret_files`), and loads the TLS files once, so that a key that
+does not decrypt is a config error too.  The other commands need no secret and
+may run as another user: they get the paths only (``link_files=False``), and
+:func:`settings_for_reading` makes what they connect with.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from .privilege import (
     unsafe_path,
     user_environment,
 )
-from .secret_files import check_private_path, read_secret
+from .secret_files import check_private_path, check_readable, check_trusted_path, read_secret
 from .tls import TLSSetupError, client_context
 
 GLOBAL_SECTION = "zkwatcher"
@@ -141,8 +144,10 @@ class ProgramSpec:
 @dataclass(frozen=True)
 class Auth:
     user: str
-    password: str = field(repr=False)
+    # None: in password_file, and not read (the config was loaded without link files).
+    password: str | None = field(repr=False)
     mechanism: str = DIGEST  # or one of SASL_MECHANISMS
+    password_file: str | None = None
 
     @property
     def sasl(self) -> bool:
@@ -156,6 +161,8 @@ class TLSSettings:
     keyfile: str | None = None
     keyfile_password: str | None = field(default=None, repr=False)
     check_hostname: bool = True
+    # Not read when the config was loaded without link files (keyfile_password None).
+    keyfile_password_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -678,7 +685,7 @@ def _read_service(section: _Section, default_hostname: str,
     )
 
 
-def _read_zookeeper(file: _File) -> ZooKeeperSettings:
+def _read_zookeeper(file: _File, link_files: bool) -> ZooKeeperSettings:
     hosts, timeout, auth, tls = DEFAULT_HOSTS, DEFAULT_SESSION_TIMEOUT, None, None
     spread = DEFAULT_RECONNECT_SPREAD
     if file.parser.has_section(GLOBAL_SECTION):
@@ -691,14 +698,14 @@ def _read_zookeeper(file: _File) -> ZooKeeperSettings:
         timeout = section.seconds("session_timeout", DEFAULT_SESSION_TIMEOUT)
         spread = section.seconds("reconnect_spread", DEFAULT_RECONNECT_SPREAD, allow_zero=True,
                                  maximum=MAX_RECONNECT_SPREAD)
-        tls = _read_tls(section)
+        tls = _read_tls(section, link_files)
     if file.parser.has_section(AUTH_SECTION):
-        auth = _read_auth(file.section(AUTH_SECTION))
+        auth = _read_auth(file.section(AUTH_SECTION), link_files)
     return ZooKeeperSettings(hosts=hosts, session_timeout=timeout, auth=auth, tls=tls,
                              reconnect_spread=spread)
 
 
-def _read_auth(section: _Section) -> Auth:
+def _read_auth(section: _Section, link_files: bool) -> Auth:
     raw = section.text("mechanism") or DIGEST
     mechanism = raw.upper() if raw.upper() in SASL_MECHANISMS else raw.lower()
     if mechanism in ("gssapi", "kerberos"):
@@ -711,17 +718,21 @@ def _read_auth(section: _Section) -> Auth:
         raise section.error("mechanism", f"{mechanism} needs the pure-sasl package (pip "
                             "install 'zkwatcher-supervisor[sasl]')")
     user = section.required("user")
-    return Auth(user, _secret(section, "password"), mechanism)
+    return Auth(user, _secret(section, "password", link_files), mechanism,
+                section.text("password_file"))
 
 
-def _secret(section: _Section, key: str, required: bool = True) -> str | None:
+def _secret(section: _Section, key: str, link_files: bool, required: bool = True
+            ) -> str | None:
     """``key`` as written, or read from the file ``<key>_file`` names (which
-    must be private to us); exactly one of them."""
+    must be private to us; read only with ``link_files``); exactly one of them."""
     file_key = f"{key}_file"
     value, path = section.text(key), section.text(file_key)
     if value and path:
         raise section.error(file_key, f"set {key} or {file_key}, not both")
     if path:
+        if not link_files:
+            return None
         try:
             return read_secret(path)
         except ValueError as exc:
@@ -731,30 +742,42 @@ def _secret(section: _Section, key: str, required: bool = True) -> str | None:
     return value
 
 
-def _read_tls(section: _Section) -> TLSSettings | None:
+# What whoever could change a file we trust would change with it.
+_TRUSTED_FILES = (("ca", "the servers we take for the ensemble"),
+                  ("certfile", "who we are to ZooKeeper"))
+
+
+def _read_tls(section: _Section, link_files: bool) -> TLSSettings | None:
     if not section.boolean("use_ssl", False):
         for key in TLS_KEYS:
             if section.text(key):
                 raise section.error(key, "set use_ssl = true to use it")
         return None
     files = {key: section.text(key) for key in ("ca", "certfile", "keyfile")}
-    for key, value in files.items():
-        if value and not os.access(value, os.R_OK):
-            raise section.error(key, f"cannot read {value}")
     if bool(files["certfile"]) != bool(files["keyfile"]):
         raise section.error("certfile" if not files["certfile"] else "keyfile",
                             "certfile and keyfile go together")
-    password = _secret(section, "keyfile_password", required=False)
-    if password and not files["keyfile"]:
-        raise section.error("keyfile_password_file" if section.text("keyfile_password_file")
+    password = _secret(section, "keyfile_password", link_files, required=False)
+    password_file = section.text("keyfile_password_file")
+    if (password or password_file) and not files["keyfile"]:
+        raise section.error("keyfile_password_file" if password_file
                             else "keyfile_password", "goes with certfile and keyfile")
+    settings = TLSSettings(**files, keyfile_password=password,
+                           check_hostname=section.boolean("tls_check_hostname", True),
+                           keyfile_password_file=password_file)
+    if not link_files:
+        return settings
+    for key, what in _TRUSTED_FILES:
+        if files[key]:
+            try:
+                check_trusted_path(files[key], what)
+            except ValueError as exc:
+                raise section.error(key, str(exc)) from None
     if files["keyfile"]:
         try:
             check_private_path(files["keyfile"])
         except ValueError as exc:
             raise section.error("keyfile", str(exc)) from None
-    settings = TLSSettings(**files, keyfile_password=password,
-                           check_hostname=section.boolean("tls_check_hostname", True))
     # Loaded once here, so a key that does not decrypt or a CA file that is
     # not PEM is a config error now rather than a refused connection later.
     try:
@@ -765,6 +788,27 @@ def _read_tls(section: _Section) -> TLSSettings | None:
             key = "keyfile_password_file"
         raise section.error(key, str(exc)) from None
     return settings
+
+
+def settings_for_reading(zookeeper: ZooKeeperSettings) -> ZooKeeperSettings:
+    """What a command that only reads ZooKeeper (``status``, ``drain --stop``)
+    connects with, as whoever runs it: no credentials (whether a node exists,
+    and what the world may read, need none) and our TLS, if this user can read
+    its files.  ValueError says why it cannot connect."""
+    tls = zookeeper.tls
+    if tls is not None:
+        for path in (tls.ca, tls.certfile, tls.keyfile):
+            if path:
+                check_readable(path)
+        if tls.keyfile_password is None and tls.keyfile_password_file:
+            # Whoever owns it: it only unlocks the key here, nothing is sent.
+            tls = dataclasses.replace(
+                tls, keyfile_password=read_secret(tls.keyfile_password_file, private=False))
+        try:
+            client_context(tls)
+        except TLSSetupError as exc:
+            raise ValueError(f"{exc.key}: {exc}") from None
+    return dataclasses.replace(zookeeper, auth=None, tls=tls)
 
 
 def _read_text(filename: str) -> tuple[str, os.stat_result]:
@@ -838,8 +882,14 @@ def _key_lines(text: str, optionxform: Callable[[str], str]) -> dict[tuple[str, 
     return found
 
 
-def load_config(filename: str, hosts_override: str | None = None) -> Config:
-    """Read and validate ``filename``; ``hosts_override`` is the ``-s/--server`` flag."""
+def load_config(filename: str, hosts_override: str | None = None,
+                link_files: bool = True) -> Config:
+    """Read and validate ``filename``; ``hosts_override`` is the ``-s/--server`` flag.
+
+    ``link_files``: also read the secret files and check the files of the link
+    to ZooKeeper, as the listener's user (what ``run`` needs); without, their
+    paths are kept and nothing of them is read.
+    """
     text, stat = _read_text(filename)
     if os.geteuid() == 0:
         # Whoever can change the file runs its commands as root (sshd and sudo
@@ -851,7 +901,7 @@ def load_config(filename: str, hosts_override: str | None = None) -> Config:
     file = _File(filename, text)
     parser = file.parser
 
-    zookeeper = _read_zookeeper(file)
+    zookeeper = _read_zookeeper(file, link_files)
     if hosts_override:
         try:
             _check_hosts(hosts_override)

@@ -30,6 +30,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from . import statedir
+from .config import settings_for_reading
 from .untrusted import Unusable, load_json, number, printable, text_field
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,14 @@ def run_drain(config, args) -> int:
         sections = client.select(args.sections, args.program, args.all)
     except ValueError as exc:
         return fail(str(exc), 2)
+    reading = None
+    if args.stop:
+        # --stop stops nothing it has not seen gone from ZooKeeper.
+        try:
+            reading = settings_for_reading(config.zookeeper)
+        except ValueError as exc:
+            return fail(f"--stop: cannot read ZooKeeper to confirm the deletion as this user "
+                        f"({exc}); nothing drained")
     pid = (state or {}).get("pid")
     if not pid or not process_alive(pid):
         return fail(f"the listener for {config.filename} is not running (no live pid in "
@@ -344,7 +353,7 @@ def run_drain(config, args) -> int:
         print(f"{args.command}ed {listed}")
         return 0
     services = {service.name: service for service in config.services}
-    remaining = wait_until_unadvertised(config, [services[name] for name in applied],
+    remaining = wait_until_unadvertised(reading, [services[name] for name in applied],
                                         CONFIRM_TIMEOUT)
     if remaining:
         return fail(f"drained {listed}, but ZooKeeper still lists "
@@ -361,20 +370,25 @@ def run_drain(config, args) -> int:
     return 0
 
 
-def wait_until_unadvertised(config, services: list, timeout: float) -> list[str]:
+def wait_until_unadvertised(settings, services: list, timeout: float) -> list[str]:
     """Wait until no znode advertises these services' endpoints, whoever holds it
-    (our node, a zk_watcher's, a duplicate member); returns what is still there —
-    or a description of why ZooKeeper could not be asked."""
+    (our node, a zk_watcher's, a duplicate member), asking ZooKeeper with
+    ``settings``; returns what is still there — or a description of why
+    ZooKeeper could not be asked."""
     from .registry import advertising  # imports kazoo
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            found = advertising(config.zookeeper, services, timeout=max(
+            found = advertising(settings, services, timeout=max(
                 0.5, min(2.0, deadline - time.monotonic())))
             remaining = [node for nodes in found.values() for node in nodes]
-        except Exception as exc:  # unreachable, refused: we cannot confirm anything
-            remaining = [f"(unknown: ZooKeeper {config.zookeeper.hosts} unreachable: {exc})"]
+        except ConnectionError as exc:  # unreachable, refused: we cannot confirm anything
+            remaining = [f"(unknown: ZooKeeper {settings.hosts} unreachable: {exc})"]
+        except PermissionError as exc:  # a member we may not read
+            remaining = [f"(unknown: {exc})"]
+        except Exception as exc:  # any other error ZooKeeper answered with
+            remaining = [f"(unknown: ZooKeeper {settings.hosts}: {exc!r})"]
         if not remaining or time.monotonic() >= deadline:
             return remaining
         time.sleep(0.1)

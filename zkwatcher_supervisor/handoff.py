@@ -15,7 +15,7 @@ import time
 
 from supervisor import childutils
 
-from .config import Config
+from .config import Config, settings_for_reading
 from .status import distrust, locate_status, owner_of, process_alive, read_status_file
 
 DEFAULT_SERVER_URL = "unix:///var/run/supervisor.sock"
@@ -116,5 +116,5 @@ def _session_of_nodes(config: Config, state: dict) -> str | None:
              if info.get("registered") and "<" not in info["path"]]
     if not paths:
         return None
-    held = owners(config.zookeeper, paths[:20])
+    held = owners(settings_for_reading(config.zookeeper), paths[:20])
     return next((f"0x{owner:x}" for owner in held.values() if owner), None)

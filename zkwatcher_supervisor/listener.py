@@ -670,6 +670,7 @@ class Watcher:
             "zookeeper": {"hosts": self.config.zookeeper.hosts,
                           "tls": self.config.zookeeper.tls is not None,
                           "connected": self.registry.connected,
+                          "problem": self.registry.problem,
                           "connects": self.registry.connects,
                           "session": None if session_id is None else f"0x{session_id:x}"},
             "handoff_refused": self.handoff_refused,

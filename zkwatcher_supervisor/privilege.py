@@ -152,7 +152,7 @@ def switch_problem(user: CheckUser, euid: int, egid: int) -> str | None:
 MAX_SYMLINK_HOPS = 40
 
 
-def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
+def unsafe_path(path: str, info: os.stat_result | None = None, owner: int = 0) -> str | None:
     """Why someone other than root could change ``path``, or None.
 
     The file must be root's and not writable by group or others, and so must
@@ -163,22 +163,24 @@ def unsafe_path(path: str, info: os.stat_result | None = None) -> str | None:
     directory with the sticky bit (``/tmp``) may be writable by all, as nobody
     else can rename or delete root's entries there; a link in it must be
     root's too.  ``info`` is the file's stat, if the caller already has it.
+    ``owner``: a user trusted as root is, wherever this says root (the
+    listener's own user, for the files that hold its secrets).
     """
     absolute = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
     try:
         info = info or os.stat(absolute)
     except OSError as exc:
         return f"cannot stat {absolute}: {exc.strerror}"
-    problem = _writable_by_others(absolute, info, directory=False)
+    problem = _writable_by_others(absolute, info, directory=False, owner=owner)
     if problem:
         return problem
-    return _unsafe_lookup(absolute)
+    return _unsafe_lookup(absolute, owner)
 
 
-def _unsafe_lookup(absolute: str) -> str | None:
+def _unsafe_lookup(absolute: str, owner: int = 0) -> str | None:
     """The first directory or link on the way to ``absolute`` that others could change."""
     current = "/"  # where the lookup is, symlinks resolved: every directory in it was checked
-    problem = _unsafe_directory(current)
+    problem = _unsafe_directory(current, owner)
     if problem:
         return problem
     pending = absolute.split("/")[::-1]  # names still to look up, next one last
@@ -199,7 +201,7 @@ def _unsafe_lookup(absolute: str) -> str | None:
             hops += 1
             if hops > MAX_SYMLINK_HOPS:
                 return f"cannot resolve {absolute}: too many levels of symbolic links"
-            if entry.st_uid != 0 and os.stat(current).st_mode & stat.S_ISVTX:
+            if entry.st_uid not in (0, owner) and os.stat(current).st_mode & stat.S_ISVTX:
                 # Sticky: its owner may replace it, whoever owns the directory.
                 return f"{candidate} is owned by {_user_name(entry.st_uid)}, not root"
             try:
@@ -211,7 +213,7 @@ def _unsafe_lookup(absolute: str) -> str | None:
             pending.extend(target.split("/")[::-1])
             continue
         if stat.S_ISDIR(entry.st_mode):
-            problem = _writable_by_others(candidate, entry, directory=True)
+            problem = _writable_by_others(candidate, entry, directory=True, owner=owner)
             if problem:
                 return problem
         elif pending:
@@ -220,19 +222,21 @@ def _unsafe_lookup(absolute: str) -> str | None:
     return None
 
 
-def _unsafe_directory(path: str) -> str | None:
+def _unsafe_directory(path: str, owner: int = 0) -> str | None:
     try:
-        return _writable_by_others(path, os.stat(path), directory=True)
+        return _writable_by_others(path, os.stat(path), directory=True, owner=owner)
     except OSError as exc:
         return f"cannot stat {path}: {exc.strerror}"
 
 
-def _writable_by_others(path: str, info: os.stat_result, directory: bool) -> str | None:
-    if info.st_uid != 0:
-        return f"{path} is owned by {_user_name(info.st_uid)}, not root"
+def _writable_by_others(path: str, info: os.stat_result, directory: bool,
+                        owner: int = 0) -> str | None:
+    if info.st_uid not in (0, owner):
+        return (f"{path} is owned by {_user_name(info.st_uid)}, not root"
+                + (f" or {_user_name(owner)}" if owner else ""))
     mode = info.st_mode
     if directory and mode & stat.S_ISVTX:
-        return None  # sticky and root's: others may add files, not touch ours
+        return None  # sticky and trusted: others may add files, not touch ours
     for bit, who, flag in ((stat.S_IWOTH, "others", "o-w"), (stat.S_IWGRP, "group", "g-w")):
         if mode & bit:
             return (f"{path} is writable by {who} (mode {stat.S_IMODE(mode):04o}); "

@@ -33,13 +33,15 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
     AuthFailedError,
     BadVersionError,
+    ConnectionDropped,
     ConnectionLoss,
     KazooException,
     NoAuthError,
@@ -70,6 +72,11 @@ MAX_RETRY_DELAY = 30.0
 # a new connection this long after the first refusal, doubling to
 # MAX_RETRY_DELAY (one server of an ensemble may be the one that refuses).
 REOPEN_DELAY = 2.0
+# kazoo stops as well when the connection merely drops during the SASL login
+# (a server restarting, a network blip); then we reconnect as kazoo itself
+# would after a drop: at once, then a little slower, up to MAX_DROP_DELAY.
+DROP_DELAY = 0.1
+MAX_DROP_DELAY = 0.5
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
@@ -136,6 +143,7 @@ class ZooKeeperHandler(SequentialThreadingHandler):
         self._context = client_context(tls) if tls is not None else None
         # Servers whose certificate we refused, and why; a good handshake clears it.
         self.refusals: dict[tuple[str, int], str] = {}
+        self.on_refusal: Callable[[], None] = lambda: None  # a new refusal (kazoo's thread)
 
     def session_expired(self) -> float:
         """Make the next connection wait; returns the wait drawn."""
@@ -170,6 +178,7 @@ class ZooKeeperHandler(SequentialThreadingHandler):
                 self.refusals[(name, port)] = reason
                 log.error("ZooKeeper %s:%d: TLS certificate refused: %s; not connecting to "
                           "this server", name, port, reason)
+                self.on_refusal()
             raise
         self.refusals.pop((name, port), None)
         return wrapped
@@ -186,14 +195,31 @@ class ZooKeeperHandler(SequentialThreadingHandler):
 class _KazooLog(logging.LoggerAdapter):
     """kazoo's client log, less what we say better ourselves, once: kazoo
     repeats a refused certificate on every connection attempt (two a second),
-    and a refused SASL login on every new connection."""
+    and a refused SASL login on every new connection.
+
+    It also keeps the error that made kazoo give up with AUTH_FAILED: kazoo
+    says why only in its log (the state listener hears AUTH_FAILED for a
+    refused login and for a connection that dropped during it alike)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self.auth_failure: AuthFailedError | None = None
 
     def log(self, level, msg, *args, **kwargs) -> None:
         for arg in args:
-            if isinstance(arg, AuthFailedError) or (isinstance(arg, BaseException) and isinstance(
-                    arg.__context__, ssl.SSLCertVerificationError)):
+            if isinstance(arg, AuthFailedError):
+                self.auth_failure = arg
+                return
+            if isinstance(arg, BaseException) and isinstance(
+                    arg.__context__, ssl.SSLCertVerificationError):
                 return
         super().log(level, msg, *args, **kwargs)
+
+
+def dropped_during_login(failure: AuthFailedError | None) -> bool:
+    """Whether kazoo's AUTH_FAILED was a connection lost mid-login, not a refusal
+    (kazoo raises both as AuthFailedError; a drop carries the ConnectionDropped)."""
+    return failure is not None and isinstance(failure.__cause__, ConnectionDropped)
 
 
 def node_acl(settings: ZooKeeperSettings) -> list | None:
@@ -230,7 +256,7 @@ def make_client(settings: ZooKeeperSettings,
         handler=ZooKeeperHandler(settings.reconnect_spread, settings.tls),
         use_ssl=settings.tls is not None,
         client_id=client_id,
-        logger=_KazooLog(logging.getLogger("kazoo.client"), {}),
+        logger=_KazooLog(logging.getLogger("kazoo.client")),
         **options,
     )
 
@@ -244,38 +270,50 @@ def refused_credentials(settings: ZooKeeperSettings) -> str:
     return f"ZooKeeper refused our credentials ([auth] {mechanism}, user {auth.user!r})"
 
 
-def read_existing(settings: ZooKeeperSettings, paths: list[str],
-                  timeout: float = 5.0) -> dict[str, bool]:
-    """Which of ``paths`` exist, read by a short-lived client (for ``status``)."""
+def tls_refusals(handler: ZooKeeperHandler) -> str | None:
+    """The certificates ``handler`` refused, as one reason, or None."""
+    reasons = sorted(set(list(handler.refusals.values())))  # kazoo's thread adds to it
+    return "TLS certificate refused: " + "; ".join(reasons) if reasons else None
+
+
+@contextmanager
+def _reading_client(settings: ZooKeeperSettings, timeout: float) -> Iterator[KazooClient]:
+    """A short-lived client for a command that reads; whatever keeps it from
+    answering is a ConnectionError that says why."""
     client = make_client(settings)
     try:
         try:
             client.start(timeout=timeout)
         except KazooTimeoutError:
-            refusals = client.handler.refusals
-            if refusals:
-                raise ConnectionError("TLS certificate refused: "
-                                      + "; ".join(sorted(set(refusals.values())))) from None
-            raise
-        lookups = {path: client.exists_async(path) for path in paths}
+            raise ConnectionError(tls_refusals(client.handler)
+                                  or f"no connection within {timeout:.2g}s") from None
         try:
-            return {path: lookup.get(timeout=timeout) is not None
-                    for path, lookup in lookups.items()}
+            yield client
         except AuthFailedError:
             raise ConnectionError(refused_credentials(settings)) from None
+        except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
+            raise ConnectionError(f"connection lost ({type(exc).__name__})") from None
     finally:
         client.stop()
         client.close()
+
+
+def read_existing(settings: ZooKeeperSettings, paths: list[str],
+                  timeout: float = 5.0) -> dict[str, bool]:
+    """Which of ``paths`` exist, read by a short-lived client (for ``status``)."""
+    with _reading_client(settings, timeout) as client:
+        lookups = {path: client.exists_async(path) for path in paths}
+        return {path: lookup.get(timeout=timeout) is not None
+                for path, lookup in lookups.items()}
 
 
 def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
                 timeout: float = 5.0) -> dict[str, list[str]]:
     """For each service, the znodes that advertise its endpoint now, whoever holds them:
     its node path, or for sequential members every child of the parent whose data
-    names its host and port (for ``drain --stop``)."""
-    client = make_client(settings)
-    try:
-        client.start(timeout=timeout)
+    names its host and port (for ``drain --stop``).  PermissionError for a
+    member we may not read: whether it names the endpoint is unknown."""
+    with _reading_client(settings, timeout) as client:
         found: dict[str, list[str]] = {}
         for service in services:
             if sequence_prefix(service.node_path) is None:
@@ -295,13 +333,13 @@ def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
                     data, _ = read.get(timeout=timeout)
                 except NoNodeError:
                     continue
+                except NoAuthError:
+                    raise PermissionError(f"{posixpath.join(parent, child)}: NoAuth, its ACL "
+                                          "does not let the world read it") from None
                 if names_endpoint(data or b"", service.service_hostname, service.service_port):
                     nodes.append(posixpath.join(parent, child))
             found[service.name] = nodes
         return found
-    finally:
-        client.stop()
-        client.close()
 
 
 def owners(settings: ZooKeeperSettings, paths: list[str], timeout: float = 5.0) -> dict[str, int]:
@@ -339,6 +377,7 @@ class Registry:
             log.info("reattaching to ZooKeeper session 0x%x (%d node(s))",
                      self._saved.session_id, len(self._saved.nodes))
         self._client = make_client(settings, client_id)
+        self._client.handler.on_refusal = self._on_refusal
         self._settings = settings
         self._acl = node_acl(settings)
         # SASL: kazoo reports CONNECTED before the server has checked our
@@ -346,7 +385,13 @@ class Registry:
         self._sasl = settings.auth is not None and settings.auth.sasl
         self._unconfirmed = False
         self._refusals = 0  # refused logins in a row
-        self._reopen_at: float | None = None  # when to connect again after a refusal
+        self._drops = 0  # logins cut short in a row
+        self._refused = False  # the last login was refused (for status)
+        self._reopen_at: float | None = None  # when to connect again after AUTH_FAILED
+        # The session of the last connection (kazoo only tells while connected),
+        # and the one to resume after kazoo gave up and forgot it.
+        self._last_client_id: tuple[int, bytes] | None = None
+        self._resume: tuple[int, bytes] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
@@ -433,7 +478,16 @@ class Registry:
 
     @property
     def connected(self) -> bool:
-        return self._client.connected
+        """Connected, and with SASL logged in (kazoo says connected before the login)."""
+        return self._client.connected and not self._unconfirmed
+
+    @property
+    def problem(self) -> str | None:
+        """Why we may not be connected, as far as we know: our login refused, or a
+        server's certificate."""
+        if self._refused:
+            return refused_credentials(self._settings)
+        return tls_refusals(self._client.handler)
 
     def registered(self) -> frozenset[str]:
         """Keys we hold in ZooKeeper, as the worker last confirmed them."""
@@ -503,6 +557,7 @@ class Registry:
         if state == KazooState.CONNECTED:
             self.connects += 1
             with self._lock:
+                self._last_client_id = self._client.client_id
                 self._unconfirmed = self._sasl
                 away_since, self._away_since = self._away_since, None
                 expired, self._expired = self._expired, False
@@ -535,13 +590,31 @@ class Registry:
                         self._session_timeout)
         elif (state == KazooState.LOST and not self._stopping
               and self._client.client_state == KeeperState.AUTH_FAILED):
-            # kazoo has stopped connecting for good; the worker opens a new connection.
+            # kazoo has stopped connecting for good, and forgets its session
+            # right after this call; the worker opens a new connection.  After
+            # a drop it resumes the session: its nodes live on until it
+            # expires, and a new session would leave them up even for a
+            # section gone down meanwhile.  Not after a refusal: each refused
+            # login would keep alive a session we cannot act in.
+            logger = self._client.logger
+            failure, logger.auth_failure = logger.auth_failure, None
+            dropped = dropped_during_login(failure)
             with self._lock:
-                self._refusals += 1
-                delay = min(REOPEN_DELAY * 2 ** (self._refusals - 1), MAX_RETRY_DELAY)
+                self._resume = self._last_client_id if dropped else None
+                if dropped:
+                    self._drops += 1
+                    delay = min(DROP_DELAY * 2 ** (self._drops - 1), MAX_DROP_DELAY)
+                    first = self._drops == 1
+                else:
+                    self._refusals += 1
+                    self._refused = True
+                    delay = min(REOPEN_DELAY * 2 ** (self._refusals - 1), MAX_RETRY_DELAY)
+                    first = self._refusals == 1
                 self._reopen_at = time.monotonic() + delay
-                first = self._refusals == 1
-            if first:
+            if dropped and first:
+                log.warning("ZooKeeper connection dropped during the SASL login; "
+                            "reconnecting to the same session")
+            elif first:
                 log.error("%s: nothing can be registered until it accepts them; trying "
                           "again every %gs at most", refused_credentials(self._settings),
                           MAX_RETRY_DELAY)
@@ -556,6 +629,9 @@ class Registry:
             delay = self._client.handler.session_expired()
             log.warning("ZooKeeper session lost; will reconnect in %.2fs (reconnect_spread) "
                         "and re-register", delay)
+
+    def _on_refusal(self) -> None:
+        self.on_change()  # status shows why we are not connected
 
     def _on_watch(self, event) -> None:
         with self._lock:
@@ -635,7 +711,7 @@ class Registry:
                 if reopen:
                     self._reopen_at = None
             if reopen:
-                self._client.start_async()
+                self._reopen()
                 continue
             # Read once: kazoo's thread may drop the connection at any moment.
             client_id = self._client.client_id if self._client.connected else None
@@ -643,6 +719,7 @@ class Registry:
                 continue  # the CONNECTED callback wakes us again
             if self._unconfirmed and not self._confirm_credentials():
                 continue
+            self._refused = False
             session_id = client_id[0]
             now = time.monotonic()
             with self._lock:
@@ -682,11 +759,38 @@ class Registry:
                 self._save_session()
                 self.on_change()
 
+    def _reopen(self) -> None:
+        """Connect again after kazoo gave up with AUTH_FAILED, with a new client:
+        on the session to resume, if any (kazoo's own client forgot it; if it
+        expired meanwhile, ZooKeeper says so and the client opens a new one)."""
+        with self._lock:
+            client_id, self._resume = self._resume, None
+        old = self._client
+        old.remove_listener(self._on_connection_state)
+        # Its connection thread has ended: this sends nothing, the session stays.
+        old.stop()
+        old.close()
+        client = make_client(self._settings, client_id)
+        client.handler.on_refusal = self._on_refusal
+        client.add_listener(self._on_connection_state)
+        with self._lock:  # stop() closes whichever client is ours once it took the lock
+            if self._stopping:
+                client.close()
+                return
+            self._client = client
+            client.start_async()
+
     def _confirm_credentials(self) -> bool:
         """SASL: one read on a new connection tells whether the server accepted
         our login (a refusal is logged by the state listener)."""
+        confirmation = self._client.exists_async("/")
         try:
-            self._client.exists_async("/").get(timeout=REPLY_TIMEOUT)
+            confirmation.get(timeout=REPLY_TIMEOUT)
+        except KazooTimeoutError:
+            # Slow, not refused (a refusal or a drop changes the state, which
+            # wakes us): look again when the answer comes.
+            confirmation.rawlink(lambda _: self._wake.set())
+            return False
         except (KazooException, *CONNECTION_ERRORS):
             return False  # refused, or the connection went: a state change wakes us
         with self._lock:
@@ -694,8 +798,10 @@ class Registry:
                 return True
             self._unconfirmed = False
             self._refusals = 0
+            self._drops = 0
         log.info("connected to ZooKeeper (SASL %s as %r)", self._settings.auth.mechanism,
                  self._settings.auth.user)
+        self.on_change()
         return True
 
     def _new_session(self, session_id: int, password: bytes) -> None:
@@ -1126,12 +1232,14 @@ class Registry:
     def _close(self) -> None:
         self._thread.join(0.2)
         owned = len(self._owned)
-        was_connected = self._client.connected
+        with self._lock:
+            client = self._client
+        was_connected = client.connected
         try:
             # Closing the session makes ZooKeeper delete all its ephemeral
             # nodes at once: one round trip, however many we hold.
-            self._client.stop()
-            self._client.close()
+            client.stop()
+            client.close()
         except Exception as exc:
             log.warning("closing the ZooKeeper session failed: %r", exc)
             return

@@ -342,6 +342,10 @@ class FaultProxy:
         self._upstream: set[socket.socket] = set()
         self._unanswered: set[socket.socket] = set()
         self.answered_at: float | None = None
+        # Messages each client has sent, and how many logins are still to be cut.
+        self._sent: dict[socket.socket, int] = {}
+        self._logins_to_cut = 0
+        self.logins_cut = 0
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
@@ -362,6 +366,13 @@ class FaultProxy:
         are accepted and stall too.  :meth:`restore` resumes forwarding."""
         with self._lock:
             self._frozen = True
+
+    def cut_logins(self, count: int = 1) -> None:
+        """Cut each of the next ``count`` connections as its client sends its second
+        message, the first after ZooKeeper's ConnectResponse: the session is
+        re-established, and a SASL client is cut in the middle of its login."""
+        with self._lock:
+            self._logins_to_cut += count
 
     def restore(self) -> None:
         with self._lock:
@@ -394,6 +405,7 @@ class FaultProxy:
                 pass
             self._upstream.discard(s)
             self._unanswered.discard(s)
+            self._sent.pop(s, None)
             s.close()
 
     def _loop(self) -> None:
@@ -437,6 +449,7 @@ class FaultProxy:
             self._selector.register(a, selectors.EVENT_READ, "peer")
         self._upstream.add(upstream)
         self._unanswered.add(upstream)
+        self._sent[client] = 0
 
     def _forward(self, sock: socket.socket) -> None:
         try:
@@ -451,6 +464,13 @@ class FaultProxy:
         if sock in self._unanswered:
             self._unanswered.discard(sock)
             self.answered_at = time.monotonic()
+        if sock in self._sent:
+            self._sent[sock] += 1
+            if self._sent[sock] == 2 and self._logins_to_cut > 0:
+                self._logins_to_cut -= 1
+                self.logins_cut += 1
+                self._drop(sock)
+                return
         try:
             self._peers[sock].setblocking(True)
             self._peers[sock].sendall(data)

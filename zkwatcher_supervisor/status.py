@@ -161,6 +161,8 @@ def _check_state(state) -> dict:
     zookeeper = mapping(state.get("zookeeper", {}), "zookeeper")
     if not isinstance(zookeeper.get("hosts", ""), str):
         raise Unusable("zookeeper hosts is not a string")
+    if not isinstance(zookeeper.get("problem") or "", str):
+        raise Unusable("zookeeper problem is not a string")
     for name, info in mapping(state.get("sections", {}), "sections").items():
         info = mapping(info, f"section {name!r}")
         if not isinstance(info.get("path"), str) or not isinstance(info.get("healthy"), bool) \
@@ -370,10 +372,12 @@ def status_report(config: Config | None,
     else:
         zookeeper = state.get("zookeeper", {})
         age = now - state["updated"]
-        lines.append(f"listener: pid {state['pid']}, ZooKeeper "
-                     f"{'connected' if zookeeper.get('connected') else 'DISCONNECTED'}, "
-                     f"updated {age:.0f}s ago"
-                     + (" — NOT UPDATING (stuck?)" if age > STALE_AFTER else ""))
+        link = "connected" if zookeeper.get("connected") else "DISCONNECTED"
+        if not zookeeper.get("connected") and zookeeper.get("problem"):
+            link += f" ({zookeeper['problem']})"
+        lines.append(printable(f"listener: pid {state['pid']}, ZooKeeper {link}, "
+                               f"updated {age:.0f}s ago"
+                               + (" — NOT UPDATING (stuck?)" if age > STALE_AFTER else "")))
         if age > STALE_AFTER:
             running = False  # what it says can no longer be trusted
     sections = (state or {}).get("sections", {})
