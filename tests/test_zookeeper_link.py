@@ -206,8 +206,14 @@ def test_tls_refuses_a_certificate_issued_for_another_name(
                             f"refused: {reason}; not connecting to this server")
         # status connects the same way, and says why it could not; the listener
         # says why it is not connected.
-        status = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status", "-c",
-                                 str(config)], capture_output=True, text=True, timeout=60)
+        def status_run(config=config):
+            return subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status",
+                                   "-c", str(config)], capture_output=True, text=True,
+                                  timeout=60)
+
+        # The status file names the refusal within half a second of it.
+        status = wait_until(lambda: "ZooKeeper DISCONNECTED (TLS" in (r := status_run()).stdout
+                            and r, 10, interval=0.3, what="status shows the refusal")
         assert status.returncode == 1
         assert f"unreachable (TLS certificate refused: {reason})" in status.stdout
         assert (f"ZooKeeper DISCONNECTED (TLS certificate refused: {reason}), "
