@@ -13,13 +13,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import node_exists
 from kazoo.client import KazooClient
-from test_other_users import SERVICE_USER, as_user, python_for_others
+from test_other_users import SERVICE_USER, as_user, listener_as_service_user, python_for_others
 from test_zookeeper_link import Credentials, private_file, tls_zookeeper
 
 from zkwatcher_supervisor.config import ConfigError, load_config
@@ -347,18 +346,7 @@ def test_root_runs_every_command_for_a_listener_whose_secret_is_another_users(
     os.chown(password, user.pw_uid, user.pw_gid)
     config = listener_config(shared_dir, zookeeper.hosts, base_path,
                              auth=f"password_file = {password}")
-    python, extra = python_for_others()
-    environment = ",".join(f'{key}="{value}"' for key, value in extra.items())
-    server = supervisord(textwrap.dedent(f"""
-        [eventlistener:zkwatcher]
-        command = {python} -m zkwatcher_supervisor -c {config}
-        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
-        buffer_size = 1024
-        startsecs = 0
-        user = {SERVICE_USER}
-        directory = /
-        stderr_logfile = {shared_dir}/zkwatcher.log
-        """) + (f"environment = {environment}\n" if environment else ""))
+    server = supervisord(listener_as_service_user(config, shared_dir / "zkwatcher.log"))
     node = f"{base_path}/svc/host1:1"
     try:
         wait_until(lambda: node_exists(zk, node), 20, what="registered")

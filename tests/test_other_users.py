@@ -62,6 +62,23 @@ def as_user(user: str, *args: str, env: dict | None = None) -> subprocess.Comple
         env={"PATH": "/usr/bin:/bin", **extra, **(env or {})})
 
 
+def listener_as_service_user(config: Path, log: Path) -> str:
+    """An eventlistener section that runs the listener as SERVICE_USER, as
+    supervisord's ``user =`` does (HOME stays root's)."""
+    python, extra = python_for_others()
+    environment = ",".join(f'{key}="{value}"' for key, value in extra.items())
+    return textwrap.dedent(f"""
+        [eventlistener:zkwatcher]
+        command = {python} -m zkwatcher_supervisor -c {config}
+        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
+        buffer_size = 1024
+        startsecs = 0
+        user = {SERVICE_USER}
+        directory = /
+        stderr_logfile = {log}
+        """) + (f"environment = {environment}\n" if environment else "")
+
+
 @pytest.fixture
 def shared_dir():
     """A directory every user may read (pytest's tmp_path is root's alone)."""
@@ -114,18 +131,7 @@ def test_a_listener_under_supervisords_user_keeps_its_state_in_its_own_home(
     config.write_text(f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 10\n"
                       + section(base_path))
     os.chmod(config, 0o644)
-    python, extra = python_for_others()
-    environment = ",".join(f'{key}="{value}"' for key, value in extra.items())
-    server = supervisord(textwrap.dedent(f"""
-        [eventlistener:zkwatcher]
-        command = {python} -m zkwatcher_supervisor -c {config}
-        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
-        buffer_size = 1024
-        startsecs = 0
-        user = {SERVICE_USER}
-        directory = /
-        stderr_logfile = {shared_dir}/zkwatcher.log
-        """) + (f"environment = {environment}\n" if environment else ""))
+    server = supervisord(listener_as_service_user(config, shared_dir / "zkwatcher.log"))
     node = f"{base_path}/svc/host1:1"
     try:
         wait_until(lambda: node_exists(zk, node), 20, what="registered")
