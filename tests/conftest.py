@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -229,3 +230,57 @@ def driver():
 
 
 __all__ = ["listener_section", "node_exists", "throwaway_user", "wait_until"]
+
+
+REPO = Path(__file__).resolve().parent.parent
+_CODE_FOR_OTHERS: list[tuple[str, str]] = []
+
+
+def code_for_others() -> tuple[str, str]:
+    """An interpreter any user may run, and the PYTHONPATH that gives it this
+    checkout and the packages it needs.
+
+    The checkout, its virtualenv or the Python it was made from may sit in a
+    directory only root may enter (pyenv under /root, a clone in /root): then
+    the package and the virtualenv's site-packages are copied, once per test
+    session, to a directory everyone may read.
+    """
+    if _CODE_FOR_OTHERS:
+        return _CODE_FOR_OTHERS[0]
+    pythons = list(dict.fromkeys([os.path.realpath(sys.executable), "/usr/bin/python3"]))
+    nobody = pwd.getpwnam("nobody")
+
+    def works(python: str, pythonpath: str) -> bool:
+        try:
+            return subprocess.run(
+                [python, "-c", "import zkwatcher_supervisor.listener, kazoo, supervisor"],
+                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath}, cwd="/",
+                user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+                capture_output=True, timeout=60).returncode == 0
+        except PermissionError:
+            return False
+
+    import site
+
+    here = os.pathsep.join([str(REPO), *site.getsitepackages()])
+    found = next(((python, here) for python in pythons if works(python, here)), None)
+    if found is None:
+        copy = Path(tempfile.mkdtemp(prefix="zkw-code-for-others-"))
+        atexit.register(shutil.rmtree, copy, True)
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(REPO / "zkwatcher_supervisor", copy / "zkwatcher_supervisor",
+                        ignore=skip)
+        for packages in site.getsitepackages():
+            shutil.copytree(packages, copy / "site-packages", ignore=skip, symlinks=True,
+                            dirs_exist_ok=True)
+        for directory, _, files in os.walk(copy):
+            os.chmod(directory, 0o755)
+            for name in files:
+                path = os.path.join(directory, name)
+                if not os.path.islink(path):
+                    os.chmod(path, 0o644)
+        there = os.pathsep.join([str(copy), str(copy / "site-packages")])
+        found = next(((python, there) for python in pythons if works(python, there)), None)
+    assert found, f"no Python interpreter other users can run our code with (tried {pythons})"
+    _CODE_FOR_OTHERS.append(found)
+    return found

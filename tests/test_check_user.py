@@ -7,14 +7,19 @@ import grp
 import os
 import pwd
 import signal
-import site
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ProtocolDriver, listener_section, node_exists, throwaway_user
+from conftest import (
+    ProtocolDriver,
+    code_for_others,
+    listener_section,
+    node_exists,
+    throwaway_user,
+)
 from kazoo.security import make_digest_acl_credential
 
 from zkwatcher_supervisor import procfs
@@ -197,25 +202,14 @@ def test_a_reload_keeps_a_checks_health_when_only_its_users_groups_or_home_chang
         assert zk.exists(node).czxid == registered.czxid
 
 
-REPO = Path(__file__).resolve().parent.parent
 AS_NOBODY = {"user": "nobody", "group": pwd.getpwnam("nobody").pw_gid, "extra_groups": []}
 
 
 def python_for_nobody(home: Path) -> tuple[str, dict[str, str]]:
     """An interpreter user nobody can run, with our packages importable, and its
     environment: the virtualenv's own interpreter may sit in root's 0700 home."""
-    env = {**os.environ, "HOME": str(home),
-           "PYTHONPATH": os.pathsep.join([str(REPO), *site.getsitepackages()])}
-    for python in (os.path.realpath(sys.executable), "/usr/bin/python3"):
-        try:
-            works = subprocess.run([python, "-c", "import zkwatcher_supervisor.listener"],
-                                   env=env, cwd="/", capture_output=True, **AS_NOBODY,
-                                   timeout=30).returncode == 0
-        except PermissionError:
-            works = False
-        if works:
-            return python, env
-    raise AssertionError("no Python interpreter that user nobody can run with our packages")
+    python, pythonpath = code_for_others()
+    return python, {**os.environ, "HOME": str(home), "PYTHONPATH": pythonpath}
 
 
 def run_listener(config, *args, python=sys.executable, env=None, **identity):

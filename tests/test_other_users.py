@@ -9,19 +9,17 @@ import pwd
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import node_exists
+from conftest import code_for_others, node_exists
 
 from zkwatcher_supervisor.sandbox import wait_until
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parent.parent
 # A system user with a home of its own: Debian's zookeeper package makes one.
 SERVICE_USER = "zookeeper"
 
@@ -36,20 +34,9 @@ def reachable_by_others(path: str) -> bool:
 
 
 def python_for_others() -> tuple[str, dict[str, str]]:
-    """An interpreter another user can run this checkout with, and its environment.
-
-    A virtualenv made from a Python under /root (pyenv) cannot be executed by
-    others; the distribution's python3 of the same version then runs the same
-    packages.
-    """
-    if reachable_by_others(sys.executable):
-        return sys.executable, {}
-    system = shutil.which("python3", path="/usr/bin:/bin")
-    assert system, "no python3 other users may run"
-    version = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    assert version == str(tuple(sys.version_info[:2])), (system, version)
-    return system, {"PYTHONPATH": f"{REPO}:{sysconfig.get_paths()['purelib']}"}
+    """An interpreter another user can run this checkout with, and its environment."""
+    python, pythonpath = code_for_others()
+    return python, {"PYTHONPATH": pythonpath}
 
 
 def as_user(user: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
