@@ -18,7 +18,7 @@ from conftest import ProtocolDriver, listener_section, node_exists, throwaway_us
 from kazoo.security import make_digest_acl_credential
 
 from zkwatcher_supervisor import procfs
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import node_exists
 
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 
