@@ -39,7 +39,7 @@ from common import deletion_watch, percentile
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from zkwatcher_supervisor.sandbox import (
+from zkwatcher_supervisor.testing import (
     FaultProxy,
     LocalSupervisord,
     LocalZooKeeper,

@@ -31,7 +31,7 @@ from pathlib import Path
 from common import summary_ms
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import LocalSupervisord, LocalZooKeeper, wait_until
+from zkwatcher_supervisor.testing import LocalSupervisord, LocalZooKeeper, wait_until
 
 RECORD_TERM = """\
 import signal, sys, time

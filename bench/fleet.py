@@ -54,10 +54,10 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch
 
-from zkwatcher_supervisor.sandbox import (
+from zkwatcher_supervisor.testing import (
     FaultProxy,
     LocalSupervisord,
-    _die_with_parent,
+    die_with_parent,
     four_letter_word,
     local_ensemble,
     wait_until,
@@ -148,7 +148,7 @@ class Ensemble:
 
 def _proxy_main(conn, targets: list[int], sets: int) -> None:
     """Child process: ``sets`` x len(targets) FaultProxies; cut/restore on command."""
-    _die_with_parent()
+    die_with_parent()
     proxies = [[FaultProxy(port) for port in targets] for _ in range(sets)]
     conn.send([[proxy.port for proxy in group] for group in proxies])
     while True:
@@ -407,7 +407,7 @@ class NdConsumer:
             self.process = subprocess.Popen(
                 [str(venv / "bin" / "python"), "-c", ND_CONSUMER, hosts, *parents],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -437,7 +437,7 @@ class Fleet:
         self.ensemble.start()
         sets = -(-args.hosts // HOSTS_PER_PROXY_SET)
         self.proxies = Proxies([server.port for server in self.ensemble.servers], sets)
-        self.sleeper = subprocess.Popen(["sleep", "1000000"], preexec_fn=_die_with_parent)
+        self.sleeper = subprocess.Popen(["sleep", "1000000"], preexec_fn=die_with_parent)
         self.zk = KazooClient(hosts=self.ensemble.hosts, timeout=30)
         self.zk.start(timeout=60)
         for parent in self.parents:
@@ -471,7 +471,7 @@ class Fleet:
                     self.peers[i] = subprocess.Popen(
                         [str(binary), "-c", str(config), "-s", self.proxy_set(i)],
                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                        preexec_fn=_die_with_parent)
+                        preexec_fn=die_with_parent)
             return
         with_supervisord = set(hosts[len(hosts) - min(args.supervisord, len(hosts)):])
         env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
@@ -485,7 +485,7 @@ class Fleet:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "zkwatcher_supervisor", "-c", str(config)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
-                    preexec_fn=_die_with_parent)
+                    preexec_fn=die_with_parent)
             self.driver.add(_Driven(i, process))
             self.driven.append(i)
             for j in range(args.sections):

@@ -28,7 +28,7 @@ from pathlib import Path
 from common import deletion_watch, summary_ms
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import LocalZooKeeper, wait_until
+from zkwatcher_supervisor.testing import LocalZooKeeper, wait_until
 
 # A deleter that hears nothing for this long gives up (bounded wait per round).
 DELETER_WAIT = 60.0

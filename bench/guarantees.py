@@ -31,7 +31,7 @@ from pathlib import Path
 from common import summary_ms
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import (
+from zkwatcher_supervisor.testing import (
     FaultProxy,
     LocalSupervisord,
     LocalZooKeeper,

@@ -34,7 +34,7 @@ from common import deletion_watch, percentile, summary_ms
 from floor import Floor
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import LocalSupervisord, LocalZooKeeper, wait_until
+from zkwatcher_supervisor.testing import LocalSupervisord, LocalZooKeeper, wait_until
 
 HERE = Path(__file__).resolve().parent
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import FaultProxy, LocalSupervisord, LocalZooKeeper, wait_until
+from zkwatcher_supervisor.testing import FaultProxy, LocalSupervisord, LocalZooKeeper, wait_until
 
 SETTLE = 5.0  # seconds after the nodes are back, for trailing lines
 SHOW_LINES = 30  # fewer lines than this are printed as they are

@@ -1,6 +1,6 @@
 """The long concurrency soak: ``python bench/soak.py --minutes 10 [--seed S] [--json]``.
 
-Starts its own ZooKeeper, then runs zkwatcher_supervisor.soak.Soak (supervisord,
+Starts its own ZooKeeper, then runs zkwatcher_supervisor.testing.soak.Soak (supervisord,
 the listener behind a fault proxy, concurrent actors, the quiet-point checker)
 and prints its report.  Exit status 1 when there was any violation.
 """
@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from zkwatcher_supervisor.sandbox import LocalZooKeeper
-from zkwatcher_supervisor.soak import Soak
+from zkwatcher_supervisor.testing import LocalZooKeeper
+from zkwatcher_supervisor.testing.soak import Soak
 
 
 def main() -> int:

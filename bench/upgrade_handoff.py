@@ -29,7 +29,7 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import LocalSupervisord, LocalZooKeeper, wait_until
+from zkwatcher_supervisor.testing import LocalSupervisord, LocalZooKeeper, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 

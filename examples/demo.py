@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import LocalZooKeeper, four_letter_word, wait_until
+from zkwatcher_supervisor.testing import LocalZooKeeper, four_letter_word, wait_until
 
 EXAMPLES = Path(__file__).resolve().parent
 WORKDIR = Path("/tmp/zkwatcher-demo")

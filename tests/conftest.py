@@ -21,7 +21,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from zkwatcher_supervisor.privilege import CheckUser
-from zkwatcher_supervisor.sandbox import LocalSupervisord, LocalZooKeeper, wait_until
+from zkwatcher_supervisor.testing import LocalSupervisord, LocalZooKeeper, wait_until
 
 LISTENER = f"{sys.executable} -m zkwatcher_supervisor"
 

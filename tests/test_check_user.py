@@ -23,7 +23,7 @@ from conftest import (
 from kazoo.security import make_digest_acl_credential
 
 from zkwatcher_supervisor import procfs
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,7 @@ from zkwatcher_supervisor.health import CheckRun
 from zkwatcher_supervisor.listener import HANDLED_SIGNALS
 from zkwatcher_supervisor.loop import EventLoop
 from zkwatcher_supervisor.privilege import check_user
-from zkwatcher_supervisor.sandbox import free_port, wait_until
+from zkwatcher_supervisor.testing import free_port, wait_until
 
 
 class Harness:
@@ -133,7 +133,7 @@ def http_server():
 
 
 def test_tcp_check_connects_without_a_fork(runner, http_server):
-    from zkwatcher_supervisor.sandbox import free_port
+    from zkwatcher_supervisor.testing import free_port
 
     assert runner(f"tcp://127.0.0.1:{http_server}").passed
     closed = runner(f"tcp://127.0.0.1:{free_port()}")

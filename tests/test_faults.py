@@ -17,7 +17,7 @@ import pytest
 from conftest import listener_section, node_exists
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import (
+from zkwatcher_supervisor.testing import (
     FaultProxy,
     LocalZooKeeper,
     local_ensemble,

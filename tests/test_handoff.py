@@ -16,7 +16,7 @@ import pytest
 from conftest import listener_section, node_exists
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

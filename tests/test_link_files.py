@@ -22,7 +22,7 @@ from test_other_users import SERVICE_USER, as_user, listener_as_service_user, py
 from test_zookeeper_link import Credentials, private_file, tls_zookeeper
 
 from zkwatcher_supervisor.config import ConfigError, load_config
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
 
-from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
+from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import listener_section, node_exists
 from kazoo.security import ACL, Id, Permissions
 
-from zkwatcher_supervisor.sandbox import wait_until
 from zkwatcher_supervisor.status import process_alive
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

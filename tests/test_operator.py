@@ -18,8 +18,8 @@ import pytest
 from conftest import listener_section, node_exists
 from prometheus_client.parser import text_string_to_metric_families
 
-from zkwatcher_supervisor.sandbox import free_port, wait_until
 from zkwatcher_supervisor.status import process_alive
+from zkwatcher_supervisor.testing import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import code_for_others, node_exists
 
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

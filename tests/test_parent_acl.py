@@ -16,7 +16,7 @@ from kazoo.security import (
     make_acl,
 )
 
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ from conftest import listener_section, node_exists
 from kazoo.client import KazooClient
 
 from zkwatcher_supervisor.logs import LogWriter
-from zkwatcher_supervisor.sandbox import FaultProxy, LocalZooKeeper, wait_until
+from zkwatcher_supervisor.testing import FaultProxy, LocalZooKeeper, wait_until
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
 

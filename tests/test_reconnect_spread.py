@@ -16,7 +16,7 @@ from zkwatcher_supervisor.config import (
     load_config,
 )
 from zkwatcher_supervisor.registry import ZooKeeperHandler
-from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
+from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 SERVICE = "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n"
 

@@ -29,7 +29,7 @@ from conftest import ProtocolDriver, listener_section, node_exists
 from kazoo.client import KazooClient
 from kazoo.security import ACL, Id, Permissions, make_digest_acl
 
-from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
+from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 pytestmark = pytest.mark.e2e
 

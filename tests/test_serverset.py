@@ -17,7 +17,7 @@ from conftest import ProtocolDriver
 from kazoo.exceptions import NoNodeError
 from test_regressions import ZooKeeperLink
 
-from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
+from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ partitions the listener's session; programs stopped, started, restarted and
 SIGKILLed; check flags flipped; configs rewritten and reloaded with SIGHUP;
 nodes deleted by hand.  At random quiet moments the nodes in ZooKeeper must
 equal the health rules applied to the true state within 1 s of when the
-listener could know it (the rule is in ``zkwatcher_supervisor/soak.py``).
+listener could know it (the rule is in ``zkwatcher_supervisor/testing/soak.py``).
 
 ``SOAK_SEED=<seed>`` replays a run's random choices (timing still varies).
 """
@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from zkwatcher_supervisor.soak import RELOADS, Soak
+from zkwatcher_supervisor.testing.soak import RELOADS, Soak
 
 pytestmark = pytest.mark.e2e
 

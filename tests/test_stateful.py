@@ -46,7 +46,7 @@ from zkwatcher_supervisor.config import load_config
 from zkwatcher_supervisor.listener import Watcher
 from zkwatcher_supervisor.loop import EventLoop
 from zkwatcher_supervisor.registry import Registry
-from zkwatcher_supervisor.sandbox import FaultProxy, wait_until
+from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 STATES = ["STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN"]
 PROCESSES = [("p", "p_00"), ("p", "p_01"), ("q", "q")]

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import listener_section, node_exists
 
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 from conftest import LISTENER, node_exists
 
-from zkwatcher_supervisor.sandbox import wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -30,7 +30,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl_credential
 
-from zkwatcher_supervisor.sandbox import LocalZooKeeper, wait_until
+from zkwatcher_supervisor.testing import LocalZooKeeper, wait_until
 
 pytestmark = pytest.mark.e2e
 

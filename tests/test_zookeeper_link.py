@@ -31,8 +31,8 @@ from zkwatcher_supervisor.config import (
 )
 from zkwatcher_supervisor.drain import wait_until_unadvertised
 from zkwatcher_supervisor.registry import Registry
-from zkwatcher_supervisor.sandbox import FaultProxy, LocalZooKeeper, free_port, wait_until
 from zkwatcher_supervisor.status import locate_status
+from zkwatcher_supervisor.testing import FaultProxy, LocalZooKeeper, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

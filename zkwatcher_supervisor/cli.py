@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_drain(config, args)
     if args.command == "handoff":
-        from .handoff import DEFAULT_SERVER_URL, hand_over
+        from .handoff import hand_over
+        from .supervisord import DEFAULT_SERVER_URL
 
         ok, message = hand_over(config, args.serverurl or DEFAULT_SERVER_URL, args.username,
                                 args.password)

@@ -274,10 +274,8 @@ class DrainClient:
 
 def run_drain(config, args) -> int:
     """``zkwatcher-supervisor drain|undrain``; the exit status (0 done, 1 failed, 2 bad input)."""
-    from supervisor import childutils
-
-    from .handoff import DEFAULT_SERVER_URL
     from .status import distrust, locate_status, owner_of, process_alive
+    from .supervisord import DEFAULT_SERVER_URL, rpc_interface
 
     def fail(message: str, status: int = 1) -> int:
         print(f"zkwatcher-supervisor {args.command}: {message}", file=sys.stderr)
@@ -294,12 +292,9 @@ def run_drain(config, args) -> int:
         except ValueError as exc:
             return fail(str(exc), 2)
     server_url = args.serverurl or DEFAULT_SERVER_URL
-    env = {"SUPERVISOR_SERVER_URL": server_url}
-    if args.username:
-        env.update(SUPERVISOR_USERNAME=args.username, SUPERVISOR_PASSWORD=args.password or "")
     status_file, state = locate_status(config.filename, config.status_file)
-    client = DrainClient(config, childutils.getRPCInterface(env), status_file,
-                         owner_of(status_file) if state is not None else None)
+    client = DrainClient(config, rpc_interface(server_url, args.username, args.password),
+                         status_file, owner_of(status_file) if state is not None else None)
     try:
         sections = client.select(args.sections, args.program, args.all)
     except ValueError as exc:

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import time
 
-from supervisor import childutils
-
 from .config import Config, settings_for_reading
 from .status import distrust, locate_status, owner_of, process_alive, read_status_file
+from .supervisord import rpc_interface
 
-DEFAULT_SERVER_URL = "unix:///var/run/supervisor.sock"
 SETTLE = 2.0
 # States in which supervisord will not start the successor by itself.
 _NOT_RESTARTING = ("EXITED", "STOPPED", "FATAL")
@@ -58,11 +56,8 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
         return False, f"the listener (pid {pid}) is not connected to ZooKeeper: there is " \
                       "no session to hand over (a restart now would re-register every node)"
     refused_before = state.get("handoff_refused")
-    env = {"SUPERVISOR_SERVER_URL": server_url}
-    if username:
-        env.update(SUPERVISOR_USERNAME=username, SUPERVISOR_PASSWORD=password or "")
     try:
-        rpc = childutils.getRPCInterface(env)
+        rpc = rpc_interface(server_url, username, password)
         infos = rpc.supervisor.getAllProcessInfo()
         matches = [f"{info['group']}:{info['name']}" for info in infos if info["pid"] == pid]
         if not matches:

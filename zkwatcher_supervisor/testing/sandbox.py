@@ -44,7 +44,7 @@ _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: nothing may be importe
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: get SIGKILL when the process that started us dies,
     so a killed test run or benchmark leaves no server behind.  (Linux ties this
     to the starting *thread*: start servers from the main thread.)"""
@@ -150,7 +150,7 @@ class LocalZooKeeper:
                  "-cp", ZOOKEEPER_CLASSPATH,
                  ZOOKEEPER_MAIN, str(config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
         if wait:
             try:
@@ -266,7 +266,7 @@ class LocalSupervisord:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
 
         def answering() -> bool:

@@ -71,7 +71,7 @@ from typing import Callable
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from . import drain
+from .. import drain
 from .sandbox import FaultProxy, LocalSupervisord, LocalZooKeeper, wait_until
 
 REFRESH = 1  # every check section's refresh, seconds
