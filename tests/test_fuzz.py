@@ -106,7 +106,7 @@ def test_remote_communication_payloads(watcher):
     request = drain.request(watcher.config.filename, "drain", ["web"], "a\nfake line")
     watcher.handle_event({"eventname": "REMOTE_COMMUNICATION"},
                          f"type:{drain.EVENT_TYPE}\n{json.dumps(request)}")
-    assert watcher._drained["web"].reason == "a\\nfake line"  # escaped, one line
+    assert watcher.drains.entry("web").reason == "a\\nfake line"  # escaped, one line
 
 
 def test_parse_event_refuses_with_a_reason():

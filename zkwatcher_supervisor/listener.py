@@ -23,7 +23,6 @@ import signal
 import sys
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from typing import BinaryIO, TextIO
 
@@ -37,6 +36,7 @@ from .checks import (
     close_inherited_fds_on_exec,
 )
 from .config import Config, ConfigError, ServiceSettings, load_config
+from .drains import DrainKeeper
 from .health import RUNNING, CheckRun, Health
 from .loop import EventLoop, Timer, offload
 from .payload import node_payload
@@ -54,8 +54,6 @@ PROCESS_STATE_PREFIX = "PROCESS_STATE_"
 # The exit of a hand-over (SIGUSR2): not 0, so that supervisord's default
 # autorestart = unexpected starts the successor (EX_TEMPFAIL: "run me again").
 EXIT_HANDED_OVER = 75
-# An acknowledgement names at most this many refused sections (it is in the status file).
-MAX_REFUSALS_SHOWN = 100
 # How long to wait for supervisord's XML-RPC answer before saying so in the log.
 RPC_TIMEOUT = 5.0
 # Shutdown budget: ZooKeeper's session close, and killing running checks.
@@ -130,27 +128,15 @@ class Watcher:
              for service in config.services), default=0.0)
         self._settled = False
         self._snapshot_answered = False
-        # Drained sections (operator's orders, kept across restarts) and the
-        # acknowledgements of recent drain requests, shown in the status file.
-        self._drain_path = drain_path
-        self._drained: dict[str, drain.Drain] = {}
-        self._drain_timers: dict[str, Timer] = {}
-        self._drain_saving = False
-        self._drain_save_again = False
-        self._drain_save_error: str | None = None
-        self._requests: OrderedDict[str, dict] = OrderedDict()
-        self._legacy_drains: str | None = None  # an earlier version's file, once adopted
-        if drain_path is not None:
-            saved, self._legacy_drains = drain.load_adopting(
-                drain_path, statedir.legacy_paths(config.filename, "drained"))
-            for name, entry in saved.items():
-                if name in self.services:  # a section removed meanwhile drops out
-                    self._set_drain(name, entry)
-            if set(saved) != set(self._drained) or self._legacy_drains:
-                self._save_drains()
+        # Drained sections (operator's orders, kept across restarts).
+        self.drains = DrainKeeper(loop, drain_path, config.filename, self.services,
+                                  self.drops, self._section_changed, self.status.changed)
         loop.on_idle(self.pump)
         registry.on_change = lambda: loop.post(self.status.changed)
         registry.on_fatal = loop.fail
+
+    def _section_changed(self, name: str) -> None:
+        self._dirty.add(name)  # not a bound set method: pump replaces the set
 
     def start(self) -> None:
         self.registry.start()
@@ -185,11 +171,8 @@ class Watcher:
         """SIGUSR2: leave the session to the next listener — only if it can take it,
         and only with every drain on disk (the successor starts from the file)."""
         problem = self.registry.hand_over_problem()
-        if problem is None and self._drain_path is not None:
-            if self._drain_saving:
-                problem = "the drained sections are being saved; try again in a moment"
-            elif self._drain_save_error is not None:
-                problem = f"the drained sections are not saved ({self._drain_save_error})"
+        if problem is None:
+            problem = self.drains.hand_over_problem()
         if problem is not None:
             log.error("SIGUSR2: cannot hand over (%s); still running, nothing changed",
                       problem)
@@ -236,16 +219,7 @@ class Watcher:
             self._process_seq[key] = self._event_seq
             self.process_state(*key, change.state, change.pid)
         elif event == "REMOTE_COMMUNICATION":
-            try:
-                request = drain.parse_event(payload)
-            except drain.UnusableRequest as exc:
-                self._refuse_request(exc)
-                return
-            except ValueError as exc:
-                self.drops.drop("drain-request", f"ignoring a drain request: {exc}")
-                return
-            if request is not None:
-                self._drain_request(request)
+            self.drains.handle_event(payload)
         # TICK_* and anything else: the pump after this starts due checks.
 
     def _stale(self, key: tuple[str, str], from_state: str | None) -> bool:
@@ -365,13 +339,14 @@ class Watcher:
         current = self._registrations.get(name)
         service = self.services.get(name)
         section = self.health.sections.get(name)
-        if section is None or not section.up or name in self._drained:
+        drained = self.drains.is_drained(name)
+        if section is None or not section.up or drained:
             if current is not None:
                 del self._registrations[name]
                 if self._holder.get(current.path) == name:
                     del self._holder[current.path]
                 why = "removed from the config" if service is None else \
-                    "drained" if name in self._drained else "unhealthy"
+                    "drained" if drained else "unhealthy"
                 log.info("[%s] %s: deregistering %s", name, why,
                          self.registry.node_of(current.path) or current.service.display_path)
             return None
@@ -445,11 +420,7 @@ class Watcher:
             if self.health.sections.get(name) is not section:
                 self.checks.cancel(name)  # its result would describe another check
                 self._last_checks.pop(name, None)
-        gone = [name for name in self._drained if name not in self.services]
-        for name in gone:
-            self._set_drain(name, None)  # the section is gone, and its drain with it
-        if gone:
-            self._save_drains()  # or it would come back with the section after a restart
+        self.drains.reloaded(self.services)  # a removed section's drain goes with it
         self._dirty.update(old_sections)
         self._dirty.update(self.services)
         log.info("reloaded %s: %d section(s)", config.filename, len(config.services))
@@ -516,122 +487,6 @@ class Watcher:
             self._snapshot_again = False
             self.request_snapshot()
 
-    # -- drain ----------------------------------------------------------------
-
-    def _refuse_request(self, error: drain.UnusableRequest) -> None:
-        """A request we cannot apply: logged, and answered if it says who is asking."""
-        self.drops.drop("drain-request", f"ignoring a drain request: {error}")
-        if error.id is not None and error.config == self.config_key:
-            # No "accepted": a client of an earlier version would read it as success.
-            self._answer(error.id, {"error": str(error)})
-
-    def _answer(self, request_id: str, answer: dict) -> None:
-        self._requests[request_id] = answer
-        self._requests.move_to_end(request_id)
-        while len(self._requests) > 50:
-            self._requests.popitem(last=False)
-        self.status.changed()
-
-    def _drain_request(self, request: drain.DrainRequest) -> None:
-        """A drain/undrain request from ``zkwatcher-supervisor drain`` via supervisord."""
-        if request.config != self.config_key:
-            return  # meant for another listener of this supervisord
-        applied, refused = [], {}
-        for name in request.sections:
-            if name not in self.services:
-                refused[name] = ("not a section of the running config (added to the file "
-                                 "but not reloaded? reload first)")
-            elif request.action == "drain":
-                now = time.time()
-                until = now + request.duration if request.duration is not None else None
-                entry = drain.Drain(request.reason, request.by, now, until)
-                log.info("[%s] drained by %s%s%s", name, request.by,
-                         f": {request.reason}" if request.reason else "",
-                         f" for {request.duration:.0f}s" if request.duration else "")
-                self._set_drain(name, entry, duration=request.duration)
-                applied.append(name)
-            else:
-                if name in self._drained:
-                    log.info("[%s] undrained by %s", name, request.by)
-                    self._set_drain(name, None)
-                applied.append(name)
-        shown = dict(list(refused.items())[:MAX_REFUSALS_SHOWN])
-        self._answer(request.id, {"action": request.action, "sections": applied,
-                                  "applied": applied, "refused": shown,
-                                  "refused_more": len(refused) - len(shown),
-                                  "accepted": time.time()})
-        if applied:
-            self._save_drains()
-
-    def _set_drain(self, name: str, entry: drain.Drain | None,
-                   duration: float | None = None) -> None:
-        """Drain ``name`` (``entry``) or undrain it (None).  The end of a timed drain
-        is timed on the monotonic clock — ``duration`` from now for a new drain, so a
-        wall clock stepped meanwhile changes nothing; from the saved end otherwise."""
-        timer = self._drain_timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
-        if duration is None and entry is not None and entry.until is not None:
-            duration = entry.until - time.time()
-        if entry is None or (duration is not None and duration <= 0):
-            if self._drained.pop(name, None) is not None and entry is not None:
-                log.info("[%s] drain expired", name)
-        else:
-            self._drained[name] = entry
-            if duration is not None:
-                self._drain_timers[name] = self.loop.call_later(
-                    duration, lambda: self._drain_expired(name, entry))
-        self._dirty.add(name)
-
-    def _drain_expired(self, name: str, entry: drain.Drain) -> None:
-        if self._drained.get(name) is entry:
-            log.info("[%s] drain for %.0fs is over", name, entry.until - entry.since)
-            self._drain_timers.pop(name, None)
-            self._drained.pop(name)
-            self._dirty.add(name)
-            self._save_drains()
-            self.status.changed()
-
-    def _save_drains(self) -> None:
-        """Persist the drained sections off the loop, one write at a time, newest last."""
-        if self._drain_path is None:
-            return
-        if self._drain_saving:
-            self._drain_save_again = True
-            return
-        self._drain_saving = True
-        path, drains = self._drain_path, dict(self._drained)
-        offload(self.loop, lambda: drain.save(path, drains), self._drains_saved,
-                name="drain-state")
-
-    def _drains_saved(self, _result, error: BaseException | None) -> None:
-        self._drain_saving = False
-        self._drain_save_error = None if error is None else str(error)
-        if error is not None:
-            log.error("cannot save the drained sections to %s: %s; they would not survive "
-                      "a restart", self._drain_path, error)
-        elif self._legacy_drains is not None:
-            legacy, self._legacy_drains = self._legacy_drains, None
-            offload(self.loop, lambda: statedir.remove(legacy), lambda *_: None,
-                    name="drain-state")
-        if self._drain_save_again:
-            self._drain_save_again = False
-            self._save_drains()
-
-    def _acknowledgements(self, registered: frozenset[str]) -> dict[str, dict]:
-        """Recent drain requests: applied, and (for drains) ZooKeeper confirmed the deletions."""
-        answers = {}
-        for request_id, entry in self._requests.items():
-            if "error" in entry:
-                answers[request_id] = entry
-                continue
-            confirmed = entry["action"] == "undrain" or (
-                self.registry.connected and not any(
-                    self.services[name].node_path in registered
-                    for name in entry["sections"] if name in self.services))
-            answers[request_id] = {**entry, "confirmed": confirmed}
-        return answers
-
     # -- status ---------------------------------------------------------------
 
     def snapshot(self) -> dict:
@@ -654,13 +509,14 @@ class Watcher:
                     "rise": service.rise, "fall": service.fall,
                     "due_by": due_by,
                 }
+            drain_entry = self.drains.entry(name)
             sections[name] = {
                 "path": self.registry.node_of(service.node_path) or service.display_path,
                 "healthy": section.up,
                 "registered": service.node_path in registered,
                 "processes": {f"{g}:{n}": p.state for (g, n), p in section.processes.items()},
                 "check": check,
-                "drained": asdict(self._drained[name]) if name in self._drained else None,
+                "drained": None if drain_entry is None else asdict(drain_entry),
             }
         session_id = self.registry.session_id
         return {
@@ -678,7 +534,7 @@ class Watcher:
             "counters": {"registrations": self.registry.registrations,
                          "deregistrations": self.registry.deregistrations},
             "sections": sections,
-            "requests": self._acknowledgements(registered),
+            "requests": self.drains.acknowledgements(registered, self.registry.connected),
         }
 
 
