@@ -19,7 +19,7 @@ from typing import Callable
 
 from . import drain, statedir
 from .config import ServiceSettings
-from .loop import EventLoop, Timer, offload
+from .loop import EventLoop, SingleFlight, Timer, offload
 from .untrusted import DropLog
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,7 @@ class DrainKeeper:
         self._publish = publish
         self._drained: dict[str, drain.Drain] = {}
         self._timers: dict[str, Timer] = {}
-        self._saving = False
-        self._save_again = False
+        self._saving = SingleFlight(self._write)
         self._save_error: str | None = None
         self._requests: OrderedDict[str, dict] = OrderedDict()
         self._legacy: str | None = None  # an earlier version's file, once adopted
@@ -74,7 +73,7 @@ class DrainKeeper:
         """Why a successor could not start from the file now, or None."""
         if self._path is None:
             return None
-        if self._saving:
+        if self._saving.busy:
             return "the drained sections are being saved; try again in a moment"
         if self._save_error is not None:
             return f"the drained sections are not saved ({self._save_error})"
@@ -193,18 +192,16 @@ class DrainKeeper:
 
     def _save(self) -> None:
         """Persist the drained sections off the loop, one write at a time, newest last."""
-        if self._path is None:
-            return
-        if self._saving:
-            self._save_again = True
-            return
-        self._saving = True
+        if self._path is not None:
+            self._saving.request()
+
+    def _write(self) -> None:
         path, drains = self._path, dict(self._drained)
         offload(self._loop, lambda: drain.save(path, drains), self._saved,
                 name="drain-state")
 
     def _saved(self, _result, error: BaseException | None) -> None:
-        self._saving = False
+        self._saving.release()
         self._save_error = None if error is None else str(error)
         if error is not None:
             log.error("cannot save the drained sections to %s: %s; they would not survive "
@@ -213,6 +210,4 @@ class DrainKeeper:
             legacy, self._legacy = self._legacy, None
             offload(self._loop, lambda: statedir.remove(legacy), lambda *_: None,
                     name="drain-state")
-        if self._save_again:
-            self._save_again = False
-            self._save()
+        self._saving.rerun_if_asked()

@@ -38,7 +38,7 @@ from .checks import (
 from .config import Config, ConfigError, ServiceSettings, load_config
 from .drains import DrainKeeper
 from .health import RUNNING, CheckRun, Health
-from .loop import EventLoop, Timer, offload
+from .loop import EventLoop, SingleFlight, Timer, offload
 from .payload import node_payload
 from .pidwatch import PidWatcher
 from .privilege import identity_of, root_warnings, switch_error
@@ -116,11 +116,9 @@ class Watcher:
         self.rpc_env: dict[str, str] | None = None  # environment for supervisord's XML-RPC
         self._snapshot_request = 0  # id of the newest snapshot asked for
         self._snapshot_applied = 0
-        self._snapshot_in_flight = False
-        self._snapshot_again = False
+        self._snapshot = SingleFlight(self._fetch_snapshot)
         self._snapshot_failures = 0
-        self._reload_reading = False
-        self._reload_again = False
+        self._reload = SingleFlight(self._read_reload)
         # Long enough for the slowest section to reach a verdict: rise passes
         # (one now, the rest a refresh apart), each within its timeout.
         self._settle_by = loop.clock() + SETTLE_SLACK + max(
@@ -148,7 +146,7 @@ class Watcher:
         """Tell the registry once every section's health is known after start."""
         if self._settled:
             return
-        snapshot_known = self._snapshot_answered or not self._snapshot_in_flight
+        snapshot_known = self._snapshot_answered or not self._snapshot.busy
         # A check's verdict is in when rise/fall have decided it, not at its first
         # result: a section with rise 2 is down after one pass, yet healthy.
         checks_known = all(
@@ -372,10 +370,9 @@ class Watcher:
 
     def request_reload(self) -> None:
         """SIGHUP: read the config off the loop; the newest request wins."""
-        if self._reload_reading:
-            self._reload_again = True
-            return
-        self._reload_reading = True
+        self._reload.request()
+
+    def _read_reload(self) -> None:
         filename, hosts = self.config.filename, self.hosts_override
         running = dict(self.services)
         offload(self.loop, lambda: read_reloaded_config(filename, hosts, running),
@@ -383,12 +380,8 @@ class Watcher:
 
     def _reload_read(self, read: tuple[Config, list[str]] | None,
                      error: BaseException | None) -> None:
-        self._reload_reading = False
-        if self._reload_again:
-            # Another HUP came while reading: that file may be newer than ours.
-            self._reload_again = False
-            self.request_reload()
-            return
+        if self._reload.done():
+            return  # another HUP came while reading: that file may be newer than ours
         if isinstance(error, ConfigError):
             log.error("reload rejected, keeping the running config: %s", error)
             return
@@ -431,10 +424,9 @@ class Watcher:
 
     def request_snapshot(self) -> None:
         """Ask supervisord for every process's state, off the loop."""
-        if self._snapshot_in_flight:
-            self._snapshot_again = True
-            return
-        self._snapshot_in_flight = True
+        self._snapshot.request()
+
+    def _fetch_snapshot(self) -> None:
         self._snapshot_request += 1
         request, since = self._snapshot_request, self._event_seq
         env = self.rpc_env
@@ -448,12 +440,12 @@ class Watcher:
         self.loop.call_later(RPC_TIMEOUT, lambda: self._snapshot_late(request))
 
     def _snapshot_late(self, request: int) -> None:
-        if self._snapshot_in_flight and request == self._snapshot_request:
+        if self._snapshot.busy and request == self._snapshot_request:
             # A hung call must not block every later snapshot: ask again (a
             # late answer to this one is still applied if nothing newer was).
             log.warning("supervisord has not answered XML-RPC in %.0fs; going on with "
                         "events, asking again", RPC_TIMEOUT)
-            self._snapshot_in_flight = False
+            self._snapshot.release()
             self._snapshot_answered = True
             self._retry_snapshot()
 
@@ -465,7 +457,7 @@ class Watcher:
     def _snapshot_done(self, request: int, since: int, infos: list | None,
                        error: BaseException | None) -> None:
         if request == self._snapshot_request:
-            self._snapshot_in_flight = False
+            self._snapshot.release()
             self._snapshot_answered = True
         if error is not None:
             if request == self._snapshot_request:
@@ -483,9 +475,7 @@ class Watcher:
             for service in self.health.unmatched_programs():
                 log.warning("[%s] program %s matches no supervisord process; section stays "
                             "down", service.name, service.program)
-        if self._snapshot_again:
-            self._snapshot_again = False
-            self.request_snapshot()
+        self._snapshot.rerun_if_asked()
 
     # -- status ---------------------------------------------------------------
 
