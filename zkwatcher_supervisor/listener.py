@@ -5,7 +5,7 @@ event loop (:mod:`.loop`) and is handled there, in order, to completion:
 supervisord's events on stdin, check processes and probes, the pidfds of
 bound programs, signals (TERM, INT, HUP, USR2), timers, and the results of
 slow work done elsewhere (reading a reloaded config, supervisord's XML-RPC
-answer).  The :class:`Watcher` turns them into health (:mod:`.health`, pure)
+answer).  The :class:`Controller` turns them into health (:mod:`.health`, pure)
 and health into the set of znodes we want, which it hands to the registry —
 the only other thread that matters, fed by that one ordered stream.  USR2
 hands the ZooKeeper session, and so every node, to the next listener.
@@ -79,7 +79,7 @@ class Registration:
     data: bytes
 
 
-class Watcher:
+class Controller:
     """Turns supervisord events and check results into the set of registered znodes.
 
     Every method runs on the event loop's thread; nothing here is shared.
@@ -572,15 +572,15 @@ def run(config: Config, hosts_override: str | None = None,
     close_inherited_fds_on_exec()
     loop = EventLoop()
     stopping: list[str] = []
-    watchers: list[Watcher] = []  # set below; a HUP before then has nothing to reload
+    controllers: list[Controller] = []  # set below; a HUP before then has nothing to reload
 
     def on_signal(signum: int, frame) -> None:
         # Runs between two bytecodes of the loop: only hand the signal over.
         if signum == signal.SIGHUP:
-            if watchers:
-                loop.post(watchers[0].request_reload)
-        elif signum == signal.SIGUSR2 and watchers:
-            loop.post(watchers[0].request_hand_over)
+            if controllers:
+                loop.post(controllers[0].request_reload)
+        elif signum == signal.SIGUSR2 and controllers:
+            loop.post(controllers[0].request_hand_over)
         else:
             stopping.append(signal.Signals(signum).name)
             loop.stop()
@@ -593,35 +593,35 @@ def run(config: Config, hosts_override: str | None = None,
                            legacy=statedir.legacy_paths(config.filename, "session"),
                            on_fatal=loop.fail)
     registry = Registry(config.zookeeper, session)
-    watcher = Watcher(config, registry, loop, hosts_override,
-                      drain_path=drain.state_path(config.filename))
-    watchers.append(watcher)
+    controller = Controller(config, registry, loop, hosts_override,
+                            drain_path=drain.state_path(config.filename))
+    controllers.append(controller)
     _exit_on_thread_crash(loop)
     if config.metrics_port:
         from . import metrics
 
         try:
-            metrics.serve(config.metrics_port, lambda: watcher.status.latest)
+            metrics.serve(config.metrics_port, lambda: controller.status.latest)
         except OSError as exc:
             log.error("metrics_port %d: %s; running without metrics", config.metrics_port, exc)
 
-    protocol = SupervisorChannel(loop, stdin, stdout, watcher.handle_event, loop.stop,
-                                 watcher.drops)
+    protocol = SupervisorChannel(loop, stdin, stdout, controller.handle_event, loop.stop,
+                                 controller.drops)
     status = 0
     try:
         log.info("watching %d section(s), ZooKeeper at %s",
                  len(config.services), config.zookeeper.hosts)
         if "SUPERVISOR_SERVER_URL" in os.environ:
-            watcher.rpc_env = dict(os.environ)
+            controller.rpc_env = dict(os.environ)
         elif any(service.program is not None for service in config.services):
             log.warning("SUPERVISOR_SERVER_URL is not set: no XML-RPC access to "
                         "supervisord; waiting for PROCESS_STATE events")
-        watcher.start()
+        controller.start()
         protocol.start()
         loop.run()
         if stopping:
             log.info("%s received", stopping[0])
-        elif watcher.handing_over:
+        elif controller.handing_over:
             log.info("SIGUSR2 received; handing over to the next listener")
     except Exception:
         log.critical("unexpected error; exiting so that supervisord restarts us",
@@ -630,8 +630,8 @@ def run(config: Config, hosts_override: str | None = None,
     finally:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        hand_over = status == 0 and not stopping and watcher.handing_over
-        handed = watcher.stop(hand_over=hand_over)
+        hand_over = status == 0 and not stopping and controller.handing_over
+        handed = controller.stop(hand_over=hand_over)
         if hand_over:
             # Not 0 either way: supervisord must start the successor.
             status = EXIT_HANDED_OVER if handed else EXIT_CRASH
