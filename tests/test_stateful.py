@@ -4,8 +4,10 @@ A hypothesis state machine drives the listener's core (health + registry, the
 registry talking to a real ZooKeeper through a proxy it can cut) with random
 sequences of process states, check results (current and stale), ticks,
 connection losses, nodes deleted by hand and config reloads.  After every
-step the znodes in ZooKeeper must settle to what DESIGN.md's rules give,
-computed here from a model that knows nothing of the implementation.
+step the znodes in ZooKeeper must settle to what the health rules give (a
+section is registered while every process it is bound to is RUNNING and its
+check, if it has one, has risen), computed here from a model that knows nothing
+of the implementation.
 
 Checks are the one part not run for real: the test delivers their results
 itself, so it can choose them (the check runner has its own end-to-end tests).
