@@ -277,8 +277,8 @@ def ensemble(tmp_path):
 def test_leader_killed_in_a_3_node_ensemble_loses_no_registration(
         ensemble, write_config, driver, base_path, tmp_path):
     hosts = ",".join(server.hosts for server in ensemble)
-    # The DESIGN default session timeout: an election on a loaded 2-core machine
-    # must not look like a dead listener.
+    # The default session timeout (10 s), not the short one the other tests use: an
+    # election on a loaded 2-core machine must not look like a dead listener.
     runs = tmp_path / "runs"
     config = write_config(section(base_path, "a", 1, cmd=f"echo >> {runs}"), hosts=hosts,
                           session_timeout=10)

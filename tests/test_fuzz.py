@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from zkwatcher_supervisor import drain, session_file
 from zkwatcher_supervisor.config import ConfigError, load_config
-from zkwatcher_supervisor.listener import Watcher
+from zkwatcher_supervisor.listener import Controller
 from zkwatcher_supervisor.loop import EventLoop
 from zkwatcher_supervisor.protocol import EventParser
 from zkwatcher_supervisor.registry import Registry
@@ -71,21 +71,21 @@ class Counted:
 
 
 @pytest.fixture
-def watcher(tmp_path):
+def controller(tmp_path):
     """A listener's controller, not started: events in, no ZooKeeper traffic."""
     path = tmp_path / "fuzz.cfg"
     path.write_text("[web]\nprogram = web\nservice_port = 1\nservice_hostname = h\n"
                     "zookeeper_path = /fuzz\n")
     config = load_config(str(path))
     loop = EventLoop()
-    yield Watcher(config, Registry(config.zookeeper), loop,
-                  status_path=str(tmp_path / "status.json"))
+    yield Controller(config, Registry(config.zookeeper), loop,
+                     status_path=str(tmp_path / "status.json"))
     loop.close()
 
 
-def test_remote_communication_payloads(watcher):
+def test_remote_communication_payloads(controller):
     counted = Counted("REMOTE_COMMUNICATION payloads")
-    config = watcher.config_key
+    config = controller.config_key
 
     @FUZZ
     @given(data=hostile_texts | json_values.map(json.dumps)
@@ -94,19 +94,19 @@ def test_remote_communication_payloads(watcher):
     def run(data, typed):
         counted()
         payload = f"type:{drain.EVENT_TYPE}\n{data}" if typed else data
-        watcher.handle_event({"eventname": "REMOTE_COMMUNICATION"}, payload)
+        controller.handle_event({"eventname": "REMOTE_COMMUNICATION"}, payload)
 
     run()
     counted.report()
     # The two payloads that ended the listener before, and one that must work.
     for data in ("[" * 100000, json.dumps({"config": config, "id": "a", "action": "drain",
                                            "sections": ["web"], "duration": 10**400})):
-        watcher.handle_event({"eventname": "REMOTE_COMMUNICATION"},
+        controller.handle_event({"eventname": "REMOTE_COMMUNICATION"},
                              f"type:{drain.EVENT_TYPE}\n{data}")
-    request = drain.request(watcher.config.filename, "drain", ["web"], "a\nfake line")
-    watcher.handle_event({"eventname": "REMOTE_COMMUNICATION"},
+    request = drain.request(controller.config.filename, "drain", ["web"], "a\nfake line")
+    controller.handle_event({"eventname": "REMOTE_COMMUNICATION"},
                          f"type:{drain.EVENT_TYPE}\n{json.dumps(request)}")
-    assert watcher._drained["web"].reason == "a\\nfake line"  # escaped, one line
+    assert controller.drains.entry("web").reason == "a\\nfake line"  # escaped, one line
 
 
 def test_parse_event_refuses_with_a_reason():
@@ -129,7 +129,7 @@ def test_parse_event_refuses_with_a_reason():
     counted.report()
 
 
-def test_process_state_events(watcher):
+def test_process_state_events(controller):
     counted = Counted("PROCESS_STATE payloads")
 
     @FUZZ
@@ -142,7 +142,7 @@ def test_process_state_events(watcher):
                                st.text(max_size=12) | st.integers().map(str))))
     def run(event, payload):
         counted()
-        watcher.handle_event({"eventname": event}, payload)
+        controller.handle_event({"eventname": event}, payload)
 
     run()
     counted.report()

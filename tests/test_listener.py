@@ -266,7 +266,7 @@ from zkwatcher_supervisor import cli, listener
 def handle_event(self, headers, payload):
     if headers.get("eventname") == "TICK_5":
         raise RuntimeError("a planted bug")
-listener.Watcher.handle_event = handle_event
+listener.Controller.handle_event = handle_event
 sys.exit(cli.main(sys.argv[1:]))
 """)
 

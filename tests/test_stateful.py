@@ -4,12 +4,14 @@ A hypothesis state machine drives the listener's core (health + registry, the
 registry talking to a real ZooKeeper through a proxy it can cut) with random
 sequences of process states, check results (current and stale), ticks,
 connection losses, nodes deleted by hand and config reloads.  After every
-step the znodes in ZooKeeper must settle to what DESIGN.md's rules give,
-computed here from a model that knows nothing of the implementation.
+step the znodes in ZooKeeper must settle to what the health rules give (a
+section is registered while every process it is bound to is RUNNING and its
+check, if it has one, has risen), computed here from a model that knows nothing
+of the implementation.
 
 Checks are the one part not run for real: the test delivers their results
 itself, so it can choose them (the check runner has its own end-to-end tests).
-The event loop is not run either: the test is the loop, calling the watcher's
+The event loop is not run either: the test is the loop, calling the controller's
 input handlers and then its pump, exactly as one pass of the loop would.
 
 What it does not cover, by construction: anything that happens *at the same
@@ -43,7 +45,7 @@ from kazoo.exceptions import NoNodeError
 
 from zkwatcher_supervisor.checks import CheckOutcome
 from zkwatcher_supervisor.config import load_config
-from zkwatcher_supervisor.listener import Watcher
+from zkwatcher_supervisor.listener import Controller
 from zkwatcher_supervisor.loop import EventLoop
 from zkwatcher_supervisor.registry import Registry
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
@@ -55,7 +57,7 @@ COMMANDS = {"both", "cmd", "extra"}  # sections with a check
 
 
 class RecordedChecks:
-    """Stands in for the check runner: keeps the runs the watcher asks for."""
+    """Stands in for the check runner: keeps the runs the controller asks for."""
 
     def __init__(self):
         self.submitted = []
@@ -124,13 +126,13 @@ def make_machine(zookeeper, zk, tmp_path):
             self.config_path = tmp_path / f"{uuid.uuid4().hex}.cfg"
             config = self.load()
             self.loop = EventLoop(clock=lambda: self.now)
-            self.watcher = Watcher(config, Registry(config.zookeeper), self.loop)
+            self.controller = Controller(config, Registry(config.zookeeper), self.loop)
             self.crashes = []
-            self.watcher.registry.on_fatal = self.crashes.append
+            self.controller.registry.on_fatal = self.crashes.append
             self.checks = RecordedChecks()
-            self.watcher.checks = self.checks
-            self.watcher.start()
-            self.watcher.pump()
+            self.controller.checks = self.checks
+            self.controller.start()
+            self.controller.pump()
             # The model.
             self.states: dict[tuple[str, str], str] = {}
             self.check_up: dict[str, bool] = {}
@@ -165,7 +167,7 @@ def make_machine(zookeeper, zk, tmp_path):
                 entry[1] = False
 
         def collect_runs(self):
-            self.watcher.pump()  # the end of a loop pass
+            self.controller.pump()  # the end of a loop pass
             for run in self.checks.submitted:
                 self.outstanding.setdefault(run.section, []).append([run, True])
             self.checks.submitted.clear()
@@ -180,8 +182,8 @@ def make_machine(zookeeper, zk, tmp_path):
             for section in self.sections():
                 if before[section] != self.process_part(section):
                     self.reset_check(section)
-            self.watcher.handle_event({"eventname": f"PROCESS_STATE_{state}"},
-                                      f"processname:{name} groupname:{group} from_state:X")
+            self.controller.handle_event({"eventname": f"PROCESS_STATE_{state}"},
+                                         f"processname:{name} groupname:{group} from_state:X")
             self.collect_runs()
 
         @precondition(lambda self: any(self.outstanding.values()))
@@ -192,20 +194,20 @@ def make_machine(zookeeper, zk, tmp_path):
             run, valid = self.outstanding[section].pop(0 if oldest else -1)
             if valid and section in self.sections():
                 self.check_up[section] = passed
-            self.watcher._on_check_result(
+            self.controller._on_check_result(
                 run, CheckOutcome(passed, 0 if passed else 1, False, 0.01, ""))
             self.collect_runs()
 
         @rule()
         def tick(self):
             self.now += 1.0
-            self.watcher.handle_event({"eventname": "TICK_5"}, "when:0")
+            self.controller.handle_event({"eventname": "TICK_5"}, "when:0")
             self.collect_runs()
 
         @rule()
         def connection_loss(self):
             self.proxy.cut()
-            wait_until(lambda: not self.watcher.registry.connected, 5, what="disconnect")
+            wait_until(lambda: not self.controller.registry.connected, 5, what="disconnect")
             self.proxy.restore()
 
         @rule(data=st.data())
@@ -220,7 +222,7 @@ def make_machine(zookeeper, zk, tmp_path):
             if extra != self.extra:
                 self.reset_check("extra")
             self.version, self.extra = version, extra
-            self.watcher.reload(self.load())
+            self.controller.reload(self.load())
             self.collect_runs()
 
         def registered(self):
@@ -254,7 +256,7 @@ def make_machine(zookeeper, zk, tmp_path):
                 ) from None
 
         def teardown(self):
-            self.watcher.stop()
+            self.controller.stop()
             self.loop.close()
             self.proxy.close()
 

@@ -1,7 +1,7 @@
 """The health state machine: events and check results in, desired up/down out.
 
 Pure logic — no threads, no I/O, no clock of its own (callers pass ``now``) —
-so every rule in DESIGN.md can be unit- and property-tested directly.
+so every rule below can be unit- and property-tested directly.
 
 A section is up when its process part and its check part both hold:
 

@@ -5,7 +5,7 @@ event loop (:mod:`.loop`) and is handled there, in order, to completion:
 supervisord's events on stdin, check processes and probes, the pidfds of
 bound programs, signals (TERM, INT, HUP, USR2), timers, and the results of
 slow work done elsewhere (reading a reloaded config, supervisord's XML-RPC
-answer).  The :class:`Watcher` turns them into health (:mod:`.health`, pure)
+answer).  The :class:`Controller` turns them into health (:mod:`.health`, pure)
 and health into the set of znodes we want, which it hands to the registry —
 the only other thread that matters, fed by that one ordered stream.  USR2
 hands the ZooKeeper session, and so every node, to the next listener.
@@ -23,7 +23,6 @@ import signal
 import sys
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from typing import BinaryIO, TextIO
 
@@ -37,8 +36,9 @@ from .checks import (
     close_inherited_fds_on_exec,
 )
 from .config import Config, ConfigError, ServiceSettings, load_config
+from .drains import DrainKeeper
 from .health import RUNNING, CheckRun, Health
-from .loop import EventLoop, Timer, offload
+from .loop import EventLoop, SingleFlight, Timer, offload
 from .payload import node_payload
 from .pidwatch import PidWatcher
 from .privilege import identity_of, root_warnings, switch_error
@@ -54,8 +54,6 @@ PROCESS_STATE_PREFIX = "PROCESS_STATE_"
 # The exit of a hand-over (SIGUSR2): not 0, so that supervisord's default
 # autorestart = unexpected starts the successor (EX_TEMPFAIL: "run me again").
 EXIT_HANDED_OVER = 75
-# An acknowledgement names at most this many refused sections (it is in the status file).
-MAX_REFUSALS_SHOWN = 100
 # How long to wait for supervisord's XML-RPC answer before saying so in the log.
 RPC_TIMEOUT = 5.0
 # Shutdown budget: ZooKeeper's session close, and killing running checks.
@@ -81,7 +79,7 @@ class Registration:
     data: bytes
 
 
-class Watcher:
+class Controller:
     """Turns supervisord events and check results into the set of registered znodes.
 
     Every method runs on the event loop's thread; nothing here is shared.
@@ -118,11 +116,9 @@ class Watcher:
         self.rpc_env: dict[str, str] | None = None  # environment for supervisord's XML-RPC
         self._snapshot_request = 0  # id of the newest snapshot asked for
         self._snapshot_applied = 0
-        self._snapshot_in_flight = False
-        self._snapshot_again = False
+        self._snapshot = SingleFlight(self._fetch_snapshot)
         self._snapshot_failures = 0
-        self._reload_reading = False
-        self._reload_again = False
+        self._reload = SingleFlight(self._read_reload)
         # Long enough for the slowest section to reach a verdict: rise passes
         # (one now, the rest a refresh apart), each within its timeout.
         self._settle_by = loop.clock() + SETTLE_SLACK + max(
@@ -130,27 +126,15 @@ class Watcher:
              for service in config.services), default=0.0)
         self._settled = False
         self._snapshot_answered = False
-        # Drained sections (operator's orders, kept across restarts) and the
-        # acknowledgements of recent drain requests, shown in the status file.
-        self._drain_path = drain_path
-        self._drained: dict[str, drain.Drain] = {}
-        self._drain_timers: dict[str, Timer] = {}
-        self._drain_saving = False
-        self._drain_save_again = False
-        self._drain_save_error: str | None = None
-        self._requests: OrderedDict[str, dict] = OrderedDict()
-        self._legacy_drains: str | None = None  # an earlier version's file, once adopted
-        if drain_path is not None:
-            saved, self._legacy_drains = drain.load_adopting(
-                drain_path, statedir.legacy_paths(config.filename, "drained"))
-            for name, entry in saved.items():
-                if name in self.services:  # a section removed meanwhile drops out
-                    self._set_drain(name, entry)
-            if set(saved) != set(self._drained) or self._legacy_drains:
-                self._save_drains()
+        # Drained sections (operator's orders, kept across restarts).
+        self.drains = DrainKeeper(loop, drain_path, config.filename, self.services,
+                                  self.drops, self._section_changed, self.status.changed)
         loop.on_idle(self.pump)
         registry.on_change = lambda: loop.post(self.status.changed)
         registry.on_fatal = loop.fail
+
+    def _section_changed(self, name: str) -> None:
+        self._dirty.add(name)  # not a bound set method: pump replaces the set
 
     def start(self) -> None:
         self.registry.start()
@@ -162,7 +146,7 @@ class Watcher:
         """Tell the registry once every section's health is known after start."""
         if self._settled:
             return
-        snapshot_known = self._snapshot_answered or not self._snapshot_in_flight
+        snapshot_known = self._snapshot_answered or not self._snapshot.busy
         # A check's verdict is in when rise/fall have decided it, not at its first
         # result: a section with rise 2 is down after one pass, yet healthy.
         checks_known = all(
@@ -185,11 +169,8 @@ class Watcher:
         """SIGUSR2: leave the session to the next listener — only if it can take it,
         and only with every drain on disk (the successor starts from the file)."""
         problem = self.registry.hand_over_problem()
-        if problem is None and self._drain_path is not None:
-            if self._drain_saving:
-                problem = "the drained sections are being saved; try again in a moment"
-            elif self._drain_save_error is not None:
-                problem = f"the drained sections are not saved ({self._drain_save_error})"
+        if problem is None:
+            problem = self.drains.hand_over_problem()
         if problem is not None:
             log.error("SIGUSR2: cannot hand over (%s); still running, nothing changed",
                       problem)
@@ -236,16 +217,7 @@ class Watcher:
             self._process_seq[key] = self._event_seq
             self.process_state(*key, change.state, change.pid)
         elif event == "REMOTE_COMMUNICATION":
-            try:
-                request = drain.parse_event(payload)
-            except drain.UnusableRequest as exc:
-                self._refuse_request(exc)
-                return
-            except ValueError as exc:
-                self.drops.drop("drain-request", f"ignoring a drain request: {exc}")
-                return
-            if request is not None:
-                self._drain_request(request)
+            self.drains.handle_event(payload)
         # TICK_* and anything else: the pump after this starts due checks.
 
     def _stale(self, key: tuple[str, str], from_state: str | None) -> bool:
@@ -365,13 +337,14 @@ class Watcher:
         current = self._registrations.get(name)
         service = self.services.get(name)
         section = self.health.sections.get(name)
-        if section is None or not section.up or name in self._drained:
+        drained = self.drains.is_drained(name)
+        if section is None or not section.up or drained:
             if current is not None:
                 del self._registrations[name]
                 if self._holder.get(current.path) == name:
                     del self._holder[current.path]
                 why = "removed from the config" if service is None else \
-                    "drained" if name in self._drained else "unhealthy"
+                    "drained" if drained else "unhealthy"
                 log.info("[%s] %s: deregistering %s", name, why,
                          self.registry.node_of(current.path) or current.service.display_path)
             return None
@@ -397,10 +370,9 @@ class Watcher:
 
     def request_reload(self) -> None:
         """SIGHUP: read the config off the loop; the newest request wins."""
-        if self._reload_reading:
-            self._reload_again = True
-            return
-        self._reload_reading = True
+        self._reload.request()
+
+    def _read_reload(self) -> None:
         filename, hosts = self.config.filename, self.hosts_override
         running = dict(self.services)
         offload(self.loop, lambda: read_reloaded_config(filename, hosts, running),
@@ -408,12 +380,8 @@ class Watcher:
 
     def _reload_read(self, read: tuple[Config, list[str]] | None,
                      error: BaseException | None) -> None:
-        self._reload_reading = False
-        if self._reload_again:
-            # Another HUP came while reading: that file may be newer than ours.
-            self._reload_again = False
-            self.request_reload()
-            return
+        if self._reload.done():
+            return  # another HUP came while reading: that file may be newer than ours
         if isinstance(error, ConfigError):
             log.error("reload rejected, keeping the running config: %s", error)
             return
@@ -445,11 +413,7 @@ class Watcher:
             if self.health.sections.get(name) is not section:
                 self.checks.cancel(name)  # its result would describe another check
                 self._last_checks.pop(name, None)
-        gone = [name for name in self._drained if name not in self.services]
-        for name in gone:
-            self._set_drain(name, None)  # the section is gone, and its drain with it
-        if gone:
-            self._save_drains()  # or it would come back with the section after a restart
+        self.drains.reloaded(self.services)  # a removed section's drain goes with it
         self._dirty.update(old_sections)
         self._dirty.update(self.services)
         log.info("reloaded %s: %d section(s)", config.filename, len(config.services))
@@ -460,10 +424,9 @@ class Watcher:
 
     def request_snapshot(self) -> None:
         """Ask supervisord for every process's state, off the loop."""
-        if self._snapshot_in_flight:
-            self._snapshot_again = True
-            return
-        self._snapshot_in_flight = True
+        self._snapshot.request()
+
+    def _fetch_snapshot(self) -> None:
         self._snapshot_request += 1
         request, since = self._snapshot_request, self._event_seq
         env = self.rpc_env
@@ -477,12 +440,12 @@ class Watcher:
         self.loop.call_later(RPC_TIMEOUT, lambda: self._snapshot_late(request))
 
     def _snapshot_late(self, request: int) -> None:
-        if self._snapshot_in_flight and request == self._snapshot_request:
+        if self._snapshot.busy and request == self._snapshot_request:
             # A hung call must not block every later snapshot: ask again (a
             # late answer to this one is still applied if nothing newer was).
             log.warning("supervisord has not answered XML-RPC in %.0fs; going on with "
                         "events, asking again", RPC_TIMEOUT)
-            self._snapshot_in_flight = False
+            self._snapshot.release()
             self._snapshot_answered = True
             self._retry_snapshot()
 
@@ -494,7 +457,7 @@ class Watcher:
     def _snapshot_done(self, request: int, since: int, infos: list | None,
                        error: BaseException | None) -> None:
         if request == self._snapshot_request:
-            self._snapshot_in_flight = False
+            self._snapshot.release()
             self._snapshot_answered = True
         if error is not None:
             if request == self._snapshot_request:
@@ -512,125 +475,7 @@ class Watcher:
             for service in self.health.unmatched_programs():
                 log.warning("[%s] program %s matches no supervisord process; section stays "
                             "down", service.name, service.program)
-        if self._snapshot_again:
-            self._snapshot_again = False
-            self.request_snapshot()
-
-    # -- drain ----------------------------------------------------------------
-
-    def _refuse_request(self, error: drain.UnusableRequest) -> None:
-        """A request we cannot apply: logged, and answered if it says who is asking."""
-        self.drops.drop("drain-request", f"ignoring a drain request: {error}")
-        if error.id is not None and error.config == self.config_key:
-            # No "accepted": a client of an earlier version would read it as success.
-            self._answer(error.id, {"error": str(error)})
-
-    def _answer(self, request_id: str, answer: dict) -> None:
-        self._requests[request_id] = answer
-        self._requests.move_to_end(request_id)
-        while len(self._requests) > 50:
-            self._requests.popitem(last=False)
-        self.status.changed()
-
-    def _drain_request(self, request: drain.DrainRequest) -> None:
-        """A drain/undrain request from ``zkwatcher-supervisor drain`` via supervisord."""
-        if request.config != self.config_key:
-            return  # meant for another listener of this supervisord
-        applied, refused = [], {}
-        for name in request.sections:
-            if name not in self.services:
-                refused[name] = ("not a section of the running config (added to the file "
-                                 "but not reloaded? reload first)")
-            elif request.action == "drain":
-                now = time.time()
-                until = now + request.duration if request.duration is not None else None
-                entry = drain.Drain(request.reason, request.by, now, until)
-                log.info("[%s] drained by %s%s%s", name, request.by,
-                         f": {request.reason}" if request.reason else "",
-                         f" for {request.duration:.0f}s" if request.duration else "")
-                self._set_drain(name, entry, duration=request.duration)
-                applied.append(name)
-            else:
-                if name in self._drained:
-                    log.info("[%s] undrained by %s", name, request.by)
-                    self._set_drain(name, None)
-                applied.append(name)
-        shown = dict(list(refused.items())[:MAX_REFUSALS_SHOWN])
-        self._answer(request.id, {"action": request.action, "sections": applied,
-                                  "applied": applied, "refused": shown,
-                                  "refused_more": len(refused) - len(shown),
-                                  "accepted": time.time()})
-        if applied:
-            self._save_drains()
-
-    def _set_drain(self, name: str, entry: drain.Drain | None,
-                   duration: float | None = None) -> None:
-        """Drain ``name`` (``entry``) or undrain it (None).  The end of a timed drain
-        is timed on the monotonic clock — ``duration`` from now for a new drain, so a
-        wall clock stepped meanwhile changes nothing; from the saved end otherwise."""
-        timer = self._drain_timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
-        if duration is None and entry is not None and entry.until is not None:
-            duration = entry.until - time.time()
-        if entry is None or (duration is not None and duration <= 0):
-            if self._drained.pop(name, None) is not None and entry is not None:
-                log.info("[%s] drain expired", name)
-        else:
-            self._drained[name] = entry
-            if duration is not None:
-                self._drain_timers[name] = self.loop.call_later(
-                    duration, lambda: self._drain_expired(name, entry))
-        self._dirty.add(name)
-
-    def _drain_expired(self, name: str, entry: drain.Drain) -> None:
-        if self._drained.get(name) is entry:
-            log.info("[%s] drain for %.0fs is over", name, entry.until - entry.since)
-            self._drain_timers.pop(name, None)
-            self._drained.pop(name)
-            self._dirty.add(name)
-            self._save_drains()
-            self.status.changed()
-
-    def _save_drains(self) -> None:
-        """Persist the drained sections off the loop, one write at a time, newest last."""
-        if self._drain_path is None:
-            return
-        if self._drain_saving:
-            self._drain_save_again = True
-            return
-        self._drain_saving = True
-        path, drains = self._drain_path, dict(self._drained)
-        offload(self.loop, lambda: drain.save(path, drains), self._drains_saved,
-                name="drain-state")
-
-    def _drains_saved(self, _result, error: BaseException | None) -> None:
-        self._drain_saving = False
-        self._drain_save_error = None if error is None else str(error)
-        if error is not None:
-            log.error("cannot save the drained sections to %s: %s; they would not survive "
-                      "a restart", self._drain_path, error)
-        elif self._legacy_drains is not None:
-            legacy, self._legacy_drains = self._legacy_drains, None
-            offload(self.loop, lambda: statedir.remove(legacy), lambda *_: None,
-                    name="drain-state")
-        if self._drain_save_again:
-            self._drain_save_again = False
-            self._save_drains()
-
-    def _acknowledgements(self, registered: frozenset[str]) -> dict[str, dict]:
-        """Recent drain requests: applied, and (for drains) ZooKeeper confirmed the deletions."""
-        answers = {}
-        for request_id, entry in self._requests.items():
-            if "error" in entry:
-                answers[request_id] = entry
-                continue
-            confirmed = entry["action"] == "undrain" or (
-                self.registry.connected and not any(
-                    self.services[name].node_path in registered
-                    for name in entry["sections"] if name in self.services))
-            answers[request_id] = {**entry, "confirmed": confirmed}
-        return answers
+        self._snapshot.rerun_if_asked()
 
     # -- status ---------------------------------------------------------------
 
@@ -654,13 +499,14 @@ class Watcher:
                     "rise": service.rise, "fall": service.fall,
                     "due_by": due_by,
                 }
+            drain_entry = self.drains.entry(name)
             sections[name] = {
                 "path": self.registry.node_of(service.node_path) or service.display_path,
                 "healthy": section.up,
                 "registered": service.node_path in registered,
                 "processes": {f"{g}:{n}": p.state for (g, n), p in section.processes.items()},
                 "check": check,
-                "drained": asdict(self._drained[name]) if name in self._drained else None,
+                "drained": None if drain_entry is None else asdict(drain_entry),
             }
         session_id = self.registry.session_id
         return {
@@ -678,7 +524,7 @@ class Watcher:
             "counters": {"registrations": self.registry.registrations,
                          "deregistrations": self.registry.deregistrations},
             "sections": sections,
-            "requests": self._acknowledgements(registered),
+            "requests": self.drains.acknowledgements(registered, self.registry.connected),
         }
 
 
@@ -726,15 +572,15 @@ def run(config: Config, hosts_override: str | None = None,
     close_inherited_fds_on_exec()
     loop = EventLoop()
     stopping: list[str] = []
-    watchers: list[Watcher] = []  # set below; a HUP before then has nothing to reload
+    controllers: list[Controller] = []  # set below; a HUP before then has nothing to reload
 
     def on_signal(signum: int, frame) -> None:
         # Runs between two bytecodes of the loop: only hand the signal over.
         if signum == signal.SIGHUP:
-            if watchers:
-                loop.post(watchers[0].request_reload)
-        elif signum == signal.SIGUSR2 and watchers:
-            loop.post(watchers[0].request_hand_over)
+            if controllers:
+                loop.post(controllers[0].request_reload)
+        elif signum == signal.SIGUSR2 and controllers:
+            loop.post(controllers[0].request_hand_over)
         else:
             stopping.append(signal.Signals(signum).name)
             loop.stop()
@@ -747,35 +593,35 @@ def run(config: Config, hosts_override: str | None = None,
                            legacy=statedir.legacy_paths(config.filename, "session"),
                            on_fatal=loop.fail)
     registry = Registry(config.zookeeper, session)
-    watcher = Watcher(config, registry, loop, hosts_override,
-                      drain_path=drain.state_path(config.filename))
-    watchers.append(watcher)
+    controller = Controller(config, registry, loop, hosts_override,
+                            drain_path=drain.state_path(config.filename))
+    controllers.append(controller)
     _exit_on_thread_crash(loop)
     if config.metrics_port:
         from . import metrics
 
         try:
-            metrics.serve(config.metrics_port, lambda: watcher.status.latest)
+            metrics.serve(config.metrics_port, lambda: controller.status.latest)
         except OSError as exc:
             log.error("metrics_port %d: %s; running without metrics", config.metrics_port, exc)
 
-    protocol = SupervisorChannel(loop, stdin, stdout, watcher.handle_event, loop.stop,
-                                 watcher.drops)
+    protocol = SupervisorChannel(loop, stdin, stdout, controller.handle_event, loop.stop,
+                                 controller.drops)
     status = 0
     try:
         log.info("watching %d section(s), ZooKeeper at %s",
                  len(config.services), config.zookeeper.hosts)
         if "SUPERVISOR_SERVER_URL" in os.environ:
-            watcher.rpc_env = dict(os.environ)
+            controller.rpc_env = dict(os.environ)
         elif any(service.program is not None for service in config.services):
             log.warning("SUPERVISOR_SERVER_URL is not set: no XML-RPC access to "
                         "supervisord; waiting for PROCESS_STATE events")
-        watcher.start()
+        controller.start()
         protocol.start()
         loop.run()
         if stopping:
             log.info("%s received", stopping[0])
-        elif watcher.handing_over:
+        elif controller.handing_over:
             log.info("SIGUSR2 received; handing over to the next listener")
     except Exception:
         log.critical("unexpected error; exiting so that supervisord restarts us",
@@ -784,8 +630,8 @@ def run(config: Config, hosts_override: str | None = None,
     finally:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        hand_over = status == 0 and not stopping and watcher.handing_over
-        handed = watcher.stop(hand_over=hand_over)
+        hand_over = status == 0 and not stopping and controller.handing_over
+        handed = controller.stop(hand_over=hand_over)
         if hand_over:
             # Not 0 either way: supervisord must start the successor.
             status = EXIT_HANDED_OVER if handed else EXIT_CRASH

@@ -210,3 +210,47 @@ def offload(loop: EventLoop, work: Callable[[], Any],
             loop.post(lambda: done(result, None))
 
     threading.Thread(target=job, name=name, daemon=True).start()
+
+
+class SingleFlight:
+    """One run of a slow job at a time; asking while it runs means one more run after.
+
+    For jobs whose newest input must win (a reload, a save, supervisord's
+    snapshot): asks that arrive while a run is in flight fold into a single
+    rerun, started when the run in flight is done.  Loop thread only.
+    """
+
+    def __init__(self, start: Callback) -> None:
+        self._start = start  # begins a run; its completion calls :meth:`done`
+        self._busy = False
+        self._again = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run is in flight."""
+        return self._busy
+
+    def request(self) -> None:
+        """Start a run now, or once more after the one in flight."""
+        if self._busy:
+            self._again = True
+            return
+        self._busy = True
+        self._start()
+
+    def release(self) -> None:
+        """Stop counting the run in flight (done, or given up on); an ask stays pending."""
+        self._busy = False
+
+    def rerun_if_asked(self) -> bool:
+        """Answer an ask that came during the run: returns whether one did."""
+        if not self._again:
+            return False
+        self._again = False
+        self.request()
+        return True
+
+    def done(self) -> bool:
+        """The run in flight is over; returns whether another one was started."""
+        self.release()
+        return self.rerun_if_asked()

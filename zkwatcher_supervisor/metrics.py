@@ -16,10 +16,6 @@ except ImportError:  # optional dependency
     CollectorRegistry = None
 
 
-def available() -> bool:
-    return CollectorRegistry is not None
-
-
 class SnapshotCollector:
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot

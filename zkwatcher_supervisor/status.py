@@ -23,7 +23,7 @@ from typing import Callable
 
 from . import statedir
 from .config import Config
-from .loop import EventLoop, Timer, offload
+from .loop import EventLoop, SingleFlight, Timer, offload
 from .procfs import listener_uids, parent_pid, proc_stat, process_cmdline, process_uid
 from .untrusted import Unusable, load_json, number, printable
 
@@ -53,7 +53,7 @@ class StatusPublisher:
         self._timer: Timer | None = None  # a change to publish
         self._heartbeat: Timer | None = None
         self._last_built = float("-inf")
-        self._writing = False
+        self._writing = SingleFlight(self._write_latest)
         self._stopped = False
 
     def start(self) -> None:
@@ -75,15 +75,19 @@ class StatusPublisher:
         self.latest = self._snapshot()
         # The heartbeat: the file stays fresh even when nothing changes.
         self._heartbeat = self._loop.call_later(HEARTBEAT, self._publish)
-        if self._writing:
-            self.changed()  # write again once the write in flight is done
+        if self._writing.busy:
+            # Not an ask for a rerun: the snapshot is rebuilt, no more often than
+            # MIN_INTERVAL, before it is written again.
+            self.changed()
             return
-        self._writing = True
+        self._writing.request()
+
+    def _write_latest(self) -> None:
         state = self.latest
         offload(self._loop, lambda: self._write(state), self._written, name="status")
 
     def _written(self, _result, error: BaseException | None) -> None:
-        self._writing = False
+        self._writing.done()
         if error is not None:
             log.error("writing the status file %s failed: %s", self.path, error)
 
