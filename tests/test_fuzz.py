@@ -257,3 +257,53 @@ def test_status_reports_from_odd_status_files(tmp_path):
 
     run()
     counted.report()
+
+
+def test_command_line_arguments():
+    """The command line is outside input too: argparse refuses what it cannot use
+    (exit 2), --for and --wait included; nothing else escapes."""
+    from zkwatcher_supervisor.cli import build_parser
+
+    counted = Counted("command-line arguments")
+    words = st.sampled_from(["drain", "undrain", "status", "--for", "--wait", "--stop", "-c",
+                             "nan", "inf", "-1", "1e400", "1000000000000d", "90s", "web"])
+
+    @FUZZ
+    @given(argv=st.lists(words | st.text(max_size=12), max_size=8))
+    def run(argv):
+        counted()
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:
+            assert exc.code == 2
+            return
+        if args.wait is not None:
+            assert 0 <= args.wait <= 86400
+        if args.duration:
+            try:
+                assert 0 < drain.parse_duration(args.duration) <= drain.MAX_DRAIN_SECONDS
+            except ValueError as exc:
+                assert "duration" in str(exc) or "longer than" in str(exc)
+
+    run()
+    counted.report()
+
+
+def test_node_data_read_from_zookeeper():
+    """Node data is whatever its writer put there: a peer's payload read by
+    ``drain --stop``, a reattached node compared with ours."""
+    from zkwatcher_supervisor.payload import names_endpoint, same_registration
+
+    counted = Counted("node data")
+
+    @FUZZ
+    @given(data=st.binary(max_size=200) | hostile_texts.map(
+        lambda text: text.encode("utf-8", "surrogatepass"))
+           | json_values.map(lambda value: json.dumps(value).encode()))
+    def run(data):
+        counted()
+        assert names_endpoint(data, "h", 1) in (True, False)
+        assert same_registration(data, b'{"pid":1}') in (True, False)
+
+    run()
+    counted.report()

@@ -12,23 +12,29 @@ from zkwatcher_supervisor.config import load_config
 from zkwatcher_supervisor.loop import EventLoop
 from zkwatcher_supervisor.status import StatusPublisher, read_status_file, status_report
 
+NOW = 1_000_000.0
 
-def test_check_counters_are_shown_beside_their_thresholds(tmp_path):
+
+def web_listener(tmp_path, web: dict, keys: str = ""):
+    """A config with one section [web] and a live listener's status file saying ``web``."""
     config_path = tmp_path / "config.cfg"
     status_path = tmp_path / "status.json"
     config_path.write_text(f"[zkwatcher]\nstatus_file = {status_path}\n"
-                           "[web]\ncmd = true\nrise = 2\nfall = 3\nservice_port = 80\n"
+                           f"[web]\ncmd = true\n{keys}service_port = 80\n"
                            "service_hostname = h\nzookeeper_path = /s\n")
-    config = load_config(str(config_path))
-    now = 1_000_000.0
     status_path.write_text(json.dumps({
-        "pid": os.getpid(), "updated": now, "zookeeper": {"connected": True},
-        "sections": {"web": {
-            "path": "/s/h:80", "healthy": True, "registered": True, "processes": {},
-            "check": {"last_result": True, "last_run": now - 3, "duration": 0.01,
-                      "detail": None, "passes": 7, "failures": 0, "rise": 2, "fall": 3},
-        }},
-    }))
+        "pid": os.getpid(), "updated": NOW, "zookeeper": {"connected": True},
+        "sections": {"web": web}}))
+    return load_config(str(config_path))
+
+
+def test_check_counters_are_shown_beside_their_thresholds(tmp_path):
+    now = NOW
+    config = web_listener(tmp_path, {
+        "path": "/s/h:80", "healthy": True, "registered": True, "processes": {},
+        "check": {"last_result": True, "last_run": now - 3, "duration": 0.01,
+                  "detail": None, "passes": 7, "failures": 0, "rise": 2, "fall": 3},
+    }, keys="rise = 2\nfall = 3\n")
     lines, ok = status_report(config, lambda paths: dict.fromkeys(paths, True), now=now)
     assert ok
     assert lines[1] == ("ok   [web] /s/h:80 registered, healthy; check pass 3s ago, "
@@ -68,17 +74,8 @@ def test_the_status_file_is_the_json_of_the_snapshot(tmp_path, state, sections):
 def test_zookeeper_unreachable_is_not_fine(tmp_path):
     """Nothing known about the nodes: an unhealthy section must not pass for one
     correctly without its node."""
-    config_path = tmp_path / "config.cfg"
-    status_path = tmp_path / "status.json"
-    config_path.write_text(f"[zkwatcher]\nstatus_file = {status_path}\n"
-                           "[web]\ncmd = true\nservice_port = 80\n"
-                           "service_hostname = h\nzookeeper_path = /s\n")
-    config = load_config(str(config_path))
-    now = 1_000_000.0
-    status_path.write_text(json.dumps({
-        "pid": os.getpid(), "updated": now, "zookeeper": {"connected": True},
-        "sections": {"web": {"path": "/s/h:80", "healthy": False, "registered": False,
-                             "processes": {}, "check": None}}}))
-    lines, ok = status_report(config, lambda paths: None, now=now)
+    config = web_listener(tmp_path, {"path": "/s/h:80", "healthy": False, "registered": False,
+                                     "processes": {}, "check": None})
+    lines, ok = status_report(config, lambda paths: None, now=NOW)
     assert not ok
     assert lines[1] == "BAD  [web] /s/h:80 registration unknown, unhealthy"

@@ -24,8 +24,21 @@ from .privilege import make_undumpable, root_warnings, switch_error
 from .status import locate_status, status_report
 
 DEFAULT_CONFIG = "/etc/zk/config.cfg"
+MAX_WAIT_SECONDS = 86400.0  # drain --stop --wait: a day is already a mistake
 EXIT_CONFIG_ERROR = 2
 SYSLOG_SOCKET = "/dev/log"
+
+
+def seconds_argument(text: str) -> float:
+    """``--wait``: a finite number of seconds, zero or more (float() takes "nan" and "inf")."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds between 0 and {MAX_WAIT_SECONDS:g}, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stop", action="store_true",
                         help="drain: once ZooKeeper confirmed the deletion, wait --wait "
                         "seconds, then stop the bound programs through supervisord")
-    parser.add_argument("--wait", type=float, metavar="SECONDS",
+    parser.add_argument("--wait", type=seconds_argument, metavar="SECONDS",
                         help="drain --stop: seconds between deregistering and stopping "
                         "(default: the sections' drain_seconds, else 0)")
     parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import posixpath
 import random
 import ssl
@@ -50,11 +49,11 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
-from kazoo.protocol.states import KeeperState
+from kazoo.protocol.states import KeeperState, ZnodeStat
 from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, Permissions, make_acl
 
-from . import session_file, statedir
+from . import session_file
 from .config import ServiceSettings, TLSSettings, ZooKeeperSettings
 from .logs import KAZOO_REPEATS
 from .payload import names_endpoint, same_registration
@@ -298,13 +297,19 @@ def _reading_client(settings: ZooKeeperSettings, timeout: float) -> Iterator[Kaz
         client.close()
 
 
-def read_existing(settings: ZooKeeperSettings, paths: list[str],
-                  timeout: float = 5.0) -> dict[str, bool]:
-    """Which of ``paths`` exist, read by a short-lived client (for ``status``)."""
+def node_stats(settings: ZooKeeperSettings, paths: list[str],
+               timeout: float = 5.0) -> dict[str, ZnodeStat | None]:
+    """Each of ``paths``' stat (None: no such node), read by a short-lived client."""
     with _reading_client(settings, timeout) as client:
         lookups = {path: client.exists_async(path) for path in paths}
-        return {path: lookup.get(timeout=timeout) is not None
-                for path, lookup in lookups.items()}
+        return {path: lookup.get(timeout=timeout) for path, lookup in lookups.items()}
+
+
+def read_existing(settings: ZooKeeperSettings, paths: list[str],
+                  timeout: float = 5.0) -> dict[str, bool]:
+    """Which of ``paths`` exist (for ``status``)."""
+    return {path: stat is not None
+            for path, stat in node_stats(settings, paths, timeout).items()}
 
 
 def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
@@ -344,15 +349,8 @@ def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
 
 def owners(settings: ZooKeeperSettings, paths: list[str], timeout: float = 5.0) -> dict[str, int]:
     """The session that holds each of ``paths`` that exists (``handoff``'s proof)."""
-    client = make_client(settings)
-    try:
-        client.start(timeout=timeout)
-        lookups = {path: client.exists_async(path) for path in paths}
-        stats = {path: lookup.get(timeout=timeout) for path, lookup in lookups.items()}
-        return {path: stat.ephemeralOwner for path, stat in stats.items() if stat is not None}
-    finally:
-        client.stop()
-        client.close()
+    return {path: stat.ephemeralOwner
+            for path, stat in node_stats(settings, paths, timeout).items() if stat is not None}
 
 
 class Registry:
@@ -508,12 +506,9 @@ class Registry:
         """Why a successor could not take over our session right now, or None."""
         if self._store is None:
             return "no session file"
-        if self._store.problem is None and not statedir.safe_directory(
-                os.path.dirname(self._store.path)):
-            self._store.problem = f"{os.path.dirname(self._store.path)} is not private " \
-                                  "any more: a successor would not trust the session file"
-        if self._store.problem is not None:
-            return self._store.problem
+        problem = self._store.hand_over_problem()
+        if problem is not None:
+            return problem
         if self._session_id is None or not self._client.connected:
             return "not connected to ZooKeeper: there is no session to hand over"
         return None

@@ -146,6 +146,21 @@ class SessionStore:
     def usable(self) -> bool:
         return self._lock_fd is not None
 
+    def hand_over_problem(self) -> str | None:
+        """Why a successor could not reattach from this file now: the last write
+        failed, or its directory is no longer one it would trust.  Reads only."""
+        if self.problem is not None:
+            return self.problem
+        directory = os.path.dirname(self.path)
+        try:
+            private = statedir.trusted(os.stat(directory))
+        except OSError as exc:
+            return f"{directory}: {exc.strerror}"
+        if not private:
+            return f"{directory} is not private any more: a successor would not trust " \
+                   "the session file"
+        return None
+
     def load(self) -> SavedSession | None:
         """The saved session, from this version's file or one an earlier version left."""
         if not self.usable:
