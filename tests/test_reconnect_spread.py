@@ -15,8 +15,8 @@ from zkwatcher_supervisor.config import (
     ConfigError,
     load_config,
 )
-from zkwatcher_supervisor.registry import ZooKeeperHandler
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
+from zkwatcher_supervisor.zookeeper import ZooKeeperHandler
 
 SERVICE = "[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n"
 

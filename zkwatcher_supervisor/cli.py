@@ -127,7 +127,7 @@ def show_status(config: Config | None, config_filename: str,
     ZooKeeper is asked as whoever runs us, without the listener's credentials;
     where that is not possible (TLS files this user cannot read), the
     listener's own word stands in for it."""
-    from .registry import read_existing  # imports kazoo
+    from .znode_reads import read_existing  # imports kazoo
 
     located = locate_status(config_filename, config.status_file if config else "")
     settings: ZooKeeperSettings | None = None

@@ -370,7 +370,7 @@ def wait_until_unadvertised(settings, services: list, timeout: float) -> list[st
     (our node, a zk_watcher's, a duplicate member), asking ZooKeeper with
     ``settings``; returns what is still there — or a description of why
     ZooKeeper could not be asked."""
-    from .registry import advertising  # imports kazoo
+    from .znode_reads import advertising  # imports kazoo
 
     deadline = time.monotonic() + timeout
     while True:

@@ -105,7 +105,7 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
 def _session_of_nodes(config: Config, state: dict) -> str | None:
     """The session holding the nodes the status file says are registered, read from
     ZooKeeper; None if none is registered."""
-    from .registry import owners  # imports kazoo
+    from .znode_reads import owners  # imports kazoo
 
     paths = [info["path"] for info in state.get("sections", {}).values()
              if info.get("registered") and "<" not in info["path"]]

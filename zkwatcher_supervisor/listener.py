@@ -29,6 +29,7 @@ from typing import BinaryIO, TextIO
 from supervisor import childutils
 
 from . import drain, statedir
+from .backoff import backoff
 from .checks import (
     OUTPUT_TAIL_BYTES,
     CheckOutcome,
@@ -451,7 +452,7 @@ class Controller:
 
     def _retry_snapshot(self) -> None:
         self._snapshot_failures += 1
-        delay = min(RPC_TIMEOUT * 2 ** (self._snapshot_failures - 1), 60.0)
+        delay = backoff(self._snapshot_failures, RPC_TIMEOUT, 60.0)
         self.loop.call_later(delay, self.request_snapshot)
 
     def _snapshot_done(self, request: int, since: int, infos: list | None,

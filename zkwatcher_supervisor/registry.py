@@ -1,8 +1,9 @@
 """Keep ZooKeeper's ephemeral znodes equal to the set we want registered.
 
-The only module that talks to ZooKeeper.  Callers change the wanted set with
-:meth:`Registry.update` — a dict update and a wake-up, never a network call —
-and a worker thread makes ZooKeeper match it:
+The reconciler: the only code that writes to ZooKeeper, and its worker thread
+the only thread that makes ZooKeeper calls for it.  Callers change the wanted
+set with :meth:`Registry.update` — a dict update and a wake-up, never a
+network call — and the worker makes ZooKeeper match it:
 
 * after every (re)connect it re-examines every node it wants or owns, because
   a lost session takes our ephemeral nodes with it and old watches may be gone;
@@ -18,29 +19,25 @@ and a worker thread makes ZooKeeper match it:
 * a lost connection is one line, its progress one line a minute, and the
   recovery one line (kazoo's own per-attempt warnings are counted into them).
 
-Reads and writes are pipelined with kazoo's async API, PIPELINE_DEPTH at a
-time, so a full reconcile of a thousand nodes costs a few dozen round trips,
-not a thousand.
+What to do for each registration key is decided in
+:mod:`.registry_decisions` (which also says what a key and a node are); the
+client is made by :mod:`.zookeeper`.  Reads and writes are pipelined with
+kazoo's async API, PIPELINE_DEPTH at a time, so a full reconcile of a
+thousand nodes costs a few dozen round trips, not a thousand.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import posixpath
-import random
-import ssl
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
 
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooState
 from kazoo.exceptions import (
     AuthFailedError,
     BadVersionError,
-    ConnectionDropped,
     ConnectionLoss,
     KazooException,
     NoAuthError,
@@ -48,25 +45,42 @@ from kazoo.exceptions import (
     NoNodeError,
     SessionExpiredError,
 )
-from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
-from kazoo.protocol.states import KeeperState, ZnodeStat
-from kazoo.retry import KazooRetry
-from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, Permissions, make_acl
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import KeeperState
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from . import session_file
-from .config import ServiceSettings, TLSSettings, ZooKeeperSettings
+from .backoff import backoff
+from .config import ZooKeeperSettings
 from .logs import KAZOO_REPEATS
-from .payload import names_endpoint, same_registration
-from .tls import client_context, refusal_reason
+from .registry_decisions import (
+    MAX_RETRY_DELAY,
+    Action,
+    Create,
+    CreateParent,
+    Delete,
+    MemberNodes,
+    Owned,
+    RetrySchedule,
+    SetData,
+    batches,
+    decide_from_memory,
+    decide_from_stat,
+    lost_create_candidates,
+    match_lost_creates,
+    open_parent_risks,
+    sequence_prefix,
+)
+from .zookeeper import (
+    dropped_during_login,
+    make_client,
+    node_acl,
+    refused_credentials,
+    tls_refusals,
+)
 
 log = logging.getLogger(__name__)
 
-# Pause before retrying nodes whose last attempt failed for a reason other
-# than a lost connection (a reconnect wakes the worker by itself); it doubles
-# with each failure in a row, up to MAX_RETRY_DELAY, so a permanent refusal
-# (NoAuth) costs ZooKeeper one request per path every half minute.
-RETRY_DELAY = 0.5
-MAX_RETRY_DELAY = 30.0
 # After ZooKeeper refused our SASL credentials kazoo stops connecting; we open
 # a new connection this long after the first refusal, doubling to
 # MAX_RETRY_DELAY (one server of an ensemble may be the one that refuses).
@@ -79,278 +93,10 @@ MAX_DROP_DELAY = 0.5
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
-# A registration key whose last element is "<prefix>#<anything>" stands for one
-# ephemeral *sequential* znode "<prefix><10-digit sequence>" (ServerSet
-# members); the name ZooKeeper assigns is what we own, update and delete.
-SEQUENCE_MARK = "#"
-
-
-def sequence_prefix(key: str) -> str | None:
-    """The znode prefix for a sequential registration key, or None for a fixed path."""
-    parent, name = posixpath.split(key)
-    if SEQUENCE_MARK not in name:
-        return None
-    return posixpath.join(parent, name.split(SEQUENCE_MARK, 1)[0])
 # While ZooKeeper is out of reach, one line says so this often.
 PROGRESS_INTERVAL = 60.0
 # Upper bound on waiting for one pipelined batch of replies.
 REPLY_TIMEOUT = 10.0
-# Requests pipelined before waiting for their replies.  Every request in
-# flight holds a kazoo AsyncResult (a Condition and its lock); sending a
-# thousand at once makes a start-up peak the process keeps as heap for good.
-# A round trip is about a millisecond here, so batches cost start-up little.
-PIPELINE_DEPTH = 64
-
-
-def batches(items: list, size: int = PIPELINE_DEPTH):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-@dataclass(frozen=True)
-class _Owned:
-    data: bytes | None  # None: held by a session we reattached to; contents unknown
-    version: int
-
-
-class ZooKeeperHandler(SequentialThreadingHandler):
-    """kazoo's threading handler, with our TLS and a spread-out reconnect.
-
-    TLS: kazoo hands ``create_connection`` the host name from ``hosts``; the
-    connection is wrapped in our own context (see :mod:`.tls`), so the name
-    is checked against the server's certificate (an address against its IP
-    SANs) and only ``ca`` is trusted when set.  A refused certificate is
-    logged once per server and reason, not on every attempt.
-
-    Spread: the first connection after a session expired waits a random
-    0..``spread`` seconds.  When a whole fleet loses the ensemble for longer
-    than its session timeout, every host learns of the expiry in the same
-    second the ensemble is back, and would open its new session (and
-    re-create all its nodes) in that same second.  The wait runs on kazoo's
-    connection thread, where kazoo sleeps between its own retries;
-    :meth:`session_expired`, called from the state listener, only draws the
-    number.
-    """
-
-    def __init__(self, spread: float, tls: TLSSettings | None = None) -> None:
-        super().__init__()
-        self.spread = spread
-        self.last_delay: float | None = None  # the most recent wait, for logs and tests
-        self._delay = 0.0
-        self._cancel = threading.Event()
-        self.tls = tls
-        self._context = client_context(tls) if tls is not None else None
-        # Servers whose certificate we refused, and why; a good handshake clears it.
-        self.refusals: dict[tuple[str, int], str] = {}
-        self.on_refusal: Callable[[], None] = lambda: None  # a new refusal (kazoo's thread)
-
-    def session_expired(self) -> float:
-        """Make the next connection wait; returns the wait drawn."""
-        self._delay = random.uniform(0.0, self.spread) if self.spread > 0 else 0.0
-        return self._delay
-
-    def create_connection(self, address, hostname=None, timeout=None, **kazoo_tls):
-        delay, self._delay = self._delay, 0.0
-        if delay > 0:
-            self.last_delay = delay
-            if self._cancel.wait(delay):
-                # Stopping: fail this attempt rather than open a session to close.
-                raise OSError(errno.ECANCELED, "client stopping")
-        if self._context is None:
-            return super().create_connection(address, hostname=hostname, timeout=timeout,
-                                             **kazoo_tls)
-        # kazoo's plain TCP connect (its timeout and socket options), then our TLS.
-        sock = super().create_connection(address, timeout=timeout)
-        name = hostname or address[0]
-        try:
-            return self._handshake(sock, name, address[1])
-        except BaseException:
-            sock.close()
-            raise
-
-    def _handshake(self, sock, name: str, port: int):
-        try:
-            wrapped = self._context.wrap_socket(sock, server_hostname=name)
-        except ssl.SSLCertVerificationError as exc:
-            reason = refusal_reason(exc, self.tls)
-            if self.refusals.get((name, port)) != reason:
-                self.refusals[(name, port)] = reason
-                log.error("ZooKeeper %s:%d: TLS certificate refused: %s; not connecting to "
-                          "this server", name, port, reason)
-                self.on_refusal()
-            raise
-        self.refusals.pop((name, port), None)
-        return wrapped
-
-    def start(self) -> None:
-        self._cancel.clear()
-        super().start()
-
-    def stop(self) -> None:
-        self._cancel.set()
-        super().stop()
-
-
-class _KazooLog(logging.LoggerAdapter):
-    """kazoo's client log, less what we say better ourselves, once: kazoo
-    repeats a refused certificate on every connection attempt (two a second),
-    and a refused SASL login on every new connection.
-
-    It also keeps the error that made kazoo give up with AUTH_FAILED: kazoo
-    says why only in its log (the state listener hears AUTH_FAILED for a
-    refused login and for a connection that dropped during it alike)."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        super().__init__(logger, {})
-        self.auth_failure: AuthFailedError | None = None
-
-    def log(self, level, msg, *args, **kwargs) -> None:
-        for arg in args:
-            if isinstance(arg, AuthFailedError):
-                self.auth_failure = arg
-                return
-            if isinstance(arg, BaseException) and isinstance(
-                    arg.__context__, ssl.SSLCertVerificationError):
-                return
-        super().log(level, msg, *args, **kwargs)
-
-
-def dropped_during_login(failure: AuthFailedError | None) -> bool:
-    """Whether kazoo's AUTH_FAILED was a connection lost mid-login, not a refusal
-    (kazoo raises both as AuthFailedError; a drop carries the ConnectionDropped)."""
-    return failure is not None and isinstance(failure.__cause__, ConnectionDropped)
-
-
-def node_acl(settings: ZooKeeperSettings) -> list | None:
-    """The ACL of our nodes and of the parent we create for them: our
-    credentials may do everything, the world may read (as nd_service_registry
-    did); None, kazoo's open default, without [auth]."""
-    auth = settings.auth
-    if auth is None:
-        return None
-    if auth.sasl:
-        return [make_acl("sasl", auth.user, all=True), *READ_ACL_UNSAFE]
-    return CREATOR_ALL_ACL + READ_ACL_UNSAFE
-
-
-def make_client(settings: ZooKeeperSettings,
-                client_id: tuple[int, bytes] | None = None) -> KazooClient:
-    """A kazoo client for ``settings``: hosts, session timeout, digest or SASL
-    auth, TLS, reconnect spread."""
-    options: dict = {}
-    auth = settings.auth
-    if auth is not None and auth.sasl:
-        options["sasl_options"] = {"mechanism": auth.mechanism, "username": auth.user,
-                                   "password": auth.password}
-    elif auth is not None:
-        options["auth_data"] = [("digest", f"{auth.user}:{auth.password}")]
-    return KazooClient(
-        hosts=settings.hosts,
-        timeout=settings.session_timeout,
-        # Reconnect for ever, quickly: registrations must come back within a
-        # second of the server returning (after an expiry, of the new session,
-        # which reconnect_spread may open a little later).
-        connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=0.5),
-        # The handler makes the TLS connection; use_ssl only tells kazoo's log.
-        handler=ZooKeeperHandler(settings.reconnect_spread, settings.tls),
-        use_ssl=settings.tls is not None,
-        client_id=client_id,
-        logger=_KazooLog(logging.getLogger("kazoo.client")),
-        **options,
-    )
-
-
-def refused_credentials(settings: ZooKeeperSettings) -> str:
-    """How to say that ZooKeeper refused our login."""
-    auth = settings.auth
-    if auth is None:
-        return "ZooKeeper refused the connection (AUTH_FAILED)"
-    mechanism = f"SASL {auth.mechanism}" if auth.sasl else "digest"
-    return f"ZooKeeper refused our credentials ([auth] {mechanism}, user {auth.user!r})"
-
-
-def tls_refusals(handler: ZooKeeperHandler) -> str | None:
-    """The certificates ``handler`` refused, as one reason, or None."""
-    reasons = sorted(set(list(handler.refusals.values())))  # kazoo's thread adds to it
-    return "TLS certificate refused: " + "; ".join(reasons) if reasons else None
-
-
-@contextmanager
-def _reading_client(settings: ZooKeeperSettings, timeout: float) -> Iterator[KazooClient]:
-    """A short-lived client for a command that reads; whatever keeps it from
-    answering is a ConnectionError that says why."""
-    client = make_client(settings)
-    try:
-        try:
-            client.start(timeout=timeout)
-        except KazooTimeoutError:
-            raise ConnectionError(tls_refusals(client.handler)
-                                  or f"no connection within {timeout:.2g}s") from None
-        try:
-            yield client
-        except AuthFailedError:
-            raise ConnectionError(refused_credentials(settings)) from None
-        except (ConnectionLoss, SessionExpiredError, KazooTimeoutError) as exc:
-            raise ConnectionError(f"connection lost ({type(exc).__name__})") from None
-    finally:
-        client.stop()
-        client.close()
-
-
-def node_stats(settings: ZooKeeperSettings, paths: list[str],
-               timeout: float = 5.0) -> dict[str, ZnodeStat | None]:
-    """Each of ``paths``' stat (None: no such node), read by a short-lived client."""
-    with _reading_client(settings, timeout) as client:
-        lookups = {path: client.exists_async(path) for path in paths}
-        return {path: lookup.get(timeout=timeout) for path, lookup in lookups.items()}
-
-
-def read_existing(settings: ZooKeeperSettings, paths: list[str],
-                  timeout: float = 5.0) -> dict[str, bool]:
-    """Which of ``paths`` exist (for ``status``)."""
-    return {path: stat is not None
-            for path, stat in node_stats(settings, paths, timeout).items()}
-
-
-def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
-                timeout: float = 5.0) -> dict[str, list[str]]:
-    """For each service, the znodes that advertise its endpoint now, whoever holds them:
-    its node path, or for sequential members every child of the parent whose data
-    names its host and port (for ``drain --stop``).  PermissionError for a
-    member we may not read: whether it names the endpoint is unknown."""
-    with _reading_client(settings, timeout) as client:
-        found: dict[str, list[str]] = {}
-        for service in services:
-            if sequence_prefix(service.node_path) is None:
-                exists = client.exists(service.node_path) is not None
-                found[service.name] = [service.node_path] if exists else []
-                continue
-            parent = posixpath.dirname(service.node_path)
-            try:
-                children = client.get_children(parent)
-            except NoNodeError:
-                children = []
-            reads = [(child, client.get_async(posixpath.join(parent, child)))
-                     for child in children]
-            nodes = []
-            for child, read in reads:
-                try:
-                    data, _ = read.get(timeout=timeout)
-                except NoNodeError:
-                    continue
-                except NoAuthError:
-                    raise PermissionError(f"{posixpath.join(parent, child)}: NoAuth, its ACL "
-                                          "does not let the world read it") from None
-                if names_endpoint(data or b"", service.service_hostname, service.service_port):
-                    nodes.append(posixpath.join(parent, child))
-            found[service.name] = nodes
-        return found
-
-
-def owners(settings: ZooKeeperSettings, paths: list[str], timeout: float = 5.0) -> dict[str, int]:
-    """The session that holds each of ``paths`` that exists (``handoff``'s proof)."""
-    return {path: stat.ephemeralOwner
-            for path, stat in node_stats(settings, paths, timeout).items() if stat is not None}
 
 
 class Registry:
@@ -394,26 +140,24 @@ class Registry:
         self._wake = threading.Event()
         self._stopping = False
         # Shared with the caller and kazoo's threads, under _lock.
-        self._wanted: dict[str, bytes] = {}
-        self._dirty: set[str] = set()  # wanted data changed; what we wrote says what to do
-        self._suspect: set[str] = set()  # must be looked up: watches fired, retries
+        self._wanted: dict[str, bytes] = {}  # registration key -> its node's data
+        self._dirty: set[str] = set()  # keys whose wanted data changed; memory says what to do
+        # Must be looked up: keys to retry, nodes whose watch fired (the worker
+        # maps a member's node to its key).
+        self._suspect: set[str] = set()
         self._examine_all = True
-        # Backoff for paths whose last attempt failed: failures in a row, next try.
-        self._failures: dict[str, int] = {}
-        self._retry_at: dict[str, float] = {}
+        self._retries = RetrySchedule()  # keys whose last attempt failed
         # Counters for status and metrics.
         self.registrations = 0
         self.deregistrations = 0
         self.connects = 0
         self._registered: frozenset[str] = frozenset()  # published copy of _owned's keys
         # Worker thread only.
-        self._owned: dict[str, _Owned] = {}
+        self._owned: dict[str, Owned] = {}  # key -> the node our session holds for it
         self._session_id: int | None = None
         self._saved_nodes: dict[str, str] | None = None  # as last written to the file
-        # Sequential keys: the znode ZooKeeper named for each, and back.
-        self._nodes: dict[str, str] = {}
-        self._keys: dict[str, str] = {}
-        # Sequential creates whose reply was lost: (parent cversion before, data).
+        self._members = MemberNodes()  # the node ZooKeeper named for each member's key
+        # Members' keys whose create reply was lost: (parent cversion before, data).
         self._uncertain: dict[str, tuple[int | None, bytes]] = {}
         # After a reattach: parents whose members our old incarnation may have
         # created without saving their names (killed in between); swept once settled.
@@ -422,11 +166,11 @@ class Registry:
         # With [auth]: parents whose ACL is still to be looked at, once each.
         self._acl_checks: set[str] = set()
         self._acl_checked: set[str] = set()
-        self._published_nodes: dict[str, str] = {}
+        self._published_nodes: dict[str, str] = {}  # copy of _members for node_of()
         # Nodes of a reattached session that we do not want (yet): kept until
         # the listener has worked out its health after the restart.
         self._holding = True
-        self._foreign: dict[str, int] = {}  # path -> holder we logged about (0: persistent)
+        self._foreign: dict[str, int] = {}  # key -> holder we logged about (0: persistent)
         # The current stretch without a connection (set by kazoo's callbacks,
         # under _lock): since when, and whether the session expired meanwhile;
         # the worker logs its progress.  Until the first connect: since start.
@@ -446,17 +190,18 @@ class Registry:
         self._thread.start()
 
     def update(self, changes: dict[str, bytes | None]) -> None:
-        """Want each path with its data, or (data None) no longer want it. Never blocks."""
+        """Want each registration key's node with its data, or (data None) no
+        longer want it. Never blocks."""
         with self._lock:
-            for path, data in changes.items():
-                if self._wanted.get(path) == data:
+            for key, data in changes.items():
+                if self._wanted.get(key) == data:
                     continue
                 if data is None:
-                    self._wanted.pop(path, None)
+                    self._wanted.pop(key, None)
                 else:
-                    self._wanted[path] = data
-                self._dirty.add(path)
-                self._failures.pop(path, None)  # new wishes are tried at once
+                    self._wanted[key] = data
+                self._dirty.add(key)
+                self._retries.reset(key)  # new wishes are tried at once
         self._wake.set()
 
     def settled(self, parents: Collection[str] = ()) -> None:
@@ -558,8 +303,7 @@ class Registry:
                 expired, self._expired = self._expired, False
                 first, self._ever_connected = not self._ever_connected, True
                 self._examine_all = True
-                self._failures.clear()  # a new connection: try everything at once
-                self._retry_at.clear()
+                self._retries.clear()  # a new connection: try everything at once
                 wanted = len(self._wanted)
             self._wake.set()
             away = time.monotonic() - away_since if away_since is not None else 0.0
@@ -598,12 +342,12 @@ class Registry:
                 self._resume = self._last_client_id if dropped else None
                 if dropped:
                     self._drops += 1
-                    delay = min(DROP_DELAY * 2 ** (self._drops - 1), MAX_DROP_DELAY)
+                    delay = backoff(self._drops, DROP_DELAY, MAX_DROP_DELAY)
                     first = self._drops == 1
                 else:
                     self._refusals += 1
                     self._refused = True
-                    delay = min(REOPEN_DELAY * 2 ** (self._refusals - 1), MAX_RETRY_DELAY)
+                    delay = backoff(self._refusals, REOPEN_DELAY, MAX_RETRY_DELAY)
                     first = self._refusals == 1
                 self._reopen_at = time.monotonic() + delay
             if dropped and first:
@@ -652,9 +396,10 @@ class Registry:
                 return max(0.0, self._reopen_at - time.monotonic())
             # Retries wait for their time only while connected; a reconnect
             # wakes us and clears them (waiting for a past retry would spin).
-            if not self._retry_at or not self._client.connected:
+            retry_at = self._retries.next_at()
+            if retry_at is None or not self._client.connected:
                 return None
-            return max(0.0, min(self._retry_at.values()) - time.monotonic())
+            return max(0.0, retry_at - time.monotonic())
 
     def _progress_wait(self) -> float | None:
         """Seconds until the next line about an outage; None while connected."""
@@ -718,15 +463,13 @@ class Registry:
             session_id = client_id[0]
             now = time.monotonic()
             with self._lock:
-                due = {path for path, when in self._retry_at.items() if when <= now}
-                for path in due:
-                    del self._retry_at[path]
+                due = self._retries.take_due(now)
                 wanted = dict(self._wanted)
                 examine_all, self._examine_all = self._examine_all, False
                 changed, self._dirty = self._dirty, set()
                 suspect, self._suspect = self._suspect | due, set()
-            # Watches name the znode; a ServerSet member's key differs from it.
-            suspect = {self._keys.get(path, path) for path in suspect}
+            # Watches name the node; a ServerSet member's key differs from it.
+            suspect = {self._members.key(name) for name in suspect}
             if session_id != self._session_id:
                 self._new_session(session_id, client_id[1])
                 examine_all = True
@@ -734,8 +477,8 @@ class Registry:
             if examine_all:
                 suspect |= set(wanted) | set(self._owned)
             # Nodes of a reattached session: read what they hold before writing.
-            suspect |= {path for path in changed
-                        if (owned := self._owned.get(path)) is not None and owned.data is None}
+            suspect |= {key for key in changed
+                        if (owned := self._owned.get(key)) is not None and owned.data is None}
             try:
                 failed = self._reconcile(changed - suspect, suspect, wanted, session_id)
             except CONNECTION_ERRORS:
@@ -748,9 +491,10 @@ class Registry:
                 failed = set()
             self._schedule_retries(failed, (changed | suspect) - failed)
             self._warn_open_parents()
-            if self._registered != self._owned.keys() or self._published_nodes != self._nodes:
+            members = self._members.as_dict()
+            if self._registered != self._owned.keys() or self._published_nodes != members:
                 self._registered = frozenset(self._owned)
-                self._published_nodes = dict(self._nodes)
+                self._published_nodes = members
                 self._save_session()
                 self.on_change()
 
@@ -804,9 +548,8 @@ class Registry:
         self._saved = None
         if saved is not None and saved.session_id == session_id:
             # The session of our previous incarnation is still alive: its nodes are ours.
-            self._owned = {key: _Owned(None, -1) for key in saved.nodes}
-            self._nodes = {key: node for key, node in saved.nodes.items()
-                           if sequence_prefix(key) is not None}
+            self._owned = {key: Owned(None, -1) for key in saved.nodes}
+            self._members = MemberNodes(saved.nodes)
             self._reattached = True
             log.info("reattached to session 0x%x; its %d node(s) stay", session_id,
                      len(saved.nodes))
@@ -816,9 +559,8 @@ class Registry:
                 log.info("session 0x%x has expired; started 0x%x", saved.session_id,
                          session_id)
             self._owned.clear()
-            self._nodes = {}
+            self._members = MemberNodes()
             self._reattached = False
-        self._keys = {node: key for key, node in self._nodes.items()}
         self._uncertain.clear()  # a lost create of the old session died with it
         self._session_id = session_id
         self._password = password
@@ -829,88 +571,49 @@ class Registry:
         """Keep the session file in step with the nodes we hold (written off this thread)."""
         if self._store is None or self._session_id is None:
             return
-        nodes = {key: self._nodes.get(key, key) for key in self._owned}
+        nodes = {key: self._members.node(key) or key for key in self._owned}
         if nodes == self._saved_nodes:
             return
         self._store.put(session_file.SavedSession(self._session_id, self._password, nodes))
         self._saved_nodes = nodes
 
-    def _node(self, key: str) -> str | None:
-        """The znode holding ``key``; None for a sequential member not created yet."""
-        return self._nodes.get(key) if sequence_prefix(key) is not None else key
-
     def _forget_node(self, key: str) -> None:
         self._owned.pop(key, None)
-        node = self._nodes.pop(key, None)
-        if node is not None:
-            self._keys.pop(node, None)
+        self._members.forget(key)
 
     def _schedule_retries(self, failed: set[str], succeeded: set[str]) -> None:
         now = time.monotonic()
         with self._lock:
-            for path in succeeded:
-                self._failures.pop(path, None)
-            for path in failed:
-                count = self._failures.get(path, 0) + 1
-                self._failures[path] = count
-                delay = min(RETRY_DELAY * 2 ** (count - 1), MAX_RETRY_DELAY)
-                self._retry_at[path] = min(self._retry_at.get(path, now + delay), now + delay)
+            self._retries.record(failed, succeeded, now)
 
-    def _decide_from_memory(self, path: str, data: bytes | None) -> tuple | None:
-        """What to do for a path whose wanted data changed, from what this session wrote."""
-        owned = self._owned.get(path)
-        if data is None:
-            return ("delete", None, owned.version) if owned else None
-        if owned is None:
-            return ("create", data, 0)
-        return ("set", data, owned.version) if owned.data != data else None
-
-    def _decide_from_stat(self, path: str, data: bytes | None, stat, session_id,
-                          current: bytes | None = None) -> tuple | None:
-        """What to do for a path given what ZooKeeper says is there now
+    def _decide_from_stat(self, key: str, data: bytes | None, stat, session_id: int,
+                          current: bytes | None = None) -> Action | None:
+        """What to do for a key given what ZooKeeper says is there now
         (``current``: its data, read for nodes of a reattached session)."""
+        decision = decide_from_stat(key, data, stat, session_id, self._owned.get(key),
+                                    current, self._holding)
+        if decision.forget:
+            self._forget_node(key)
         if stat is None:
-            self._forget_node(path)
-            self._foreign.pop(path, None)  # whoever held it is gone
-            return ("create", data, 0) if data is not None else None
-        if stat.ephemeralOwner != session_id and sequence_prefix(path) is not None:
-            # The member we knew is not ours (any more): register a new one.
-            self._forget_node(path)
-            return ("create", data, 0) if data is not None else None
-        if stat.ephemeralOwner == session_id:
-            owned = self._owned.get(path)
-            if (data is not None and owned is not None and owned.data is None
-                    and current is not None and same_registration(current, data)):
-                # Our previous incarnation wrote the same thing but for its pid
-                # and start time: leave it, so consumers see no change at all.
-                self._owned[path] = _Owned(data, stat.version)
-                return None
-            if data is None:
-                if self._holding and owned is not None and owned.data is None:
-                    return None  # a reattached node: wait until we know our health
-                return ("delete", None, stat.version)
-            if owned is None or owned.data != data or owned.version != stat.version:
-                return ("set", data, stat.version)
-            return None
-        self._owned.pop(path, None)
-        if data is None:
-            return None  # not ours and not wanted: not our business
-        if self._foreign.get(path) != stat.ephemeralOwner:  # once per holder, not per look
-            self._foreign[path] = stat.ephemeralOwner
-            if stat.ephemeralOwner == 0:
-                log.error("%s exists as a persistent node we did not create; leaving it",
-                          path)
+            self._foreign.pop(key, None)  # whoever held it is gone
+        if decision.adopt is not None:
+            self._owned[key] = decision.adopt
+        holder = decision.held_by
+        if holder is not None and self._foreign.get(key) != holder:  # once per holder
+            self._foreign[key] = holder
+            if holder == 0:
+                log.error("%s exists as a persistent node we did not create; leaving it", key)
             else:
                 log.warning("%s is held by another session (0x%x); leaving it alone and "
-                            "registering when it goes", path, stat.ephemeralOwner)
-        return None  # the exists watch set by the lookup tells us when it goes
+                            "registering when it goes", key, holder)
+        return decision.action
 
     def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
-                   session_id) -> set[str]:
-        """One pass; returns the paths to look at again.
+                   session_id: int) -> set[str]:
+        """One pass; returns the keys to look at again.
 
-        ``changed`` paths only had their wanted data change, so what this
-        session wrote tells us what to do without a read.  ``suspect`` paths
+        ``changed`` keys only had their wanted data change, so what this
+        session wrote tells us what to do without a read.  ``suspect`` keys
         (reconnects, watches, retries) are looked up first.
         """
         if self._reattached:
@@ -920,25 +623,26 @@ class Registry:
         if self._reattached and not self._holding:
             self._sweep_unclaimed(session_id, wanted)
         # Changes known from memory (a dead program's deletion) go out first.
-        actions = {path: self._decide_from_memory(path, wanted.get(path)) for path in changed}
+        actions = {key: decide_from_memory(self._owned.get(key), wanted.get(key))
+                   for key in changed}
         watched: set[str] = set()
         retry: set[str] = set()
         for batch in batches(sorted(suspect)):
             lookups = {}
-            for path in batch:
-                watch = self._on_watch if path in wanted else None
-                owned = self._owned.get(path)
-                node = self._node(path)
+            for key in batch:
+                watch = self._on_watch if key in wanted else None
+                owned = self._owned.get(key)
+                node = self._members.node(key)
                 if node is None:
                     # A member not created yet: nothing to look up.
-                    actions[path] = self._decide_from_memory(path, wanted.get(path))
+                    actions[key] = decide_from_memory(owned, wanted.get(key))
                 elif owned is not None and owned.data is None:
                     # A node of the session we reattached to: what does it hold?
-                    lookups[path] = (True, self._client.get_async(node, watch=watch))
+                    lookups[key] = (True, self._client.get_async(node, watch=watch))
                 else:
-                    lookups[path] = (False, self._client.exists_async(node, watch=watch))
+                    lookups[key] = (False, self._client.exists_async(node, watch=watch))
             watched |= set(lookups)
-            for path, (with_data, lookup) in lookups.items():
+            for key, (with_data, lookup) in lookups.items():
                 current = None
                 try:
                     if with_data:
@@ -950,67 +654,70 @@ class Registry:
                 except CONNECTION_ERRORS:
                     raise
                 except KazooException as exc:
-                    log.error("%s: looking it up failed: %r", path, exc)
-                    retry.add(path)
+                    log.error("%s: looking it up failed: %r", key, exc)
+                    retry.add(key)
                     continue
-                actions[path] = self._decide_from_stat(path, wanted.get(path), stat,
-                                                       session_id, current)
+                actions[key] = self._decide_from_stat(key, wanted.get(key), stat,
+                                                      session_id, current)
 
-        # Creates that wait on a parent we just made, or on a stale node we just
-        # deleted, go out in a second round at once rather than after a pause.
+        # Creates that wait on a parent we just made go out in a second round
+        # at once rather than after a pause.
+        again: dict[str, CreateParent] = {}
         for _ in range(3):
-            actions, failed = self._apply(actions, watched)
+            again, failed = self._apply(actions, watched)
             retry |= failed
-            if not actions:
+            if not again:
                 break
-            for parent in sorted({posixpath.dirname(path) for path, action in actions.items()
-                                  if action[0] == "create-parent"}):
+            for parent in sorted({posixpath.dirname(key) for key in again}):
                 self._ensure_path(parent)
-            actions = {path: ("create", data, 0) for path, (_, data, _) in actions.items()}
+            actions = {key: Create(action.data) for key, action in again.items()}
             watched |= set(actions)
-        return retry | set(actions)
+        return retry | set(again)
 
-    def _apply(self, actions: dict[str, tuple | None], watched: set[str]):
+    def _apply(self, actions: dict[str, Action | None], watched: set[str]
+               ) -> tuple[dict[str, CreateParent], set[str]]:
         """Send the actions pipelined, PIPELINE_DEPTH at a time, collecting replies.
 
-        Returns the creates to send again right away and the paths to retry later.
+        Returns the creates to send again right away, once their parent is
+        made, and the keys to retry later.
         """
-        again: dict[str, tuple] = {}
+        again: dict[str, CreateParent] = {}
         retry: set[str] = set()
-        todo = [(path, action) for path, action in actions.items() if action is not None]
+        todo = [(key, action) for key, action in actions.items() if action is not None]
         for batch in batches(todo):
             batch_again, batch_retry = self._apply_batch(dict(batch), watched)
             again.update(batch_again)
             retry |= batch_retry
         return again, retry
 
-    def _apply_batch(self, actions: dict[str, tuple], watched: set[str]):
+    def _apply_batch(self, actions: dict[str, Action], watched: set[str]
+                     ) -> tuple[dict[str, CreateParent], set[str]]:
         client = self._client
-        pending = {}  # key -> (action, async result, data, parent stat before a member create)
-        for path, (kind, data, version) in actions.items():
-            prefix = sequence_prefix(path)
+        pending = {}  # key -> (action, async result, parent stat before a member create)
+        for key, action in actions.items():
+            prefix = sequence_prefix(key)
             parent_stat = None
-            if kind == "create" and prefix is not None:
+            if isinstance(action, Create) and prefix is not None:
                 # Sent first, answered first: the parent's cversion just before
                 # our create, so a create whose reply is lost can be found again.
-                parent_stat = client.exists_async(posixpath.dirname(path))
-                self._uncertain[path] = (None, data)
-                result = client.create_async(prefix, data, acl=self._acl, ephemeral=True,
-                                             sequence=True)
-            elif kind == "create":
-                result = self._create_async(path, data)
-                if path not in watched:
+                parent_stat = client.exists_async(posixpath.dirname(key))
+                self._uncertain[key] = (None, action.data)
+                result = client.create_async(prefix, action.data, acl=self._acl,
+                                             ephemeral=True, sequence=True)
+            elif isinstance(action, Create):
+                result = client.create_async(key, action.data, acl=self._acl, ephemeral=True)
+                if key not in watched:
                     # Watch it from now on, so a deletion by hand brings it back.
-                    client.exists_async(path, watch=self._on_watch)
-            elif kind == "set":
-                result = client.set_async(self._node(path), data, version)
+                    client.exists_async(key, watch=self._on_watch)
+            elif isinstance(action, SetData):
+                result = client.set_async(self._members.node(key), action.data, action.version)
             else:
-                result = client.delete_async(self._node(path), version)
-            pending[path] = (kind, result, data, parent_stat)
+                result = client.delete_async(self._members.node(key), action.version)
+            pending[key] = (action, result, parent_stat)
 
-        again: dict[str, tuple] = {}
+        again: dict[str, CreateParent] = {}
         retry: set[str] = set()
-        for path, (action, result, data, parent_stat) in pending.items():
+        for key, (action, result, parent_stat) in pending.items():
             if parent_stat is not None:
                 try:
                     before = parent_stat.get(timeout=REPLY_TIMEOUT)
@@ -1018,46 +725,46 @@ class Registry:
                     raise
                 except KazooException:
                     before = None  # a lost create is then searched among all members
-                self._uncertain[path] = (before.cversion if before else None, data)
+                self._uncertain[key] = (before.cversion if before else None, action.data)
             try:
                 outcome = result.get(timeout=REPLY_TIMEOUT)
             except CONNECTION_ERRORS:
                 raise
             except NoAuthError:
                 log.error("%s: ZooKeeper refused %s (NoAuth); check [auth] and parent ACLs",
-                          path, action)
-                retry.add(path)
+                          key, action.verb)
+                retry.add(key)
                 continue
             except NoNodeError:
-                if action == "create":
-                    self._uncertain.pop(path, None)
-                    again[path] = ("create-parent", data, 0)
+                if isinstance(action, Create):
+                    self._uncertain.pop(key, None)
+                    again[key] = CreateParent(action.data)
                 else:
-                    self._forget_node(path)
-                    retry.add(path)
+                    self._forget_node(key)
+                    retry.add(key)
                 continue
             except (NodeExistsError, BadVersionError):
-                retry.add(path)  # raced with someone; look again
+                retry.add(key)  # raced with someone; look again
                 continue
             except KazooException as exc:
-                self._uncertain.pop(path, None)  # refused: nothing was created
-                log.error("%s: %s failed: %r", path, action, exc)
-                retry.add(path)
+                self._uncertain.pop(key, None)  # refused: nothing was created
+                log.error("%s: %s failed: %r", key, action.verb, exc)
+                retry.add(key)
                 continue
-            if action == "create":
-                self._owned[path] = _Owned(data, 0)
+            if isinstance(action, Create):
+                self._owned[key] = Owned(action.data, 0)
                 self.registrations += 1
-                if sequence_prefix(path) is not None:
-                    self._uncertain.pop(path, None)
-                    self._nodes[path], self._keys[outcome] = outcome, path
+                if sequence_prefix(key) is not None:
+                    self._uncertain.pop(key, None)
+                    self._members.add(key, outcome)
                     client.exists_async(outcome, watch=self._on_watch)
-                log.info("registered %s", self._node(path))
-            elif action == "set":
-                self._owned[path] = _Owned(data, outcome.version)
-                log.info("updated %s", self._node(path))
-            elif action == "delete":
-                log.info("deregistered %s", self._node(path))
-                self._forget_node(path)
+                log.info("registered %s", self._members.node(key))
+            elif isinstance(action, SetData):
+                self._owned[key] = Owned(action.data, outcome.version)
+                log.info("updated %s", self._members.node(key))
+            elif isinstance(action, Delete):
+                log.info("deregistered %s", self._members.node(key))
+                self._forget_node(key)
                 self.deregistrations += 1
         return again, retry
 
@@ -1082,14 +789,7 @@ class Registry:
                 log.debug("%s: cannot read its ACL: %r", parent, exc)
                 acls = []
             self._acl_checked.add(parent)
-            granted = 0
-            for acl in acls:
-                if (acl.id.scheme, acl.id.id) == ("world", "anyone"):
-                    granted |= acl.perms
-            risks = [(name, risk) for name, bit, risk in (
-                ("DELETE", Permissions.DELETE, "delete our nodes"),
-                ("CREATE", Permissions.CREATE, "create a node at our path before we do"))
-                if granted & bit]
+            risks = open_parent_risks(acls)
             if risks:
                 log.warning("%s grants %s to world:anyone: anyone can %s, [auth] "
                             "notwithstanding; give it an ACL like ours (creator all, "
@@ -1100,7 +800,7 @@ class Registry:
         """After a reattach, members the old incarnation created but never saved
         the name of (it died in between) are looked for like lost creates."""
         for key, data in wanted.items():
-            if sequence_prefix(key) is not None and key not in self._nodes:
+            if sequence_prefix(key) is not None and not self._members.named(key):
                 self._uncertain.setdefault(key, (None, data))
 
     def _sweep_unclaimed(self, session_id: int, wanted: dict[str, bytes]) -> None:
@@ -1109,8 +809,8 @@ class Registry:
         repeated on the next pass if the connection drops half way."""
         with self._lock:
             parents = sorted(self._sweep)
-        claimed = set(self._nodes.values()) | {key for key in wanted
-                                              if sequence_prefix(key) is None}
+        claimed = set(self._members.as_dict().values()) | {
+            key for key in wanted if sequence_prefix(key) is None}
         listings = [(parent, self._client.get_children_async(parent)) for parent in parents]
         candidates = []
         for parent, listing in listings:
@@ -1129,8 +829,7 @@ class Registry:
                 deletions.append((node, self._client.delete_async(node, stat.version)))
         self._await_deletions(deletions)
         for node, _ in deletions:
-            key = self._keys.get(node, node)
-            self._forget_node(key)
+            self._forget_node(self._members.key(node))
         with self._lock:
             self._sweep.difference_update(parents)
         self._reattached = False
@@ -1161,18 +860,13 @@ class Registry:
         for parent, keys in by_parent.items():
             floor = min((self._uncertain[key][0] or 0) for key in keys)
             prefixes = {posixpath.basename(sequence_prefix(key)) for key in keys}
-            candidates = []
             try:
                 children = self._client.get_children(parent)
             except NoNodeError:
                 children = []  # no parent, so no member either
-            for child in children:
-                base = child.rstrip("0123456789")
-                digits = child[len(base):]
-                if base in prefixes and len(digits) == 10 and int(digits) >= floor:
-                    node = posixpath.join(parent, child)
-                    if node not in self._keys:
-                        candidates.append(node)
+            candidates = [node for node in (posixpath.join(parent, child) for child in
+                                            lost_create_candidates(children, prefixes, floor))
+                          if not self._members.is_members(node)]
             lookups = [(node, self._client.get_async(node)) for node in sorted(candidates)]
             ours = []
             for node, lookup in lookups:
@@ -1182,17 +876,13 @@ class Registry:
                     continue
                 if stat.ephemeralOwner == session_id:
                     ours.append((node, data, stat))
-            for key in keys:
-                _, attempted = self._uncertain[key]
-                match = next((entry for entry in ours
-                              if same_registration(entry[1], attempted)), None)
-                if match is not None:
-                    ours.remove(match)
-                    node, data, stat = match
-                    self._owned[key] = _Owned(data, stat.version)
-                    self._nodes[key], self._keys[node] = node, key
-                    self._client.exists_async(node, watch=self._on_watch)
-                    log.info("registered %s (its create's reply was lost)", node)
+            matched, ours = match_lost_creates({key: self._uncertain[key][1] for key in keys},
+                                               ours)
+            for key, (node, data, stat) in matched.items():
+                self._owned[key] = Owned(data, stat.version)
+                self._members.add(key, node)
+                self._client.exists_async(node, watch=self._on_watch)
+                log.info("registered %s (its create's reply was lost)", node)
             if not self._reattached:  # else the sweep after settling deals with the rest
                 deletions = []
                 for node, _, stat in ours:
@@ -1202,9 +892,6 @@ class Registry:
                 self._await_deletions(deletions)
             for key in keys:  # only now: a connection lost above means "look again"
                 self._uncertain.pop(key, None)
-
-    def _create_async(self, path: str, data: bytes):
-        return self._client.create_async(path, data, acl=self._acl, ephemeral=True)
 
     def _ensure_path(self, path: str) -> None:
         # As nd_service_registry: the parent that holds our nodes gets our ACL
