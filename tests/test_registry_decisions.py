@@ -1,6 +1,6 @@
 """The registry's decisions, without ZooKeeper: what it does for a key given
 what it wrote, what ZooKeeper reports and what is wanted; member keys and
-their nodes; the retry schedule; pipelined batches."""
+their nodes; the retry schedule; pipelined batches; how an outage is told."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, Id, Permissions
 
 from zkwatcher_supervisor.backoff import backoff
+from zkwatcher_supervisor.outage import (
+    PROGRESS_INTERVAL,
+    Outage,
+    Stretch,
+    connected_line,
+    progress_line,
+)
 from zkwatcher_supervisor.payload import same_registration
 from zkwatcher_supervisor.registry_decisions import (
     MAX_RETRY_DELAY,
@@ -309,3 +316,52 @@ def test_a_parent_open_to_the_world_is_a_risk_named_once_per_permission():
                               ACL(Permissions.ALL, Id("digest", "deploy:x"))]) == []
     assert open_parent_risks([ACL(Permissions.READ, world),
                               ACL(Permissions.DELETE, world)]) == [("DELETE", "delete our nodes")]
+
+
+# -- telling an outage -------------------------------------------------------------
+
+def test_an_outage_is_one_line_a_minute_however_late_the_worker_looks():
+    outage = Outage(now=0.0)
+    outage.end(now=1.0)
+    outage.begin(now=10.0)
+    assert outage.wait(now=10.0) == PROGRESS_INTERVAL
+    assert outage.due(now=10.0 + PROGRESS_INTERVAL - 1) is None
+    assert outage.due(now=10.0 + PROGRESS_INTERVAL).away == PROGRESS_INTERVAL
+    assert outage.due(now=10.0 + PROGRESS_INTERVAL + 1) is None  # said already
+    late = 10.0 + 3.5 * PROGRESS_INTERVAL
+    assert outage.due(now=late) is not None
+    assert outage.due(now=late) is None  # the missed minutes are not said one by one
+    assert outage.wait(now=late) == 0.5 * PROGRESS_INTERVAL
+
+
+def test_an_outage_begins_once_and_ends_with_how_long_it_lasted():
+    outage = Outage(now=0.0)
+    first = outage.end(now=2.0)
+    assert first == (2.0, False, False)  # the first connection, 2 s after start
+    assert outage.wait(now=3.0) is None and outage.due(now=1000.0) is None
+    outage.begin(now=10.0)  # suspended
+    outage.begin(now=15.0, expired=True)  # then the session lost: the same outage
+    assert outage.end(now=20.0) == (10.0, True, True)
+    outage.begin(now=30.0)
+    assert outage.end(now=31.0) == (1.0, False, True)  # a new outage forgets the expiry
+
+
+def test_what_a_connection_says_after_an_outage():
+    assert connected_line(Stretch(2.0, False, False), 5, 0) == "connected to ZooKeeper"
+    assert connected_line(Stretch(125.0, False, False), 5, 0) == (
+        "connected to ZooKeeper after 125 s")
+    assert connected_line(Stretch(12.5, True, True), 5, 3) == (
+        "reconnected to ZooKeeper after 12.5 s away; a new session: registering 5 node(s)")
+    assert connected_line(Stretch(1.0, False, True), 5, 3) == (
+        "reconnected to ZooKeeper after 1.0 s away; the session lived: 3 node(s) kept")
+
+
+def test_what_an_outage_says_while_it_lasts():
+    assert progress_line(Stretch(60.0, False, False), 4, 0, 10.0) == (
+        "no ZooKeeper session yet after 60 s; 4 node(s) to register")
+    assert "the session expired: 4 node(s) to register" in progress_line(
+        Stretch(60.0, True, True), 4, 2, 10.0)
+    assert "2 node(s) kept while the session lives (session_timeout 90 s)" in progress_line(
+        Stretch(60.0, False, True), 4, 2, 90.0)
+    assert "2 node(s) kept if the session still lives" in progress_line(
+        Stretch(120.0, False, True), 4, 2, 90.0)

@@ -53,6 +53,7 @@ from . import session_file
 from .backoff import backoff
 from .config import ZooKeeperSettings
 from .logs import KAZOO_REPEATS
+from .outage import Outage, connected_line, progress_line
 from .registry_decisions import (
     MAX_RETRY_DELAY,
     Action,
@@ -93,8 +94,6 @@ MAX_DROP_DELAY = 0.5
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
-# While ZooKeeper is out of reach, one line says so this often.
-PROGRESS_INTERVAL = 60.0
 # Upper bound on waiting for one pipelined batch of replies.
 REPLY_TIMEOUT = 10.0
 
@@ -171,14 +170,9 @@ class Registry:
         # the listener has worked out its health after the restart.
         self._holding = True
         self._foreign: dict[str, int] = {}  # key -> holder we logged about (0: persistent)
-        # The current stretch without a connection (set by kazoo's callbacks,
-        # under _lock): since when, and whether the session expired meanwhile;
-        # the worker logs its progress.  Until the first connect: since start.
-        self._session_timeout = settings.session_timeout
-        self._ever_connected = False
-        self._away_since: float | None = time.monotonic()
-        self._expired = False
-        self._next_progress = self._away_since + PROGRESS_INTERVAL
+        # The current stretch without a connection: begun and ended by
+        # kazoo's callbacks, its progress logged by the worker; under _lock.
+        self._outage = Outage(time.monotonic())
         self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
 
     # -- public API ---------------------------------------------------------
@@ -295,79 +289,73 @@ class Registry:
     def _on_connection_state(self, state: str) -> None:
         self.on_change()
         if state == KazooState.CONNECTED:
-            self.connects += 1
-            with self._lock:
-                self._last_client_id = self._client.client_id
-                self._unconfirmed = self._sasl
-                away_since, self._away_since = self._away_since, None
-                expired, self._expired = self._expired, False
-                first, self._ever_connected = not self._ever_connected, True
-                self._examine_all = True
-                self._retries.clear()  # a new connection: try everything at once
-                wanted = len(self._wanted)
-            self._wake.set()
-            away = time.monotonic() - away_since if away_since is not None else 0.0
-            repeats = KAZOO_REPEATS.take(forget=True)
-            if self._sasl:
-                return  # logged once the server has accepted the login
-            if first:
-                took = f" after {away:.0f} s" if away >= PROGRESS_INTERVAL else ""
-                log.info("connected to ZooKeeper%s%s", took, f"; {repeats}" if repeats else "")
-            else:
-                kept = (f"a new session: registering {wanted} node(s)" if expired else
-                        f"the session lived: {len(self._registered)} node(s) kept")
-                log.info("reconnected to ZooKeeper after %.1f s away; %s%s", away, kept,
-                         f"; {repeats}" if repeats else "")
+            self._on_connected()
         elif state == KazooState.SUSPENDED:
             with self._lock:
-                if self._away_since is None:
-                    self._away_since = time.monotonic()
-                    self._next_progress = self._away_since + PROGRESS_INTERVAL
+                self._outage.begin(time.monotonic())
             self._wake.set()  # the worker logs the progress of the outage
             log.warning("ZooKeeper connection suspended; %d node(s) stay while the session "
                         "lives (session_timeout %g s)", len(self._registered),
-                        self._session_timeout)
+                        self._settings.session_timeout)
         elif (state == KazooState.LOST and not self._stopping
               and self._client.client_state == KeeperState.AUTH_FAILED):
-            # kazoo has stopped connecting for good, and forgets its session
-            # right after this call; the worker opens a new connection.  After
-            # a drop it resumes the session: its nodes live on until it
-            # expires, and a new session would leave them up even for a
-            # section gone down meanwhile.  Not after a refusal: each refused
-            # login would keep alive a session we cannot act in.
-            logger = self._client.logger
-            failure, logger.auth_failure = logger.auth_failure, None
-            dropped = dropped_during_login(failure)
-            with self._lock:
-                self._resume = self._last_client_id if dropped else None
-                if dropped:
-                    self._drops += 1
-                    delay = backoff(self._drops, DROP_DELAY, MAX_DROP_DELAY)
-                    first = self._drops == 1
-                else:
-                    self._refusals += 1
-                    self._refused = True
-                    delay = backoff(self._refusals, REOPEN_DELAY, MAX_RETRY_DELAY)
-                    first = self._refusals == 1
-                self._reopen_at = time.monotonic() + delay
-            if dropped and first:
-                log.warning("ZooKeeper connection dropped during the SASL login; "
-                            "reconnecting to the same session")
-            elif first:
-                log.error("%s: nothing can be registered until it accepts them; trying "
-                          "again every %gs at most", refused_credentials(self._settings),
-                          MAX_RETRY_DELAY)
-            self._wake.set()
+            self._on_login_failed()
         elif state == KazooState.LOST and not self._stopping:
             with self._lock:
-                if self._away_since is None:
-                    self._away_since = time.monotonic()
-                    self._next_progress = self._away_since + PROGRESS_INTERVAL
-                self._expired = True
+                self._outage.begin(time.monotonic(), expired=True)
             self._wake.set()
             delay = self._client.handler.session_expired()
             log.warning("ZooKeeper session lost; will reconnect in %.2fs (reconnect_spread) "
                         "and re-register", delay)
+
+    def _on_connected(self) -> None:
+        self.connects += 1
+        with self._lock:
+            self._last_client_id = self._client.client_id
+            self._unconfirmed = self._sasl
+            ended = self._outage.end(time.monotonic())
+            self._examine_all = True
+            self._retries.clear()  # a new connection: try everything at once
+            wanted = len(self._wanted)
+        self._wake.set()
+        repeats = KAZOO_REPEATS.take(forget=True)
+        if self._sasl:
+            return  # logged once the server has accepted the login
+        log.info("%s%s", connected_line(ended, wanted, len(self._registered)),
+                 f"; {repeats}" if repeats else "")
+
+    def _on_login_failed(self) -> None:
+        """kazoo has stopped connecting for good (AUTH_FAILED), and forgets its
+        session right after this call; the worker opens a new connection.
+
+        After a drop it resumes the session: its nodes live on until it
+        expires, and a new session would leave them up even for a section gone
+        down meanwhile.  Not after a refusal: each refused login would keep
+        alive a session we cannot act in.
+        """
+        logger = self._client.logger
+        failure, logger.auth_failure = logger.auth_failure, None
+        dropped = dropped_during_login(failure)
+        with self._lock:
+            self._resume = self._last_client_id if dropped else None
+            if dropped:
+                self._drops += 1
+                delay = backoff(self._drops, DROP_DELAY, MAX_DROP_DELAY)
+                first = self._drops == 1
+            else:
+                self._refusals += 1
+                self._refused = True
+                delay = backoff(self._refusals, REOPEN_DELAY, MAX_RETRY_DELAY)
+                first = self._refusals == 1
+            self._reopen_at = time.monotonic() + delay
+        if dropped and first:
+            log.warning("ZooKeeper connection dropped during the SASL login; "
+                        "reconnecting to the same session")
+        elif first:
+            log.error("%s: nothing can be registered until it accepts them; trying "
+                      "again every %gs at most", refused_credentials(self._settings),
+                      MAX_RETRY_DELAY)
+        self._wake.set()
 
     def _on_refusal(self) -> None:
         self.on_change()  # status shows why we are not connected
@@ -404,38 +392,19 @@ class Registry:
     def _progress_wait(self) -> float | None:
         """Seconds until the next line about an outage; None while connected."""
         with self._lock:
-            if self._away_since is None:
-                return None
-            return max(0.0, self._next_progress - time.monotonic())
+            return self._outage.wait(time.monotonic())
 
     def _log_progress(self) -> None:
         """While ZooKeeper is out of reach: one line every PROGRESS_INTERVAL."""
-        now = time.monotonic()
         with self._lock:
-            if self._away_since is None or now < self._next_progress:
-                return
-            while self._next_progress <= now:
-                self._next_progress += PROGRESS_INTERVAL
-            away, expired, wanted = now - self._away_since, self._expired, len(self._wanted)
-            ever_connected = self._ever_connected
+            stretch = self._outage.due(time.monotonic())
+            wanted = len(self._wanted)
+        if stretch is None:
+            return
         repeats = KAZOO_REPEATS.take()
-        if not ever_connected:
-            state = f"no ZooKeeper session yet after {away:.0f} s; {wanted} node(s) to register"
-        elif expired:
-            state = (f"still disconnected from ZooKeeper after {away:.0f} s; the session "
-                     f"expired: {wanted} node(s) to register once a server answers")
-        elif away < self._session_timeout:
-            state = (f"still disconnected from ZooKeeper after {away:.0f} s; "
-                     f"{len(self._registered)} node(s) kept while the session lives "
-                     f"(session_timeout {self._session_timeout:g} s)")
-        else:
-            # Only a server can tell: one that is up has expired the session,
-            # a restarted ensemble gives it a fresh session_timeout.
-            state = (f"still disconnected from ZooKeeper after {away:.0f} s; "
-                     f"{len(self._registered)} node(s) kept if the session still lives "
-                     f"(a server that is up expires it {self._session_timeout:g} s after "
-                     f"it last heard from us)")
-        log.warning("%s%s", state, f"; {repeats}" if repeats else "")
+        log.warning("%s%s", progress_line(stretch, wanted, len(self._registered),
+                                          self._settings.session_timeout),
+                    f"; {repeats}" if repeats else "")
 
     def _work(self) -> None:
         while True:
@@ -685,15 +654,16 @@ class Registry:
         retry: set[str] = set()
         todo = [(key, action) for key, action in actions.items() if action is not None]
         for batch in batches(todo):
-            batch_again, batch_retry = self._apply_batch(dict(batch), watched)
+            batch_again, batch_retry = self._collect(self._send(dict(batch), watched))
             again.update(batch_again)
             retry |= batch_retry
         return again, retry
 
-    def _apply_batch(self, actions: dict[str, Action], watched: set[str]
-                     ) -> tuple[dict[str, CreateParent], set[str]]:
+    def _send(self, actions: dict[str, Action], watched: set[str]) -> dict[str, tuple]:
+        """Send each action; returns key -> (action, its async result, the
+        parent's stat read just before a member's create)."""
         client = self._client
-        pending = {}  # key -> (action, async result, parent stat before a member create)
+        pending = {}
         for key, action in actions.items():
             prefix = sequence_prefix(key)
             parent_stat = None
@@ -714,7 +684,11 @@ class Registry:
             else:
                 result = client.delete_async(self._members.node(key), action.version)
             pending[key] = (action, result, parent_stat)
+        return pending
 
+    def _collect(self, pending: dict[str, tuple]) -> tuple[dict[str, CreateParent], set[str]]:
+        """Wait for each reply and note what it did; returns the creates that
+        need their parent made and the keys to retry later."""
         again: dict[str, CreateParent] = {}
         retry: set[str] = set()
         for key, (action, result, parent_stat) in pending.items():
@@ -757,7 +731,7 @@ class Registry:
                 if sequence_prefix(key) is not None:
                     self._uncertain.pop(key, None)
                     self._members.add(key, outcome)
-                    client.exists_async(outcome, watch=self._on_watch)
+                    self._client.exists_async(outcome, watch=self._on_watch)
                 log.info("registered %s", self._members.node(key))
             elif isinstance(action, SetData):
                 self._owned[key] = Owned(action.data, outcome.version)

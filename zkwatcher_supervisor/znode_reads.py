@@ -46,25 +46,25 @@ def _reading_client(settings: ZooKeeperSettings, timeout: float) -> Iterator[Kaz
         client.close()
 
 
-def node_stats(settings: ZooKeeperSettings, paths: list[str],
+def node_stats(settings: ZooKeeperSettings, nodes: list[str],
                timeout: float = 5.0) -> dict[str, ZnodeStat | None]:
-    """Each of ``paths``' stat (None: no such node), read by a short-lived client."""
+    """Each of ``nodes``' stat (None: no such node), read by a short-lived client."""
     with _reading_client(settings, timeout) as client:
-        lookups = {path: client.exists_async(path) for path in paths}
-        return {path: lookup.get(timeout=timeout) for path, lookup in lookups.items()}
+        lookups = {node: client.exists_async(node) for node in nodes}
+        return {node: lookup.get(timeout=timeout) for node, lookup in lookups.items()}
 
 
-def read_existing(settings: ZooKeeperSettings, paths: list[str],
+def read_existing(settings: ZooKeeperSettings, nodes: list[str],
                   timeout: float = 5.0) -> dict[str, bool]:
-    """Which of ``paths`` exist (for ``status``)."""
-    return {path: stat is not None
-            for path, stat in node_stats(settings, paths, timeout).items()}
+    """Which of ``nodes`` exist (for ``status``)."""
+    return {node: stat is not None
+            for node, stat in node_stats(settings, nodes, timeout).items()}
 
 
 def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
                 timeout: float = 5.0) -> dict[str, list[str]]:
-    """For each service, the znodes that advertise its endpoint now, whoever holds them:
-    its node path, or for sequential members every child of the parent whose data
+    """For each service, the nodes that advertise its endpoint now, whoever holds them:
+    its node, or for a ServerSet member every child of the parent whose data
     names its host and port (for ``drain --stop``).  PermissionError for a
     member we may not read: whether it names the endpoint is unknown."""
     with _reading_client(settings, timeout) as client:
@@ -81,7 +81,7 @@ def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
                 children = []
             reads = [(child, client.get_async(posixpath.join(parent, child)))
                      for child in children]
-            nodes = []
+            advertised = []
             for child, read in reads:
                 try:
                     data, _ = read.get(timeout=timeout)
@@ -91,13 +91,13 @@ def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
                     raise PermissionError(f"{posixpath.join(parent, child)}: NoAuth, its ACL "
                                           "does not let the world read it") from None
                 if names_endpoint(data or b"", service.service_hostname, service.service_port):
-                    nodes.append(posixpath.join(parent, child))
-            found[service.name] = nodes
+                    advertised.append(posixpath.join(parent, child))
+            found[service.name] = advertised
         return found
 
 
-def owners(settings: ZooKeeperSettings, paths: list[str], timeout: float = 5.0) -> dict[str, int]:
-    """The session that holds each of ``paths`` that exists (``handoff``'s proof)."""
-    return {path: stat.ephemeralOwner
-            for path, stat in node_stats(settings, paths, timeout).items() if stat is not None}
+def owners(settings: ZooKeeperSettings, nodes: list[str], timeout: float = 5.0) -> dict[str, int]:
+    """The session that holds each of ``nodes`` that exists (``handoff``'s proof)."""
+    return {node: stat.ephemeralOwner
+            for node, stat in node_stats(settings, nodes, timeout).items() if stat is not None}
 
