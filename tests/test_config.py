@@ -96,7 +96,7 @@ def test_zk_watcher_docs_example_loads_with_both_data_spellings(tmp_path):
     ssh, apache = load_config(write(tmp_path, ZK_WATCHER_DOCS_EXAMPLE)).services
     assert ssh.zookeeper_data == {"foo": "bar", "bah": "humbug"}
     assert apache.zookeeper_data == {"foo": "bar", "bah": "humbug"}  # keys stripped
-    assert ssh.node_path == "/services/ssh/123.123.123.123:22"
+    assert ssh.registration_key == "/services/ssh/123.123.123.123:22"
 
 
 def test_defaults_and_global_section(tmp_path):
@@ -117,7 +117,7 @@ def test_defaults_and_global_section(tmp_path):
     assert web.cmd is None
     assert (web.refresh, web.timeout, web.rise, web.fall) == (30, 10.0, 1, 1)
     assert web.service_hostname  # socket.getfqdn()
-    assert web.node_path == f"/services/web/{web.service_hostname}:8080"
+    assert web.registration_key == f"/services/web/{web.service_hostname}:8080"
 
 
 def test_server_flag_overrides_hosts(tmp_path):
@@ -363,8 +363,8 @@ def test_default_section_is_inherited_and_not_a_service(tmp_path):
     ssh, web = config.services
     assert [s.name for s in config.services] == ["ssh", "web"]
     assert (ssh.cmd, ssh.refresh, web.refresh) == ("true", 60, 5)
-    assert ssh.node_path == "/services/prod/ssh/web1:22"
-    assert web.node_path == "/services/prod/web/web1:80"
+    assert ssh.registration_key == "/services/prod/ssh/web1:22"
+    assert web.registration_key == "/services/prod/web/web1:80"
     assert web.zookeeper_data == {"env": "prod", "load": "100%"}
 
 
@@ -399,7 +399,7 @@ def test_port_with_leading_zeros_keeps_zk_watchers_node_name(tmp_path):
                            "zookeeper_path = /s\n")
     config = load_config(path)
     (service,) = config.services
-    assert service.node_path == "/s/h:0080"
+    assert service.registration_key == "/s/h:0080"
     assert service.service_port == 80
     assert "line 3: [s] service_port: leading zeros kept in the node name h:0080" in \
         config.warnings[0]

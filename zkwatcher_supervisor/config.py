@@ -204,10 +204,11 @@ class ServiceSettings:
                                              repr=False)
 
     @property
-    def node_path(self) -> str:
-        """The registration's key: the znode path, or for a ServerSet member
-        ``<path>/member_#<host>:<port>`` — ZooKeeper names the member itself
-        (``member_`` + a sequence number, as ServerSet readers expect)."""
+    def registration_key(self) -> str:
+        """What the registry registers this section under: the znode path, or
+        for a ServerSet member the pseudo-path ``<path>/member_#<host>:<port>``
+        standing for the node ZooKeeper names itself (``member_`` + a sequence
+        number, as ServerSet readers expect)."""
         parent = self.zookeeper_path.rstrip("/")
         port = self.port_text or self.service_port  # "0080" stays "0080", as zk_watcher
         if self.payload_format == "serverset":
@@ -219,7 +220,7 @@ class ServiceSettings:
         """The node path as an operator should read it (before ZooKeeper names a member)."""
         if self.payload_format == "serverset":
             return f"{self.zookeeper_path.rstrip('/')}/member_<sequence>"
-        return self.node_path
+        return self.registration_key
 
 
 @dataclass(frozen=True)
@@ -921,7 +922,7 @@ def load_config(filename: str, hosts_override: str | None = None,
     default_hostname = ""
     identities = _CheckIdentities(file)
     services: list[ServiceSettings] = []
-    seen_paths: dict[str, str] = {}
+    seen_keys: dict[str, str] = {}
     for name in parser.sections():  # never [DEFAULT]: it is inherited, not a service
         if name in (GLOBAL_SECTION, AUTH_SECTION):
             continue
@@ -929,11 +930,10 @@ def load_config(filename: str, hosts_override: str | None = None,
         if not section.text("service_hostname") and not default_hostname:
             default_hostname = socket.getfqdn()
         service = _read_service(section, default_hostname, identities)
-        if service.node_path in seen_paths:
-            raise section.error(
-                None, f"same znode {service.display_path} as [{seen_paths[service.node_path]}]"
-            )
-        seen_paths[service.node_path] = name
+        key = service.registration_key
+        if key in seen_keys:
+            raise section.error(None, f"same znode {service.display_path} as [{seen_keys[key]}]")
+        seen_keys[key] = name
         section.warn_unknown_keys(SERVICE_KEYS)
         services.append(service)
     if not services:

@@ -111,7 +111,7 @@ class DrainKeeper:
                 continue
             confirmed = entry["action"] == "undrain" or (
                 connected and not any(
-                    self._services[name].node_path in registered
+                    self._services[name].registration_key in registered
                     for name in entry["sections"] if name in self._services))
             answers[request_id] = {**entry, "confirmed": confirmed}
         return answers

@@ -156,7 +156,7 @@ class Controller:
             for section in self.health.sections.values() if section.service.cmd is not None)
         if (snapshot_known and checks_known) or self.loop.clock() >= self._settle_by:
             self._settled = True
-            self.registry.settled({posixpath.dirname(service.node_path)
+            self.registry.settled({posixpath.dirname(service.registration_key)
                                    for service in self.services.values()})
         else:
             self.loop.call_later(0.1, self._check_settled)
@@ -351,7 +351,7 @@ class Controller:
             return None
         if current is not None and current.service is service:
             return current.path  # up before, up now, same settings
-        path = service.node_path
+        path = service.registration_key
         # Keep the creation time of the node this one continues (same section,
         # or another section handing the same path over).
         continued = current if current is not None else previous.get(path)
@@ -502,9 +502,9 @@ class Controller:
                 }
             drain_entry = self.drains.entry(name)
             sections[name] = {
-                "path": self.registry.node_of(service.node_path) or service.display_path,
+                "path": self.registry.node_of(service.registration_key) or service.display_path,
                 "healthy": section.up,
-                "registered": service.node_path in registered,
+                "registered": service.registration_key in registered,
                 "processes": {f"{g}:{n}": p.state for (g, n), p in section.processes.items()},
                 "check": check,
                 "drained": None if drain_entry is None else asdict(drain_entry),

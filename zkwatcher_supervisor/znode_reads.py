@@ -70,11 +70,11 @@ def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
     with _reading_client(settings, timeout) as client:
         found: dict[str, list[str]] = {}
         for service in services:
-            if sequence_prefix(service.node_path) is None:
-                exists = client.exists(service.node_path) is not None
-                found[service.name] = [service.node_path] if exists else []
+            if sequence_prefix(service.registration_key) is None:
+                exists = client.exists(service.registration_key) is not None
+                found[service.name] = [service.registration_key] if exists else []
                 continue
-            parent = posixpath.dirname(service.node_path)
+            parent = posixpath.dirname(service.registration_key)
             try:
                 children = client.get_children(parent)
             except NoNodeError:
