@@ -1,6 +1,6 @@
 """The registry's decisions, without ZooKeeper: what it does for a key given
 what it wrote, what ZooKeeper reports and what is wanted; member keys and
-their nodes; the retry schedule; pipelined batches; how an outage is told."""
+their nodes; the retry schedules; pipelined batches; how an outage is told."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from zkwatcher_supervisor.registry_decisions import (
     open_parent_risks,
     sequence_prefix,
 )
+from zkwatcher_supervisor.zookeeper import LoginRetry
 
 SESSION = 0x1000AB
 OTHER = 0x2000CD
@@ -365,3 +366,33 @@ def test_what_an_outage_says_while_it_lasts():
         Stretch(60.0, False, True), 4, 2, 90.0)
     assert "2 node(s) kept if the session still lives" in progress_line(
         Stretch(120.0, False, True), 4, 2, 90.0)
+
+
+# -- logging in again after kazoo gave up ------------------------------------------
+
+def test_refused_logins_are_retried_ever_more_slowly_and_only_the_first_is_told():
+    login = LoginRetry()
+    now, firsts, pauses = 0.0, [], []
+    for _ in range(6):
+        firsts.append(login.failed(dropped=False, now=now))
+        pauses.append(login.wait(now))
+        assert not login.due(now + pauses[-1] - 0.001)
+        now += pauses[-1]
+        assert login.due(now) and not login.due(now)  # due once
+        assert login.wait(now) is None
+    assert firsts == [True, False, False, False, False, False]
+    assert pauses == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert login.refused
+
+
+def test_a_login_cut_short_is_retried_quickly_and_apart_from_refusals():
+    login = LoginRetry()
+    login.failed(dropped=False, now=0.0)
+    pauses = []
+    for _ in range(4):
+        first = login.failed(dropped=True, now=0.0)
+        pauses.append(login.wait(0.0))
+    assert first is False and pauses == [0.1, 0.2, 0.4, 0.5]
+    login.accepted()
+    assert login.failed(dropped=True, now=0.0) and login.wait(0.0) == 0.1
+    assert login.failed(dropped=False, now=0.0) and login.wait(0.0) == 2.0

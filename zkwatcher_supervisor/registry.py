@@ -50,12 +50,10 @@ from kazoo.protocol.states import KeeperState
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from . import session_file
-from .backoff import backoff
 from .config import ZooKeeperSettings
 from .logs import KAZOO_REPEATS
 from .outage import Outage, connected_line, progress_line
 from .registry_decisions import (
-    MAX_RETRY_DELAY,
     Action,
     Create,
     CreateParent,
@@ -73,6 +71,8 @@ from .registry_decisions import (
     sequence_prefix,
 )
 from .zookeeper import (
+    MAX_REOPEN_DELAY,
+    LoginRetry,
     dropped_during_login,
     make_client,
     node_acl,
@@ -82,15 +82,6 @@ from .zookeeper import (
 
 log = logging.getLogger(__name__)
 
-# After ZooKeeper refused our SASL credentials kazoo stops connecting; we open
-# a new connection this long after the first refusal, doubling to
-# MAX_RETRY_DELAY (one server of an ensemble may be the one that refuses).
-REOPEN_DELAY = 2.0
-# kazoo stops as well when the connection merely drops during the SASL login
-# (a server restarting, a network blip); then we reconnect as kazoo itself
-# would after a drop: at once, then a little slower, up to MAX_DROP_DELAY.
-DROP_DELAY = 0.1
-MAX_DROP_DELAY = 0.5
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
@@ -127,10 +118,7 @@ class Registry:
         # credentials, so a new connection is confirmed by one read first.
         self._sasl = settings.auth is not None and settings.auth.sasl
         self._unconfirmed = False
-        self._refusals = 0  # refused logins in a row
-        self._drops = 0  # logins cut short in a row
-        self._refused = False  # the last login was refused (for status)
-        self._reopen_at: float | None = None  # when to connect again after AUTH_FAILED
+        self._login = LoginRetry()  # after AUTH_FAILED; under _lock
         # The session of the last connection (kazoo only tells while connected),
         # and the one to resume after kazoo gave up and forgot it.
         self._last_client_id: tuple[int, bytes] | None = None
@@ -222,7 +210,7 @@ class Registry:
     def problem(self) -> str | None:
         """Why we may not be connected, as far as we know: our login refused, or a
         server's certificate."""
-        if self._refused:
+        if self._login.refused:
             return refused_credentials(self._settings)
         return tls_refusals(self._client.handler)
 
@@ -338,23 +326,14 @@ class Registry:
         dropped = dropped_during_login(failure)
         with self._lock:
             self._resume = self._last_client_id if dropped else None
-            if dropped:
-                self._drops += 1
-                delay = backoff(self._drops, DROP_DELAY, MAX_DROP_DELAY)
-                first = self._drops == 1
-            else:
-                self._refusals += 1
-                self._refused = True
-                delay = backoff(self._refusals, REOPEN_DELAY, MAX_RETRY_DELAY)
-                first = self._refusals == 1
-            self._reopen_at = time.monotonic() + delay
+            first = self._login.failed(dropped, time.monotonic())
         if dropped and first:
             log.warning("ZooKeeper connection dropped during the SASL login; "
                         "reconnecting to the same session")
         elif first:
             log.error("%s: nothing can be registered until it accepts them; trying "
                       "again every %gs at most", refused_credentials(self._settings),
-                      MAX_RETRY_DELAY)
+                      MAX_REOPEN_DELAY)
         self._wake.set()
 
     def _on_refusal(self) -> None:
@@ -380,8 +359,9 @@ class Registry:
 
     def _next_wait(self) -> float | None:
         with self._lock:
-            if self._reopen_at is not None:
-                return max(0.0, self._reopen_at - time.monotonic())
+            reopen = self._login.wait(time.monotonic())
+            if reopen is not None:
+                return reopen
             # Retries wait for their time only while connected; a reconnect
             # wakes us and clears them (waiting for a past retry would spin).
             retry_at = self._retries.next_at()
@@ -416,9 +396,7 @@ class Registry:
                 return
             self._log_progress()
             with self._lock:
-                reopen = self._reopen_at is not None and self._reopen_at <= time.monotonic()
-                if reopen:
-                    self._reopen_at = None
+                reopen = self._login.due(time.monotonic())
             if reopen:
                 self._reopen()
                 continue
@@ -428,7 +406,7 @@ class Registry:
                 continue  # the CONNECTED callback wakes us again
             if self._unconfirmed and not self._confirm_credentials():
                 continue
-            self._refused = False
+            self._login.refused = False
             session_id = client_id[0]
             now = time.monotonic()
             with self._lock:
@@ -505,8 +483,7 @@ class Registry:
             if not self._unconfirmed:
                 return True
             self._unconfirmed = False
-            self._refusals = 0
-            self._drops = 0
+            self._login.accepted()
         log.info("connected to ZooKeeper (SASL %s as %r)", self._settings.auth.mechanism,
                  self._settings.auth.user)
         self.on_change()

@@ -1,5 +1,6 @@
 """The kazoo client we connect with: hosts, session timeout, credentials, TLS
-and a spread-out reconnect, and how to say why it could not connect.
+and a spread-out reconnect; how to say why it could not connect, and when to
+try again after a failed login.
 
 Used by the registry's worker (:mod:`.registry`) and by the one-shot reads of
 the commands (:mod:`.znode_reads`); each makes its own clients.
@@ -20,10 +21,22 @@ from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, READ_ACL_UNSAFE, make_acl
 
+from .backoff import backoff
 from .config import TLSSettings, ZooKeeperSettings
 from .tls import client_context, refusal_reason
 
 log = logging.getLogger(__name__)
+
+# After ZooKeeper refused our SASL credentials kazoo stops connecting; we open
+# a new connection this long after the first refusal, doubling to
+# MAX_REOPEN_DELAY (one server of an ensemble may be the one that refuses).
+REOPEN_DELAY = 2.0
+MAX_REOPEN_DELAY = 30.0
+# kazoo stops as well when the connection merely drops during the SASL login
+# (a server restarting, a network blip); then we reconnect as kazoo itself
+# would after a drop: at once, then a little slower, up to MAX_DROP_DELAY.
+DROP_DELAY = 0.1
+MAX_DROP_DELAY = 0.5
 
 
 class ZooKeeperHandler(SequentialThreadingHandler):
@@ -132,6 +145,51 @@ def dropped_during_login(failure: AuthFailedError | None) -> bool:
     """Whether kazoo's AUTH_FAILED was a connection lost mid-login, not a refusal
     (kazoo raises both as AuthFailedError; a drop carries the ConnectionDropped)."""
     return failure is not None and isinstance(failure.__cause__, ConnectionDropped)
+
+
+class LoginRetry:
+    """When to open a new connection after kazoo gave up with AUTH_FAILED.
+
+    Refused logins and logins cut short back off separately, each from its
+    own first pause.  Pure: times are passed in; the registry keeps one under
+    its lock.
+    """
+
+    def __init__(self) -> None:
+        self._refusals = 0  # refused logins in a row
+        self._drops = 0  # logins cut short in a row
+        self._reopen_at: float | None = None
+        self.refused = False  # the last login was refused (for status)
+
+    def failed(self, dropped: bool, now: float) -> bool:
+        """A login failed (``dropped``: cut short, else refused); returns
+        whether it is the first of its kind in a row, the one to log."""
+        if dropped:
+            self._drops += 1
+            delay, first = backoff(self._drops, DROP_DELAY, MAX_DROP_DELAY), self._drops == 1
+        else:
+            self._refusals += 1
+            self.refused = True
+            delay = backoff(self._refusals, REOPEN_DELAY, MAX_REOPEN_DELAY)
+            first = self._refusals == 1
+        self._reopen_at = now + delay
+        return first
+
+    def accepted(self) -> None:
+        """The server accepted a login: the next failure is a first again."""
+        self._refusals = 0
+        self._drops = 0
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until a new connection is due; None if none is."""
+        return None if self._reopen_at is None else max(0.0, self._reopen_at - now)
+
+    def due(self, now: float) -> bool:
+        """Whether to open a new connection now (then it is no longer due)."""
+        if self._reopen_at is None or self._reopen_at > now:
+            return False
+        self._reopen_at = None
+        return True
 
 
 def node_acl(settings: ZooKeeperSettings) -> list | None:
