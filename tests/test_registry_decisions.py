@@ -203,9 +203,10 @@ def test_member_nodes_map_keys_and_nodes_both_ways(member, fixed, sequence):
     assert members.node(member) == node and members.key(node) == member
     assert members.node(fixed) == fixed and members.key(fixed) == fixed
     assert members.as_dict() == {member: node}
+    assert members.has_node(member) and members.is_member_node(node)
     members.forget(member)
     assert members.node(member) is None and members.key(node) == node
-    assert not members.named(member) and not members.is_members(node)
+    assert not members.has_node(member) and not members.is_member_node(node)
 
 
 # -- children a lost create may have made ---------------------------------------

@@ -751,7 +751,7 @@ class Registry:
         """After a reattach, members the old incarnation created but never saved
         the name of (it died in between) are looked for like lost creates."""
         for key, data in wanted.items():
-            if sequence_prefix(key) is not None and not self._members.named(key):
+            if sequence_prefix(key) is not None and not self._members.has_node(key):
                 self._uncertain.setdefault(key, (None, data))
 
     def _sweep_unclaimed(self, session_id: int, wanted: dict[str, bytes]) -> None:
@@ -817,7 +817,7 @@ class Registry:
                 children = []  # no parent, so no member either
             candidates = [node for node in (posixpath.join(parent, child) for child in
                                             lost_create_candidates(children, prefixes, floor))
-                          if not self._members.is_members(node)]
+                          if not self._members.is_member_node(node)]
             lookups = [(node, self._client.get_async(node)) for node in sorted(candidates)]
             ours = []
             for node, lookup in lookups:
@@ -827,8 +827,8 @@ class Registry:
                     continue
                 if stat.ephemeralOwner == session_id:
                     ours.append((node, data, stat))
-            matched, ours = match_lost_creates({key: self._uncertain[key][1] for key in keys},
-                                               ours)
+            matched, duplicates = match_lost_creates(
+                {key: self._uncertain[key][1] for key in keys}, ours)
             for key, (node, data, stat) in matched.items():
                 self._owned[key] = Owned(data, stat.version)
                 self._members.add(key, node)
@@ -836,7 +836,7 @@ class Registry:
                 log.info("registered %s (its create's reply was lost)", node)
             if not self._reattached:  # else the sweep after settling deals with the rest
                 deletions = []
-                for node, _, stat in ours:
+                for node, _, stat in duplicates:
                     log.info("deleting %s: a duplicate member from a create whose reply "
                              "was lost", node)
                     deletions.append((node, self._client.delete_async(node, stat.version)))

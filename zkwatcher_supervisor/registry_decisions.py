@@ -177,10 +177,12 @@ class MemberNodes:
         """The key ``node`` stands for (a node that is no member's is its own key)."""
         return self._keys.get(node, node)
 
-    def named(self, key: str) -> bool:
+    def has_node(self, key: str) -> bool:
+        """Whether ZooKeeper has named (as far as we know) the node of member ``key``."""
         return key in self._nodes
 
-    def is_members(self, node: str) -> bool:
+    def is_member_node(self, node: str) -> bool:
+        """Whether ``node`` is the node of one of our members' keys."""
         return node in self._keys
 
     def add(self, key: str, node: str) -> None:
