@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from supervisor import childutils
 from supervisor.datatypes import url as supervisor_url
 from supervisor.options import ClientOptions, UnhosedConfigParser
+from supervisor.xmlrpc import SupervisorTransport
 
 from .secret_files import read_secret
 
@@ -116,11 +117,17 @@ def read_supervisorctl_section(path: str) -> Connection:
     except (OSError, ValueError, configparser.Error) as exc:
         raise refuse(" ".join(str(exc).split())) from None
     server_url = section.serverurl
-    try:
-        supervisor_url(server_url)
-    except ValueError as exc:
-        raise refuse(f"[{SECTION}] serverurl: {exc}") from None
+    check_url(server_url, f"supervisord config {path}: [{SECTION}] serverurl")
     return Connection(server_url, section.username or None, section.password, source)
+
+
+def check_url(value: str, what: str) -> None:
+    """SupervisordConfError naming ``what`` unless supervisor's client can use ``value``."""
+    try:
+        supervisor_url(value)
+        SupervisorTransport(None, None, value)  # http:// and unix:// only
+    except ValueError as exc:
+        raise SupervisordConfError(f"{what}: {exc}") from None
 
 
 def resolve(serverurl: str | None = None, username: str | None = None,
@@ -136,10 +143,7 @@ def resolve(serverurl: str | None = None, username: str | None = None,
         base = Connection(environ["SUPERVISOR_SERVER_URL"],
                           environ.get("SUPERVISOR_USERNAME") or None,
                           environ.get("SUPERVISOR_PASSWORD"), "$SUPERVISOR_SERVER_URL")
-        try:
-            supervisor_url(base.server_url)
-        except ValueError as exc:
-            raise SupervisordConfError(f"$SUPERVISOR_SERVER_URL: {exc}") from None
+        check_url(base.server_url, "$SUPERVISOR_SERVER_URL")
     else:
         found = found_on_search_path()
         base = read_supervisorctl_section(found) if found else supervisorctl_defaults()
@@ -149,10 +153,7 @@ def resolve(serverurl: str | None = None, username: str | None = None,
         except ValueError as exc:
             raise SupervisordConfError(f"--password-file: {exc}") from None
     if serverurl:
-        try:
-            supervisor_url(serverurl)
-        except ValueError as exc:
-            raise SupervisordConfError(f"--serverurl: {exc}") from None
+        check_url(serverurl, "--serverurl")
     return Connection(serverurl or base.server_url,
                       username if username is not None else base.username,
                       password if password is not None else base.password,
