@@ -96,7 +96,7 @@ def test_each_command_s_help_shows_its_own_options_and_an_example(capsys):
     for command, text in helps.items():
         assert text.startswith(f"usage: zkwatcher-supervisor {command} "), text
         assert f"zkwatcher-supervisor {command} -c /etc/zk/config.cfg" in text \
-            or "command = /opt/zkwatcher-supervisor/bin/zkwatcher-supervisor -c" in text
+            or "command = zkwatcher-supervisor -c /etc/zk/config.cfg" in text
         assert "exit status (every command):" in text and "2  bad usage" in text
         for option in every:
             shown = re.search(re.escape(option) + r"(?![\w-])", text) is not None

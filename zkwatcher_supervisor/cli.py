@@ -38,52 +38,56 @@ EXIT_DONE = 0
 EXIT_FAILED = 1
 EXIT_CONFIG_ERROR = 2  # bad usage, too
 SYSLOG_SOCKET = "/dev/log"
-HELP_WIDTH = 80  # one layout whatever the terminal, so README can show it as printed
+HELP_WIDTH = 79  # one layout whatever the terminal, so README can show it as printed
 COMMANDS = ("run", "check-config", "status", "drain", "undrain", "handoff")
 
 EXIT_STATUS = """\
 exit status (every command):
   0  done (status: every section is registered exactly when it is healthy)
-  1  could not (the reason is on stderr; status: something is not as it should be)
+  1  could not, the reason on stderr (status: something is not as it should be)
   2  bad usage, or a config or supervisord config that cannot be used"""
 
 CONNECTION = """\
-supervisord is found as supervisorctl finds it, the first of: --serverurl, -u,
---password-file (each overrides what follows); [supervisorctl] serverurl,
-username, password of -C FILE; $SUPERVISOR_SERVER_URL (with $SUPERVISOR_USERNAME,
-$SUPERVISOR_PASSWORD); [supervisorctl] of the first of supervisorctl's own
-config files that exists (./supervisord.conf, /etc/supervisord.conf,
-/etc/supervisor/supervisord.conf, ...); supervisorctl's default."""
+supervisord is found as supervisorctl finds it, from the first of:
+  --serverurl, -u, --password-file  each overrides its part of what follows
+  -C FILE                       [supervisorctl] serverurl, username, password
+  $SUPERVISOR_SERVER_URL        and $SUPERVISOR_USERNAME, $SUPERVISOR_PASSWORD
+  supervisorctl's config file   [supervisorctl] of the first that exists of
+                                ./supervisord.conf, /etc/supervisord.conf,
+                                /etc/supervisor/supervisord.conf, ...
+  supervisorctl's default       http://localhost:9001"""
 
 SUPERVISORD_OPTIONS = "[--serverurl URL] [-u USER] [--password-file FILE] [-C FILE]"
+SELECTION = "(SECTION... | --program NAME | --all)"
 USAGE = {
     "run": "[-c FILE] [-s HOSTS] [-v] [-l]",
     "check-config": "[-c FILE] [-s HOSTS]",
     "status": "[-c FILE] [-s HOSTS] [--json]",
-    "drain": "[-c FILE] (SECTION... | --program NAME | --all)\n"
-             "       [--reason TEXT] [--for DURATION] [--stop [--wait SECONDS]]\n"
+    "drain": f"{SELECTION}\n"
+             "       [-c FILE] [--reason TEXT] [--for DURATION] [--stop [--wait SECONDS]]\n"
              f"       {SUPERVISORD_OPTIONS}",
-    "undrain": "[-c FILE] (SECTION... | --program NAME | --all)\n"
-               f"       {SUPERVISORD_OPTIONS}",
+    "undrain": f"{SELECTION}\n"
+               f"       [-c FILE] {SUPERVISORD_OPTIONS}",
     "handoff": f"[-c FILE]\n       {SUPERVISORD_OPTIONS}",
 }
 
-EXAMPLES = {
-    None: """\
-examples:
+LISTENER_EXAMPLE = """\
   [eventlistener:zkwatcher]
-  command = /opt/zkwatcher-supervisor/bin/zkwatcher-supervisor -c /etc/zk/config.cfg
-  events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
+  command = zkwatcher-supervisor -c /etc/zk/config.cfg
+  events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION"""
+
+EXAMPLES = {
+    None: f"""\
+examples:
+{LISTENER_EXAMPLE}
 
   zkwatcher-supervisor status -c /etc/zk/config.cfg
   zkwatcher-supervisor drain -c /etc/zk/config.cfg web --for 15m
 
-"COMMAND --help" shows the options of that command.""",
-    "run": """\
-example, in supervisord.conf:
-  [eventlistener:zkwatcher]
-  command = /opt/zkwatcher-supervisor/bin/zkwatcher-supervisor -c /etc/zk/config.cfg
-  events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION""",
+"zkwatcher-supervisor COMMAND --help" shows the options of that command.""",
+    "run": f"""\
+example, in supervisord.conf (with the console script's absolute path):
+{LISTENER_EXAMPLE}""",
     "check-config": """\
 example:
   zkwatcher-supervisor check-config -c /etc/zk/config.cfg""",
@@ -192,7 +196,7 @@ def _selection(parser: argparse.ArgumentParser, verb: str) -> None:
     group.add_argument("sections", nargs="*", metavar="SECTION",
                        help="sections of the config, by name")
     group.add_argument("--program", metavar="NAME",
-                       help="every section bound to this supervisord program or group")
+                       help="every section bound to this program (or group)")
     group.add_argument("--all", action="store_true", help="every section")
 
 

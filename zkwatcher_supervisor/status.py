@@ -411,8 +411,9 @@ def status_document(config: Config | None,
         located = locate_status(config.filename, config.status_file)
     path, state = located
     alive = state is not None and process_alive(state["pid"])
-    listener: dict = {"status_file": path, "pid": None, "alive": False, "updated": None,
-                      "age": None, "stale": False, "problem": None, "zookeeper": None}
+    listener: dict = {"status_file": path, "pid": None, "alive": False, "running": False,
+                      "updated": None, "age": None, "stale": False, "problem": None,
+                      "zookeeper": None}
     if state is None:
         listener["problem"] = distrust(path) or f"no status file at {path} (not running?)"
     else:
