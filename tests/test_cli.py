@@ -283,3 +283,22 @@ def test_supervisorctls_search_path_is_its_own():
     assert supervisord.search_path() == ClientOptions().searchpaths
     assert "supervisord.conf" in supervisord.search_path()
     assert "/etc/supervisor/supervisord.conf" in supervisord.search_path()
+
+
+def test_the_ensemble_asked_is_s_else_the_listeners_else_the_configs(tmp_path):
+    from zkwatcher_supervisor.config import load_config
+    from zkwatcher_supervisor.status import reading_settings
+
+    path = tmp_path / "x.cfg"
+    path.write_text("[zkwatcher]\nhosts = config:1\n[web]\ncmd = true\nservice_port = 80\n"
+                    "service_hostname = h\nzookeeper_path = /s\n")
+    plain = {"zookeeper": {"hosts": "listener:1/chroot", "tls": False}}
+    assert reading_settings(load_config(str(path)), plain).hosts == "listener:1/chroot"
+    assert reading_settings(load_config(str(path)), None).hosts == "config:1"
+    assert reading_settings(load_config(str(path)), {"zookeeper": {}}).hosts == "config:1"
+    overridden = load_config(str(path), hosts_override="given:1")
+    assert reading_settings(overridden, plain, hosts_override="given:1").hosts == "given:1"
+    with pytest.raises(ValueError, match="the listener speaks TLS to listener:1/chroot, and "
+                       f"{path} has no TLS settings"):
+        reading_settings(load_config(str(path)),
+                         {"zookeeper": {"hosts": "listener:1/chroot", "tls": True}})

@@ -153,7 +153,7 @@ def test_status_needs_only_the_config_when_the_listener_was_given_s(
     section = listener_section(config).replace(f"-c {config}",
                                                f"-c {config} -s {zookeeper.hosts}")
     assert f"{LISTENER} -c {config} -s {zookeeper.hosts}" in section
-    supervisord(textwrap.dedent("""
+    server = supervisord(textwrap.dedent("""
         [program:web]
         command = sleep 100000
         startsecs = 0
@@ -171,6 +171,12 @@ def test_status_needs_only_the_config_when_the_listener_was_given_s(
     overridden = run("status", "-c", str(config), "-s", nowhere)
     assert overridden.returncode == 1
     assert f"ZooKeeper {nowhere}: unreachable" in overridden.stdout
+    # drain --stop confirms the deletion in that same ensemble before it stops anything.
+    env = {"SUPERVISOR_SERVER_URL": f"unix://{server.workdir}/supervisor.sock"}
+    stopped = run("drain", "web", "--stop", "--wait", "0", "-c", str(config), env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.endswith("stopped web:web\n")
+    assert not node_exists(zk, node) and server.info("web")["statename"] == "STOPPED"
 
 
 def test_status_json_is_one_document_with_the_same_exit_status(

@@ -4,10 +4,11 @@ The listener never writes anything but protocol text to stdout, so it tells
 operators how it is doing through a small JSON file (``[zkwatcher]
 status_file``), rewritten atomically at most twice a second when something
 changed and at least every ``HEARTBEAT`` seconds.  The event loop builds the
-snapshot; the file is written off the loop.  ``zkwatcher-supervisor status``
-joins the file with what ZooKeeper itself holds, one line per section, and
-exits 0 only when every section is registered exactly when it is healthy and
-no check is overdue.
+snapshot; the file is written off the loop.  The file names the ensemble the
+listener uses (hosts, chroot, TLS or not; no credential), so
+``zkwatcher-supervisor status`` asks ZooKeeper there and joins what it holds
+with the file: one line per section (or one JSON document), exit 0 only when
+every section is registered exactly when it is healthy and no check is overdue.
 """
 
 from __future__ import annotations
