@@ -162,17 +162,13 @@ def _server_option(group: argparse._ArgumentGroup, what: str, top: bool = False)
 
 
 def _run_options(group: argparse._ArgumentGroup, top: bool) -> None:
-    default = None if top else argparse.SUPPRESS
     _server_option(group, "overrides [zkwatcher] hosts (default: localhost:2181)", top)
-    group.add_argument("-v", "--verbose", action="store_true",
-                       default=False if top else argparse.SUPPRESS, help="log debug messages")
-    group.add_argument("-l", "--syslog", action="store_true",
-                       default=False if top else argparse.SUPPRESS,
-                       help="log to syslog (/dev/log) instead of stderr")
-    group.add_argument("--check-config", action="store_true",
-                       default=False if top else default,
-                       help="the check-config command: print each service's znode path "
-                       "and payload, then exit")
+    flag = {"action": "store_true", "default": False if top else argparse.SUPPRESS}
+    group.add_argument("-v", "--verbose", help="log debug messages", **flag)
+    group.add_argument("-l", "--syslog", help="log to syslog (/dev/log) instead of stderr",
+                       **flag)
+    group.add_argument("--check-config", help="the check-config command: print each "
+                       "service's znode path and payload, then exit", **flag)
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
