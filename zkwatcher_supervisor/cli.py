@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "session and every node; exit 0 once the successor holds that "
                        "session.")
     _server_option(_options(handoff, top=False),
-                   "where to read an earlier version's nodes (default: the config's)")
+                   "where an earlier version's nodes are read (default: where the "
+                   "listener is connected)")
     _connection_options(handoff)
     return parser
 
