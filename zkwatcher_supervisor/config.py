@@ -340,7 +340,8 @@ def _check_znode_path(path: str) -> None:
         raise ValueError(f"not a valid znode path: {path!r}")
 
 
-def _check_hosts(hosts: str) -> None:
+def check_hosts(hosts: str) -> None:
+    """ValueError unless ``hosts`` reads ``host:port[,host:port...][/chroot]``."""
     servers = hosts.split("/", 1)[0]
     for server in servers.split(","):
         host, _, port = server.strip().rpartition(":")
@@ -693,7 +694,7 @@ def _read_zookeeper(file: _File, link_files: bool) -> ZooKeeperSettings:
         section = file.section(GLOBAL_SECTION)
         hosts = section.text("hosts") or DEFAULT_HOSTS
         try:
-            _check_hosts(hosts)
+            check_hosts(hosts)
         except ValueError as exc:
             raise section.error("hosts", str(exc)) from None
         timeout = section.seconds("session_timeout", DEFAULT_SESSION_TIMEOUT)
@@ -905,7 +906,7 @@ def load_config(filename: str, hosts_override: str | None = None,
     zookeeper = _read_zookeeper(file, link_files)
     if hosts_override:
         try:
-            _check_hosts(hosts_override)
+            check_hosts(hosts_override)
         except ValueError as exc:
             raise ConfigError(filename, f"--server: {exc}") from None
         zookeeper = dataclasses.replace(zookeeper, hosts=hosts_override)

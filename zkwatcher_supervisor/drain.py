@@ -30,7 +30,6 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from . import statedir
-from .config import settings_for_reading
 from .untrusted import Unusable, load_json, number, printable, text_field
 
 log = logging.getLogger(__name__)
@@ -272,10 +271,17 @@ class DrainClient:
         return stopped
 
 
-def run_drain(config, args) -> int:
-    """``zkwatcher-supervisor drain|undrain``; the exit status (0 done, 1 failed, 2 bad input)."""
-    from .status import distrust, locate_status, owner_of, process_alive
-    from .supervisord import DEFAULT_SERVER_URL, rpc_interface
+def run_drain(config, args, rpc=None, where: str | None = None) -> int:
+    """``zkwatcher-supervisor drain|undrain``; the exit status (0 done, 1 failed, 2 bad input).
+
+    ``args``: the parsed command line (``command``, ``sections``, ``program``,
+    ``all``, ``reason``, ``duration``, ``stop``, ``wait``, ``server``, and the
+    flags :func:`supervisord.resolve_from` reads).  ``rpc``: a supervisord
+    XML-RPC proxy already made (supervisorctl's own, in a plugin), with
+    ``where`` naming it in messages; None: reached as the flags say.
+    """
+    from .status import distrust, locate_status, owner_of, process_alive, reading_settings
+    from .supervisord import SupervisordConfError, describe_error, resolve_from
 
     def fail(message: str, status: int = 1) -> int:
         print(f"zkwatcher-supervisor {args.command}: {message}", file=sys.stderr)
@@ -285,16 +291,24 @@ def run_drain(config, args) -> int:
         return fail("name the sections, or give --program NAME or --all (one of them)", 2)
     if args.command == "undrain" and (args.stop or args.duration):
         return fail("--stop and --for go with drain, not undrain", 2)
+    if args.wait is not None and not args.stop:
+        return fail("--wait goes with --stop", 2)
     duration = None
     if args.command == "drain" and args.duration:
         try:
             duration = parse_duration(args.duration)
         except ValueError as exc:
             return fail(str(exc), 2)
-    server_url = args.serverurl or DEFAULT_SERVER_URL
+    if rpc is None:
+        try:
+            connection = resolve_from(args)
+        except SupervisordConfError as exc:
+            return fail(str(exc), 2)
+        rpc, where = connection.proxy(), connection.describe()
+    where = where or "supervisord"
     status_file, state = locate_status(config.filename, config.status_file)
-    client = DrainClient(config, rpc_interface(server_url, args.username, args.password),
-                         status_file, owner_of(status_file) if state is not None else None)
+    client = DrainClient(config, rpc, status_file,
+                         owner_of(status_file) if state is not None else None)
     try:
         sections = client.select(args.sections, args.program, args.all)
     except ValueError as exc:
@@ -303,7 +317,7 @@ def run_drain(config, args) -> int:
     if args.stop:
         # --stop stops nothing it has not seen gone from ZooKeeper.
         try:
-            reading = settings_for_reading(config.zookeeper)
+            reading = reading_settings(config, state, getattr(args, "server", None))
         except ValueError as exc:
             return fail(f"--stop: cannot read ZooKeeper to confirm the deletion as this user "
                         f"({exc}); nothing drained")
@@ -319,7 +333,7 @@ def run_drain(config, args) -> int:
     try:
         client.send(message)
     except Exception as exc:  # refused connection, bad credentials, xmlrpc fault
-        return fail(f"supervisord at {server_url}: {exc}")
+        return fail(f"{where}: {describe_error(exc)}")
     answer = client.wait_for(message["id"], "accepted", ACK_TIMEOUT)
     if answer is None:
         return fail(f"the listener (pid {pid}) did not acknowledge within {ACK_TIMEOUT:.0f}s; "
@@ -360,7 +374,7 @@ def run_drain(config, args) -> int:
     try:
         stopped = client.stop_programs(sections)
     except Exception as exc:
-        return fail(f"stopping through supervisord at {server_url}: {exc}")
+        return fail(f"stopping through {where}: {describe_error(exc)}")
     print("stopped " + (", ".join(stopped) if stopped else "nothing (no bound program)"))
     return 0
 

@@ -13,9 +13,16 @@ from __future__ import annotations
 
 import time
 
-from .config import Config, settings_for_reading
-from .status import distrust, locate_status, owner_of, process_alive, read_status_file
-from .supervisord import rpc_interface
+from .config import Config
+from .status import (
+    distrust,
+    locate_status,
+    owner_of,
+    process_alive,
+    read_status_file,
+    reading_settings,
+)
+from .supervisord import describe_error, rpc_interface, supervisorctl_defaults
 
 SETTLE = 2.0
 # States in which supervisord will not start the successor by itself.
@@ -28,9 +35,18 @@ def _session(state: dict | None) -> str | None:
     return session if isinstance(session, str) and zookeeper.get("connected") else None
 
 
-def hand_over(config: Config, server_url: str, username: str | None, password: str | None,
-              timeout: float = 15.0) -> tuple[bool, str]:
-    """Hand the listener of ``config`` over to a fresh one; (success, what happened)."""
+def hand_over(config: Config, server_url: str | None = None, username: str | None = None,
+              password: str | None = None, timeout: float = 15.0, *, rpc=None,
+              where: str | None = None,
+              hosts_override: str | None = None) -> tuple[bool, str]:
+    """Hand the listener of ``config`` over to a fresh one; (success, what happened).
+
+    supervisord is reached at ``server_url`` with ``username``/``password``,
+    or through ``rpc``, an XML-RPC proxy already made (supervisorctl's own, in a
+    plugin); ``where`` names it in messages.  ``hosts_override``: the
+    ensemble to read an earlier version's nodes from (default: where the
+    listener says it is connected, else the config's)."""
+    where = where or f"supervisord at {server_url or supervisorctl_defaults().server_url}"
     path, state = locate_status(config.filename, config.status_file)
     pid = (state or {}).get("pid")
     if not pid or not process_alive(pid):
@@ -48,7 +64,7 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
         # A listener of an earlier version does not publish its session: its nodes'
         # owner is the session the successor must hold.
         try:
-            session = _session_of_nodes(config, state)
+            session = _session_of_nodes(config, state, hosts_override)
         except Exception as exc:  # unreachable, refused: nothing to prove a hand-over by
             return False, f"the listener (pid {pid}) is of an earlier version and its " \
                           f"session cannot be read from ZooKeeper ({exc}); nothing was done"
@@ -57,16 +73,16 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
                       "no session to hand over (a restart now would re-register every node)"
     refused_before = state.get("handoff_refused")
     try:
-        rpc = rpc_interface(server_url, username, password)
+        if rpc is None:
+            rpc = rpc_interface(server_url, username, password)
         infos = rpc.supervisor.getAllProcessInfo()
         matches = [f"{info['group']}:{info['name']}" for info in infos if info["pid"] == pid]
         if not matches:
-            return False, f"listener pid {pid} is not a process of the supervisord at " \
-                          f"{server_url}"
+            return False, f"listener pid {pid} is not a process of {where}"
         name = matches[0]
         rpc.supervisor.signalProcess(name, "USR2")
     except Exception as exc:  # xmlrpc faults, refused connections, bad credentials
-        return False, f"supervisord at {server_url}: {exc}"
+        return False, f"{where}: {describe_error(exc)}"
     deadline = time.monotonic() + timeout
     started = False
     while time.monotonic() < deadline:
@@ -102,7 +118,7 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
                   f"{timeout:.0f}s; see the log of {name}"
 
 
-def _session_of_nodes(config: Config, state: dict) -> str | None:
+def _session_of_nodes(config: Config, state: dict, hosts_override: str | None) -> str | None:
     """The session holding the nodes the status file says are registered, read from
     ZooKeeper; None if none is registered."""
     from .znode_reads import owners  # imports kazoo
@@ -111,5 +127,5 @@ def _session_of_nodes(config: Config, state: dict) -> str | None:
              if info.get("registered") and "<" not in info["path"]]
     if not paths:
         return None
-    held = owners(settings_for_reading(config.zookeeper), paths[:20])
+    held = owners(reading_settings(config, state, hosts_override), paths[:20])
     return next((f"0x{owner:x}" for owner in held.values() if owner), None)

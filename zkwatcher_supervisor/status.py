@@ -4,14 +4,16 @@ The listener never writes anything but protocol text to stdout, so it tells
 operators how it is doing through a small JSON file (``[zkwatcher]
 status_file``), rewritten atomically at most twice a second when something
 changed and at least every ``HEARTBEAT`` seconds.  The event loop builds the
-snapshot; the file is written off the loop.  ``zkwatcher-supervisor status``
-joins the file with what ZooKeeper itself holds, one line per section, and
-exits 0 only when every section is registered exactly when it is healthy and
-no check is overdue.
+snapshot; the file is written off the loop.  The file names the ensemble the
+listener uses (hosts, chroot, TLS or not; no credential), so
+``zkwatcher-supervisor status`` asks ZooKeeper there and joins what it holds
+with the file: one line per section (or one JSON document), exit 0 only when
+every section is registered exactly when it is healthy and no check is overdue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from typing import Callable
 
 from . import statedir
-from .config import Config
+from .config import Config, ZooKeeperSettings, check_hosts, settings_for_reading
 from .loop import EventLoop, SingleFlight, Timer, offload
 from .procfs import listener_uids, parent_pid, proc_stat, process_cmdline, process_uid
 from .untrusted import Unusable, load_json, number, printable
@@ -34,6 +36,7 @@ HEARTBEAT = 10.0
 # A status file older than this is from a listener that stopped updating it.
 STALE_AFTER = 3 * HEARTBEAT
 MAX_STATUS_BYTES = 64 << 20  # a status file of 100,000 sections
+MAX_HOSTS_CHARS = 10000
 
 Snapshot = Callable[[], dict]
 
@@ -163,8 +166,19 @@ def _check_state(state) -> dict:
         raise Unusable("pid is not a process id")
     number(state.get("updated"), "updated", 0, 1e11)
     zookeeper = mapping(state.get("zookeeper", {}), "zookeeper")
-    if not isinstance(zookeeper.get("hosts", ""), str):
+    hosts = zookeeper.get("hosts", "")
+    if not isinstance(hosts, str):
         raise Unusable("zookeeper hosts is not a string")
+    if hosts:
+        # ``status`` connects where this says: only to what a listener could use.
+        if len(hosts) > MAX_HOSTS_CHARS or not hosts.isprintable():
+            raise Unusable("zookeeper hosts is not a list of servers")
+        try:
+            check_hosts(hosts)
+        except ValueError as exc:
+            raise Unusable(f"zookeeper hosts: {exc}") from None
+    if not isinstance(zookeeper.get("tls", False), bool):
+        raise Unusable("zookeeper tls is not true or false")
     if not isinstance(zookeeper.get("problem") or "", str):
         raise Unusable("zookeeper problem is not a string")
     for name, info in mapping(state.get("sections", {}), "sections").items():
@@ -341,19 +355,52 @@ def _registration(registered: bool, unknown: bool) -> str:
     return "registered" if registered else "not registered"
 
 
-def _overdue(info: dict | None, now: float) -> str:
+def _overdue_text(overdue: float | None) -> str:
     """Why the section's check is overdue, or "" (a stuck check runner shows here)."""
-    due_by = ((info or {}).get("check") or {}).get("due_by")
-    if due_by is None or now <= due_by:
+    if overdue is None:
         return ""
-    return f"check OVERDUE: no result for {now - due_by:.0f}s past its deadline"
+    return f"check OVERDUE: no result for {overdue:.0f}s past its deadline"
 
 
-def status_report(config: Config | None,
-                  read_nodes: Callable[[list[str]], dict[str, bool] | None],
-                  now: float | None = None,
-                  located: tuple[str, dict | None] | None = None) -> tuple[list[str], bool]:
-    """Lines to print and whether everything is as it should be.
+def published_ensemble(state: dict | None) -> tuple[str, bool] | None:
+    """The ZooKeeper hosts (with its chroot, if any) the listener said it uses,
+    and whether over TLS; None if its status file says nothing about it."""
+    zookeeper = (state or {}).get("zookeeper") or {}
+    hosts = zookeeper.get("hosts")
+    return (hosts, bool(zookeeper.get("tls"))) if hosts else None
+
+
+def reading_settings(config: Config, state: dict | None,
+                     hosts_override: str | None = None) -> ZooKeeperSettings:
+    """What a reading command asks ZooKeeper with: the ensemble given by ``-s``
+    (already in ``config``), else the one the listener published, else the
+    config's — with the config's TLS files, read as whoever runs us (see
+    :func:`settings_for_reading`).  ValueError says why it cannot."""
+    zookeeper = config.zookeeper
+    published = None if hosts_override else published_ensemble(state)
+    if published is not None:
+        hosts, tls = published
+        if tls and zookeeper.tls is None:
+            raise ValueError(f"the listener speaks TLS to {hosts}, and {config.filename} "
+                             "has no TLS settings (changed since it started?)")
+        zookeeper = dataclasses.replace(zookeeper, hosts=hosts,
+                                        tls=zookeeper.tls if tls else None)
+    return settings_for_reading(zookeeper)
+
+
+def _drain_facts(drained: dict | None) -> dict | None:
+    if not drained:
+        return None
+    return {"by": drained["by"], "reason": drained.get("reason", ""),
+            "since": drained["since"], "until": drained.get("until")}
+
+
+def status_document(config: Config | None,
+                    read_nodes: Callable[[list[str]], dict[str, bool] | None],
+                    now: float | None = None,
+                    located: tuple[str, dict | None] | None = None) -> dict:
+    """The listener and every section as data: what ``status --json`` prints and
+    what :func:`status_report` words.
 
     ``read_nodes`` maps each znode path to whether it exists in ZooKeeper (None:
     ZooKeeper could not be asked, so nothing is known to be right).
@@ -364,26 +411,24 @@ def status_report(config: Config | None,
     if located is None:
         located = locate_status(config.filename, config.status_file)
     path, state = located
-    running = state is not None and process_alive(state["pid"])
-    lines = []
+    alive = state is not None and process_alive(state["pid"])
+    listener: dict = {"status_file": path, "pid": None, "alive": False, "running": False,
+                      "updated": None, "age": None, "stale": False, "problem": None,
+                      "zookeeper": None}
     if state is None:
-        why = distrust(path)
-        lines.append(f"listener: {why}" if why else
-                     f"listener: no status file at {path} (not running?)")
-    elif not running:
-        lines.append(f"listener: pid {state['pid']} is gone; status from "
-                     f"{now - state['updated']:.0f}s ago")
+        listener["problem"] = distrust(path) or f"no status file at {path} (not running?)"
     else:
         zookeeper = state.get("zookeeper", {})
         age = now - state["updated"]
-        link = "connected" if zookeeper.get("connected") else "DISCONNECTED"
-        if not zookeeper.get("connected") and zookeeper.get("problem"):
-            link += f" ({zookeeper['problem']})"
-        lines.append(printable(f"listener: pid {state['pid']}, ZooKeeper {link}, "
-                               f"updated {age:.0f}s ago"
-                               + (" — NOT UPDATING (stuck?)" if age > STALE_AFTER else "")))
-        if age > STALE_AFTER:
-            running = False  # what it says can no longer be trusted
+        listener.update(pid=state["pid"], alive=alive, updated=state["updated"], age=age,
+                        stale=alive and age > STALE_AFTER, zookeeper={
+                            "hosts": zookeeper.get("hosts") or None,
+                            "tls": bool(zookeeper.get("tls")),
+                            "connected": bool(zookeeper.get("connected")),
+                            "problem": zookeeper.get("problem") or None})
+    # What a listener that is gone or stuck says can no longer be trusted.
+    running = alive and not listener["stale"]
+    listener["running"] = running
     sections = (state or {}).get("sections", {})
     if config is not None:
         listed = [(service.name, service.display_path) for service in config.services]
@@ -399,31 +444,78 @@ def status_report(config: Config | None,
     unknown = present is None  # ZooKeeper could not be asked: nothing is known to be right
     all_ok = running and not unknown
     present = present or {}
+    entries: dict[str, dict] = {}
     for name, display_path in listed:
         info = sections.get(name) if running else None
         registered = present.get(node(name, display_path), False)
+        drained = (info or {}).get("drained")
         if info is None:
             ok = False
-            health = "unknown"
-        elif info.get("drained"):
+        elif drained:
             ok = not registered  # out of discovery on purpose, whatever its health
-            health = ("healthy" if info["healthy"] else "unhealthy") + ", DRAINED"
         else:
             ok = registered == info["healthy"]
-            health = "healthy" if info["healthy"] else "unhealthy"
-        overdue = _overdue(info, now)
-        if overdue or unknown:
+        due_by = ((info or {}).get("check") or {}).get("due_by")
+        overdue = now - due_by if due_by is not None and now > due_by else None
+        if overdue is not None or unknown:
             ok = False
         all_ok = all_ok and ok
-        details = [overdue, _describe_drain((info or {}).get("drained"), now)]
-        if info is not None:
-            if info.get("processes"):
+        entries[name] = {
+            "node": node(name, display_path), "ok": ok,
+            "registered": None if unknown else registered,
+            "healthy": None if info is None else info["healthy"],
+            "drained": _drain_facts(drained),
+            "processes": dict(sorted((info or {}).get("processes", {}).items())),
+            "check": None if info is None else info.get("check"),
+            "overdue": overdue,
+        }
+    return {"ok": all_ok, "listener": listener, "sections": entries}
+
+
+def status_report(config: Config | None,
+                  read_nodes: Callable[[list[str]], dict[str, bool] | None],
+                  now: float | None = None,
+                  located: tuple[str, dict | None] | None = None) -> tuple[list[str], bool]:
+    """Lines to print and whether everything is as it should be (see
+    :func:`status_document` for the arguments)."""
+    now = time.time() if now is None else now
+    document = status_document(config, read_nodes, now, located)
+    return report_lines(document, now), document["ok"]
+
+
+def report_lines(document: dict, now: float) -> list[str]:
+    """:func:`status_document` in words, a line for the listener and one per section."""
+    listener = document["listener"]
+    lines = []
+    if listener["pid"] is None:
+        lines.append(f"listener: {listener['problem']}")
+    elif not listener["alive"]:
+        lines.append(f"listener: pid {listener['pid']} is gone; status from "
+                     f"{listener['age']:.0f}s ago")
+    else:
+        zookeeper = listener["zookeeper"]
+        link = "connected" if zookeeper["connected"] else "DISCONNECTED"
+        if not zookeeper["connected"] and zookeeper["problem"]:
+            link += f" ({zookeeper['problem']})"
+        lines.append(printable(f"listener: pid {listener['pid']}, ZooKeeper {link}, "
+                               f"updated {listener['age']:.0f}s ago"
+                               + (" — NOT UPDATING (stuck?)" if listener["stale"] else "")))
+    for name, entry in document["sections"].items():
+        if entry["healthy"] is None:
+            health = "unknown"
+        else:
+            health = "healthy" if entry["healthy"] else "unhealthy"
+            if entry["drained"]:
+                health += ", DRAINED"
+        details = [_overdue_text(entry["overdue"]), _describe_drain(entry["drained"], now)]
+        if entry["healthy"] is not None:
+            if entry["processes"]:
                 details.append(" ".join(f"{process}={state_}" for process, state_
-                                        in sorted(info["processes"].items())))
-            details.append(_describe_check(info.get("check"), now))
+                                        in entry["processes"].items()))
+            details.append(_describe_check(entry["check"], now))
         lines.append(printable(
-            f"{'ok  ' if ok else 'BAD '} [{name}] {node(name, display_path)} "
-            f"{_registration(registered, unknown)}, {health}"
-            + "".join(f"; {d}" for d in details if d)
+            f"{'ok  ' if entry['ok'] else 'BAD '} [{name}] {entry['node']} "
+            f"{_registration(bool(entry['registered']), entry['registered'] is None)}, "
+            f"{health}" + "".join(f"; {d}" for d in details if d)
         ))
-    return lines, all_ok
+    return lines
