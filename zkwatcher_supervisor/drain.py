@@ -272,13 +272,17 @@ class DrainClient:
         return stopped
 
 
-def run_drain(config, args) -> int:
-    """``zkwatcher-supervisor drain|undrain``; the exit status (0 done, 1 failed, 2 bad input)."""
+def run_drain(config, args, rpc=None, prog: str = "zkwatcher-supervisor") -> int:
+    """``zkwatcher-supervisor drain|undrain``; the exit status (0 done, 1 failed, 2 bad input).
+
+    ``rpc``: a proxy to supervisord already made (supervisorctl's, for its
+    plugin); else one is made from ``args.serverurl``, ``-u`` and ``-p``.
+    ``prog`` starts each error line."""
     from .status import distrust, locate_status, owner_of, process_alive
     from .supervisord import DEFAULT_SERVER_URL, rpc_interface
 
     def fail(message: str, status: int = 1) -> int:
-        print(f"zkwatcher-supervisor {args.command}: {message}", file=sys.stderr)
+        print(f"{prog} {args.command}: {message}", file=sys.stderr)
         return status
 
     if sum([bool(args.sections), args.program is not None, args.all]) != 1:
@@ -293,8 +297,10 @@ def run_drain(config, args) -> int:
             return fail(str(exc), 2)
     server_url = args.serverurl or DEFAULT_SERVER_URL
     status_file, state = locate_status(config.filename, config.status_file)
-    client = DrainClient(config, rpc_interface(server_url, args.username, args.password),
-                         status_file, owner_of(status_file) if state is not None else None)
+    if rpc is None:
+        rpc = rpc_interface(server_url, args.username, args.password)
+    client = DrainClient(config, rpc, status_file,
+                         owner_of(status_file) if state is not None else None)
     try:
         sections = client.select(args.sections, args.program, args.all)
     except ValueError as exc:
@@ -338,10 +344,10 @@ def run_drain(config, args) -> int:
         if applied:
             print(f"{args.command}ed {listed}")
         for name, why in sorted(refused.items()):
-            print(f"zkwatcher-supervisor {args.command}: [{name}] not {args.command}ed: {why}",
+            print(f"{prog} {args.command}: [{name}] not {args.command}ed: {why}",
                   file=sys.stderr)
         if answer.get("refused_more"):
-            print(f"zkwatcher-supervisor {args.command}: and {answer['refused_more']} more "
+            print(f"{prog} {args.command}: and {answer['refused_more']} more "
                   "section(s) like them", file=sys.stderr)
         return 1
     if not args.stop:

@@ -29,8 +29,11 @@ def _session(state: dict | None) -> str | None:
 
 
 def hand_over(config: Config, server_url: str, username: str | None, password: str | None,
-              timeout: float = 15.0) -> tuple[bool, str]:
-    """Hand the listener of ``config`` over to a fresh one; (success, what happened)."""
+              timeout: float = 15.0, rpc=None) -> tuple[bool, str]:
+    """Hand the listener of ``config`` over to a fresh one; (success, what happened).
+
+    ``rpc``: a proxy to supervisord already made (supervisorctl's, for its
+    plugin); else one is made from ``server_url`` and the credentials."""
     path, state = locate_status(config.filename, config.status_file)
     pid = (state or {}).get("pid")
     if not pid or not process_alive(pid):
@@ -57,7 +60,8 @@ def hand_over(config: Config, server_url: str, username: str | None, password: s
                       "no session to hand over (a restart now would re-register every node)"
     refused_before = state.get("handoff_refused")
     try:
-        rpc = rpc_interface(server_url, username, password)
+        if rpc is None:
+            rpc = rpc_interface(server_url, username, password)
         infos = rpc.supervisor.getAllProcessInfo()
         matches = [f"{info['group']}:{info['name']}" for info in infos if info["pid"] == pid]
         if not matches:
