@@ -9,15 +9,18 @@ supervisorctl are the package's, run by the system Python.
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, node_exists
+from conftest import REPO, code_for_others, node_exists, throwaway_user
 
 from zkwatcher_supervisor.testing import wait_until
 from zkwatcher_supervisor.testing.sandbox import die_with_parent
@@ -46,31 +49,32 @@ def moved(text: str, moves: dict[str, str], what: str) -> str:
     return text
 
 
-@pytest.fixture
-def debian(tmp_path, write_config, zk, base_path):
-    """Debian's supervisord running examples/debian/zkwatcher.conf from its conf.d."""
+def debian_installed() -> None:
     missing = [path for path in (DEBIAN_SUPERVISORD, DEBIAN_SUPERVISORCTL, str(DEBIAN_CONF))
                if not os.path.exists(path)]
     assert not missing, (f"Debian's supervisor package is not installed ({', '.join(missing)} "
                          "missing): apt-get install supervisor, as .ci/run does")
-    config = write_config(f"""
-        [web]
-        program = web
-        service_port = 1
-        service_hostname = host1
-        zookeeper_path = {base_path}/web
-        """)
-    socket = tmp_path / "supervisor.sock"
-    logs = tmp_path / "log"
-    included = tmp_path / "conf.d"
+
+
+@contextlib.contextmanager
+def debian_supervisord(directory: Path, config: Path, zk, node: str,
+                       socket_mode: str = "chmod=0700") -> Iterator[tuple[Path, Path]]:
+    """Debian's supervisord running examples/debian/zkwatcher.conf from its conf.d;
+    its config and examples/debian/zkwatcherctl.conf, both moved to ``directory``.
+    ``socket_mode`` replaces Debian's ``chmod=0700`` of [unix_http_server]."""
+    debian_installed()
+    socket = directory / "supervisor.sock"
+    logs = directory / "log"
+    included = directory / "conf.d"
     logs.mkdir()
     included.mkdir()
-    conf = tmp_path / "supervisord.conf"
+    conf = directory / "supervisord.conf"
     conf.write_text(moved(DEBIAN_CONF.read_text(), {
         "/var/run/supervisor.sock": str(socket),
-        "/var/run/supervisord.pid": str(tmp_path / "supervisord.pid"),
+        "/var/run/supervisord.pid": str(directory / "supervisord.pid"),
         "/var/log/supervisor": str(logs),
-        "/etc/supervisor/conf.d": str(included)}, str(DEBIAN_CONF)))
+        "/etc/supervisor/conf.d": str(included),
+        "chmod=0700": socket_mode}, str(DEBIAN_CONF)))
     (included / "zkwatcher.conf").write_text(moved(
         (EXAMPLES / "zkwatcher.conf").read_text(), {
             "/opt/zkwatcher-supervisor/bin/": f"{VENV_BIN}/",
@@ -81,7 +85,7 @@ def debian(tmp_path, write_config, zk, base_path):
         command = sleep 100000
         startsecs = 0
         """))
-    ctl_conf = tmp_path / "zkwatcherctl.conf"
+    ctl_conf = directory / "zkwatcherctl.conf"
     ctl_conf.write_text(moved((EXAMPLES / "zkwatcherctl.conf").read_text(), {
         "/var/run/supervisor.sock": str(socket),
         "/etc/zk/config.cfg": str(config)}, "examples/debian/zkwatcherctl.conf"))
@@ -89,14 +93,38 @@ def debian(tmp_path, write_config, zk, base_path):
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.STDOUT, env=SYSTEM_ENV, cwd="/",
                               preexec_fn=die_with_parent)
-    node = f"{base_path}/web/host1:1"
     try:
         wait_until(lambda: node_exists(zk, node), 30, what="the listener under Debian's "
                    f"supervisord registered (see {logs})")
-        yield conf, ctl_conf, node
+        yield conf, ctl_conf
     finally:
         server.terminate()
         server.wait(20)
+
+
+def listener_config(directory: Path, zookeeper, base_path: str) -> Path:
+    config = directory / "zkwatcher.cfg"
+    config.write_text(textwrap.dedent(f"""
+        [zkwatcher]
+        hosts = {zookeeper.hosts}
+        session_timeout = 10
+
+        [web]
+        program = web
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/web
+        """))
+    config.chmod(0o644)
+    return config
+
+
+@pytest.fixture
+def debian(tmp_path, zookeeper, zk, base_path):
+    node = f"{base_path}/web/host1:1"
+    with debian_supervisord(tmp_path, listener_config(tmp_path, zookeeper, base_path),
+                            zk, node) as (conf, ctl_conf):
+        yield conf, ctl_conf, node
 
 
 def test_debians_supervisorctl_still_works_with_our_example_files(debian, zk, tmp_path):
@@ -133,3 +161,53 @@ def test_debians_supervisorctl_still_works_with_our_example_files(debian, zk, tm
     assert "zkwatcher_supervisor.ctlplugin:make_plugin cannot be resolved" in \
         status.stdout + status.stderr
     assert run(DEBIAN_SUPERVISORCTL, "-c", str(conf), "status").returncode == 0
+
+
+def test_a_non_root_operator_needs_the_sockets_group(reachable_dir, zookeeper, zk, base_path):
+    """Debian's socket is root's alone (chmod=0700).  An operator in the group that
+    [unix_http_server] chown= gives it, with chmod=0770, can use both supervisorctls;
+    before, neither reaches supervisord."""
+    python, pythonpath = code_for_others()
+    node = f"{base_path}/web/host1:1"
+    config = listener_config(reachable_dir, zookeeper, base_path)
+    with throwaway_user() as (operator, _):
+        group = grp.getgrgid(operator.groups[0]).gr_name if operator.groups else None
+        assert group is not None, "the throwaway user has no supplementary group"
+
+        def as_operator(*command: str) -> subprocess.CompletedProcess:
+            return subprocess.run(command, capture_output=True, text=True, timeout=60,
+                                  cwd="/", user=operator.uid, group=operator.gid,
+                                  extra_groups=list(operator.groups),
+                                  env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath,
+                                       "HOME": operator.home})
+
+        def plugin(ctl_conf: Path, *words: str) -> subprocess.CompletedProcess:
+            # The virtualenv's supervisorctl, from a copy other users can read.
+            return as_operator(python, "-m", "supervisor.supervisorctl", "-c", str(ctl_conf),
+                               *words)
+
+        first = reachable_dir / "root-only"
+        first.mkdir()
+        with debian_supervisord(first, config, zk, node) as (conf, ctl_conf):
+            status = as_operator(DEBIAN_SUPERVISORCTL, "-c", str(conf), "status")
+            assert status.returncode != 0 and "Permission denied" in \
+                status.stdout + status.stderr, status.stdout + status.stderr
+            result = plugin(ctl_conf, "drain", "web")
+            assert result.returncode == 1 and "Permission denied" in result.stderr, \
+                result.stdout + result.stderr
+            assert node_exists(zk, node)
+
+        second = reachable_dir / "group"
+        second.mkdir()
+        with debian_supervisord(second, config, zk, node,
+                                socket_mode=f"chmod=0770\nchown=root:{group}") as (
+                conf, ctl_conf):
+            status = as_operator(DEBIAN_SUPERVISORCTL, "-c", str(conf), "status", "web")
+            assert status.returncode == 0 and "RUNNING" in status.stdout, \
+                status.stdout + status.stderr
+            result = plugin(ctl_conf, "drain", "web")
+            assert result.returncode == 0, result.stdout + result.stderr
+            wait_until(lambda: not node_exists(zk, node), 5, what="drained by the operator")
+            result = plugin(ctl_conf, "undrain", "web")
+            assert result.returncode == 0, result.stdout + result.stderr
+            wait_until(lambda: node_exists(zk, node), 5, what="undrained by the operator")
