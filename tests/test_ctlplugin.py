@@ -100,7 +100,8 @@ def deletion_watch(zk, node: str) -> tuple[threading.Event, list[float]]:
 def test_drain_and_undrain_on_supervisorctls_command_line(host, zk):
     server, _config, nodes = host
     gone, _ = deletion_watch(zk, nodes["web"])
-    result = supervisorctl(server.config, "drain", "web", "--reason", "deploy-42")
+    # supervisorctl joins its words with spaces: the inner quotes keep the reason whole.
+    result = supervisorctl(server.config, "drain", "web", "--reason", "'deploy 42'")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "drained [web]"
     assert gone.wait(5), "a consumer's watch saw no deletion"
@@ -110,7 +111,7 @@ def test_drain_and_undrain_on_supervisorctls_command_line(host, zk):
     status = wait_until(lambda: (r := supervisorctl(server.config, "zkstatus")).returncode == 0
                         and "DRAINED" in r.stdout and r, 10, interval=0.2, what="zkstatus ok")
     line = next(line for line in status.stdout.splitlines() if "[web]" in line)
-    assert "not registered, healthy, DRAINED" in line and "(deploy-42)" in line
+    assert "not registered, healthy, DRAINED" in line and "(deploy 42)" in line
 
     result = supervisorctl(server.config, "undrain", "web")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -132,6 +133,7 @@ def test_drain_and_undrain_in_supervisorctls_shell(host, zk):
         help drain
         """))
     no_traceback(result)
+    assert result.returncode == 0  # supervisorctl's shell always exits 0
     assert gone.wait(1), "the shell's drain deleted nothing"
     assert "drained [web]" in result.stdout
     status_line = next(line for line in result.stdout.splitlines() if nodes["web"] in line)
@@ -140,6 +142,7 @@ def test_drain_and_undrain_in_supervisorctls_shell(host, zk):
     # The bad line did not end the shell: the commands after it ran.
     assert "undrained [web]" in result.stdout
     assert "--for DURATION" in result.stdout and "--stop" in result.stdout
+    assert "*** No help on drain" in result.stdout  # supervisorctl's own command set's
     wait_until(lambda: node_exists(zk, nodes["web"]), 5, what="registered again")
 
 
