@@ -9,8 +9,8 @@ Enabled by a section of the file supervisorctl reads (``-c``)::
 (supervisorctl offers no ``%(here)s`` there: a relative ``config`` is taken
 from the directory of the file supervisorctl read.)  The commands are those
 of ``zkwatcher-supervisor``, with supervisorctl's own connection and
-credentials.  They read the listener's status file and
-``/proc`` of this machine, so they refuse a supervisord elsewhere.
+credentials.  They read the listener's status file and ``/proc`` of this
+machine, so they refuse a supervisord elsewhere.
 
 supervisorctl imports every ``[ctlplugin:x]`` before it runs any command and
 turns a factory's exception into a traceback for every command, so nothing
@@ -232,9 +232,7 @@ class ZkwatcherPlugin(ControllerPluginBase):
                 self._finish("zkstatus", 2, str(exc))
                 return
             config = None  # as `status` does: the status file alone
-        sys.stdout.flush()
         self._finish("zkstatus", show_status(config, self.config_path))
-        sys.stdout.flush()
 
     def help_zkstatus(self) -> None:
         self.ctl.output("zkstatus\tone line per zkwatcher section: registered, healthy, "
