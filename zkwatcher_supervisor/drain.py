@@ -271,7 +271,8 @@ class DrainClient:
         return stopped
 
 
-def run_drain(config, args, rpc=None, where: str | None = None) -> int:
+def run_drain(config, args, rpc=None, where: str | None = None,
+              prog: str = "zkwatcher-supervisor") -> int:
     """``zkwatcher-supervisor drain|undrain``; the exit status (0 done, 1 failed, 2 bad input).
 
     ``args``: the parsed command line (``command``, ``sections``, ``program``,
@@ -279,12 +280,13 @@ def run_drain(config, args, rpc=None, where: str | None = None) -> int:
     flags :func:`supervisord.resolve_from` reads).  ``rpc``: a supervisord
     XML-RPC proxy already made (supervisorctl's own, in a plugin), with
     ``where`` naming it in messages; None: reached as the flags say.
+    ``prog`` starts each error line.
     """
     from .status import distrust, locate_status, owner_of, process_alive, reading_settings
     from .supervisord import SupervisordConfError, describe_error, resolve_from
 
     def fail(message: str, status: int = 1) -> int:
-        print(f"zkwatcher-supervisor {args.command}: {message}", file=sys.stderr)
+        print(f"{prog} {args.command}: {message}", file=sys.stderr)
         return status
 
     if sum([bool(args.sections), args.program is not None, args.all]) != 1:
@@ -352,10 +354,10 @@ def run_drain(config, args, rpc=None, where: str | None = None) -> int:
         if applied:
             print(f"{args.command}ed {listed}")
         for name, why in sorted(refused.items()):
-            print(f"zkwatcher-supervisor {args.command}: [{name}] not {args.command}ed: {why}",
+            print(f"{prog} {args.command}: [{name}] not {args.command}ed: {why}",
                   file=sys.stderr)
         if answer.get("refused_more"):
-            print(f"zkwatcher-supervisor {args.command}: and {answer['refused_more']} more "
+            print(f"{prog} {args.command}: and {answer['refused_more']} more "
                   "section(s) like them", file=sys.stderr)
         return 1
     if not args.stop:
