@@ -1,8 +1,9 @@
 """Each payload format read by the reader its users run: Prometheus'
 ``serverset_sd_configs`` (Debian's ``prometheus``), Apache Curator's own
 ``ServiceDiscovery`` (Debian's ``libcurator-discovery-java``) and a kazoo
-``ChildrenWatch``.  Real ZooKeeper, supervisord and listener; a section is
-healthy while its supervisord program runs."""
+``ChildrenWatch`` (Nerve's readers: tests/test_nerve.py).  Real ZooKeeper,
+supervisord and listener; a section is healthy while its supervisord program
+runs."""
 
 from __future__ import annotations
 
@@ -145,6 +146,7 @@ CHILD_NAMES = {
     "nd_service_registry": r"127\.0\.0\.1:{port}",
     "serverset": r"member_\d{{10}}",
     "curator": r"127\.0\.0\.1:{port}",
+    "nerve": r"127\.0\.0\.1_\d{{10}}",  # instance_id: service_hostname by default
 }
 
 
