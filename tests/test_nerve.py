@@ -269,3 +269,38 @@ def test_one_nerve_node_through_a_lost_create_reply_expiry_and_a_crash(
     finally:
         proxy.close()
         link.close()
+
+
+@pytest.mark.e2e
+def test_another_sessions_node_for_our_endpoint_is_logged_once(
+        write_config, driver, zk, base_path):
+    """A migration from Nerve: Nerve's node for the same endpoint stays (both
+    are listed), and the listener says so once."""
+    path = f"{base_path}/nerve/web"
+    zk.ensure_path(path)
+    nerves = zk.create(f"{path}/web-h2_", b'{"host":"h2","port":80,"name":"web-h2"}',
+                       ephemeral=True, sequence=True)
+    other_port = zk.create(f"{path}/web-h2_", b'{"host":"h2","port":81,"name":"web-h2"}',
+                           ephemeral=True, sequence=True)
+    config = write_config(textwrap.dedent(f"""
+        [web]
+        cmd = true
+        refresh = 1
+        service_port = 80
+        service_hostname = h2
+        instance_id = web-h2
+        zookeeper_path = {path}
+        payload_format = nerve
+        """))
+    drv = driver(config)
+    wait_until(lambda: len(read_synapse(zk, path)) == 3, 10, what="our node beside Nerve's")
+    (ours,) = set(read_synapse(zk, path)) - {posixpath.basename(nerves),
+                                            posixpath.basename(other_port)}
+    message = (f"{nerves}, another session's node, announces the same endpoint as our "
+               f"{path}/{ours}")
+    wait_until(lambda: message in drv.stderr(), 10, what="the double listing logged")
+    for _ in range(3):
+        drv.tick()
+    time.sleep(1)
+    assert drv.stderr().count("another session's node") == 1, drv.stderr()
+    assert zk.exists(nerves) is not None  # never ours to delete

@@ -56,6 +56,7 @@ from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE, READ_ACL_UNSAFE, Pe
 from . import session_file
 from .config import ServiceSettings, TLSSettings, ZooKeeperSettings
 from .logs import KAZOO_REPEATS
+from .neighbours import announcing_alongside
 from .payload import names_endpoint, same_registration
 from .tls import client_context, refusal_reason
 
@@ -427,6 +428,10 @@ class Registry:
         # the listener has worked out its health after the restart.
         self._holding = True
         self._foreign: dict[str, int] = {}  # path -> holder we logged about (0: persistent)
+        # Sequential keys looked at for other sessions announcing their endpoint
+        # (once per key and process), and the nodes already logged.
+        self._neighbours_checked: set[str] = set()
+        self._neighbours_logged: set[str] = set()
         # The current stretch without a connection (set by kazoo's callbacks,
         # under _lock): since when, and whether the session expired meanwhile;
         # the worker logs its progress.  Until the first connect: since start.
@@ -748,6 +753,7 @@ class Registry:
                 failed = set()
             self._schedule_retries(failed, (changed | suspect) - failed)
             self._warn_open_parents()
+            self._log_neighbours(session_id)
             if self._registered != self._owned.keys() or self._published_nodes != self._nodes:
                 self._registered = frozenset(self._owned)
                 self._published_nodes = dict(self._nodes)
@@ -1095,6 +1101,27 @@ class Registry:
                             "notwithstanding; give it an ACL like ours (creator all, "
                             "world read)", parent, " and ".join(name for name, _ in risks),
                             " or ".join(risk for _, risk in risks))
+
+    def _log_neighbours(self, session_id: int) -> None:
+        """Once per sequential registration: say so if another session's node
+        under the same parent announces the same endpoint (both are listed)."""
+        for key, node in sorted(self._nodes.items()):
+            if key in self._neighbours_checked:
+                continue
+            try:
+                others = announcing_alongside(self._client, key, node, session_id)
+            except CONNECTION_ERRORS:
+                return  # looked at on a later pass
+            except KazooException as exc:  # e.g. a parent we may not list
+                log.debug("%s: cannot look for other nodes announcing it: %r", key, exc)
+                others = []
+            self._neighbours_checked.add(key)
+            for other in others:
+                if other not in self._neighbours_logged:
+                    self._neighbours_logged.add(other)
+                    log.warning("%s, another session's node, announces the same endpoint as "
+                                "our %s: readers that list %s see it twice until one goes",
+                                other, node, posixpath.dirname(key))
 
     def _find_unsaved_members(self, wanted: dict[str, bytes]) -> None:
         """After a reattach, members the old incarnation created but never saved
