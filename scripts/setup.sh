@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what the demo and the tests need on a Debian machine: ZooKeeper
-# (Debian's package; tests start their own servers from it) and this package
+# (Debian's package; tests start their own servers from it), the consumers the
+# tests read our nodes with (Prometheus; Apache Curator's discovery and a JDK
+# to compile its reader) and this package
 # with its test extra in a project virtualenv, .venv.  Debian's own python3
 # refuses `pip install` outside a virtualenv (PEP 668), so everything runs from
 # .venv/bin/python.  Safe to run again; quick when nothing changed.
@@ -17,10 +19,31 @@ fi
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   missing+=(python3-venv)
 fi
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: apt-get install ${missing[*]}" >&2
+consumers=()
+[ -x /usr/bin/prometheus ] || consumers+=(prometheus)
+[ -e /usr/share/java/curator-x-discovery.jar ] || consumers+=(libcurator-discovery-java)
+# ServiceProvider's cache; the discovery package does not depend on it.
+[ -e /usr/share/java/curator-recipes.jar ] || consumers+=(libcurator-recipes-java)
+command -v javac >/dev/null || consumers+=(openjdk-17-jdk-headless)
+if [ ${#missing[@]} -gt 0 ] || [ ${#consumers[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${missing[*]} ${consumers[*]}" >&2
   $sudo apt-get update -q
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+if [ ${#consumers[@]} -gt 0 ]; then
+  # The tests run their own Prometheus: keep the package's service from
+  # starting on :9090 (policy-rc.d 101 = "do not start").
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${consumers[@]}"
+  [ -z "$made_policy" ] || $sudo rm -f /usr/sbin/policy-rc.d
 fi
 
 # A .venv whose interpreter is gone (or that was made without pip) is rebuilt.

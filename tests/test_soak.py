@@ -39,3 +39,4 @@ def test_soak_nodes_equal_the_rules_at_every_quiet_point(zookeeper, tmp_path):
     assert sum(done.values()) >= 150, done
     assert report.checks >= 5
     assert report.members_seen >= 2  # ServerSet members came and went too
+    assert report.nerve_seen >= 2  # and Nerve nodes

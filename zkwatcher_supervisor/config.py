@@ -61,7 +61,7 @@ TLS_KEYS = ("ca", "certfile", "keyfile", "keyfile_password", "keyfile_password_f
             "tls_check_hostname")
 GLOBAL_KEYS = {"hosts", "session_timeout", "reconnect_spread", "status_file", "metrics_port",
                "use_ssl", "user", "group", *TLS_KEYS}
-PAYLOAD_FORMATS = ("nd_service_registry", "serverset", "curator")
+PAYLOAD_FORMATS = ("nd_service_registry", "serverset", "curator", "nerve")
 AUTH_KEYS = {"user", "password", "password_file", "mechanism"}
 # [auth] mechanism: ZooKeeper's digest scheme (zk_watcher's), or a SASL mechanism.
 DIGEST = "digest"
@@ -78,6 +78,7 @@ SERVICE_KEYS = {
     "zookeeper_path",
     "zookeeper_data",
     "payload_format",
+    "instance_id",
     "expect_status",
     "drain_seconds",
     "user",
@@ -202,24 +203,36 @@ class ServiceSettings:
     # sections that start no process.  Not shown: it may hold secrets.
     check_env: dict[str, str] | None = field(default=None, compare=False, hash=False,
                                              repr=False)
+    instance_id: str | None = None  # payload_format = nerve: the instance's name
+
+    @property
+    def sequence_prefix(self) -> str | None:
+        """The node name ZooKeeper appends a sequence number to, for the formats
+        whose readers expect one (ServerSet's ``member_``, Nerve's
+        ``<instance_id>_``); None for a fixed name."""
+        if self.payload_format == "serverset":
+            return "member_"
+        if self.payload_format == "nerve":
+            return f"{self.instance_id}_"
+        return None
 
     @property
     def registration_key(self) -> str:
         """What the registry registers this section under: the znode path, or
-        for a ServerSet member the pseudo-path ``<path>/member_#<host>:<port>``
-        standing for the node ZooKeeper names itself (``member_`` + a sequence
-        number, as ServerSet readers expect)."""
+        for a sequential node the pseudo-path ``<path>/<prefix>#<host>:<port>``
+        standing for the node ZooKeeper names itself (the prefix + a sequence
+        number, as ServerSet and Nerve readers expect)."""
         parent = self.zookeeper_path.rstrip("/")
         port = self.port_text or self.service_port  # "0080" stays "0080", as zk_watcher
-        if self.payload_format == "serverset":
-            return f"{parent}/member_#{self.service_hostname}:{port}"
+        if self.sequence_prefix is not None:
+            return f"{parent}/{self.sequence_prefix}#{self.service_hostname}:{port}"
         return f"{parent}/{self.service_hostname}:{port}"
 
     @property
     def display_path(self) -> str:
         """The node path as an operator should read it (before ZooKeeper names a member)."""
-        if self.payload_format == "serverset":
-            return f"{self.zookeeper_path.rstrip('/')}/member_<sequence>"
+        if self.sequence_prefix is not None:
+            return f"{self.zookeeper_path.rstrip('/')}/{self.sequence_prefix}<sequence>"
         return self.registration_key
 
 
@@ -314,6 +327,39 @@ def parse_zookeeper_data(text: str, notes: list[str] | None = None) -> dict[str,
             return pairs
     raise ValueError(f"expected a JSON object or k=v pairs, got {text!r} (zk_watcher could "
                      "not store it and never registered the section)")
+
+
+# Set from service_hostname, service_port and instance_id: data may not contradict them.
+NERVE_OWN_KEYS = ("host", "port", "name")
+
+
+def nerve_data(data: dict[str, Any]) -> dict[str, Any]:
+    """``zookeeper_data`` for a Nerve node, checked as Nerve checks its service
+    config: ``weight`` a non-negative integer or a string of digits (``k=v``
+    data gives strings; stored as an integer), ``haproxy_server_options`` a
+    string, ``labels`` an object of strings.  Other keys are kept as given.
+    ValueError says what is wrong."""
+    for key in NERVE_OWN_KEYS:
+        if key in data:
+            raise ValueError(f"{key!r} is not allowed: Nerve's host, port and name come from "
+                             "service_hostname, service_port and instance_id")
+    data = dict(data)
+    if "weight" in data:
+        weight = data["weight"]
+        if isinstance(weight, str) and weight.isascii() and weight.isdigit():
+            weight = int(weight)
+        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+            raise ValueError(f"weight must be a non-negative integer, got {data['weight']!r}")
+        data["weight"] = weight
+    if "haproxy_server_options" in data and not isinstance(data["haproxy_server_options"], str):
+        raise ValueError("haproxy_server_options must be a string, got "
+                         f"{data['haproxy_server_options']!r}")
+    if "labels" in data:
+        labels = data["labels"]
+        if not isinstance(labels, dict) or not all(
+                isinstance(value, str) for value in labels.values()):
+            raise ValueError(f"labels must be a JSON object of strings, got {labels!r}")
+    return data
 
 
 def _key_value_pairs(text: str) -> tuple[dict[str, Any], list[str]]:
@@ -648,6 +694,17 @@ def _read_service(section: _Section, default_hostname: str,
         raise section.error("zookeeper_data", str(exc)) from None
     for note in notes:
         section.warn("zookeeper_data", note)
+    instance_id = None
+    if payload_format == "nerve":
+        instance_id = section.text("instance_id") or hostname
+        if "/" in instance_id or "#" in instance_id:
+            raise section.error("instance_id", f"must not contain '/' or '#', got {instance_id!r}")
+        try:
+            data = nerve_data(data)
+        except ValueError as exc:
+            raise section.error("zookeeper_data", str(exc)) from None
+    elif section.text("instance_id") is not None:
+        raise section.error("instance_id", "only applies to payload_format = nerve")
 
     port_text = section.required("service_port")
     if not (port_text.isascii() and port_text.isdigit()):
@@ -684,6 +741,7 @@ def _read_service(section: _Section, default_hostname: str,
         user=user,
         environment=environment,
         check_env=check_env,
+        instance_id=instance_id,
     )
 
 

@@ -9,6 +9,10 @@
   name is the last element of ``zookeeper_path`` (Curator's
   ``<basePath>/<name>/<id>`` layout), the id is the node name ``host:port``
   and ``zookeeper_data`` becomes the instance payload.
+* ``nerve``: Airbnb Nerve's (SmartStack) node JSON — ``host``, ``port``,
+  ``name`` (the section's ``instance_id``) — updated with ``zookeeper_data``
+  (``weight``, ``haproxy_server_options``, ``labels``, anything else as given;
+  checked when the config loads).
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ def node_payload(service: ServiceSettings, pid: int, created: float | None = Non
             "uriSpec": None,
             "enabled": True,
         }
+    elif service.payload_format == "nerve":
+        data = {"host": service.service_hostname, "port": service.service_port,
+                "name": service.instance_id}
+        data.update(service.zookeeper_data)
     else:
         data = {"pid": pid, "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))}
         data.update(service.zookeeper_data)

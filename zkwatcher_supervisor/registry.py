@@ -52,6 +52,7 @@ from kazoo.security import OPEN_ACL_UNSAFE
 from . import session_file
 from .config import ZooKeeperSettings
 from .logs import KAZOO_REPEATS
+from .neighbours import announcing_alongside
 from .outage import Outage, connected_line, progress_line
 from .registry_decisions import (
     Action,
@@ -161,6 +162,10 @@ class Registry:
         # The current stretch without a connection: begun and ended by
         # kazoo's callbacks, its progress logged by the worker; under _lock.
         self._outage = Outage(time.monotonic())
+        # Sequential keys looked at for other sessions announcing their endpoint
+        # (once per key and process), and the nodes already logged.
+        self._neighbours_checked: set[str] = set()
+        self._neighbours_logged: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
 
     # -- public API ---------------------------------------------------------
@@ -438,6 +443,7 @@ class Registry:
                 failed = set()
             self._schedule_retries(failed, (changed | suspect) - failed)
             self._warn_open_parents()
+            self._log_neighbours(session_id)
             members = self._members.as_dict()
             if self._registered != self._owned.keys() or self._published_nodes != members:
                 self._registered = frozenset(self._owned)
@@ -746,6 +752,27 @@ class Registry:
                             "notwithstanding; give it an ACL like ours (creator all, "
                             "world read)", parent, " and ".join(name for name, _ in risks),
                             " or ".join(risk for _, risk in risks))
+
+    def _log_neighbours(self, session_id: int) -> None:
+        """Once per sequential registration: say so if another session's node
+        under the same parent announces the same endpoint (both are listed)."""
+        for key, node in sorted(self._members.as_dict().items()):
+            if key in self._neighbours_checked:
+                continue
+            try:
+                others = announcing_alongside(self._client, key, node, session_id)
+            except CONNECTION_ERRORS:
+                return  # looked at on a later pass
+            except KazooException as exc:  # e.g. a parent we may not list
+                log.debug("%s: cannot look for other nodes announcing it: %r", key, exc)
+                others = []
+            self._neighbours_checked.add(key)
+            for other in others:
+                if other not in self._neighbours_logged:
+                    self._neighbours_logged.add(other)
+                    log.warning("%s, another session's node, announces the same endpoint as "
+                                "our %s: readers that list %s see it twice until one goes",
+                                other, node, posixpath.dirname(key))
 
     def _find_unsaved_members(self, wanted: dict[str, bytes]) -> None:
         """After a reattach, members the old incarnation created but never saved

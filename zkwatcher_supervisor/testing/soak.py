@@ -59,6 +59,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -143,6 +144,10 @@ def member_key(parent: str, uid: str) -> str:
     return f"{parent}/member_<{uid}>"
 
 
+# A node ZooKeeper named: ServerSet's member_<sequence>, Nerve's <instance_id>_<sequence>.
+SEQUENTIAL_NODE = re.compile(r"(member|.+)_\d{10}")
+
+
 def matches(spec: str, process: str) -> bool:
     """Whether a ``program`` value covers supervisord process ``group:name``."""
     group, name = process.split(":")
@@ -167,9 +172,14 @@ class Section:
     # 0: the check is ``test -f FLAG``; N > 0: an init-script style shell that
     # leaves a child writing to its output N centiseconds after it exits.
     shell: int = 0
-    # A ServerSet member: ZooKeeper names it member_<sequence>, so the checker
-    # finds it by the id in its payload, and there must never be two.
-    serverset: bool = False
+    # serverset or nerve: ZooKeeper names the node (member_<sequence>,
+    # <instance_id>_<sequence>), so the checker finds it by the id in its
+    # payload, and there must never be two.
+    payload_format: str = "nd_service_registry"
+
+    @property
+    def sequential(self) -> bool:
+        return self.payload_format in ("serverset", "nerve")
 
     def text(self, base: str, flags: Path) -> str:
         lines = [f"[{self.name}]"]
@@ -184,13 +194,13 @@ class Section:
         lines += [f"service_port = {self.port}", f"service_hostname = {HOSTNAME}",
                   f"zookeeper_path = {base}/svc{self.path}",
                   f"zookeeper_data = id={self.uid}, gen={self.gen}"]
-        if self.serverset:
-            lines.append("payload_format = serverset")
+        if self.payload_format != "nd_service_registry":
+            lines.append(f"payload_format = {self.payload_format}")
         return "\n".join(lines) + "\n\n"
 
     def node(self, base: str) -> str:
         """The node's path; for a member, a stand-in naming its section's id."""
-        if self.serverset:
+        if self.sequential:
             return member_key(f"{base}/svc{self.path}", self.uid)
         return f"{base}/svc{self.path}/{HOSTNAME}:{self.port}"
 
@@ -239,6 +249,7 @@ class Report:
     listener_errors: list[str]  # each traceback in the listener's log, condensed
     workdir: str
     members_seen: int = 0  # distinct ServerSet members the checker saw
+    nerve_seen: int = 0  # distinct Nerve nodes the checker saw
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -259,7 +270,7 @@ class Report:
             f"quiet-point checks: {self.checks}",
             f"violations: {len(self.violations)}{summary}",
             f"seconds out of line: {self.seconds_out_of_line:.2f}",
-            f"ServerSet members seen: {self.members_seen}",
+            f"ServerSet members seen: {self.members_seen}, Nerve nodes seen: {self.nerve_seen}",
             f"listener pids: {self.listener_pids}",
             f"listener errors: {len(self.listener_errors)}",
             *(f"    {error}" for error in self.listener_errors),
@@ -328,6 +339,7 @@ class Soak:
         self._errors: list[BaseException] = []
         self.duplicates: list[tuple[float, str, str]] = []  # (when, member, member)
         self.members: set[str] = set()
+        self.nerve_nodes: set[str] = set()
 
     # -- setup ------------------------------------------------------------------
 
@@ -340,7 +352,8 @@ class Soak:
         return Section(name or f"s{self._next_uid}", f"u{self._next_uid}", self._next_port,
                        rng.randrange(PATHS), program, flag, rng.choice([1, 1, 2]),
                        rng.choice([1, 1, 2]), shell=rng.choice([0, 0, 1, 2, 5]),
-                       serverset=rng.random() < 0.25)
+                       payload_format=rng.choices(["nd_service_registry", "serverset", "nerve"],
+                                                  [0.55, 0.25, 0.2])[0])
 
     def _config_text(self, sections: dict[str, Section]) -> str:
         header = (f"[zkwatcher]\nhosts = {self.proxy.hosts}\n"
@@ -581,8 +594,8 @@ class Soak:
     def _read_nodes(self) -> dict[str, tuple[bytes, int, str]]:
         """Every node under the base path: path -> (data, ephemeralOwner, znode).
 
-        ServerSet members are keyed by the section id in their payload; a second
-        member for the same id is recorded in ``self.duplicates``.
+        ServerSet members and Nerve nodes are keyed by the section id in their
+        payload; a second node for the same id is recorded in ``self.duplicates``.
         """
         found = {}
         for parent in self.zk.get_children(self.base):
@@ -598,14 +611,17 @@ class Soak:
                 except NoNodeError:
                     continue
                 key = node
-                if child.startswith("member_"):
+                if SEQUENTIAL_NODE.fullmatch(child):
                     try:
                         key = member_key(parent, json.loads(data)["id"])
                     except (ValueError, KeyError, TypeError):
                         pass
                     if key in found:
                         self.duplicates.append((time.time(), found[key][2], node))
-                    self.members.add(node)
+                    if child.startswith("member_"):
+                        self.members.add(node)
+                    else:
+                        self.nerve_nodes.add(node)
                 found[key] = (data, stat.ephemeralOwner, node)
         return found
 
@@ -719,7 +735,7 @@ class Soak:
                 reasons.append("drained")
             if process_up and check_up and not drained:
                 expected[node] = json.dumps({"id": section.uid, "gen": str(section.gen),
-                                             "pid": None if section.serverset else pid},
+                                             "pid": None if section.sequential else pid},
                                             sort_keys=True).encode()
             due[node] = max(inputs)
             why[node] = f"{section.describe()}: {'; '.join(reasons)} -> " \
@@ -890,7 +906,8 @@ class Soak:
             raise RuntimeError("an actor failed") from self._errors[0]
         return Report(self.seed, time.monotonic() - started, dict(self.counts), checks,
                       violations, sum(v.out_of_line for v in violations), pids,
-                      self._tracebacks(), str(self.workdir), len(self.members))
+                      self._tracebacks(), str(self.workdir), len(self.members),
+                      len(self.nerve_nodes))
 
     def _duplicate_violations(self, since: float) -> list[Violation]:
         """Two members for one section seen in one listing: a violation at any time."""

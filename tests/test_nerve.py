@@ -1,0 +1,306 @@
+"""``payload_format = nerve``: Airbnb Nerve's (SmartStack) ephemeral sequential
+``<zookeeper_path>/<instance_id>_<sequence>`` node with its JSON, read by
+Prometheus' ``nerve_sd_configs`` and by a Synapse-style reader, exactly one
+node per healthy section through flaps, a payload change (set in place), a
+lost create reply, session expiry and a crash."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import signal
+import textwrap
+import time
+
+import pytest
+from conftest import ProtocolDriver, listener_section
+from kazoo.exceptions import NoNodeError
+from test_consumers import programs
+from test_regressions import ZooKeeperLink
+from test_serverset import CREATE_OPCODES
+
+from zkwatcher_supervisor.config import ConfigError, load_config
+from zkwatcher_supervisor.payload import node_payload
+from zkwatcher_supervisor.testing import FaultProxy, wait_until
+from zkwatcher_supervisor.testing.consumers import LocalPrometheus
+
+
+def nerve_config(tmp_path, body: str):
+    path = tmp_path / "nerve.cfg"
+    path.write_text(textwrap.dedent(body))
+    return load_config(str(path), link_files=False)
+
+
+def nerve_section(name="web", data="", extra="", port=8080, path="/svc/web", health="cmd = true"):
+    return f"""
+        [{name}]
+        {health}
+        service_port = {port}
+        service_hostname = 10.0.0.5
+        zookeeper_path = {path}
+        payload_format = nerve
+        zookeeper_data = {data}
+        {extra}
+        """
+
+
+def test_nerve_node_is_the_instance_id_sequence_and_the_json_nerve_writes(tmp_path):
+    config = nerve_config(tmp_path, nerve_section(
+        data='{"weight": "7", "haproxy_server_options": "backup", "labels": {"az": "a"}, '
+             '"maintenance": false}', extra="instance_id = i-0abc"))
+    (service,) = config.services
+    assert service.registration_key == "/svc/web/i-0abc_#10.0.0.5:8080"
+    assert service.display_path == "/svc/web/i-0abc_<sequence>"
+    assert json.loads(node_payload(service, pid=1)) == {
+        "host": "10.0.0.5", "port": 8080, "name": "i-0abc", "weight": 7,
+        "haproxy_server_options": "backup", "labels": {"az": "a"}, "maintenance": False}
+
+
+def test_nerve_defaults_and_key_value_data(tmp_path):
+    config = nerve_config(tmp_path, nerve_section(data="weight=10, zone = b"))
+    (service,) = config.services
+    assert service.instance_id == "10.0.0.5"  # the section's service_hostname
+    assert json.loads(node_payload(service, pid=1)) == {
+        "host": "10.0.0.5", "port": 8080, "name": "10.0.0.5", "weight": 10, "zone": "b"}
+    bare = nerve_config(tmp_path, nerve_section()).services[0]
+    assert json.loads(node_payload(bare, pid=1)) == {"host": "10.0.0.5", "port": 8080,
+                                                     "name": "10.0.0.5"}
+
+
+@pytest.mark.parametrize("data, extra, key, message", [
+    ('{"weight": -1}', "", "zookeeper_data", "weight must be a non-negative integer, got -1"),
+    ("weight=ten", "", "zookeeper_data", "weight must be a non-negative integer, got 'ten'"),
+    ('{"weight": 1.5}', "", "zookeeper_data", "weight must be a non-negative integer"),
+    ('{"weight": true}', "", "zookeeper_data", "weight must be a non-negative integer"),
+    ('{"labels": ["a"]}', "", "zookeeper_data", "labels must be a JSON object of strings"),
+    ('{"labels": {"az": 1}}', "", "zookeeper_data", "labels must be a JSON object of strings"),
+    ('{"haproxy_server_options": 3}', "", "zookeeper_data",
+     "haproxy_server_options must be a string"),
+    ('{"host": "elsewhere"}', "", "zookeeper_data", "'host' is not allowed"),
+    ("port=1", "", "zookeeper_data", "'port' is not allowed"),
+    ("", "instance_id = a#b", "instance_id", "must not contain '/' or '#'"),
+    ("", "instance_id = a/b", "instance_id", "must not contain '/' or '#'"),
+])
+def test_nerve_data_errors_name_the_section_and_key(tmp_path, data, extra, key, message):
+    with pytest.raises(ConfigError) as error:
+        nerve_config(tmp_path, nerve_section(data=data, extra=extra))
+    assert error.value.section == "web" and error.value.key == key
+    assert message in str(error.value)
+    assert "[web]" in str(error.value)
+
+
+def test_instance_id_only_applies_to_nerve(tmp_path):
+    body = nerve_section(extra="instance_id = x").replace("payload_format = nerve",
+                                                          "payload_format = serverset")
+    with pytest.raises(ConfigError) as error:
+        nerve_config(tmp_path, body)
+    assert error.value.key == "instance_id"
+    assert "only applies to payload_format = nerve" in str(error.value)
+
+
+def test_same_instance_and_endpoint_twice_is_refused(tmp_path):
+    body = nerve_section("a", health="cmd = true") + nerve_section("b", health="cmd = false")
+    with pytest.raises(ConfigError, match=r"same znode /svc/web/10\.0\.0\.5_<sequence> as \[a\]"):
+        nerve_config(tmp_path, body)
+
+
+NODE_NAME = re.compile(r"(?P<instance>.+)_(?P<sequence>\d{10})")
+
+
+def read_synapse(zk, path):
+    """What Synapse's ZooKeeper watcher makes of ``path``: every child whose data
+    parses as JSON with a host and a port is a backend (name, host, port,
+    weight, haproxy_server_options, labels, and the numeric id from the node
+    name); anything else is skipped."""
+    backends = {}
+    try:
+        children = zk.get_children(path)
+    except NoNodeError:
+        return backends
+    for child in children:
+        try:
+            raw, _ = zk.get(f"{path}/{child}")
+            data = json.loads(raw)
+        except NoNodeError:
+            continue
+        except ValueError:
+            continue  # Synapse logs "invalid data" and skips the node
+        if not isinstance(data, dict) or "host" not in data or "port" not in data:
+            continue
+        match = NODE_NAME.fullmatch(child)
+        backends[child] = {
+            "name": data.get("name"), "host": data["host"], "port": data["port"],
+            "weight": data.get("weight"),
+            "haproxy_server_options": data.get("haproxy_server_options"),
+            "labels": data.get("labels"),
+            "id": int(match.group("sequence")) if match else None,
+        }
+    return backends
+
+
+@pytest.mark.e2e
+def test_prometheus_and_synapse_see_exactly_the_healthy_nerve_instances(
+        write_config, supervisord, zk, zookeeper, base_path, tmp_path):
+    path = f"{base_path}/nerve/web"
+    zk.ensure_path(path)
+    # Nodes of the wrong shape beside ours: never ours, never a backend.
+    foreign = {zk.create(f"{path}/junk_", b"not json", sequence=True),
+               zk.create(f"{path}/portless_", b'{"host": "127.0.0.1"}', sequence=True)}
+
+    def prometheus_targets():
+        # Prometheus lists the portless node as port 0: not ours, so not counted.
+        return {address: labels for address, labels in prometheus.targets("web").items()
+                if labels["__meta_nerve_path"] not in foreign}
+
+    def section(name, port, data, health):
+        return "\n".join([f"[{name}]", *health.split("; "), f"service_port = {port}",
+                          "service_hostname = 127.0.0.1", f"instance_id = {name}",
+                          f"zookeeper_path = {path}", "payload_format = nerve",
+                          f"zookeeper_data = {data}", "", ""])
+
+    config = write_config(
+        section("web1", 8001, '{"weight": 5, "labels": {"az": "a"}}', "program = web1")
+        + section("web2", 8002, "weight=2, haproxy_server_options=backup", "program = web2")
+        + section("sick", 8003, "", "cmd = false; refresh = 1"))
+    prometheus = LocalPrometheus(tmp_path / "prometheus", zookeeper.hosts,
+                                 {"web": ("nerve", [path])}).start()
+    try:
+        server = supervisord(programs("web1", "web2") + listener_section(config))
+        backends = wait_until(lambda: len(b := read_synapse(zk, path)) == 2 and b, 30,
+                              what="two Synapse backends")
+        by_name = {backend["name"]: (child, backend) for child, backend in backends.items()}
+        assert set(by_name) == {"web1", "web2"}
+        child1, web1 = by_name["web1"]
+        child2, web2 = by_name["web2"]
+        assert re.fullmatch(r"web1_\d{10}", child1) and re.fullmatch(r"web2_\d{10}", child2)
+        assert web1 == {"name": "web1", "host": "127.0.0.1", "port": 8001, "weight": 5,
+                        "haproxy_server_options": None, "labels": {"az": "a"},
+                        "id": int(child1[-10:])}
+        assert web2 == {"name": "web2", "host": "127.0.0.1", "port": 8002, "weight": 2,
+                        "haproxy_server_options": "backup", "labels": None,
+                        "id": int(child2[-10:])}
+
+        targets = wait_until(lambda: len(t := prometheus_targets()) == 2 and t, 60,
+                             interval=0.2, what="both instances in Prometheus")
+        assert set(targets) == {"127.0.0.1:8001", "127.0.0.1:8002"}
+        for (child, backend) in by_name.values():
+            labels = targets[f"127.0.0.1:{backend['port']}"]
+            assert labels["__meta_nerve_path"] == f"{path}/{child}"
+            assert labels["__meta_nerve_endpoint_host"] == "127.0.0.1"
+            assert labels["__meta_nerve_endpoint_port"] == str(backend["port"])
+            assert labels["__meta_nerve_endpoint_name"] == backend["name"]
+
+        # A changed payload is set in place: same node, version + 1.
+        version = zk.exists(f"{path}/{child1}").version
+        config.write_text(config.read_text().replace('"weight": 5', '"weight": 9'))
+        server.ctl("signal", "HUP", "zkwatcher")
+        wait_until(lambda: read_synapse(zk, path).get(child1, {}).get("weight") == 9, 10,
+                   what="weight set in place")
+        assert zk.exists(f"{path}/{child1}").version == version + 1
+        assert set(read_synapse(zk, path)) == {child1, child2}
+
+        # The program stops: its node goes, and both readers drop it.
+        assert "stopped" in server.ctl("stop", "web2").stdout
+        wait_until(lambda: set(read_synapse(zk, path)) == {child1}, 10, what="web2 deleted")
+        wait_until(lambda: set(prometheus_targets()) == {"127.0.0.1:8001"}, 60,
+                   interval=0.2, what="web2 dropped by Prometheus")
+        assert {posixpath.basename(node) for node in foreign} <= set(zk.get_children(path))
+    finally:
+        prometheus.stop()
+
+
+@pytest.mark.e2e
+def test_one_nerve_node_through_a_lost_create_reply_expiry_and_a_crash(
+        zookeeper, write_config, driver, zk, base_path, tmp_path):
+    flag = tmp_path / "up"
+    path = f"{base_path}/nerve/web"
+    link = ZooKeeperLink(zookeeper.port, delay=0.3, request_delay=0.0)
+    proxy = FaultProxy(link.port)
+    config = write_config(textwrap.dedent(f"""
+        [web]
+        cmd = test -f {flag}
+        refresh = 1
+        timeout = 1
+        service_port = 80
+        service_hostname = h2
+        instance_id = web-h2
+        zookeeper_path = {path}
+        payload_format = nerve
+        zookeeper_data = weight=1
+        """), hosts=proxy.hosts, session_timeout=4)
+    zk.ensure_path(path)
+    drv = driver(config)
+    try:
+        time.sleep(1.5)  # connected, first check failed
+        flag.touch()
+        wait_until(lambda: any(op in CREATE_OPCODES for _, op in link.requests), 5,
+                   interval=0.005, what="create sent")
+        time.sleep(0.1)
+        link.drop()  # the create reached ZooKeeper; its reply is lost on the way back
+        wait_until(lambda: len(read_synapse(zk, path)) == 1, 5, what="node")
+        time.sleep(2)  # reconnected, and any duplicate would have been made by now
+        (before,) = read_synapse(zk, path)
+        assert re.fullmatch(r"web-h2_\d{10}", before)
+        wait_until(lambda: "its create's reply was lost" in drv.stderr(), 5,
+                   what="the lost reply logged")
+
+        proxy.cut()
+        wait_until(lambda: not read_synapse(zk, path), 10, what="expired")
+        proxy.restore()
+        wait_until(lambda: read_synapse(zk, path), 10, what="back after expiry")
+        (after,) = read_synapse(zk, path)
+        assert after != before
+
+        drv.process.kill()
+        drv.process.wait()
+        restarted = ProtocolDriver(config)
+        try:
+            restarted.wait_ready()
+            wait_until(lambda: "reattached to session" in restarted.stderr(), 5,
+                       what="reattached")
+            time.sleep(2)
+            assert list(read_synapse(zk, path)) == [after]
+            flag.unlink()
+            wait_until(lambda: not read_synapse(zk, path), 5, what="deregistered")
+            restarted.process.send_signal(signal.SIGTERM)
+        finally:
+            restarted.stop()
+    finally:
+        proxy.close()
+        link.close()
+
+
+@pytest.mark.e2e
+def test_another_sessions_node_for_our_endpoint_is_logged_once(
+        write_config, driver, zk, base_path):
+    """A migration from Nerve: Nerve's node for the same endpoint stays (both
+    are listed), and the listener says so once."""
+    path = f"{base_path}/nerve/web"
+    zk.ensure_path(path)
+    nerves = zk.create(f"{path}/web-h2_", b'{"host":"h2","port":80,"name":"web-h2"}',
+                       ephemeral=True, sequence=True)
+    other_port = zk.create(f"{path}/web-h2_", b'{"host":"h2","port":81,"name":"web-h2"}',
+                           ephemeral=True, sequence=True)
+    config = write_config(textwrap.dedent(f"""
+        [web]
+        cmd = true
+        refresh = 1
+        service_port = 80
+        service_hostname = h2
+        instance_id = web-h2
+        zookeeper_path = {path}
+        payload_format = nerve
+        """))
+    drv = driver(config)
+    wait_until(lambda: len(read_synapse(zk, path)) == 3, 10, what="our node beside Nerve's")
+    (ours,) = set(read_synapse(zk, path)) - {posixpath.basename(nerves),
+                                            posixpath.basename(other_port)}
+    message = (f"{nerves}, another session's node, announces the same endpoint as our "
+               f"{path}/{ours}")
+    wait_until(lambda: message in drv.stderr(), 10, what="the double listing logged")
+    for _ in range(3):
+        drv.tick()
+    time.sleep(1)
+    assert drv.stderr().count("another session's node") == 1, drv.stderr()
+    assert zk.exists(nerves) is not None  # never ours to delete
