@@ -13,14 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ProtocolDriver,
-    code_for_others,
-    listener_section,
-    node_exists,
-    throwaway_user,
-)
 from kazoo.security import make_digest_acl_credential
+from support.driver import ProtocolDriver
+from support.sections import listener_section
+from support.users import code_for_others, throwaway_user
+from support.watches import node_exists
 
 from zkwatcher_supervisor import procfs
 from zkwatcher_supervisor.testing import wait_until

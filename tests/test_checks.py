@@ -12,7 +12,8 @@ import socket
 import time
 
 import pytest
-from conftest import listener_section, node_exists
+from support.sections import listener_section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.checks import CheckRunner, close_inherited_fds_on_exec, command_argv
 from zkwatcher_supervisor.health import CheckRun

@@ -12,7 +12,8 @@ import threading
 import time
 
 import pytest
-from conftest import listener_section, node_exists
+from support.sections import listener_section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 

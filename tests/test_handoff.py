@@ -13,8 +13,9 @@ import threading
 import time
 
 import pytest
-from conftest import listener_section, node_exists
 from kazoo.client import KazooClient
+from support.sections import listener_section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 

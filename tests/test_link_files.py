@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import node_exists
 from kazoo.client import KazooClient
-from test_other_users import SERVICE_USER, as_user, listener_as_service_user, python_for_others
-from test_zookeeper_link import Credentials, private_file, tls_zookeeper
+from support.credentials import Credentials, private_file, tls_zookeeper
+from support.users import SERVICE_USER, as_user, listener_as_service_user, python_for_others
+from support.watches import node_exists
 
 from zkwatcher_supervisor.config import ConfigError, load_config
 from zkwatcher_supervisor.testing import wait_until

@@ -17,10 +17,10 @@ import sys
 import time
 
 import pytest
-from conftest import node_exists
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 

@@ -10,8 +10,9 @@ import textwrap
 import time
 
 import pytest
-from conftest import listener_section, node_exists
 from kazoo.security import ACL, Id, Permissions
+from support.sections import listener_section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.status import process_alive
 from zkwatcher_supervisor.testing import wait_until

@@ -15,8 +15,9 @@ import time
 import urllib.request
 
 import pytest
-from conftest import listener_section, node_exists
 from prometheus_client.parser import text_string_to_metric_families
+from support.sections import listener_section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.status import process_alive
 from zkwatcher_supervisor.testing import free_port, wait_until

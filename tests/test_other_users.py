@@ -14,57 +14,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import code_for_others, node_exists
+from support.users import SERVICE_USER, as_user, listener_as_service_user
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
-
-# A system user with a home of its own: Debian's zookeeper package makes one.
-SERVICE_USER = "zookeeper"
-
-
-def reachable_by_others(path: str) -> bool:
-    """Whether a user who is not root may execute ``path`` (every directory above
-    it searchable by others, the file executable by others)."""
-    path = os.path.realpath(path)
-    parts = Path(path).parents
-    return all(os.stat(part).st_mode & 0o001 for part in parts) and \
-        bool(os.stat(path).st_mode & 0o001)
-
-
-def python_for_others() -> tuple[str, dict[str, str]]:
-    """An interpreter another user can run this checkout with, and its environment."""
-    python, pythonpath = code_for_others()
-    return python, {"PYTHONPATH": pythonpath}
-
-
-def as_user(user: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    python, extra = python_for_others()
-    entry = pwd.getpwnam(user)
-    return subprocess.run(
-        ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
-         python, "-m", "zkwatcher_supervisor", *args],
-        capture_output=True, text=True, timeout=60, cwd="/",
-        env={"PATH": "/usr/bin:/bin", **extra, **(env or {})})
-
-
-def listener_as_service_user(config: Path, log: Path) -> str:
-    """An eventlistener section that runs the listener as SERVICE_USER, as
-    supervisord's ``user =`` does (HOME stays root's)."""
-    python, extra = python_for_others()
-    environment = ",".join(f'{key}="{value}"' for key, value in extra.items())
-    return textwrap.dedent(f"""
-        [eventlistener:zkwatcher]
-        command = {python} -m zkwatcher_supervisor -c {config}
-        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
-        buffer_size = 1024
-        startsecs = 0
-        user = {SERVICE_USER}
-        directory = /
-        stderr_logfile = {log}
-        """) + (f"environment = {environment}\n" if environment else "")
-
 
 @pytest.fixture
 def shared_dir():

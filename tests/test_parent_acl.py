@@ -5,7 +5,6 @@ delete its children, whatever their own ACL says."""
 from __future__ import annotations
 
 import pytest
-from conftest import node_exists
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import (
@@ -15,6 +14,7 @@ from kazoo.security import (
     Permissions,
     make_acl,
 )
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 

@@ -13,9 +13,9 @@ import threading
 import time
 
 import pytest
-from conftest import ProtocolDriver
 from kazoo.exceptions import NoNodeError
-from test_regressions import ZooKeeperLink
+from support.driver import ProtocolDriver
+from support.proxies import ZooKeeperLink
 
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 

@@ -8,7 +8,8 @@ import signal
 import time
 
 import pytest
-from conftest import listener_section, node_exists
+from support.sections import listener_section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 

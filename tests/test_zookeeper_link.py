@@ -14,11 +14,11 @@ import threading
 
 import pytest
 import trustme
-from cryptography.hazmat.primitives import serialization
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import ACL, Id, Permissions
+from support.credentials import Credentials, private_file, tls_zookeeper
 
 from zkwatcher_supervisor import registry as registry_module
 from zkwatcher_supervisor.config import (
@@ -43,56 +43,6 @@ service_port = 1
 service_hostname = host1
 zookeeper_path = {path}
 """
-
-
-def pkcs8(cert: trustme.LeafCert, password: bytes | None = None) -> bytes:
-    """The certificate's key as PKCS#8 PEM (ZooKeeper's PEM key store reads no other)."""
-    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), None)
-    encryption = (serialization.BestAvailableEncryption(password) if password
-                  else serialization.NoEncryption())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             encryption)
-
-
-class Credentials:
-    """Our CA, a client certificate it issued, and their files."""
-
-    def __init__(self, directory) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.ca = trustme.CA()
-        self.ca_pem = directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self.ca_pem))
-        client = self.ca.issue_cert("zkwatcher-client")
-        self.certfile = directory / "client.pem"
-        client.cert_chain_pems[0].write_to_path(str(self.certfile))
-        self.keyfile = directory / "client.key"
-        self.keyfile.write_bytes(pkcs8(client))
-        self.keyfile.chmod(0o600)
-        self.encrypted_keyfile = directory / "client-encrypted.key"
-        self.encrypted_keyfile.write_bytes(pkcs8(client, b"key pass"))
-        self.encrypted_keyfile.chmod(0o600)
-
-
-def tls_zookeeper(directory, server_cert: trustme.LeafCert, client_ca_pem) -> LocalZooKeeper:
-    """A started ZooKeeper presenting ``server_cert`` on its secure port and wanting a
-    client certificate from ``client_ca_pem``; its plain port is for the test's reader."""
-    directory.mkdir(parents=True, exist_ok=True)
-    keystore = directory / "server.pem"
-    keystore.write_bytes(pkcs8(server_cert)
-                         + b"".join(pem.bytes() for pem in server_cert.cert_chain_pems))
-    server = LocalZooKeeper(directory)
-    server.secure_port = free_port()
-    server.extra_config = [
-        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
-        f"secureClientPort={server.secure_port}",
-        f"ssl.keyStore.location={keystore}",
-        "ssl.keyStore.type=PEM",
-        f"ssl.trustStore.location={client_ca_pem}",
-        "ssl.trustStore.type=PEM",
-        "ssl.clientAuth=need",
-    ]
-    return server.start()
 
 
 @pytest.fixture(scope="module")
@@ -539,12 +489,6 @@ def test_a_slow_sasl_login_confirmation_still_registers(tmp_path, base_path, mon
         anyone.stop()
         anyone.close()
         server.stop()
-
-
-def private_file(path, text: str, mode: int = 0o600):
-    path.write_text(text)
-    path.chmod(mode)
-    return path
 
 
 def foreign_file(tmp_path):
