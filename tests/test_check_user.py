@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from kazoo.security import make_digest_acl_credential
 from support.driver import ProtocolDriver
-from support.sections import listener_section
+from support.sections import listener_section, section
 from support.users import code_for_others, throwaway_user
 from support.watches import node_exists
 
@@ -25,13 +25,6 @@ from zkwatcher_supervisor.testing import wait_until
 pytestmark = pytest.mark.e2e
 
 CREDENTIALS = 'SUPERVISOR_USERNAME="admin",SUPERVISOR_PASSWORD="s3cret"'
-
-
-def section(base_path, name, port, lines):
-    body = [f"[{name}]", *(line.strip() for line in lines.strip().splitlines()),
-            f"service_port = {port}", "service_hostname = host1",
-            f"zookeeper_path = {base_path}/{name}"]
-    return "\n" + "\n".join(body) + "\n"
 
 
 def line_of(config, text):
@@ -56,15 +49,15 @@ def test_a_check_runs_as_its_user_and_never_sees_supervisords_credentials(
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o755)
     config = write_config(
-        section(base_path, "asuser", 1, f"""
+        section(base_path, "asuser", 1, extra=f"""
             cmd = id -u > {out}/uid; id -G > {out}/groups; env > {out}/env; pwd > {out}/pwd
             user = nobody
             environment = CHECK_FLAVOUR="mint, fresh"
             """)
-        + section(base_path, "asroot", 2, f"cmd = env > {out}/root-env")
-        + section(base_path, "script", 3, f"cmd = {script}")
-        + section(base_path, "probe", 4, f"cmd = tcp://127.0.0.1:{zookeeper.port}")
-        + section(base_path, "bound", 5, "program = web"))
+        + section(base_path, "asroot", 2, extra=f"cmd = env > {out}/root-env")
+        + section(base_path, "script", 3, extra=f"cmd = {script}")
+        + section(base_path, "probe", 4, extra=f"cmd = tcp://127.0.0.1:{zookeeper.port}")
+        + section(base_path, "bound", 5, extra="program = web"))
     server = supervisord(textwrap.dedent("""
         [program:web]
         command = sleep 100000
@@ -113,11 +106,11 @@ def test_a_checks_user_gets_its_supplementary_groups_and_its_home(
     out.chmod(0o777)
     report = "id -u; id -g; id -G; pwd; echo $HOME"
     config = write_config(
-        section(base_path, "member", 1, f"""
+        section(base_path, "member", 1, extra=f"""
             cmd = ({report}) > {out}/member
             user = {member_user.name}
             """)
-        + section(base_path, "regrouped", 2, f"""
+        + section(base_path, "regrouped", 2, extra=f"""
             cmd = ({report}) > {out}/regrouped
             user = {member_user.name}
             group = nogroup
@@ -141,7 +134,7 @@ def test_defaults_user_is_auths_and_checks_run_as_the_listener_as_with_zk_watche
     out = reachable_dir
     out.chmod(0o777)
     config = write_config("[DEFAULT]\nuser = nobody\n\n[auth]\npassword = p4ss\n"
-                          + section(base_path, "web", 1, f"cmd = id -u > {out}/uid"))
+                          + section(base_path, "web", 1, extra=f"cmd = id -u > {out}/uid"))
     config.chmod(0o600)
     supervisord(listener_section(config))
     node = f"{base_path}/web/host1:1"
@@ -165,7 +158,7 @@ def test_a_reload_keeps_a_checks_health_when_only_its_users_groups_or_home_chang
     out = reachable_dir
     out.chmod(0o777)
     with throwaway_user(extra_groups=1) as (user, (new_group,)):
-        config = write_config(section(base_path, "web", 1, f"""
+        config = write_config(section(base_path, "web", 1, extra=f"""
             cmd = (id -G; pwd; echo $HOME) > {out}/report.tmp; mv {out}/report.tmp {out}/report
             user = {user.name}
             refresh = 1
@@ -216,7 +209,7 @@ def run_listener(config, *args, python=sys.executable, env=None, **identity):
 
 
 def test_a_user_that_does_not_exist_is_exit_2_naming_section_and_key(write_config, base_path):
-    config = write_config(section(base_path, "web", 1, """
+    config = write_config(section(base_path, "web", 1, extra="""
         cmd = true
         user = no-such-user-zkw
         """))
@@ -234,7 +227,7 @@ def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, b
     assert os.geteuid() == 0
     directory = tmp_path / "etc"
     directory.mkdir()
-    config = write_config(section(base_path, "web", 1, "cmd = true"), name="etc/config.cfg")
+    config = write_config(section(base_path, "web", 1, extra="cmd = true"), name="etc/config.cfg")
     if layout == "world-writable file":
         config.chmod(0o666)
         culprit = f"{config} is writable by others (mode 0666); chmod o-w {config}"
@@ -262,7 +255,7 @@ def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, b
 
 def test_a_reload_the_listener_could_not_run_is_rejected_and_the_running_config_kept(
         write_config, supervisord, zk, base_path):
-    body = section(base_path, "web", 1, """
+    body = section(base_path, "web", 1, extra="""
         cmd = true
         user = nobody
         refresh = 1
@@ -320,7 +313,7 @@ def test_a_listener_that_is_not_root_runs_checks_only_as_itself(
     os.chown(home, 65534, -1)
     config = reachable_dir / "config.cfg"
     header = f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 4\n"
-    as_root = header + section(base_path, "web", 1, "cmd = true\nuser = root\nrefresh = 1")
+    as_root = header + section(base_path, "web", 1, extra="cmd = true\nuser = root\nrefresh = 1")
     config.write_text(as_root)
     config.chmod(0o644)
     python, env = python_for_nobody(home)
@@ -378,7 +371,7 @@ def test_a_check_of_the_listeners_own_user_cannot_read_its_environment_or_memory
     script.chmod(0o755)
     config = reachable_dir / "config.cfg"
     config.write_text(f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 4\n"
-                      + section(base_path, "peek", 1, f"cmd = sh {script}"))
+                      + section(base_path, "peek", 1, extra=f"cmd = sh {script}"))
     config.chmod(0o644)
     server = supervisord(textwrap.dedent(f"""
         [eventlistener:zkwatcher]
@@ -413,7 +406,7 @@ def test_a_check_of_the_listeners_own_user_cannot_read_its_environment_or_memory
 
 def test_the_commands_other_than_run_stay_dumpable(write_config, base_path):
     """Only the listener hides itself: status and --check-config are debugged as usual."""
-    config = write_config(section(base_path, "web", 1, "cmd = true"))
+    config = write_config(section(base_path, "web", 1, extra="cmd = true"))
     for args in (["--check-config"], ["status"]):
         probe = ("import ctypes, sys\n"
                  "from zkwatcher_supervisor import cli\n"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from kazoo.client import KazooClient
-from support.sections import listener_section
+from support.sections import listener_section, section
 from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import (
@@ -27,19 +27,6 @@ from zkwatcher_supervisor.testing import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def section(base_path, name, port, *, cmd=None, program=None, data=""):
-    lines = [f"[{name}]"]
-    if cmd:
-        lines += [f"cmd = {cmd}", "refresh = 1", "timeout = 2"]
-    if program:
-        lines.append(f"program = {program}")
-    lines += [f"service_port = {port}", "service_hostname = host1",
-              f"zookeeper_path = {base_path}/{name}"]
-    if data:
-        lines.append(f"zookeeper_data = {data}")
-    return "\n".join(lines) + "\n\n"
 
 
 def sleeper(name, autostart=True):
@@ -425,8 +412,8 @@ def test_persistent_node_at_our_path_is_never_touched(
 
 def test_sighup_reload(zk, write_config, driver, base_path, tmp_path):
     runs = tmp_path / "keep-runs"
-    keep = section(base_path, "keep", 1, cmd=f"echo >> {runs}", data="v=1")
-    change = section(base_path, "change", 2, cmd="true", data="v=1")
+    keep = section(base_path, "keep", 1, cmd=f"echo >> {runs}", zookeeper_data="v=1")
+    change = section(base_path, "change", 2, cmd="true", zookeeper_data="v=1")
     remove = section(base_path, "remove", 3, cmd="true")
     config = write_config(keep + change + remove)
     drv = driver(config)
@@ -436,7 +423,7 @@ def test_sighup_reload(zk, write_config, driver, base_path, tmp_path):
                10, what="registration")
     before = {name: zk.get(path) for name, path in nodes.items() if name != "added"}
 
-    write_config(keep + section(base_path, "change", 2, cmd="true", data="v=2")
+    write_config(keep + section(base_path, "change", 2, cmd="true", zookeeper_data="v=2")
                  + section(base_path, "added", 4, cmd="true"))
     drv.process.send_signal(signal.SIGHUP)
     wait_until(lambda: node_exists(zk, nodes["added"]) and not node_exists(zk, nodes["remove"]),

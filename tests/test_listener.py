@@ -14,30 +14,19 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
+from support.sections import section
 from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def cmd_section(base_path, cmd, name="svc", port=8080, extra=""):
-    return f"""
-        [{name}]
-        cmd = {cmd}
-        refresh = 1
-        timeout = 1
-        service_port = {port}
-        service_hostname = host1
-        zookeeper_path = {base_path}/{name}
-        {extra}
-        """
 
 
 def tick_until(drv, predicate, timeout, what):
@@ -52,8 +41,8 @@ def tick_until(drv, predicate, timeout, what):
 def test_node_follows_check_with_exact_path_and_payload(
         write_config, driver, zk, base_path, tmp_path):
     flag = tmp_path / "up"
-    config = write_config(cmd_section(base_path, f"test -f {flag}",
-                                      extra="zookeeper_data = weight=10, zone = a "))
+    config = write_config(section(base_path, "svc", 8080, cmd=f"test -f {flag}", timeout=1,
+                                  zookeeper_data="weight=10, zone = a "))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     tick_until(drv, lambda: "[svc] check failed" in drv.stderr(), 5, "first check")
@@ -79,7 +68,7 @@ def test_hung_check_is_killed_with_its_children_and_events_keep_flowing(
     hang, child_pid = tmp_path / "hang", tmp_path / "child.pid"
     script = tmp_path / "check.sh"
     script.write_text(f"if [ -f {hang} ]; then sleep 300 & echo $! > {child_pid}; sleep 300; fi\n")
-    config = write_config(cmd_section(base_path, f"sh {script}"))
+    config = write_config(section(base_path, "svc", 8080, cmd=f"sh {script}", timeout=1))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
@@ -109,7 +98,7 @@ def test_check_writing_megabytes_neither_deadlocks_nor_leaks_to_stdout(
     script = tmp_path / "noisy.sh"
     script.write_text("head -c 1048576 /dev/zero | tr '\\0' o\n"
                       "head -c 1048576 /dev/zero | tr '\\0' e >&2\n")
-    config = write_config(cmd_section(base_path, f"sh {script}"))
+    config = write_config(section(base_path, "svc", 8080, cmd=f"sh {script}", timeout=1))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     tick_until(drv, lambda: node_exists(zk, node), 10, "registration")
@@ -121,11 +110,12 @@ def test_check_writing_megabytes_neither_deadlocks_nor_leaks_to_stdout(
 
 
 def test_auth_gives_creator_all_and_world_read(write_config, driver, zk, zookeeper, base_path):
-    config = write_config(cmd_section(base_path, "true") + """
+    config = write_config(section(base_path, "svc", 8080, cmd="true", timeout=1)
+                          + textwrap.dedent("""
         [auth]
         user = deploy
         password = s3cret
-        """)
+        """))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
@@ -152,8 +142,8 @@ def test_auth_gives_creator_all_and_world_read(write_config, driver, zk, zookeep
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "EOF"])
 def test_shutdown_removes_every_node_and_exits_0_within_1s(
         how, write_config, driver, zk, base_path):
-    config = write_config(cmd_section(base_path, "true", name="a", port=1)
-                          + cmd_section(base_path, "true", name="b", port=2))
+    config = write_config(section(base_path, "a", 1, cmd="true", timeout=1)
+                          + section(base_path, "b", 2, cmd="true", timeout=1))
     drv = driver(config)
     nodes = [f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"]
     tick_until(drv, lambda: all(node_exists(zk, n) for n in nodes), 5, "registration")
@@ -210,7 +200,8 @@ def test_session_loss_recreates_nodes_and_steady_state_writes_nothing(
     proxy = FaultProxy(zookeeper.port)
     runs = tmp_path / "runs"
     try:
-        config = write_config(cmd_section(base_path, f"echo >> {runs}"), hosts=proxy.hosts)
+        config = write_config(section(base_path, "svc", 8080, cmd=f"echo >> {runs}", timeout=1),
+                              hosts=proxy.hosts)
         drv = driver(config)
         node = f"{base_path}/svc/host1:8080"
         tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
@@ -242,9 +233,9 @@ def test_checks_keep_their_refresh_between_ticks(write_config, driver, zk, base_
     """No TICK at all: the listener's own timer runs each check every ``refresh`` seconds."""
     runs1, runs2 = tmp_path / "runs1", tmp_path / "runs2"
     config = write_config(
-        cmd_section(base_path, f"sh -c 'echo x >> {runs1}'", name="one")
-        + cmd_section(base_path, f"sh -c 'echo x >> {runs2}'", name="two", port=8081)
-        .replace("refresh = 1", "refresh = 2"))
+        section(base_path, "one", 8080, cmd=f"sh -c 'echo x >> {runs1}'", timeout=1)
+        + section(base_path, "two", 8081, cmd=f"sh -c 'echo x >> {runs2}'", refresh=2,
+                  timeout=1))
     drv = driver(config)
     wait_until(runs1.exists, 5, what="first run")
     started = time.monotonic()
@@ -275,7 +266,7 @@ def test_unexpected_error_ends_the_listener_nonzero_and_deregisters(
         write_config, driver, zk, base_path):
     """Crash-only, for our own bugs: the listener exits 1 (supervisord restarts
     it) and closes its session on the way, so no node outlives it."""
-    config = write_config(cmd_section(base_path, "true"))
+    config = write_config(section(base_path, "svc", 8080, cmd="true", timeout=1))
     drv = driver(config, command=BUGGY_LISTENER)
     node = f"{base_path}/svc/host1:8080"
     wait_until(lambda: node_exists(zk, node), 5, what="registration")
@@ -291,7 +282,7 @@ def test_garbled_protocol_input_is_answered_and_dropped_not_fatal(
     """supervisord's stream is outside input too: a header we cannot read, or a
     payload too big to keep, is answered and dropped — never a crash, which
     would take every node down and make supervisord redeliver it for ever."""
-    config = write_config(cmd_section(base_path, "true"))
+    config = write_config(section(base_path, "svc", 8080, cmd="true", timeout=1))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     wait_until(lambda: node_exists(zk, node), 5, what="registration")
@@ -320,11 +311,12 @@ def test_two_credentials_register_side_by_side_under_a_new_tree(
     one team does not lock the tree for another team's credentials."""
     drivers = []
     for team in ("alpha", "beta"):
-        config = write_config(cmd_section(f"{base_path}/services", "true", name=team) + f"""
-        [auth]
-        user = {team}
-        password = pw-{team}
-        """, name=f"{team}.cfg")
+        config = write_config(section(f"{base_path}/services", team, 8080, cmd="true", timeout=1)
+                              + textwrap.dedent(f"""
+            [auth]
+            user = {team}
+            password = pw-{team}
+            """), name=f"{team}.cfg")
         drivers.append(driver(config))
         wait_until(lambda team=team: node_exists(zk, f"{base_path}/services/{team}/host1:8080"),
                    10, what=f"{team} registered")

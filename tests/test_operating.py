@@ -11,24 +11,13 @@ import time
 
 import pytest
 from kazoo.security import ACL, Id, Permissions
-from support.sections import listener_section
+from support.sections import listener_section, section
 from support.watches import node_exists
 
 from zkwatcher_supervisor.status import process_alive
 from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def section(base_path, name, port, *, cmd=None, program=None, path=None, refresh=1):
-    lines = [f"[{name}]"]
-    if program:
-        lines.append(f"program = {program}")
-    if cmd:
-        lines += [f"cmd = {cmd}", f"refresh = {refresh}", "timeout = 2"]
-    lines += [f"service_port = {port}", "service_hostname = host1",
-              f"zookeeper_path = {path or f'{base_path}/{name}'}"]
-    return "\n".join(lines) + "\n\n"
 
 
 def count_lines(path) -> int:

@@ -10,10 +10,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import pytest
+from support.sections import section
 from support.users import SERVICE_USER, as_user, listener_as_service_user
 from support.watches import node_exists
 
@@ -30,22 +30,11 @@ def shared_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def section(base_path: str) -> str:
-    return textwrap.dedent(f"""
-        [svc]
-        cmd = true
-        refresh = 2
-        service_port = 1
-        service_hostname = host1
-        zookeeper_path = {base_path}/svc
-        """)
-
-
 def test_status_as_nobody_for_a_root_listener_whose_config_it_cannot_read(
         write_config, supervisord, zk, base_path):
     from conftest import listener_section
 
-    config = write_config(section(base_path))
+    config = write_config(section(base_path, "svc", 1, cmd="true", refresh=2, timeout=None))
     os.chmod(config, 0o600)  # holds a password, say
     supervisord(listener_section(config))
     node = f"{base_path}/svc/host1:1"
@@ -71,7 +60,7 @@ def test_a_listener_under_supervisords_user_keeps_its_state_in_its_own_home(
     state = home / ".local" / "state" / "zkwatcher-supervisor"
     config = shared_dir / "zkwatcher.cfg"
     config.write_text(f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 10\n"
-                      + section(base_path))
+                      + section(base_path, "svc", 1, cmd="true", refresh=2, timeout=None))
     os.chmod(config, 0o644)
     server = supervisord(listener_as_service_user(config, shared_dir / "zkwatcher.log"))
     node = f"{base_path}/svc/host1:1"
@@ -115,7 +104,7 @@ def test_a_status_file_forged_by_another_user_is_not_believed(write_config, base
     import json
     import time
 
-    config = write_config(section(base_path))
+    config = write_config(section(base_path, "svc", 1, cmd="true", refresh=2, timeout=None))
     home = Path(pwd.getpwnam(SERVICE_USER).pw_dir)
     state = home / ".local" / "state" / "zkwatcher-supervisor"
     entry = pwd.getpwnam(SERVICE_USER)

@@ -14,6 +14,7 @@ from kazoo.security import (
     Permissions,
     make_acl,
 )
+from support.sections import section
 from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
@@ -21,11 +22,6 @@ from zkwatcher_supervisor.testing import wait_until
 pytestmark = pytest.mark.e2e
 
 AUTH = "[auth]\nuser = deploy\npassword = s3cret\n"
-
-
-def section(base_path, name, port):
-    return (f"[{name}]\ncmd = true\nrefresh = 1\nservice_port = {port}\n"
-            f"service_hostname = host1\nzookeeper_path = {base_path}/{name}\n\n")
 
 
 def test_open_parents_are_named_once_and_locked_ones_not(
@@ -41,10 +37,10 @@ def test_open_parents_are_named_once_and_locked_ones_not(
         # Locked as we would lock it.
         owner.create(f"{base_path}/locked", acl=CREATOR_ALL_ACL + READ_ACL_UNSAFE)
         # "ours" does not exist: the listener creates it with its ACL.
-        drv = driver(write_config(section(base_path, "open", 1)
-                                  + section(base_path, "create-open", 2)
-                                  + section(base_path, "locked", 3)
-                                  + section(base_path, "ours", 4) + AUTH))
+        drv = driver(write_config(section(base_path, "open", 1, cmd="true", timeout=None)
+                                  + section(base_path, "create-open", 2, cmd="true", timeout=None)
+                                  + section(base_path, "locked", 3, cmd="true", timeout=None)
+                                  + section(base_path, "ours", 4, cmd="true", timeout=None) + AUTH))
         nodes = [f"{base_path}/{name}/host1:{port}" for name, port in
                  [("open", 1), ("create-open", 2), ("locked", 3), ("ours", 4)]]
         wait_until(lambda: all(node_exists(zk, node) for node in nodes), 10,

@@ -11,18 +11,13 @@ import time
 
 import pytest
 from kazoo.client import KazooClient
-from support.sections import listener_section
+from support.sections import listener_section, section
 from support.watches import node_exists
 
 from zkwatcher_supervisor.logs import LogWriter
 from zkwatcher_supervisor.testing import FaultProxy, LocalZooKeeper, wait_until
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
-
-
-def section(base_path, name, port, cmd="true"):
-    return (f"[{name}]\ncmd = {cmd}\nrefresh = 1\nservice_port = {port}\n"
-            f"service_hostname = host1\nzookeeper_path = {base_path}/{name}\n\n")
 
 
 @pytest.fixture
@@ -63,7 +58,8 @@ def test_zookeeper_away_20s_is_a_handful_of_lines(
     proxy = FaultProxy(own_zookeeper.port) if how == "cut" else None
     zk = KazooClient(hosts=own_zookeeper.hosts, timeout=10)
     try:
-        config = write_config(section(base_path, "a", 1) + section(base_path, "b", 2),
+        config = write_config(section(base_path, "a", 1, cmd="true", timeout=None)
+                              + section(base_path, "b", 2, cmd="true", timeout=None),
                               hosts=proxy.hosts if proxy else own_zookeeper.hosts,
                               session_timeout=10)
         server = supervisord(listener_section(config))
@@ -209,7 +205,8 @@ def test_verbose_still_shows_every_reconnect_attempt(zookeeper, zk, write_config
                                                      base_path):
     proxy = FaultProxy(zookeeper.port)
     try:
-        drv = driver(write_config(section(base_path, "a", 1), hosts=proxy.hosts), args=("-v",))
+        drv = driver(write_config(section(base_path, "a", 1, cmd="true", timeout=None),
+                                  hosts=proxy.hosts), args=("-v",))
         wait_until(lambda: node_exists(zk, f"{base_path}/a/host1:1"), 10, what="registration")
         proxy.cut()
         wait_until(lambda: drv.stderr().count("WARNING Connection dropped: ") >= 5, 15,

@@ -22,7 +22,7 @@ from kazoo.client import KazooClient
 from kazoo.security import ACL, Id, Permissions, make_digest_acl
 from support.driver import ProtocolDriver, Ticker, state_event, terminate
 from support.proxies import ZooKeeperLink
-from support.sections import listener_section
+from support.sections import listener_section, section
 from support.supervisor_rpc import FakeSupervisorRPC, program_processes
 from support.watches import NodeWatch, node_exists
 
@@ -31,20 +31,6 @@ from zkwatcher_supervisor.testing import FaultProxy, wait_until
 pytestmark = pytest.mark.e2e
 
 FREEZER = Path("/sys/fs/cgroup/freezer")
-
-
-def section(base_path: str, name: str, port: int, *, cmd: str | None = None,
-            program: str | None = None, path: str | None = None, refresh: int = 1,
-            timeout: int = 2) -> str:
-    lines = [f"[{name}]"]
-    if program:
-        lines.append(f"program = {program}")
-    if cmd:
-        lines += [f"cmd = {cmd}", f"refresh = {refresh}", f"timeout = {timeout}"]
-    lines += [f"service_port = {port}", "service_hostname = host1",
-              f"zookeeper_path = {path or f'{base_path}/{name}'}"]
-    return "\n".join(lines) + "\n\n"
-
 
 
 def test_checks_keep_running_under_300_sections_whose_shell_exits_before_its_child(

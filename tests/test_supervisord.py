@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from support.sections import listener_section
+from support.sections import listener_section, section
 from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
@@ -16,21 +16,11 @@ from zkwatcher_supervisor.testing import wait_until
 pytestmark = pytest.mark.e2e
 
 
-def flag_section(base_path, flag, name="flag", port=9000):
-    return f"""
-        [{name}]
-        cmd: test -f {flag}
-        refresh: 5
-        service_port: {port}
-        service_hostname: host1
-        zookeeper_path: {base_path}/{name}
-        """
-
-
 def test_cmd_section_registers_within_refresh_plus_a_tick(
         write_config, supervisord, zk, base_path, tmp_path):
     flag = tmp_path / "up"
-    config = write_config(flag_section(base_path, flag))
+    config = write_config(section(base_path, "flag", 9000, cmd=f"test -f {flag}", refresh=5,
+                                  timeout=None))
     server = supervisord(listener_section(config))
     wait_until(lambda: server.info("zkwatcher")["statename"] == "RUNNING", 10, what="listener")
     node = f"{base_path}/flag/host1:9000"
@@ -56,7 +46,8 @@ def test_cmd_section_registers_within_refresh_plus_a_tick(
 def test_supervisorctl_stop_removes_nodes_before_the_listener_exits(
         write_config, supervisord, zk, base_path, tmp_path):
     (tmp_path / "up").touch()
-    config = write_config(flag_section(base_path, tmp_path / "up"))
+    config = write_config(section(base_path, "flag", 9000, cmd=f"test -f {tmp_path / 'up'}",
+                                  refresh=5, timeout=None))
     server = supervisord(listener_section(config))
     node = f"{base_path}/flag/host1:9000"
     wait_until(lambda: node_exists(zk, node), 10, what="registration")
@@ -70,7 +61,8 @@ def test_supervisorctl_stop_removes_nodes_before_the_listener_exits(
 def test_sigterm_removes_nodes_before_the_listener_exits(
         write_config, supervisord, zk, base_path, tmp_path):
     (tmp_path / "up").touch()
-    config = write_config(flag_section(base_path, tmp_path / "up"))
+    config = write_config(section(base_path, "flag", 9000, cmd=f"test -f {tmp_path / 'up'}",
+                                  refresh=5, timeout=None))
     server = supervisord(listener_section(config, extra="autorestart = false\n"))
     node = f"{base_path}/flag/host1:9000"
     wait_until(lambda: node_exists(zk, node), 10, what="registration")

@@ -19,6 +19,7 @@ from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import ACL, Id, Permissions
 from support.credentials import Credentials, private_file, tls_zookeeper
+from support.sections import section
 
 from zkwatcher_supervisor import registry as registry_module
 from zkwatcher_supervisor.config import (
@@ -36,13 +37,8 @@ from zkwatcher_supervisor.testing import FaultProxy, LocalZooKeeper, free_port, 
 
 pytestmark = pytest.mark.e2e
 
-SECTION = """
-[svc]
-cmd = true
-service_port = 1
-service_hostname = host1
-zookeeper_path = {path}
-"""
+def service(path: str, cmd: str = "true") -> str:
+    return section("", "svc", 1, cmd=cmd, refresh=None, timeout=None, path=path)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +86,7 @@ def tls_config(write_config, ours, host, server, path, name="zkwatcher.cfg", ca=
     keyfile = keyfile or ours.keyfile
     settings = "use_ssl = true\n" + (f"ca = {ours.ca_pem}\n" if ca else "")
     settings += f"certfile = {ours.certfile}\nkeyfile = {keyfile}\n{extra}"
-    return write_config(SECTION.format(path=path).replace("cmd = true", f"cmd = {cmd}"),
+    return write_config(service(path, cmd),
                         name=name, hosts=f"{host}:{server.secure_port}", settings=settings)
 
 
@@ -256,7 +252,7 @@ def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
             certfile = {ours.certfile}
             keyfile = {keyfile}
             {extra}
-            """) + SECTION.format(path="/svc"))
+            """) + service("/svc"))
         path.chmod(0o600)
         return path
 
@@ -318,7 +314,7 @@ def sasl_client(server: LocalZooKeeper, user: str, password: str) -> KazooClient
 
 
 def sasl_config(write_config, server, path, password, user="deploy"):
-    return write_config(SECTION.format(path=path) + textwrap.dedent(f"""
+    return write_config(service(path) + textwrap.dedent(f"""
         [auth]
         mechanism = DIGEST-MD5
         user = {user}
@@ -418,7 +414,7 @@ def test_sasl_session_survives_a_server_restart(
     server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"})
     proxy = FaultProxy(server.port)
     try:
-        config = write_config(SECTION.format(path=f"{base_path}/svc") + textwrap.dedent("""
+        config = write_config(service(f"{base_path}/svc") + textwrap.dedent("""
             [auth]
             mechanism = DIGEST-MD5
             user = deploy
@@ -513,7 +509,7 @@ def test_secret_files_must_be_private_to_the_listeners_user(tmp_path, ours):
         path = tmp_path / f"zkwatcher{len(written)}.cfg"
         path.write_text(f"[zkwatcher]\n{tls}\n" + (f"[auth]\nuser = deploy\n{auth}\n"
                                                     if auth else "")
-                        + SECTION.format(path="/svc"))
+                        + service("/svc"))
         path.chmod(0o600)
         return path
 
@@ -648,7 +644,7 @@ def test_secrets_from_files_reach_zookeeper_and_nowhere_else(
 def test_sasl_without_pure_sasl_is_a_config_error(tmp_path):
     path = tmp_path / "zkwatcher.cfg"
     path.write_text("[auth]\nmechanism = DIGEST-MD5\nuser = deploy\npassword = unseen\n"
-                    + SECTION.format(path="/svc"))
+                    + service("/svc"))
     path.chmod(0o600)
     hidden = ("import sys; sys.modules['puresasl'] = None; "  # as if it were not installed
               "from zkwatcher_supervisor.cli import main; "
