@@ -20,10 +20,6 @@ from zkwatcher_supervisor.testing import wait_until
 pytestmark = pytest.mark.e2e
 
 
-def count_lines(path) -> int:
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def test_a_failing_checks_last_2_kib_of_output_appear_in_the_log(
         write_config, driver, base_path, tmp_path):
     """stdout and stderr both reach the log, the end of them, up to 2 KiB."""

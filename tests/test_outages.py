@@ -16,6 +16,7 @@ import time
 import pytest
 from kazoo.client import KazooClient
 from support.sections import listener_section, section
+from support.text import count_lines
 from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import (
@@ -37,11 +38,6 @@ def sleeper(name, autostart=True):
         stopsignal = KILL
         autostart = {str(autostart).lower()}
         """)
-
-
-def count_lines(path) -> int:
-    """How many runs a check that appends a line per run has started."""
-    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 @pytest.fixture

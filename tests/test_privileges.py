@@ -16,6 +16,7 @@ import pytest
 from kazoo.security import make_digest_acl_credential
 from support.driver import ProtocolDriver
 from support.sections import listener_section, section
+from support.text import line_of, log_lines
 from support.users import code_for_others, throwaway_user
 from support.watches import node_exists
 
@@ -27,16 +28,8 @@ pytestmark = pytest.mark.e2e
 CREDENTIALS = 'SUPERVISOR_USERNAME="admin",SUPERVISOR_PASSWORD="s3cret"'
 
 
-def line_of(config, text):
-    return config.read_text().splitlines().index(text) + 1
-
-
 def environment_of(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-def log_lines(path, text):
-    return [line for line in path.read_text().splitlines() if text in line]
 
 
 def test_a_check_runs_as_its_user_and_never_sees_supervisords_credentials(

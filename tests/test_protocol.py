@@ -21,21 +21,13 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
+from support.driver import tick_until
 from support.sections import section
 from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def tick_until(drv, predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s\n{drv.stderr()}")
-        drv.tick()
-        time.sleep(0.2)
 
 
 def test_node_follows_check_with_exact_path_and_payload(

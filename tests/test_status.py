@@ -10,28 +10,18 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.sections import listener_section
+from support.sections import listener_section, web_program
 from support.watches import node_exists
 
 from zkwatcher_supervisor.status import process_alive
 from zkwatcher_supervisor.testing import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def web_program(port):
-    return textwrap.dedent(f"""
-        [program:web]
-        command = {sys.executable} -m http.server {port} --bind 127.0.0.1
-        startsecs = 1
-        stopsignal = KILL
-        """)
 
 
 def status(config):

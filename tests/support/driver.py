@@ -136,3 +136,13 @@ def state_event(drv_or_ticker, name: str, state: str, from_state: str, pid: int 
     extra = f" pid:{pid}" if state == "RUNNING" else ""
     drv_or_ticker.send(f"PROCESS_STATE_{state}",
                        f"processname:{name} groupname:{name} from_state:{from_state}{extra}")
+
+
+def tick_until(drv, predicate, timeout, what):
+    """Tick the listener until ``predicate`` holds, as supervisord's TICK events would."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s\n{drv.stderr()}")
+        drv.tick()
+        time.sleep(0.2)

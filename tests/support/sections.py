@@ -43,3 +43,12 @@ def listener_section(config: Path, events: str = "PROCESS_STATE,TICK_5,REMOTE_CO
         stopwaitsecs = 5
         stderr_logfile = {config.parent}/zkwatcher.log
         """) + extra
+
+
+def web_program(port):
+    return textwrap.dedent(f"""
+        [program:web]
+        command = {sys.executable} -m http.server {port} --bind 127.0.0.1
+        startsecs = 1
+        stopsignal = KILL
+        """)
