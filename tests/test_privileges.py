@@ -3,7 +3,6 @@ runs as, what environment it sees, and which configs a root listener refuses."""
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import signal
@@ -17,7 +16,7 @@ from kazoo.security import make_digest_acl_credential
 from support.driver import ProtocolDriver
 from support.sections import listener_section, section
 from support.text import line_of, log_lines
-from support.users import code_for_others, throwaway_user
+from support.users import code_for_others
 from support.watches import node_exists
 
 from zkwatcher_supervisor import procfs
@@ -146,45 +145,6 @@ def test_defaults_user_is_auths_and_checks_run_as_the_listener_as_with_zk_watche
                          "user, write it in [zkwatcher] or a section")
 
 
-def test_a_reload_keeps_a_checks_health_when_only_its_users_groups_or_home_changed(
-        write_config, supervisord, zk, base_path, reachable_dir):
-    out = reachable_dir
-    out.chmod(0o777)
-    with throwaway_user(extra_groups=1) as (user, (new_group,)):
-        config = write_config(section(base_path, "web", 1, extra=f"""
-            cmd = (id -G; pwd; echo $HOME) > {out}/report.tmp; mv {out}/report.tmp {out}/report
-            user = {user.name}
-            refresh = 1
-            """))
-        server = supervisord(listener_section(config))
-        node = f"{base_path}/web/host1:1"
-        wait_until(lambda: node_exists(zk, node), 15, what="registered")
-        wait_until(lambda: (out / "report").exists(), 5, what="the check's report")
-        registered = zk.exists(node)
-        assert (out / "report").read_text().splitlines()[1:] == [user.home, user.home]
-
-        # The administrator adds the user to a group and gives it a new home;
-        # the config is the same, and a reload must not take the node down.
-        home = out / "new-home"
-        home.mkdir()
-        os.chown(home, user.uid, user.gid)
-        subprocess.run(["usermod", "--append", "--groups", new_group, "--home", str(home),
-                        user.name], check=True)
-        log = config.parent / "zkwatcher.log"
-        assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
-        wait_until(lambda: log_lines(log, "reloaded"), 5, what="reloaded")
-        added = grp.getgrnam(new_group).gr_gid
-
-        def report() -> list[str]:
-            return (out / "report").read_text().splitlines()
-
-        # The next runs have the new group and home ...
-        wait_until(lambda: str(added) in report()[0].split(), 10, what="a run with the group")
-        assert report()[1:] == [str(home), str(home)]
-        # ... and the node is the one registered before: never deleted meanwhile.
-        assert zk.exists(node).czxid == registered.czxid
-
-
 AS_NOBODY = {"user": "nobody", "group": pwd.getpwnam("nobody").pw_gid, "extra_groups": []}
 
 
@@ -244,44 +204,6 @@ def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, b
     assert result.returncode == 2
     assert result.stderr == (f"zkwatcher-supervisor: {config}: refused as root: others could "
                              f"change it, and with it the commands we run: {culprit}\n")
-
-
-def test_a_reload_the_listener_could_not_run_is_rejected_and_the_running_config_kept(
-        write_config, supervisord, zk, base_path):
-    body = section(base_path, "web", 1, extra="""
-        cmd = true
-        user = nobody
-        refresh = 1
-        """)
-    config = write_config(body)
-    server = supervisord(listener_section(config))
-    node = f"{base_path}/web/host1:1"
-    wait_until(lambda: node_exists(zk, node), 15, what="registered")
-    before = zk.exists(node)
-    log = config.parent / "zkwatcher.log"
-
-    write_config(body.replace("user = nobody", "user = no-such-user-zkw")
-                 .replace(f"{base_path}/web", f"{base_path}/moved"))
-    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
-    wait_until(lambda: log_lines(log, "reload rejected"), 5, what="reload rejected")
-    (line,) = log_lines(log, "reload rejected")
-    number = line_of(config, "user = no-such-user-zkw")
-    assert line.endswith(f"ERROR reload rejected, keeping the running config: {config}: line "
-                         f"{number}: [web] user: no such user 'no-such-user-zkw'")
-
-    write_config(body.replace(f"{base_path}/web", f"{base_path}/moved"))
-    config.chmod(0o666)  # a file others can change, however good its contents
-    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
-    wait_until(lambda: len(log_lines(log, "reload rejected")) == 2, 5, what="reload rejected")
-    assert "refused as root: others could change it" in log_lines(log, "reload rejected")[1]
-
-    after = zk.exists(node)
-    assert (after.czxid, after.mzxid) == (before.czxid, before.mzxid)
-    assert not node_exists(zk, f"{base_path}/moved/host1:1")
-    config.chmod(0o644)
-    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
-    wait_until(lambda: node_exists(zk, f"{base_path}/moved/host1:1")
-               and not node_exists(zk, node), 5, what="the good reload applied")
 
 
 class NobodyListener(ProtocolDriver):

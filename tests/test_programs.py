@@ -190,3 +190,22 @@ def test_program_matching_nothing_is_a_warning_and_stays_down(
                "section stays down" in log.read_text(), 5, what="ghost logged")
     assert not node_exists(zk, f"{base_path}/ghost/host1:8080")
     assert server.info("zkwatcher")["statename"] == "RUNNING"
+
+
+def test_without_xmlrpc_access_a_warning_and_process_states_from_events(
+        write_config, driver, zk, base_path, monkeypatch):
+    """Run outside supervisord (no SUPERVISOR_SERVER_URL): the listener says so and
+    learns process states from the events it is sent."""
+    config = write_config(section(base_path, "web", 1, program="web"))
+    monkeypatch.delenv("SUPERVISOR_SERVER_URL", raising=False)
+    drv = driver(config)
+    node = f"{base_path}/web/host1:1"
+    wait_until(lambda: "no XML-RPC access" in drv.stderr(), 5, what="warning")
+    drv.tick()
+    assert not node_exists(zk, node)
+    drv.send("PROCESS_STATE_RUNNING",
+             f"processname:web groupname:web from_state:STARTING pid:{os.getpid()}")
+    wait_until(lambda: node_exists(zk, node), 2, interval=0.01, what="registered from the event")
+    drv.send("PROCESS_STATE_STOPPING",
+             f"processname:web groupname:web from_state:RUNNING pid:{os.getpid()}")
+    wait_until(lambda: not node_exists(zk, node), 2, interval=0.01, what="deregistered")

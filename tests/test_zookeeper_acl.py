@@ -1,19 +1,27 @@
-"""With [auth], a parent we register under that lets anyone delete (or create)
-in it is named once at start: ZooKeeper lets whoever may delete in a parent
-delete its children, whatever their own ACL says."""
+"""ACLs with [auth]: the creator gets all and the world read on our nodes and the
+parent we make, parents that exist keep theirs, and a parent that lets anyone
+delete (or create) in it is named once at start: ZooKeeper lets whoever may delete
+in a parent delete its children, whatever their own ACL says.  Real ZooKeeper."""
 
 from __future__ import annotations
+
+import json
+import textwrap
 
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import (
+    ACL,
     CREATOR_ALL_ACL,
     OPEN_ACL_UNSAFE,
     READ_ACL_UNSAFE,
+    Id,
     Permissions,
     make_acl,
+    make_digest_acl_credential,
 )
+from support.driver import tick_until
 from support.sections import section
 from support.watches import node_exists
 
@@ -68,3 +76,86 @@ def test_open_parents_are_named_once_and_locked_ones_not(
     finally:
         owner.stop()
         owner.close()
+
+
+def test_an_existing_parents_acl_is_left_as_it_is(
+        write_config, driver, zk, zookeeper, base_path):
+    parent = f"{base_path}/svc"
+    own_acl = [ACL(Permissions.READ | Permissions.CREATE | Permissions.DELETE,
+                   Id("world", "anyone"))]
+    zk.create(parent, b"theirs", acl=own_acl, makepath=True)
+    before_acl, _ = zk.get_acls(parent)
+    drv = driver(write_config(section(base_path, "svc", 1, cmd="true") + textwrap.dedent("""
+        [auth]
+        user = deploy
+        password = s3cret
+        """)))
+    wait_until(lambda: node_exists(zk, f"{parent}/host1:1"), 10, what="registered")
+    acl, stat = zk.get_acls(parent)
+    assert acl == before_acl == own_acl
+    assert (stat.aversion, stat.version, zk.get(parent)[0]) == (0, 0, b"theirs")
+    assert drv.process.poll() is None
+
+
+def test_auth_gives_creator_all_and_world_read(write_config, driver, zk, zookeeper, base_path):
+    config = write_config(section(base_path, "svc", 8080, cmd="true", timeout=1)
+                          + textwrap.dedent("""
+        [auth]
+        user = deploy
+        password = s3cret
+        """))
+    drv = driver(config)
+    node = f"{base_path}/svc/host1:8080"
+    tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
+    # ZooKeeper shows digest ids only to a client holding that identity.
+    owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", "deploy:s3cret")])
+    owner.start(timeout=30)
+    acls, _ = owner.get_acls(node)
+    digest = make_digest_acl_credential("deploy", "s3cret")
+    assert sorted(acls, key=str) == sorted([
+        ACL(Permissions.ALL, Id("digest", digest)),
+        ACL(Permissions.READ, Id("world", "anyone")),
+    ], key=str)
+    data, _ = zk.get(node)  # an unauthenticated consumer can read it ...
+    assert json.loads(data)["pid"] == drv.process.pid
+    with pytest.raises(NoAuthError):  # ... but not remove it
+        zk.delete(node)
+    # Deleting needs DELETE on the parent, so the parents we created carry our ACL too.
+    parent_acls, _ = owner.get_acls(f"{base_path}/svc")
+    assert sorted(parent_acls, key=str) == sorted(acls, key=str)
+    owner.stop()
+    owner.close()
+
+
+def test_two_credentials_register_side_by_side_under_a_new_tree(
+        write_config, driver, zk, zookeeper, base_path, tmp_path):
+    """As nd_service_registry: our credentials lock the node and its immediate
+    parent; the parents above it that we create stay open, so the first host of
+    one team does not lock the tree for another team's credentials."""
+    drivers = []
+    for team in ("alpha", "beta"):
+        config = write_config(section(f"{base_path}/services", team, 8080, cmd="true", timeout=1)
+                              + textwrap.dedent(f"""
+            [auth]
+            user = {team}
+            password = pw-{team}
+            """), name=f"{team}.cfg")
+        drivers.append(driver(config))
+        wait_until(lambda team=team: node_exists(zk, f"{base_path}/services/{team}/host1:8080"),
+                   10, what=f"{team} registered")
+    world_all = [ACL(Permissions.ALL, Id("world", "anyone"))]
+    assert zk.get_acls(base_path)[0] == world_all
+    assert zk.get_acls(f"{base_path}/services")[0] == world_all
+    for team in ("alpha", "beta"):
+        owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", f"{team}:pw-{team}")])
+        owner.start(timeout=30)
+        try:
+            digest = make_digest_acl_credential(team, f"pw-{team}")
+            expected = sorted([ACL(Permissions.ALL, Id("digest", digest)),
+                               ACL(Permissions.READ, Id("world", "anyone"))], key=str)
+            for path in (f"{base_path}/services/{team}",
+                         f"{base_path}/services/{team}/host1:8080"):
+                assert sorted(owner.get_acls(path)[0], key=str) == expected, path
+        finally:
+            owner.stop()
+            owner.close()
