@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support.sections import section
+from support.sections import listener_section, section
 from support.users import SERVICE_USER, as_user, listener_as_service_user
 from support.watches import node_exists
 
@@ -32,8 +32,6 @@ def shared_dir():
 
 def test_status_as_nobody_for_a_root_listener_whose_config_it_cannot_read(
         write_config, supervisord, zk, base_path):
-    from conftest import listener_section
-
     config = write_config(section(base_path, "svc", 1, cmd="true", refresh=2, timeout=None))
     os.chmod(config, 0o600)  # holds a password, say
     supervisord(listener_section(config))
