@@ -3,6 +3,8 @@ ZooKeeper that checks them, and secret files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import trustme
 from cryptography.hazmat.primitives import serialization
 
@@ -21,7 +23,7 @@ def pkcs8(cert: trustme.LeafCert, password: bytes | None = None) -> bytes:
 class Credentials:
     """Our CA, a client certificate it issued, and their files."""
 
-    def __init__(self, directory) -> None:
+    def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.ca = trustme.CA()
@@ -38,7 +40,8 @@ class Credentials:
         self.encrypted_keyfile.chmod(0o600)
 
 
-def tls_zookeeper(directory, server_cert: trustme.LeafCert, client_ca_pem) -> LocalZooKeeper:
+def tls_zookeeper(directory: Path, server_cert: trustme.LeafCert,
+                  client_ca_pem: Path) -> LocalZooKeeper:
     """A started ZooKeeper presenting ``server_cert`` on its secure port and wanting a
     client certificate from ``client_ca_pem``; its plain port is for the test's reader."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -59,7 +62,7 @@ def tls_zookeeper(directory, server_cert: trustme.LeafCert, client_ca_pem) -> Lo
     return server.start()
 
 
-def private_file(path, text: str, mode: int = 0o600):
+def private_file(path: Path, text: str, mode: int = 0o600) -> Path:
     path.write_text(text)
     path.chmod(mode)
     return path

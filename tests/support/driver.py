@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 
 class ProtocolDriver:
@@ -80,7 +81,6 @@ class ProtocolDriver:
             self.process.wait()
 
 
-
 class Ticker:
     """Sends TICK_5 to a driven listener every ``interval`` seconds from a thread, as
     supervisord would; other events go through :meth:`send` so they never interleave."""
@@ -120,7 +120,6 @@ class Ticker:
                 return
 
 
-
 def terminate(drv: ProtocolDriver) -> tuple[int, float]:
     """SIGTERM the listener; its exit status and how long it took to exit."""
     started = time.monotonic()
@@ -138,7 +137,8 @@ def state_event(drv_or_ticker, name: str, state: str, from_state: str, pid: int 
                        f"processname:{name} groupname:{name} from_state:{from_state}{extra}")
 
 
-def tick_until(drv, predicate, timeout, what):
+def tick_until(drv: ProtocolDriver, predicate: Callable[[], object], timeout: float,
+               what: str) -> None:
     """Tick the listener until ``predicate`` holds, as supervisord's TICK events would."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -45,7 +45,8 @@ def listener_section(config: Path, events: str = "PROCESS_STATE,TICK_5,REMOTE_CO
         """) + extra
 
 
-def web_program(port):
+def web_program(port: int) -> str:
+    """A supervisord program serving HTTP on 127.0.0.1:``port``."""
     return textwrap.dedent(f"""
         [program:web]
         command = {sys.executable} -m http.server {port} --bind 127.0.0.1

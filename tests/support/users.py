@@ -105,15 +105,6 @@ def code_for_others() -> tuple[str, str]:
 SERVICE_USER = "zookeeper"
 
 
-def reachable_by_others(path: str) -> bool:
-    """Whether a user who is not root may execute ``path`` (every directory above
-    it searchable by others, the file executable by others)."""
-    path = os.path.realpath(path)
-    parts = Path(path).parents
-    return all(os.stat(part).st_mode & 0o001 for part in parts) and \
-        bool(os.stat(path).st_mode & 0o001)
-
-
 def python_for_others() -> tuple[str, dict[str, str]]:
     """An interpreter another user can run this checkout with, and its environment."""
     python, pythonpath = code_for_others()

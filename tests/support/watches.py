@@ -12,7 +12,6 @@ def node_exists(zk: KazooClient, path: str) -> bool:
     return zk.exists(path) is not None
 
 
-
 class NodeWatch:
     """Every creation and deletion of one znode with its time, as a consumer's watch sees it."""
 
