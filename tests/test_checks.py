@@ -6,19 +6,27 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
+import textwrap
 import time
+import uuid
+from pathlib import Path
 
 import pytest
-from conftest import listener_section, node_exists
+from support.driver import Ticker, state_event
+from support.sections import listener_section, section, web_program
+from support.supervisor_rpc import program_processes
+from support.watches import NodeWatch, node_exists
 
 from zkwatcher_supervisor.checks import CheckRunner, close_inherited_fds_on_exec, command_argv
 from zkwatcher_supervisor.health import CheckRun
 from zkwatcher_supervisor.listener import HANDLED_SIGNALS
 from zkwatcher_supervisor.loop import EventLoop
 from zkwatcher_supervisor.privilege import check_user
+from zkwatcher_supervisor.status import process_alive
 from zkwatcher_supervisor.testing import free_port, wait_until
 
 
@@ -582,3 +590,253 @@ def test_checks_never_see_supervisords_variables(monkeypatch, tmp_path):
     finally:
         harness.checks.stop()
         harness.loop.close()
+
+
+@pytest.mark.e2e
+def test_cmd_section_registers_within_refresh_plus_a_tick(
+        write_config, supervisord, zk, base_path, tmp_path):
+    flag = tmp_path / "up"
+    config = write_config(section(base_path, "flag", 9000, cmd=f"test -f {flag}", refresh=5,
+                                  timeout=None))
+    server = supervisord(listener_section(config))
+    wait_until(lambda: server.info("zkwatcher")["statename"] == "RUNNING", 10, what="listener")
+    node = f"{base_path}/flag/host1:9000"
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: "[flag] check failed" in log.read_text(), 5, what="first check failed")
+    assert not node_exists(zk, node)
+
+    timings = []
+    for _ in range(2):
+        flag.touch()
+        started = time.monotonic()
+        wait_until(lambda: node_exists(zk, node), 11, interval=0.01, what="registration")
+        appeared = time.monotonic() - started
+        flag.unlink()
+        started = time.monotonic()
+        wait_until(lambda: not node_exists(zk, node), 11, interval=0.01, what="deregistration")
+        timings.append((appeared, time.monotonic() - started))
+    print(f"appear/disappear seconds: {timings}")
+    assert "overflow" not in server.log_text()
+    assert server.info("zkwatcher")["statename"] == "RUNNING"
+
+
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+
+@pytest.mark.e2e
+def test_checks_keep_running_under_300_sections_whose_shell_exits_before_its_child(
+        write_config, driver, zk, base_path, tmp_path):
+    """300 sections whose check is ``sh -c '(sleep 0.0N; echo x) & exit 0'`` — a shell
+    that exits before its background child writes, as init-script style checks do —
+    run beside one section ``test -f FLAG``.  After 5 s of that load, removing FLAG
+    must still deregister the flag section (and the listener must still be alive): the
+    check runner must survive a check's exit and its output arriving together."""
+    flag = tmp_path / "flag"
+    flag.touch()
+    body = section(base_path, "flag", 1, cmd=f"test -f {flag}", timeout=5)
+    for i in range(300):
+        body += section(base_path, f"bg{i}", 1000 + i, timeout=5,
+                        cmd=f"sh -c '(sleep 0.0{i % 10}; echo x) & exit 0'")
+    drv = driver(write_config(body))
+    node = f"{base_path}/flag/host1:1"
+    with Ticker(drv, interval=1.0) as ticker:
+        wait_until(lambda: node_exists(zk, node), 20, interval=0.1, what="flag registered")
+        time.sleep(5)
+        assert node_exists(zk, node), "flag section deregistered while FLAG exists"
+        flag.unlink()
+        removed = time.monotonic()
+        try:
+            wait_until(lambda: not node_exists(zk, node), 6, interval=0.05,
+                       what="flag deregistered after FLAG was removed")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{drv.stderr()[-3000:]}") from None
+        print(f"FLAG removed -> node gone: {time.monotonic() - removed:.2f}s")
+        assert ticker.error is None, ticker.error
+    assert drv.process.poll() is None, "the listener exited under load"
+
+
+@pytest.fixture
+def freezer_cgroup():
+    """A cgroup v1 freezer group, FROZEN: a process that moves itself in stops at once,
+    in uninterruptible sleep (state D), and not even SIGKILL ends it until it is thawed."""
+    if not os.access(FREEZER, os.W_OK):
+        # Never skipped: a skip would hide the missing dependency.
+        pytest.fail(f"needs the cgroup v1 freezer ({FREEZER}) writable, i.e. root")
+    group = FREEZER / f"zkw-test-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    (group / "freezer.state").write_text("FROZEN\n")
+    try:
+        yield group
+    finally:
+        (group / "freezer.state").write_text("THAWED\n")
+        for pid in (group / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+        try:
+            wait_until(lambda: not (group / "cgroup.procs").read_text().strip(), 10)
+        finally:
+            group.rmdir()
+
+
+def thaw(group: Path) -> None:
+    (group / "freezer.state").write_text("THAWED\n")
+
+
+@pytest.mark.e2e
+def test_check_stuck_in_uninterruptible_sleep_fails_at_its_deadline(
+        write_config, driver, zk, base_path, tmp_path, freezer_cgroup):
+    """A check that hangs in uninterruptible sleep (hung NFS or FUSE; here the cgroup
+    freezer) cannot be killed at its 2 s timeout, nor reaped.  Its section must still
+    count as failed at the deadline (node gone within timeout + 1 s of the run's start),
+    no second run of it may start while the stuck one is unreaped, and once the process
+    is released everything recovers (the next passing run registers the node again)."""
+    runs, freeze = tmp_path / "runs", tmp_path / "freeze"
+    script = tmp_path / "check.sh"
+    script.write_text(textwrap.dedent(f"""\
+        date +%s.%N >> {runs}
+        if [ -f {freeze} ]; then echo $$ > {freezer_cgroup}/cgroup.procs; fi
+        exit 0
+        """))
+    drv = driver(write_config(section(base_path, "svc", 1, cmd=f"sh {script}", timeout=2)))
+    node = f"{base_path}/svc/host1:1"
+
+    def run_count() -> int:
+        return len(runs.read_text().split()) if runs.exists() else 0
+
+    with Ticker(drv) as ticker:
+        wait_until(lambda: node_exists(zk, node), 10, what="registration")
+        watch = NodeWatch(zk, node)
+        before = run_count()
+        freeze.touch()
+        wait_until(lambda: (freezer_cgroup / "cgroup.procs").read_text().strip(), 5,
+                   what="a check run frozen")
+        stuck_runs = run_count()
+        assert stuck_runs > before
+        # When the stuck run started, on the monotonic clock.
+        started = time.monotonic() - (time.time() - float(runs.read_text().split()[-1]))
+        deleted = watch.wait_for("DELETED", started, started + 3.5 - time.monotonic())
+        assert deleted is not None, "the section stayed registered past the stuck run's deadline"
+        print(f"stuck run start -> node gone: {deleted - started:.2f}s")
+        assert deleted - started < 2 + 1.0
+        time.sleep(3)  # several refresh periods with ticks
+        assert run_count() == stuck_runs, "another run started while the stuck one was unreaped"
+        assert not node_exists(zk, node)
+
+        freeze.unlink()
+        thaw(freezer_cgroup)
+        wait_until(lambda: node_exists(zk, node), 5, what="recovery after the check was released")
+        assert run_count() > stuck_runs
+        assert ticker.error is None, ticker.error
+    assert drv.process.poll() is None
+
+
+@pytest.mark.e2e
+def test_runs_of_a_section_never_overlap_across_a_program_restart(
+        write_config, driver, zk, base_path, tmp_path):
+    """A check that takes 2 s is running when its program restarts (leaves RUNNING and
+    comes back).  The check must run again for the new process — but not before the
+    first run has ended.  The check holds an exclusive ``flock`` while it runs and
+    records any run that finds the lock taken."""
+    runs, lock = tmp_path / "runs", tmp_path / "lock"
+    script = tmp_path / "check.sh"
+    script.write_text(textwrap.dedent(f"""\
+        flock -n -E 99 {lock} sh -c 'echo start >> {runs}; sleep 2'
+        rc=$?
+        if [ $rc -eq 99 ]; then echo overlap >> {runs}; fi
+        exit $rc
+        """))
+    cfg = write_config(section(base_path, "svc", 1, program="web", cmd=f"sh {script}",
+                               refresh=30, timeout=5))
+    drv = driver(cfg)
+    node = f"{base_path}/svc/host1:1"
+
+    def lines() -> list[str]:
+        return runs.read_text().split() if runs.exists() else []
+
+    with program_processes() as start_program:
+        first = start_program()
+        state_event(drv, "web", "STARTING", "STOPPED")
+        state_event(drv, "web", "RUNNING", "STARTING", first)
+        wait_until(lambda: lines() == ["start"], 5, what="first run started")
+        for state, before in [("STOPPING", "RUNNING"), ("STOPPED", "STOPPING"),
+                              ("STARTING", "STOPPED")]:
+            state_event(drv, "web", state, before)
+        state_event(drv, "web", "RUNNING", "STARTING", start_program())
+        with Ticker(drv):
+            wait_until(lambda: node_exists(zk, node) or "overlap" in lines(), 10,
+                       what="registered after the run for the new process")
+        assert "overlap" not in lines(), f"a run started while another ran: {lines()}"
+        assert lines().count("start") >= 2
+
+
+@pytest.mark.e2e
+def test_a_failing_checks_last_2_kib_of_output_appear_in_the_log(
+        write_config, driver, base_path, tmp_path):
+    """stdout and stderr both reach the log, the end of them, up to 2 KiB."""
+    script = tmp_path / "check.sh"
+    script.write_text(textwrap.dedent("""\
+        head -c 3000 /dev/zero | tr '\\0' x
+        echo
+        echo "first reason" >&2
+        echo "second reason"
+        exit 1
+        """))
+    drv = driver(write_config(section(base_path, "s", 1, cmd=f"sh {script}")))
+    wait_until(lambda: "[s] check failed" in drv.stderr(), 5, what="check failed")
+    (line,) = [ln for ln in drv.stderr().splitlines() if "[s] check failed" in ln]
+    assert "exit status 1" in line
+    # Everything after the 3000 x's fits in 2 KiB, so all of it is shown ...
+    assert "first reason" in drv.stderr() and "second reason" in drv.stderr()
+    # ... and of the x's only what fits: the beginning of the output is not.
+    xs = max((len(run) for run in re.findall(r"x+", drv.stderr())), default=0)
+    assert 2048 - 100 < xs < 2048, xs
+
+
+@pytest.mark.e2e
+def test_a_check_that_exits_takes_what_it_left_running_with_it(
+        write_config, driver, zk, base_path, tmp_path):
+    child = tmp_path / "child.pid"
+    drv = driver(write_config(section(
+        base_path, "s", 1, cmd=f"sleep 300 & echo $! > {child}; exit 0", refresh=30)))
+    wait_until(lambda: node_exists(zk, f"{base_path}/s/host1:1"), 10, what="registered")
+    pid = int(child.read_text())
+    started = time.monotonic()
+    # Killed (a zombie until whoever inherited it reaps it counts as gone).
+    wait_until(lambda: not process_alive(pid), 1, interval=0.01, what="the check's child killed")
+    print(f"child gone after {time.monotonic() - started:.2f}s")
+    assert drv.process.poll() is None
+
+
+@pytest.mark.e2e
+def test_tcp_and_http_checks_follow_a_real_server(write_config, supervisord, zk, base_path):
+    port = free_port()
+    config = write_config(f"""
+        [tcp]
+        cmd = tcp://127.0.0.1:{port}
+        refresh = 5
+        timeout = 1
+        service_port = 1
+        service_hostname = host1
+        zookeeper_path = {base_path}/tcp
+
+        [http]
+        cmd = http://127.0.0.1:{port}/missing
+        expect_status = 404
+        refresh = 5
+        timeout = 1
+        service_port = 2
+        service_hostname = host1
+        zookeeper_path = {base_path}/http
+        """)
+    server = supervisord(web_program(port) + listener_section(config))
+    nodes = [f"{base_path}/tcp/host1:1", f"{base_path}/http/host1:2"]
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 15, what="registration")
+    server.ctl("stop", "web")
+    wait_until(lambda: not any(node_exists(zk, n) for n in nodes), 12, what="deregistration")
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: "[tcp] check failed: failed: connect: Connection refused"
+               in log.read_text(), 5, what="probe failure logged")
+    server.ctl("start", "web")
+    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 12, what="re-registration")

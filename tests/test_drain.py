@@ -12,7 +12,8 @@ import threading
 import time
 
 import pytest
-from conftest import listener_section, node_exists
+from support.sections import listener_section, section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
@@ -47,27 +48,9 @@ def programs(tmp_path):
 
 
 def config_body(base_path, flag):
-    return f"""
-        [web]
-        program = web
-        service_port = 1
-        service_hostname = host1
-        zookeeper_path = {base_path}/web
-
-        [flag]
-        cmd = test -f {flag}
-        refresh = 1
-        service_port = 2
-        service_hostname = host1
-        zookeeper_path = {base_path}/flag
-
-        [api]
-        program = api
-        drain_seconds = 2
-        service_port = 3
-        service_hostname = host1
-        zookeeper_path = {base_path}/api
-        """
+    return (section(base_path, "web", 1, program="web")
+            + section(base_path, "flag", 2, cmd=f"test -f {flag}", timeout=None)
+            + section(base_path, "api", 3, program="api", drain_seconds=2))
 
 
 def cli(server, config, *args, timeout=60):

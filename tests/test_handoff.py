@@ -13,8 +13,9 @@ import threading
 import time
 
 import pytest
-from conftest import listener_section, node_exists
 from kazoo.client import KazooClient
+from support.sections import listener_section, section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 
@@ -24,24 +25,10 @@ HANDOVER_LISTENER = "autorestart = true\n"
 
 
 def sections(base_path, count, program=None):
-    text = ""
-    for i in range(count):
-        text += textwrap.dedent(f"""
-            [s{i}]
-            cmd = true
-            refresh = 5
-            service_port = {i + 1}
-            service_hostname = host1
-            zookeeper_path = {base_path}/s{i}
-            """)
+    text = "".join(section(base_path, f"s{i}", i + 1, cmd="true", refresh=5, timeout=None)
+                   for i in range(count))
     if program:
-        text += textwrap.dedent(f"""
-            [prog]
-            program = {program}
-            service_port = 9999
-            service_hostname = host1
-            zookeeper_path = {base_path}/prog
-            """)
+        text += section(base_path, "prog", 9999, program=program)
     return text
 
 

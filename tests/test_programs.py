@@ -9,7 +9,8 @@ import threading
 import time
 
 import pytest
-from conftest import listener_section, node_exists
+from support.sections import listener_section, section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 
@@ -25,18 +26,6 @@ def program(name, extra=""):
         startsecs = 1
         stopsignal = KILL
         """) + extra + "\n"
-
-
-def bound_section(base_path, spec, name="web", cmd=None, port=8080):
-    return f"""
-        [{name}]
-        program = {spec}
-        {f"cmd = {cmd}" if cmd else ""}
-        refresh = 5
-        service_port = {port}
-        service_hostname = host1
-        zookeeper_path = {base_path}/{name}
-        """
 
 
 class NodeEvents:
@@ -70,7 +59,8 @@ def start(supervisord, write_config, sections, programs):
 
 def test_node_follows_program_through_stop_start_restart(
         write_config, supervisord, zk, base_path):
-    server, _ = start(supervisord, write_config, bound_section(base_path, "web"), program("web"))
+    server, _ = start(supervisord, write_config, section(base_path, "web", 8080, program="web"),
+                      program("web"))
     node = f"{base_path}/web/host1:8080"
     wait_until(lambda: node_exists(zk, node), 15, what="registration")
     events = NodeEvents(zk, node)
@@ -95,8 +85,8 @@ def test_node_follows_program_through_stop_start_restart(
 
 def test_restarted_listener_registers_running_program_from_xmlrpc(
         write_config, supervisord, zk, base_path):
-    server, config = start(supervisord, write_config, bound_section(base_path, "web"),
-                           program("web"))
+    server, config = start(supervisord, write_config,
+                           section(base_path, "web", 8080, program="web"), program("web"))
     node = f"{base_path}/web/host1:8080"
     wait_until(lambda: node_exists(zk, node), 15, what="registration")
     server.ctl("stop", "zkwatcher")
@@ -114,7 +104,7 @@ def test_restarted_listener_registers_running_program_from_xmlrpc(
 
 def test_kill_9_deregisters_ahead_of_supervisord(write_config, supervisord, zk, base_path):
     server, config = start(
-        supervisord, write_config, bound_section(base_path, "web"),
+        supervisord, write_config, section(base_path, "web", 8080, program="web"),
         program("web", "autorestart = false"))
     node = f"{base_path}/web/host1:8080"
     wait_until(lambda: node_exists(zk, node), 15, what="registration")
@@ -139,16 +129,11 @@ def test_program_and_cmd_must_both_hold(
     flag, runs = tmp_path / "ok", tmp_path / "runs"
     if passing:
         flag.touch()
-    control = f"""
-        [control]
-        cmd = true
-        service_port = 1
-        service_hostname = host1
-        zookeeper_path = {base_path}/control
-        """
+    control = section(base_path, "control", 1, cmd="true", refresh=None, timeout=None)
     server, config = start(
         supervisord, write_config,
-        bound_section(base_path, "web", cmd=f"echo >> {runs}; test -f {flag}") + control,
+        section(base_path, "web", 8080, program="web", cmd=f"echo >> {runs}; test -f {flag}",
+                refresh=5, timeout=None) + control,
         program("web", "autostart = true" if running else "autostart = false"))
     node = f"{base_path}/web/host1:8080"
     log = config.parent / "zkwatcher.log"
@@ -182,7 +167,7 @@ def test_program_and_cmd_must_both_hold(
 
 def test_group_star_needs_every_numprocs_process(write_config, supervisord, zk, base_path):
     server, _ = start(
-        supervisord, write_config, bound_section(base_path, "web:*"),
+        supervisord, write_config, section(base_path, "web", 8080, program="web:*"),
         program("web", "numprocs = 2\nprocess_name = %(program_name)s_%(process_num)02d"))
     node = f"{base_path}/web/host1:8080"
     wait_until(lambda: node_exists(zk, node), 15, what="registration")
@@ -196,7 +181,8 @@ def test_program_matching_nothing_is_a_warning_and_stays_down(
         write_config, supervisord, zk, base_path):
     server, config = start(
         supervisord, write_config,
-        bound_section(base_path, "ghost", name="ghost") + bound_section(base_path, "web", port=1),
+        section(base_path, "ghost", 8080, program="ghost")
+        + section(base_path, "web", 1, program="web"),
         program("web"))
     wait_until(lambda: node_exists(zk, f"{base_path}/web/host1:1"), 15, what="web registered")
     log = config.parent / "zkwatcher.log"
@@ -204,3 +190,22 @@ def test_program_matching_nothing_is_a_warning_and_stays_down(
                "section stays down" in log.read_text(), 5, what="ghost logged")
     assert not node_exists(zk, f"{base_path}/ghost/host1:8080")
     assert server.info("zkwatcher")["statename"] == "RUNNING"
+
+
+def test_without_xmlrpc_access_a_warning_and_process_states_from_events(
+        write_config, driver, zk, base_path, monkeypatch):
+    """Run outside supervisord (no SUPERVISOR_SERVER_URL): the listener says so and
+    learns process states from the events it is sent."""
+    config = write_config(section(base_path, "web", 1, program="web"))
+    monkeypatch.delenv("SUPERVISOR_SERVER_URL", raising=False)
+    drv = driver(config)
+    node = f"{base_path}/web/host1:1"
+    wait_until(lambda: "no XML-RPC access" in drv.stderr(), 5, what="warning")
+    drv.tick()
+    assert not node_exists(zk, node)
+    drv.send("PROCESS_STATE_RUNNING",
+             f"processname:web groupname:web from_state:STARTING pid:{os.getpid()}")
+    wait_until(lambda: node_exists(zk, node), 2, interval=0.01, what="registered from the event")
+    drv.send("PROCESS_STATE_STOPPING",
+             f"processname:web groupname:web from_state:RUNNING pid:{os.getpid()}")
+    wait_until(lambda: not node_exists(zk, node), 2, interval=0.01, what="deregistered")

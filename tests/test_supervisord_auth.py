@@ -12,7 +12,8 @@ import sys
 import textwrap
 
 import pytest
-from conftest import LISTENER, node_exists
+from support.sections import LISTENER
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 

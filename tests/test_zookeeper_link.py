@@ -14,11 +14,12 @@ import threading
 
 import pytest
 import trustme
-from cryptography.hazmat.primitives import serialization
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import ACL, Id, Permissions
+from support.credentials import Credentials, private_file, tls_zookeeper
+from support.sections import section
 
 from zkwatcher_supervisor import registry as registry_module
 from zkwatcher_supervisor.config import (
@@ -36,63 +37,8 @@ from zkwatcher_supervisor.testing import FaultProxy, LocalZooKeeper, free_port, 
 
 pytestmark = pytest.mark.e2e
 
-SECTION = """
-[svc]
-cmd = true
-service_port = 1
-service_hostname = host1
-zookeeper_path = {path}
-"""
-
-
-def pkcs8(cert: trustme.LeafCert, password: bytes | None = None) -> bytes:
-    """The certificate's key as PKCS#8 PEM (ZooKeeper's PEM key store reads no other)."""
-    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), None)
-    encryption = (serialization.BestAvailableEncryption(password) if password
-                  else serialization.NoEncryption())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             encryption)
-
-
-class Credentials:
-    """Our CA, a client certificate it issued, and their files."""
-
-    def __init__(self, directory) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.ca = trustme.CA()
-        self.ca_pem = directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self.ca_pem))
-        client = self.ca.issue_cert("zkwatcher-client")
-        self.certfile = directory / "client.pem"
-        client.cert_chain_pems[0].write_to_path(str(self.certfile))
-        self.keyfile = directory / "client.key"
-        self.keyfile.write_bytes(pkcs8(client))
-        self.keyfile.chmod(0o600)
-        self.encrypted_keyfile = directory / "client-encrypted.key"
-        self.encrypted_keyfile.write_bytes(pkcs8(client, b"key pass"))
-        self.encrypted_keyfile.chmod(0o600)
-
-
-def tls_zookeeper(directory, server_cert: trustme.LeafCert, client_ca_pem) -> LocalZooKeeper:
-    """A started ZooKeeper presenting ``server_cert`` on its secure port and wanting a
-    client certificate from ``client_ca_pem``; its plain port is for the test's reader."""
-    directory.mkdir(parents=True, exist_ok=True)
-    keystore = directory / "server.pem"
-    keystore.write_bytes(pkcs8(server_cert)
-                         + b"".join(pem.bytes() for pem in server_cert.cert_chain_pems))
-    server = LocalZooKeeper(directory)
-    server.secure_port = free_port()
-    server.extra_config = [
-        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
-        f"secureClientPort={server.secure_port}",
-        f"ssl.keyStore.location={keystore}",
-        "ssl.keyStore.type=PEM",
-        f"ssl.trustStore.location={client_ca_pem}",
-        "ssl.trustStore.type=PEM",
-        "ssl.clientAuth=need",
-    ]
-    return server.start()
+def service(path: str, cmd: str = "true") -> str:
+    return section("", "svc", 1, cmd=cmd, refresh=None, timeout=None, path=path)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +86,7 @@ def tls_config(write_config, ours, host, server, path, name="zkwatcher.cfg", ca=
     keyfile = keyfile or ours.keyfile
     settings = "use_ssl = true\n" + (f"ca = {ours.ca_pem}\n" if ca else "")
     settings += f"certfile = {ours.certfile}\nkeyfile = {keyfile}\n{extra}"
-    return write_config(SECTION.format(path=path).replace("cmd = true", f"cmd = {cmd}"),
+    return write_config(service(path, cmd),
                         name=name, hosts=f"{host}:{server.secure_port}", settings=settings)
 
 
@@ -306,7 +252,7 @@ def test_tls_files_that_cannot_be_used_are_config_errors(tmp_path, ours):
             certfile = {ours.certfile}
             keyfile = {keyfile}
             {extra}
-            """) + SECTION.format(path="/svc"))
+            """) + service("/svc"))
         path.chmod(0o600)
         return path
 
@@ -368,7 +314,7 @@ def sasl_client(server: LocalZooKeeper, user: str, password: str) -> KazooClient
 
 
 def sasl_config(write_config, server, path, password, user="deploy"):
-    return write_config(SECTION.format(path=path) + textwrap.dedent(f"""
+    return write_config(service(path) + textwrap.dedent(f"""
         [auth]
         mechanism = DIGEST-MD5
         user = {user}
@@ -468,7 +414,7 @@ def test_sasl_session_survives_a_server_restart(
     server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"})
     proxy = FaultProxy(server.port)
     try:
-        config = write_config(SECTION.format(path=f"{base_path}/svc") + textwrap.dedent("""
+        config = write_config(service(f"{base_path}/svc") + textwrap.dedent("""
             [auth]
             mechanism = DIGEST-MD5
             user = deploy
@@ -541,12 +487,6 @@ def test_a_slow_sasl_login_confirmation_still_registers(tmp_path, base_path, mon
         server.stop()
 
 
-def private_file(path, text: str, mode: int = 0o600):
-    path.write_text(text)
-    path.chmod(mode)
-    return path
-
-
 def foreign_file(tmp_path):
     """A file private to another user: as root, one given to nobody; otherwise
     one of root's."""
@@ -569,7 +509,7 @@ def test_secret_files_must_be_private_to_the_listeners_user(tmp_path, ours):
         path = tmp_path / f"zkwatcher{len(written)}.cfg"
         path.write_text(f"[zkwatcher]\n{tls}\n" + (f"[auth]\nuser = deploy\n{auth}\n"
                                                     if auth else "")
-                        + SECTION.format(path="/svc"))
+                        + service("/svc"))
         path.chmod(0o600)
         return path
 
@@ -704,7 +644,7 @@ def test_secrets_from_files_reach_zookeeper_and_nowhere_else(
 def test_sasl_without_pure_sasl_is_a_config_error(tmp_path):
     path = tmp_path / "zkwatcher.cfg"
     path.write_text("[auth]\nmechanism = DIGEST-MD5\nuser = deploy\npassword = unseen\n"
-                    + SECTION.format(path="/svc"))
+                    + service("/svc"))
     path.chmod(0o600)
     hidden = ("import sys; sys.modules['puresasl'] = None; "  # as if it were not installed
               "from zkwatcher_supervisor.cli import main; "

@@ -45,6 +45,7 @@ from .config import BuiltinCheck
 from .health import CheckRun
 from .loop import EventLoop, Timer, offload
 from .privilege import check_environment
+from .procfs import HAVE_PIDFD
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ SPAWN_BATCH = 32
 SPAWN_PASS_SECONDS = 0.01
 # Without pidfd (Linux < 5.3) exits are noticed by polling at this interval.
 _POLL_INTERVAL = 0.05
-_HAVE_PIDFD = hasattr(os, "pidfd_open")
 # Characters that mean the command needs a shell; plain commands are exec'd directly.
 _SHELL_SYNTAX = frozenset("|&;<>()$`\\\"'*?[#~=\n")
 # How long a resolved host name is reused by tcp:// and http:// checks.
@@ -302,7 +302,7 @@ class CheckRunner:
         finally:
             os.close(write_fd)
         pidfd = None
-        if _HAVE_PIDFD:
+        if HAVE_PIDFD:
             try:
                 pidfd = os.pidfd_open(pid)
             except OSError:

@@ -19,15 +19,12 @@ import os
 from typing import Callable
 
 from .loop import EventLoop
-from .procfs import proc_stat
+from .procfs import HAVE_PIDFD, proc_stat
 
 log = logging.getLogger(__name__)
 
 ProcessKey = tuple[str, str]  # (group, name)
 DeathCallback = Callable[[str, str, int], None]
-
-AVAILABLE = hasattr(os, "pidfd_open")
-
 
 def parent_pid(pid: int) -> int:
     """The parent of ``pid`` from /proc, or -1 if it is gone."""
@@ -50,7 +47,7 @@ class PidWatcher:
         if current is not None and current[0] == pid:
             return
         self.forget(group, name)
-        if not AVAILABLE or pid <= 0:
+        if not HAVE_PIDFD or pid <= 0:
             return
         try:
             pidfd = os.pidfd_open(pid)

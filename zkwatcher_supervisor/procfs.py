@@ -1,8 +1,13 @@
-"""Reading /proc: a process's state and parent, for pid watching and ``status``."""
+"""Processes seen from outside: /proc reads (a process's state and parent, for pid
+watching and ``status``), and whether this system has pidfds."""
 
 from __future__ import annotations
 
 import os
+
+# pidfds (Linux >= 5.3): a process's exit as a readable file descriptor.  Without
+# them, exits are polled for.
+HAVE_PIDFD = hasattr(os, "pidfd_open")
 
 
 def proc_stat(pid: int) -> list[bytes] | None:

@@ -29,6 +29,7 @@ import os
 import pwd
 import stat
 import tempfile
+from collections.abc import Iterable
 from typing import Any, Callable, TypeVar
 
 from .untrusted import Unusable, load_json
@@ -161,26 +162,37 @@ def read_private_json(path: str, what: str, parse: Callable[[Any], T],
             return refuse("unreadable (%s)", str(exc)[:200])
 
 
-def write_atomically(path: str, text: str, mode: int) -> None:
-    """Readers see the old file or the new one, never a part."""
-    directory = os.path.dirname(path)
+def write_atomically(path: str, text: str | Iterable[str], mode: int,
+                     durable: bool = True) -> None:
+    """Write ``text`` (a string, or the pieces of one) to ``path`` with ``mode``:
+    readers see the old file or the new one, never a part.  ``durable`` also syncs
+    the file and the rename to disk, so a crash right after leaves the new file,
+    not an empty one.  An exception raised while the pieces are made leaves the
+    old file as it was."""
+    directory = os.path.dirname(path) or "."
     fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())  # a crash right after must not leave an empty file
+            if isinstance(text, str):
+                out.write(text)
+            else:
+                out.writelines(text)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
         raise
+    if not durable:
+        return
     try:
         directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return
     try:
-        os.fsync(directory_fd)  # and the rename itself reaches the disk
+        os.fsync(directory_fd)
     finally:
         os.close(directory_fd)
 

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Callable
@@ -107,18 +106,15 @@ class StatusPublisher:
     def _write(self, state: dict) -> None:
         if self._stopped:
             return
-        directory = os.path.dirname(self.path) or "."
-        fd, temporary = tempfile.mkstemp(prefix=".zkwatcher-status-", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.writelines(_json_pieces(state))
-            os.chmod(temporary, 0o644)
+
+        def pieces() -> Iterator[str]:
+            yield from _json_pieces(state)
             if self._stopped:
                 raise OSError("the listener is stopping")  # its file is gone for good
-            os.replace(temporary, self.path)  # readers see the old file or the new one
-        except BaseException:
-            os.unlink(temporary)
-            raise
+
+        # Not durable: the file is rewritten within HEARTBEAT seconds and removed
+        # at stop, so syncing it to disk twice a second would buy nothing.
+        statedir.write_atomically(self.path, pieces(), 0o644, durable=False)
 
 
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode

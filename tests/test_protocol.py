@@ -10,50 +10,26 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import node_exists
-from kazoo.client import KazooClient
-from kazoo.exceptions import NoAuthError
-from kazoo.security import ACL, Id, Permissions, make_digest_acl_credential
+from support.driver import tick_until
+from support.sections import section
+from support.watches import node_exists
 
-from zkwatcher_supervisor.testing import FaultProxy, wait_until
+from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def cmd_section(base_path, cmd, name="svc", port=8080, extra=""):
-    return f"""
-        [{name}]
-        cmd = {cmd}
-        refresh = 1
-        timeout = 1
-        service_port = {port}
-        service_hostname = host1
-        zookeeper_path = {base_path}/{name}
-        {extra}
-        """
-
-
-def tick_until(drv, predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s\n{drv.stderr()}")
-        drv.tick()
-        time.sleep(0.2)
 
 
 def test_node_follows_check_with_exact_path_and_payload(
         write_config, driver, zk, base_path, tmp_path):
     flag = tmp_path / "up"
-    config = write_config(cmd_section(base_path, f"test -f {flag}",
-                                      extra="zookeeper_data = weight=10, zone = a "))
+    config = write_config(section(base_path, "svc", 8080, cmd=f"test -f {flag}", timeout=1,
+                                  zookeeper_data="weight=10, zone = a "))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     tick_until(drv, lambda: "[svc] check failed" in drv.stderr(), 5, "first check")
@@ -79,7 +55,7 @@ def test_hung_check_is_killed_with_its_children_and_events_keep_flowing(
     hang, child_pid = tmp_path / "hang", tmp_path / "child.pid"
     script = tmp_path / "check.sh"
     script.write_text(f"if [ -f {hang} ]; then sleep 300 & echo $! > {child_pid}; sleep 300; fi\n")
-    config = write_config(cmd_section(base_path, f"sh {script}"))
+    config = write_config(section(base_path, "svc", 8080, cmd=f"sh {script}", timeout=1))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
@@ -109,7 +85,7 @@ def test_check_writing_megabytes_neither_deadlocks_nor_leaks_to_stdout(
     script = tmp_path / "noisy.sh"
     script.write_text("head -c 1048576 /dev/zero | tr '\\0' o\n"
                       "head -c 1048576 /dev/zero | tr '\\0' e >&2\n")
-    config = write_config(cmd_section(base_path, f"sh {script}"))
+    config = write_config(section(base_path, "svc", 8080, cmd=f"sh {script}", timeout=1))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     tick_until(drv, lambda: node_exists(zk, node), 10, "registration")
@@ -118,54 +94,6 @@ def test_check_writing_megabytes_neither_deadlocks_nor_leaks_to_stdout(
         time.sleep(0.5)
     assert node_exists(zk, node)
     assert set(drv.transcript) == {b"READY\n", b"RESULT 2\nOK"}
-
-
-def test_auth_gives_creator_all_and_world_read(write_config, driver, zk, zookeeper, base_path):
-    config = write_config(cmd_section(base_path, "true") + """
-        [auth]
-        user = deploy
-        password = s3cret
-        """)
-    drv = driver(config)
-    node = f"{base_path}/svc/host1:8080"
-    tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
-    # ZooKeeper shows digest ids only to a client holding that identity.
-    owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", "deploy:s3cret")])
-    owner.start(timeout=30)
-    acls, _ = owner.get_acls(node)
-    digest = make_digest_acl_credential("deploy", "s3cret")
-    assert sorted(acls, key=str) == sorted([
-        ACL(Permissions.ALL, Id("digest", digest)),
-        ACL(Permissions.READ, Id("world", "anyone")),
-    ], key=str)
-    data, _ = zk.get(node)  # an unauthenticated consumer can read it ...
-    assert json.loads(data)["pid"] == drv.process.pid
-    with pytest.raises(NoAuthError):  # ... but not remove it
-        zk.delete(node)
-    # Deleting needs DELETE on the parent, so the parents we created carry our ACL too.
-    parent_acls, _ = owner.get_acls(f"{base_path}/svc")
-    assert sorted(parent_acls, key=str) == sorted(acls, key=str)
-    owner.stop()
-    owner.close()
-
-
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "EOF"])
-def test_shutdown_removes_every_node_and_exits_0_within_1s(
-        how, write_config, driver, zk, base_path):
-    config = write_config(cmd_section(base_path, "true", name="a", port=1)
-                          + cmd_section(base_path, "true", name="b", port=2))
-    drv = driver(config)
-    nodes = [f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"]
-    tick_until(drv, lambda: all(node_exists(zk, n) for n in nodes), 5, "registration")
-    started = time.monotonic()
-    if how == "EOF":
-        drv.close_stdin()
-    else:
-        drv.process.send_signal(getattr(signal, how))
-    assert drv.process.wait(5) == 0
-    elapsed = time.monotonic() - started
-    assert not any(node_exists(zk, n) for n in nodes)
-    assert elapsed < 1.0, elapsed
 
 
 def test_bad_config_exits_2_naming_the_key_and_never_connects(tmp_path):
@@ -205,46 +133,13 @@ def test_check_config_prints_paths_and_payloads(tmp_path):
     assert json.loads(payload)["weight"] == 5
 
 
-def test_session_loss_recreates_nodes_and_steady_state_writes_nothing(
-        write_config, driver, zk, zookeeper, base_path, tmp_path):
-    proxy = FaultProxy(zookeeper.port)
-    runs = tmp_path / "runs"
-    try:
-        config = write_config(cmd_section(base_path, f"echo >> {runs}"), hosts=proxy.hosts)
-        drv = driver(config)
-        node = f"{base_path}/svc/host1:8080"
-        tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
-        _, first = zk.get(node)
-
-        # Steady state: checks keep passing and the node is never rewritten.
-        seen = len(runs.read_text().splitlines())
-        tick_until(drv, lambda: len(runs.read_text().splitlines()) >= seen + 4, 8,
-                   "four more passing checks")
-        _, later = zk.get(node)
-        assert (later.czxid, later.mzxid, later.version) == (first.czxid, first.czxid, 0)
-
-        # Cut the link for longer than the 4 s session timeout: the server expires
-        # the session and drops our node; the listener must put it back.
-        proxy.cut()
-        wait_until(lambda: not node_exists(zk, node), 15, what="session expiry")
-        for _ in range(3):
-            drv.tick()  # events are still answered while ZooKeeper is unreachable
-        proxy.restore()
-        wait_until(lambda: node_exists(zk, node), 10, what="re-registration")
-        _, second = zk.get(node)
-        assert second.ephemeralOwner != first.ephemeralOwner
-    finally:
-        proxy.close()
-
-
-
 def test_checks_keep_their_refresh_between_ticks(write_config, driver, zk, base_path, tmp_path):
     """No TICK at all: the listener's own timer runs each check every ``refresh`` seconds."""
     runs1, runs2 = tmp_path / "runs1", tmp_path / "runs2"
     config = write_config(
-        cmd_section(base_path, f"sh -c 'echo x >> {runs1}'", name="one")
-        + cmd_section(base_path, f"sh -c 'echo x >> {runs2}'", name="two", port=8081)
-        .replace("refresh = 1", "refresh = 2"))
+        section(base_path, "one", 8080, cmd=f"sh -c 'echo x >> {runs1}'", timeout=1)
+        + section(base_path, "two", 8081, cmd=f"sh -c 'echo x >> {runs2}'", refresh=2,
+                  timeout=1))
     drv = driver(config)
     wait_until(runs1.exists, 5, what="first run")
     started = time.monotonic()
@@ -275,7 +170,7 @@ def test_unexpected_error_ends_the_listener_nonzero_and_deregisters(
         write_config, driver, zk, base_path):
     """Crash-only, for our own bugs: the listener exits 1 (supervisord restarts
     it) and closes its session on the way, so no node outlives it."""
-    config = write_config(cmd_section(base_path, "true"))
+    config = write_config(section(base_path, "svc", 8080, cmd="true", timeout=1))
     drv = driver(config, command=BUGGY_LISTENER)
     node = f"{base_path}/svc/host1:8080"
     wait_until(lambda: node_exists(zk, node), 5, what="registration")
@@ -291,7 +186,7 @@ def test_garbled_protocol_input_is_answered_and_dropped_not_fatal(
     """supervisord's stream is outside input too: a header we cannot read, or a
     payload too big to keep, is answered and dropped — never a crash, which
     would take every node down and make supervisord redeliver it for ever."""
-    config = write_config(cmd_section(base_path, "true"))
+    config = write_config(section(base_path, "svc", 8080, cmd="true", timeout=1))
     drv = driver(config)
     node = f"{base_path}/svc/host1:8080"
     wait_until(lambda: node_exists(zk, node), 5, what="registration")
@@ -311,36 +206,3 @@ def test_garbled_protocol_input_is_answered_and_dropped_not_fatal(
     log = wait_until(lambda: (text := drv.stderr()).count("dropped") >= 1 and text, 5)
     assert "header without a usable len" in log
     assert log.count("supervisord event dropped") == 1  # the rest within the minute: counted
-
-
-def test_two_credentials_register_side_by_side_under_a_new_tree(
-        write_config, driver, zk, zookeeper, base_path, tmp_path):
-    """As nd_service_registry: our credentials lock the node and its immediate
-    parent; the parents above it that we create stay open, so the first host of
-    one team does not lock the tree for another team's credentials."""
-    drivers = []
-    for team in ("alpha", "beta"):
-        config = write_config(cmd_section(f"{base_path}/services", "true", name=team) + f"""
-        [auth]
-        user = {team}
-        password = pw-{team}
-        """, name=f"{team}.cfg")
-        drivers.append(driver(config))
-        wait_until(lambda team=team: node_exists(zk, f"{base_path}/services/{team}/host1:8080"),
-                   10, what=f"{team} registered")
-    world_all = [ACL(Permissions.ALL, Id("world", "anyone"))]
-    assert zk.get_acls(base_path)[0] == world_all
-    assert zk.get_acls(f"{base_path}/services")[0] == world_all
-    for team in ("alpha", "beta"):
-        owner = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", f"{team}:pw-{team}")])
-        owner.start(timeout=30)
-        try:
-            digest = make_digest_acl_credential(team, f"pw-{team}")
-            expected = sorted([ACL(Permissions.ALL, Id("digest", digest)),
-                               ACL(Permissions.READ, Id("world", "anyone"))], key=str)
-            for path in (f"{base_path}/services/{team}",
-                         f"{base_path}/services/{team}/host1:8080"):
-                assert sorted(owner.get_acls(path)[0], key=str) == expected, path
-        finally:
-            owner.stop()
-            owner.close()

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ProtocolDriver
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl_credential
+from support.driver import ProtocolDriver
 
 from zkwatcher_supervisor.testing import LocalZooKeeper, wait_until
 

@@ -13,9 +13,10 @@ import threading
 import time
 
 import pytest
-from conftest import ProtocolDriver
 from kazoo.exceptions import NoNodeError
-from test_regressions import ZooKeeperLink
+from support.driver import ProtocolDriver
+from support.proxies import ZooKeeperLink
+from support.sections import section
 
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
@@ -24,18 +25,10 @@ pytestmark = pytest.mark.e2e
 CREATE_OPCODES = {1, 15}  # create, create2
 
 
-def serverset_section(base_path, flag, port=80, shard=0):
-    return f"""
-        [web{port}]
-        cmd = test -f {flag}
-        refresh = 1
-        timeout = 1
-        service_port = {port}
-        service_hostname = h2
-        zookeeper_path = {base_path}/web
-        payload_format = serverset
-        zookeeper_data = {{"shard": {shard}}}
-        """
+def serverset_section(base_path, flag):
+    return section(base_path, "web80", 80, cmd=f"test -f {flag}", timeout=1, hostname="h2",
+                   path=f"{base_path}/web", payload_format="serverset",
+                   zookeeper_data='{"shard": 0}')
 
 
 def read_serverset(zk, path):

@@ -10,61 +10,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import code_for_others, node_exists
+from support.sections import listener_section, section
+from support.users import SERVICE_USER, as_user, listener_as_service_user
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
-
-# A system user with a home of its own: Debian's zookeeper package makes one.
-SERVICE_USER = "zookeeper"
-
-
-def reachable_by_others(path: str) -> bool:
-    """Whether a user who is not root may execute ``path`` (every directory above
-    it searchable by others, the file executable by others)."""
-    path = os.path.realpath(path)
-    parts = Path(path).parents
-    return all(os.stat(part).st_mode & 0o001 for part in parts) and \
-        bool(os.stat(path).st_mode & 0o001)
-
-
-def python_for_others() -> tuple[str, dict[str, str]]:
-    """An interpreter another user can run this checkout with, and its environment."""
-    python, pythonpath = code_for_others()
-    return python, {"PYTHONPATH": pythonpath}
-
-
-def as_user(user: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    python, extra = python_for_others()
-    entry = pwd.getpwnam(user)
-    return subprocess.run(
-        ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
-         python, "-m", "zkwatcher_supervisor", *args],
-        capture_output=True, text=True, timeout=60, cwd="/",
-        env={"PATH": "/usr/bin:/bin", **extra, **(env or {})})
-
-
-def listener_as_service_user(config: Path, log: Path) -> str:
-    """An eventlistener section that runs the listener as SERVICE_USER, as
-    supervisord's ``user =`` does (HOME stays root's)."""
-    python, extra = python_for_others()
-    environment = ",".join(f'{key}="{value}"' for key, value in extra.items())
-    return textwrap.dedent(f"""
-        [eventlistener:zkwatcher]
-        command = {python} -m zkwatcher_supervisor -c {config}
-        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
-        buffer_size = 1024
-        startsecs = 0
-        user = {SERVICE_USER}
-        directory = /
-        stderr_logfile = {log}
-        """) + (f"environment = {environment}\n" if environment else "")
-
 
 @pytest.fixture
 def shared_dir():
@@ -75,22 +30,9 @@ def shared_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def section(base_path: str) -> str:
-    return textwrap.dedent(f"""
-        [svc]
-        cmd = true
-        refresh = 2
-        service_port = 1
-        service_hostname = host1
-        zookeeper_path = {base_path}/svc
-        """)
-
-
 def test_status_as_nobody_for_a_root_listener_whose_config_it_cannot_read(
         write_config, supervisord, zk, base_path):
-    from conftest import listener_section
-
-    config = write_config(section(base_path))
+    config = write_config(section(base_path, "svc", 1, cmd="true", refresh=2, timeout=None))
     os.chmod(config, 0o600)  # holds a password, say
     supervisord(listener_section(config))
     node = f"{base_path}/svc/host1:1"
@@ -116,7 +58,7 @@ def test_a_listener_under_supervisords_user_keeps_its_state_in_its_own_home(
     state = home / ".local" / "state" / "zkwatcher-supervisor"
     config = shared_dir / "zkwatcher.cfg"
     config.write_text(f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 10\n"
-                      + section(base_path))
+                      + section(base_path, "svc", 1, cmd="true", refresh=2, timeout=None))
     os.chmod(config, 0o644)
     server = supervisord(listener_as_service_user(config, shared_dir / "zkwatcher.log"))
     node = f"{base_path}/svc/host1:1"
@@ -160,7 +102,7 @@ def test_a_status_file_forged_by_another_user_is_not_believed(write_config, base
     import json
     import time
 
-    config = write_config(section(base_path))
+    config = write_config(section(base_path, "svc", 1, cmd="true", refresh=2, timeout=None))
     home = Path(pwd.getpwnam(SERVICE_USER).pw_dir)
     state = home / ".local" / "state" / "zkwatcher-supervisor"
     entry = pwd.getpwnam(SERVICE_USER)

@@ -1,36 +1,26 @@
-"""Operator tools and interop, against real ZooKeeper and supervisord servers:
-status, builtin tcp/http checks, payload formats, Prometheus metrics."""
+"""What an operator reads, against real ZooKeeper and supervisord servers: the
+status command and file, and Prometheus metrics."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 
 import pytest
-from conftest import listener_section, node_exists
 from prometheus_client.parser import text_string_to_metric_families
+from support.sections import listener_section, web_program
+from support.watches import node_exists
 
 from zkwatcher_supervisor.status import process_alive
 from zkwatcher_supervisor.testing import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def web_program(port):
-    return textwrap.dedent(f"""
-        [program:web]
-        command = {sys.executable} -m http.server {port} --bind 127.0.0.1
-        startsecs = 1
-        stopsignal = KILL
-        """)
 
 
 def status(config):
@@ -170,89 +160,6 @@ def test_default_status_file_heartbeat_and_a_healthy_section_without_its_node(
     finally:
         if os.path.exists(expected):
             os.unlink(expected)
-
-
-def test_tcp_and_http_checks_follow_a_real_server(write_config, supervisord, zk, base_path):
-    port = free_port()
-    config = write_config(f"""
-        [tcp]
-        cmd = tcp://127.0.0.1:{port}
-        refresh = 5
-        timeout = 1
-        service_port = 1
-        service_hostname = host1
-        zookeeper_path = {base_path}/tcp
-
-        [http]
-        cmd = http://127.0.0.1:{port}/missing
-        expect_status = 404
-        refresh = 5
-        timeout = 1
-        service_port = 2
-        service_hostname = host1
-        zookeeper_path = {base_path}/http
-        """)
-    server = supervisord(web_program(port) + listener_section(config))
-    nodes = [f"{base_path}/tcp/host1:1", f"{base_path}/http/host1:2"]
-    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 15, what="registration")
-    server.ctl("stop", "web")
-    wait_until(lambda: not any(node_exists(zk, n) for n in nodes), 12, what="deregistration")
-    log = config.parent / "zkwatcher.log"
-    wait_until(lambda: "[tcp] check failed: failed: connect: Connection refused"
-               in log.read_text(), 5, what="probe failure logged")
-    server.ctl("start", "web")
-    wait_until(lambda: all(node_exists(zk, n) for n in nodes), 12, what="re-registration")
-
-
-def test_payload_formats_decode_as_their_consumers_expect(write_config, driver, zk, base_path):
-    config = write_config(f"""
-        [finagle]
-        cmd = true
-        service_port = 8080
-        service_hostname = web1.example.com
-        zookeeper_path = {base_path}/serverset/web
-        zookeeper_data = {{"shard": 3}}
-        payload_format = serverset
-
-        [curator]
-        cmd = true
-        service_port = 9090
-        service_hostname = 10.0.0.7
-        zookeeper_path = {base_path}/discovery/api
-        zookeeper_data = {{"zone": "a"}}
-        payload_format = curator
-
-        [classic]
-        cmd = true
-        service_port = 80
-        service_hostname = web1
-        zookeeper_path = {base_path}/classic
-        """)
-    before = int(time.time() * 1000)
-    driver(config)
-    # Finagle lists children named member_* under the ServerSet path.
-    serverset = f"{base_path}/serverset/web"
-    wait_until(lambda: zk.exists(serverset) and zk.get_children(serverset), 10, what="serverset")
-    (member,) = zk.get_children(serverset)
-    assert re.fullmatch(r"member_\d{10}", member), member  # Finagle parses the number
-    data = json.loads(zk.get(f"{serverset}/{member}")[0])
-    assert data == {"serviceEndpoint": {"host": "web1.example.com", "port": 8080},
-                    "additionalEndpoints": {}, "status": "ALIVE", "shard": 3}
-
-    # Curator x-discovery: <basePath>/<name>/<id>, ServiceInstance JSON.
-    instance_path = f"{base_path}/discovery/api/10.0.0.7:9090"
-    wait_until(lambda: node_exists(zk, instance_path), 10, what="curator instance")
-    instance = json.loads(zk.get(instance_path)[0])
-    assert instance["name"] == "api" and instance["id"] == "10.0.0.7:9090"
-    assert instance["address"] == "10.0.0.7" and instance["port"] == 9090
-    assert instance["serviceType"] == "DYNAMIC"
-    assert instance["payload"] == {"zone": "a"}
-    assert isinstance(instance["registrationTimeUTC"], int)
-    assert before <= instance["registrationTimeUTC"] <= int(time.time() * 1000)
-    assert instance["sslPort"] is None and instance["uriSpec"] is None
-
-    classic = json.loads(zk.get(f"{base_path}/classic/web1:80")[0])
-    assert set(classic) == {"pid", "created"}
 
 
 def test_prometheus_metrics(write_config, driver, zk, base_path, tmp_path):

@@ -8,7 +8,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import node_exists
+from support.watches import node_exists
 
 from zkwatcher_supervisor.config import (
     DEFAULT_RECONNECT_SPREAD,

@@ -3,7 +3,6 @@ runs as, what environment it sees, and which configs a root listener refuses."""
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import signal
@@ -13,14 +12,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ProtocolDriver,
-    code_for_others,
-    listener_section,
-    node_exists,
-    throwaway_user,
-)
 from kazoo.security import make_digest_acl_credential
+from support.driver import ProtocolDriver
+from support.sections import listener_section, section
+from support.text import line_of, log_lines
+from support.users import code_for_others
+from support.watches import node_exists
 
 from zkwatcher_supervisor import procfs
 from zkwatcher_supervisor.testing import wait_until
@@ -30,23 +27,8 @@ pytestmark = pytest.mark.e2e
 CREDENTIALS = 'SUPERVISOR_USERNAME="admin",SUPERVISOR_PASSWORD="s3cret"'
 
 
-def section(base_path, name, port, lines):
-    body = [f"[{name}]", *(line.strip() for line in lines.strip().splitlines()),
-            f"service_port = {port}", "service_hostname = host1",
-            f"zookeeper_path = {base_path}/{name}"]
-    return "\n" + "\n".join(body) + "\n"
-
-
-def line_of(config, text):
-    return config.read_text().splitlines().index(text) + 1
-
-
 def environment_of(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-def log_lines(path, text):
-    return [line for line in path.read_text().splitlines() if text in line]
 
 
 def test_a_check_runs_as_its_user_and_never_sees_supervisords_credentials(
@@ -59,15 +41,15 @@ def test_a_check_runs_as_its_user_and_never_sees_supervisords_credentials(
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o755)
     config = write_config(
-        section(base_path, "asuser", 1, f"""
+        section(base_path, "asuser", 1, extra=f"""
             cmd = id -u > {out}/uid; id -G > {out}/groups; env > {out}/env; pwd > {out}/pwd
             user = nobody
             environment = CHECK_FLAVOUR="mint, fresh"
             """)
-        + section(base_path, "asroot", 2, f"cmd = env > {out}/root-env")
-        + section(base_path, "script", 3, f"cmd = {script}")
-        + section(base_path, "probe", 4, f"cmd = tcp://127.0.0.1:{zookeeper.port}")
-        + section(base_path, "bound", 5, "program = web"))
+        + section(base_path, "asroot", 2, extra=f"cmd = env > {out}/root-env")
+        + section(base_path, "script", 3, extra=f"cmd = {script}")
+        + section(base_path, "probe", 4, extra=f"cmd = tcp://127.0.0.1:{zookeeper.port}")
+        + section(base_path, "bound", 5, extra="program = web"))
     server = supervisord(textwrap.dedent("""
         [program:web]
         command = sleep 100000
@@ -116,11 +98,11 @@ def test_a_checks_user_gets_its_supplementary_groups_and_its_home(
     out.chmod(0o777)
     report = "id -u; id -g; id -G; pwd; echo $HOME"
     config = write_config(
-        section(base_path, "member", 1, f"""
+        section(base_path, "member", 1, extra=f"""
             cmd = ({report}) > {out}/member
             user = {member_user.name}
             """)
-        + section(base_path, "regrouped", 2, f"""
+        + section(base_path, "regrouped", 2, extra=f"""
             cmd = ({report}) > {out}/regrouped
             user = {member_user.name}
             group = nogroup
@@ -144,7 +126,7 @@ def test_defaults_user_is_auths_and_checks_run_as_the_listener_as_with_zk_watche
     out = reachable_dir
     out.chmod(0o777)
     config = write_config("[DEFAULT]\nuser = nobody\n\n[auth]\npassword = p4ss\n"
-                          + section(base_path, "web", 1, f"cmd = id -u > {out}/uid"))
+                          + section(base_path, "web", 1, extra=f"cmd = id -u > {out}/uid"))
     config.chmod(0o600)
     supervisord(listener_section(config))
     node = f"{base_path}/web/host1:1"
@@ -161,45 +143,6 @@ def test_defaults_user_is_auths_and_checks_run_as_the_listener_as_with_zk_watche
     assert line.endswith(f"WARNING {config}: line {number}: [DEFAULT] user: not taken for check "
                          "commands (it is [auth] user, as for zk_watcher); to set the checks' "
                          "user, write it in [zkwatcher] or a section")
-
-
-def test_a_reload_keeps_a_checks_health_when_only_its_users_groups_or_home_changed(
-        write_config, supervisord, zk, base_path, reachable_dir):
-    out = reachable_dir
-    out.chmod(0o777)
-    with throwaway_user(extra_groups=1) as (user, (new_group,)):
-        config = write_config(section(base_path, "web", 1, f"""
-            cmd = (id -G; pwd; echo $HOME) > {out}/report.tmp; mv {out}/report.tmp {out}/report
-            user = {user.name}
-            refresh = 1
-            """))
-        server = supervisord(listener_section(config))
-        node = f"{base_path}/web/host1:1"
-        wait_until(lambda: node_exists(zk, node), 15, what="registered")
-        wait_until(lambda: (out / "report").exists(), 5, what="the check's report")
-        registered = zk.exists(node)
-        assert (out / "report").read_text().splitlines()[1:] == [user.home, user.home]
-
-        # The administrator adds the user to a group and gives it a new home;
-        # the config is the same, and a reload must not take the node down.
-        home = out / "new-home"
-        home.mkdir()
-        os.chown(home, user.uid, user.gid)
-        subprocess.run(["usermod", "--append", "--groups", new_group, "--home", str(home),
-                        user.name], check=True)
-        log = config.parent / "zkwatcher.log"
-        assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
-        wait_until(lambda: log_lines(log, "reloaded"), 5, what="reloaded")
-        added = grp.getgrnam(new_group).gr_gid
-
-        def report() -> list[str]:
-            return (out / "report").read_text().splitlines()
-
-        # The next runs have the new group and home ...
-        wait_until(lambda: str(added) in report()[0].split(), 10, what="a run with the group")
-        assert report()[1:] == [str(home), str(home)]
-        # ... and the node is the one registered before: never deleted meanwhile.
-        assert zk.exists(node).czxid == registered.czxid
 
 
 AS_NOBODY = {"user": "nobody", "group": pwd.getpwnam("nobody").pw_gid, "extra_groups": []}
@@ -219,7 +162,7 @@ def run_listener(config, *args, python=sys.executable, env=None, **identity):
 
 
 def test_a_user_that_does_not_exist_is_exit_2_naming_section_and_key(write_config, base_path):
-    config = write_config(section(base_path, "web", 1, """
+    config = write_config(section(base_path, "web", 1, extra="""
         cmd = true
         user = no-such-user-zkw
         """))
@@ -237,7 +180,7 @@ def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, b
     assert os.geteuid() == 0
     directory = tmp_path / "etc"
     directory.mkdir()
-    config = write_config(section(base_path, "web", 1, "cmd = true"), name="etc/config.cfg")
+    config = write_config(section(base_path, "web", 1, extra="cmd = true"), name="etc/config.cfg")
     if layout == "world-writable file":
         config.chmod(0o666)
         culprit = f"{config} is writable by others (mode 0666); chmod o-w {config}"
@@ -263,44 +206,6 @@ def test_as_root_a_config_others_can_change_is_refused(tmp_path, write_config, b
                              f"change it, and with it the commands we run: {culprit}\n")
 
 
-def test_a_reload_the_listener_could_not_run_is_rejected_and_the_running_config_kept(
-        write_config, supervisord, zk, base_path):
-    body = section(base_path, "web", 1, """
-        cmd = true
-        user = nobody
-        refresh = 1
-        """)
-    config = write_config(body)
-    server = supervisord(listener_section(config))
-    node = f"{base_path}/web/host1:1"
-    wait_until(lambda: node_exists(zk, node), 15, what="registered")
-    before = zk.exists(node)
-    log = config.parent / "zkwatcher.log"
-
-    write_config(body.replace("user = nobody", "user = no-such-user-zkw")
-                 .replace(f"{base_path}/web", f"{base_path}/moved"))
-    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
-    wait_until(lambda: log_lines(log, "reload rejected"), 5, what="reload rejected")
-    (line,) = log_lines(log, "reload rejected")
-    number = line_of(config, "user = no-such-user-zkw")
-    assert line.endswith(f"ERROR reload rejected, keeping the running config: {config}: line "
-                         f"{number}: [web] user: no such user 'no-such-user-zkw'")
-
-    write_config(body.replace(f"{base_path}/web", f"{base_path}/moved"))
-    config.chmod(0o666)  # a file others can change, however good its contents
-    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
-    wait_until(lambda: len(log_lines(log, "reload rejected")) == 2, 5, what="reload rejected")
-    assert "refused as root: others could change it" in log_lines(log, "reload rejected")[1]
-
-    after = zk.exists(node)
-    assert (after.czxid, after.mzxid) == (before.czxid, before.mzxid)
-    assert not node_exists(zk, f"{base_path}/moved/host1:1")
-    config.chmod(0o644)
-    assert server.ctl("signal", "HUP", "zkwatcher").returncode == 0
-    wait_until(lambda: node_exists(zk, f"{base_path}/moved/host1:1")
-               and not node_exists(zk, node), 5, what="the good reload applied")
-
-
 class NobodyListener(ProtocolDriver):
     """The listener as user nobody, driven over its protocol pipes."""
 
@@ -323,7 +228,7 @@ def test_a_listener_that_is_not_root_runs_checks_only_as_itself(
     os.chown(home, 65534, -1)
     config = reachable_dir / "config.cfg"
     header = f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 4\n"
-    as_root = header + section(base_path, "web", 1, "cmd = true\nuser = root\nrefresh = 1")
+    as_root = header + section(base_path, "web", 1, extra="cmd = true\nuser = root\nrefresh = 1")
     config.write_text(as_root)
     config.chmod(0o644)
     python, env = python_for_nobody(home)
@@ -381,7 +286,7 @@ def test_a_check_of_the_listeners_own_user_cannot_read_its_environment_or_memory
     script.chmod(0o755)
     config = reachable_dir / "config.cfg"
     config.write_text(f"[zkwatcher]\nhosts = {zookeeper.hosts}\nsession_timeout = 4\n"
-                      + section(base_path, "peek", 1, f"cmd = sh {script}"))
+                      + section(base_path, "peek", 1, extra=f"cmd = sh {script}"))
     config.chmod(0o644)
     server = supervisord(textwrap.dedent(f"""
         [eventlistener:zkwatcher]
@@ -416,7 +321,7 @@ def test_a_check_of_the_listeners_own_user_cannot_read_its_environment_or_memory
 
 def test_the_commands_other_than_run_stay_dumpable(write_config, base_path):
     """Only the listener hides itself: status and --check-config are debugged as usual."""
-    config = write_config(section(base_path, "web", 1, "cmd = true"))
+    config = write_config(section(base_path, "web", 1, extra="cmd = true"))
     for args in (["--check-config"], ["status"]):
         probe = ("import ctypes, sys\n"
                  "from zkwatcher_supervisor import cli\n"

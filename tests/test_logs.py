@@ -1,27 +1,25 @@
-"""The log stays readable and bounded when things go wrong: a ZooKeeper outage
-is a handful of lines whatever its length, and a log that stops taking lines
-costs dropped lines (counted), never a stalled listener or unbounded memory."""
+"""What the listener logs, and where (-v, syslog).  The log stays readable and
+bounded when things go wrong: a ZooKeeper outage is a handful of lines whatever its
+length, and a log that stops taking lines costs dropped lines (counted), never a
+stalled listener or unbounded memory."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
 import time
 
 import pytest
-from conftest import listener_section, node_exists
 from kazoo.client import KazooClient
+from support.sections import listener_section, section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.logs import LogWriter
 from zkwatcher_supervisor.testing import FaultProxy, LocalZooKeeper, wait_until
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
-
-
-def section(base_path, name, port, cmd="true"):
-    return (f"[{name}]\ncmd = {cmd}\nrefresh = 1\nservice_port = {port}\n"
-            f"service_hostname = host1\nzookeeper_path = {base_path}/{name}\n\n")
 
 
 @pytest.fixture
@@ -62,7 +60,8 @@ def test_zookeeper_away_20s_is_a_handful_of_lines(
     proxy = FaultProxy(own_zookeeper.port) if how == "cut" else None
     zk = KazooClient(hosts=own_zookeeper.hosts, timeout=10)
     try:
-        config = write_config(section(base_path, "a", 1) + section(base_path, "b", 2),
+        config = write_config(section(base_path, "a", 1, cmd="true", timeout=None)
+                              + section(base_path, "b", 2, cmd="true", timeout=None),
                               hosts=proxy.hosts if proxy else own_zookeeper.hosts,
                               session_timeout=10)
         server = supervisord(listener_section(config))
@@ -208,7 +207,8 @@ def test_verbose_still_shows_every_reconnect_attempt(zookeeper, zk, write_config
                                                      base_path):
     proxy = FaultProxy(zookeeper.port)
     try:
-        drv = driver(write_config(section(base_path, "a", 1), hosts=proxy.hosts), args=("-v",))
+        drv = driver(write_config(section(base_path, "a", 1, cmd="true", timeout=None),
+                                  hosts=proxy.hosts), args=("-v",))
         wait_until(lambda: node_exists(zk, f"{base_path}/a/host1:1"), 10, what="registration")
         proxy.cut()
         wait_until(lambda: drv.stderr().count("WARNING Connection dropped: ") >= 5, 15,
@@ -222,3 +222,25 @@ def test_verbose_still_shows_every_reconnect_attempt(zookeeper, zk, write_config
         assert "kazoo repeated" not in recovery  # nothing was held back
     finally:
         proxy.close()
+
+
+@pytest.mark.e2e
+def test_verbose_logs_kazoo_and_syslog_without_dev_log_falls_back_to_stderr(
+        write_config, driver, zk, base_path, tmp_path):
+    verbose = driver(write_config(section(base_path, "v", 1, cmd="true")), args=("-v",))
+    wait_until(lambda: node_exists(zk, f"{base_path}/v/host1:1"), 10, what="registered")
+    wait_until(lambda: "registered " in verbose.stderr(), 5, what="registration logged")
+    # Debug lines, kazoo's included (its requests to the server).
+    assert re.search(r"DEBUG .*(Sending request|Received response)", verbose.stderr()), \
+        verbose.stderr()[-3000:]
+
+    (tmp_path / "syslog").mkdir()
+    config = write_config(section(base_path, "s", 2, cmd="true"), name="syslog/zkwatcher.cfg")
+    syslog = driver(config, args=("-l",))
+    wait_until(lambda: node_exists(zk, f"{base_path}/s/host1:2"), 10, what="registered")
+    if os.path.exists("/dev/log"):
+        assert "logging to stderr" not in syslog.stderr()
+    else:
+        wait_until(lambda: "registered " in syslog.stderr(), 5, what="registration logged")
+        assert "--syslog: /dev/log does not exist; logging to stderr" in syslog.stderr()
+        assert " DEBUG " not in syslog.stderr()

@@ -16,25 +16,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import node_exists
 from kazoo.client import KazooClient
-from test_other_users import SERVICE_USER, as_user, listener_as_service_user, python_for_others
-from test_zookeeper_link import Credentials, private_file, tls_zookeeper
+from support.credentials import Credentials, private_file, tls_zookeeper
+from support.sections import section
+from support.users import SERVICE_USER, as_user, listener_as_service_user, python_for_others
+from support.watches import node_exists
 
 from zkwatcher_supervisor.config import ConfigError, load_config
 from zkwatcher_supervisor.testing import wait_until
 
 pytestmark = pytest.mark.e2e
-
-SECTION = """
-[svc]
-cmd = true
-refresh = 2
-service_port = 1
-service_hostname = host1
-zookeeper_path = {path}
-"""
-
 
 def public_directory(prefix: str) -> Path:
     """A root-owned directory every user may read (pytest's tmp_path is root's alone)."""
@@ -79,7 +70,7 @@ class Configs:
         config = self.directory / f"zkwatcher{self.count}.cfg"
         config.write_text(f"[zkwatcher]\nhosts = {hosts}\n{tls}\n"
                           + (f"[auth]\nuser = deploy\n{auth}\n" if auth else "")
-                          + SECTION.format(path=path))
+                          + section("", "svc", 1, cmd="true", refresh=2, timeout=None, path=path))
         config.chmod(mode)
         return config
 
@@ -258,7 +249,7 @@ def listener_config(directory: Path, hosts: str, base_path: str, settings: str =
     config = directory / "zkwatcher.cfg"
     config.write_text(f"[zkwatcher]\nhosts = {hosts}\nsession_timeout = 10\n{settings}\n"
                       + (f"[auth]\nuser = deploy\n{auth}\n" if auth else "")
-                      + SECTION.format(path=f"{base_path}/svc"))
+                      + section(base_path, "svc", 1, cmd="true", refresh=2, timeout=None))
     config.chmod(0o644)
     return config
 

@@ -1,4 +1,5 @@
-"""Registrations stay right through the faults a production host sees.
+"""Registrations stay right through the faults a production host sees: outages,
+partitions, session loss and expiry, refusals, crashes, nodes touched by others.
 
 Every case runs real servers: ZooKeeper (standalone or a 3-node ensemble on
 127.0.0.1) and, where the case involves programs, a real supervisord.
@@ -14,8 +15,13 @@ import threading
 import time
 
 import pytest
-from conftest import listener_section, node_exists
 from kazoo.client import KazooClient
+from kazoo.security import ACL, Id, Permissions, make_digest_acl
+from support.driver import Ticker, tick_until
+from support.proxies import ZooKeeperLink
+from support.sections import listener_section, section
+from support.text import count_lines
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import (
     FaultProxy,
@@ -28,19 +34,6 @@ from zkwatcher_supervisor.testing import (
 pytestmark = pytest.mark.e2e
 
 
-def section(base_path, name, port, *, cmd=None, program=None, data=""):
-    lines = [f"[{name}]"]
-    if cmd:
-        lines += [f"cmd = {cmd}", "refresh = 1", "timeout = 2"]
-    if program:
-        lines.append(f"program = {program}")
-    lines += [f"service_port = {port}", "service_hostname = host1",
-              f"zookeeper_path = {base_path}/{name}"]
-    if data:
-        lines.append(f"zookeeper_data = {data}")
-    return "\n".join(lines) + "\n\n"
-
-
 def sleeper(name, autostart=True):
     return textwrap.dedent(f"""
         [program:{name}]
@@ -49,11 +42,6 @@ def sleeper(name, autostart=True):
         stopsignal = KILL
         autostart = {str(autostart).lower()}
         """)
-
-
-def count_lines(path) -> int:
-    """How many runs a check that appends a line per run has started."""
-    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 @pytest.fixture
@@ -422,49 +410,6 @@ def test_persistent_node_at_our_path_is_never_touched(
         (b"persistent", before.czxid, before.mzxid, 0, 0)
 
 
-def test_sighup_reload(zk, write_config, driver, base_path, tmp_path):
-    runs = tmp_path / "keep-runs"
-    keep = section(base_path, "keep", 1, cmd=f"echo >> {runs}", data="v=1")
-    change = section(base_path, "change", 2, cmd="true", data="v=1")
-    remove = section(base_path, "remove", 3, cmd="true")
-    config = write_config(keep + change + remove)
-    drv = driver(config)
-    nodes = {name: f"{base_path}/{name}/host1:{port}"
-             for name, port in [("keep", 1), ("change", 2), ("remove", 3), ("added", 4)]}
-    wait_until(lambda: all(node_exists(zk, nodes[n]) for n in ("keep", "change", "remove")),
-               10, what="registration")
-    before = {name: zk.get(path) for name, path in nodes.items() if name != "added"}
-
-    write_config(keep + section(base_path, "change", 2, cmd="true", data="v=2")
-                 + section(base_path, "added", 4, cmd="true"))
-    drv.process.send_signal(signal.SIGHUP)
-    wait_until(lambda: node_exists(zk, nodes["added"]) and not node_exists(zk, nodes["remove"]),
-               5, what="reload applied")
-    wait_until(lambda: json.loads(zk.get(nodes["change"])[0])["v"] == "2", 5, what="update")
-
-    data, stat = zk.get(nodes["keep"])
-    assert (data, stat.czxid, stat.mzxid) == (before["keep"][0], before["keep"][1].czxid,
-                                              before["keep"][1].mzxid)
-    data, stat = zk.get(nodes["change"])
-    assert stat.czxid == before["change"][1].czxid  # updated in place, not recreated
-    assert stat.version == 1
-    old_payload = json.loads(before["change"][0])
-    assert json.loads(data) == {**old_payload, "v": "2"}  # same pid and created
-
-    # A broken config is rejected; everything stays as it was.
-    settled = {name: zk.exists(nodes[name]) for name in ("keep", "change", "added")}
-    config.write_text(config.read_text().replace("service_port = 4", "service_port = x"))
-    drv.process.send_signal(signal.SIGHUP)
-    wait_until(lambda: "reload rejected" in drv.stderr(), 5, what="rejection logged")
-    wait_until(lambda: "[added] service_port: expected an integer, got 'x'" in drv.stderr(), 5,
-               what="the reason logged")
-    seen = count_lines(runs)
-    wait_until(lambda: count_lines(runs) >= seen + 2, 5, what="two more check runs")
-    for name in ("keep", "change", "added"):
-        assert zk.exists(nodes[name]).mzxid == settled[name].mzxid, name
-    assert drv.process.poll() is None
-
-
 def test_second_listener_with_the_same_config_never_fights_the_first(
         zk, write_config, driver, base_path, tmp_path):
     """Started twice by mistake: the second neither shares the first's session
@@ -539,3 +484,78 @@ def test_node_made_just_before_a_crash_is_not_left_behind(
     wait_until(lambda: zk.get_children(parent), 5, what="registered again")
     time.sleep(2)
     assert len(zk.get_children(parent)) == 1
+
+
+def test_permanent_refusal_backs_off_and_registers_once_allowed(
+        write_config, driver, zk, zookeeper, base_path):
+    """The parent ``zookeeper_path`` belongs to another identity and lets the world only
+    read: every create is refused with NoAuth.  The listener must not hammer ZooKeeper:
+    from 4 s to 12 s after its first attempt it may send at most 8 requests (pings
+    aside) — a backoff doubling from 0.5 s makes one attempt in that window, a fixed
+    0.5 s retry 16.  Once the ACL is fixed the node must go in within 32 s (a 30 s
+    backoff cap)."""
+    other = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", "other:pw")])
+    other.start(timeout=30)
+    parent = f"{base_path}/svc"
+    other.create(parent, makepath=True, acl=[
+        make_digest_acl("other", "pw", all=True),
+        ACL(Permissions.READ, Id("world", "anyone")),
+    ])
+    link = ZooKeeperLink(zookeeper.port)
+    try:
+        drv = driver(write_config(section(base_path, "svc", 1, cmd="true"), hosts=link.hosts))
+        node = f"{parent}/host1:1"
+        with Ticker(drv, interval=1.0) as ticker:
+            first = wait_until(lambda: next((t for t, op in link.requests if op in (1, 15)),
+                                            None), 10, what="first create")
+            time.sleep(max(0.0, first + 12 - time.monotonic()))
+            sent = link.work_requests(first + 4, first + 12)
+            threads = len(os.listdir(f"/proc/{drv.process.pid}/task"))
+            print(f"requests from 4 s to 12 s after the first refusal: {sent}; "
+                  f"listener threads: {threads}")
+            assert not node_exists(zk, f"{parent}/host1:1")
+            assert sent <= 8, f"{sent} requests in 8 s while every create is refused"
+
+            other.set_acls(parent, [ACL(Permissions.ALL, Id("world", "anyone"))])
+            fixed = time.monotonic()
+            wait_until(lambda: node_exists(zk, node), 32, interval=0.1,
+                       what="registration once the ACL allows it")
+            print(f"ACL fixed -> registered: {time.monotonic() - fixed:.1f}s")
+            assert ticker.error is None, ticker.error
+    finally:
+        link.close()
+        other.stop()
+        other.close()
+
+
+def test_session_loss_recreates_nodes_and_steady_state_writes_nothing(
+        write_config, driver, zk, zookeeper, base_path, tmp_path):
+    proxy = FaultProxy(zookeeper.port)
+    runs = tmp_path / "runs"
+    try:
+        config = write_config(section(base_path, "svc", 8080, cmd=f"echo >> {runs}", timeout=1),
+                              hosts=proxy.hosts)
+        drv = driver(config)
+        node = f"{base_path}/svc/host1:8080"
+        tick_until(drv, lambda: node_exists(zk, node), 5, "registration")
+        _, first = zk.get(node)
+
+        # Steady state: checks keep passing and the node is never rewritten.
+        seen = len(runs.read_text().splitlines())
+        tick_until(drv, lambda: len(runs.read_text().splitlines()) >= seen + 4, 8,
+                   "four more passing checks")
+        _, later = zk.get(node)
+        assert (later.czxid, later.mzxid, later.version) == (first.czxid, first.czxid, 0)
+
+        # Cut the link for longer than the 4 s session timeout: the server expires
+        # the session and drops our node; the listener must put it back.
+        proxy.cut()
+        wait_until(lambda: not node_exists(zk, node), 15, what="session expiry")
+        for _ in range(3):
+            drv.tick()  # events are still answered while ZooKeeper is unreachable
+        proxy.restore()
+        wait_until(lambda: node_exists(zk, node), 10, what="re-registration")
+        _, second = zk.get(node)
+        assert second.ephemeralOwner != first.ephemeralOwner
+    finally:
+        proxy.close()

@@ -1,0 +1,122 @@
+"""A relay between the listener and ZooKeeper that delays bytes and reads the requests."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+
+class ZooKeeperLink:
+    """A TCP relay from the listener to ZooKeeper that delays every byte by ``delay``
+    seconds each way (a slow or distant server) and records each request the client
+    sends, read from ZooKeeper's length-prefixed frames: ``(monotonic time, opcode)``."""
+
+    PING, AUTH, SET_WATCHES, CLOSE = 11, 100, 101, -11
+
+    def __init__(self, target_port: int, delay: float = 0.0,
+                 request_delay: float | None = None) -> None:
+        self.target_port = target_port
+        self.delay = delay  # server -> client
+        self.request_delay = delay if request_delay is None else request_delay
+        self.requests: list[tuple[float, int]] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+        self._flowing = threading.Event()
+        self._flowing.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def work_requests(self, start: float, end: float) -> int:
+        """Requests other than pings, auth, watch re-arming and session close in [start, end)."""
+        idle = {self.PING, self.AUTH, self.SET_WATCHES, self.CLOSE}
+        return sum(1 for t, op in list(self.requests) if start <= t < end and op not in idle)
+
+    def stall(self) -> None:
+        """Stop delivering bytes either way while every connection stays open: a
+        network partition that drops packets, as opposed to a refused connection."""
+        self._flowing.clear()
+
+    def drop(self) -> None:
+        """Close every open connection (replies in flight are lost); new ones are accepted."""
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._flowing.set()
+        self._server.close()
+        for sock in self._sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                continue
+            self._sockets += [client, upstream]
+            for src, dst, parse in ((client, upstream, True), (upstream, client, False)):
+                queue: list = []
+                ready = threading.Condition()
+                threading.Thread(target=self._read, args=(src, queue, ready, parse),
+                                 daemon=True).start()
+                threading.Thread(target=self._write, args=(dst, queue, ready),
+                                 daemon=True).start()
+
+    def _read(self, src, queue, ready, parse) -> None:
+        buffer, first = b"", True
+        while True:
+            try:
+                chunk = src.recv(65536)
+            except OSError:
+                chunk = b""
+            now = time.monotonic()
+            with ready:
+                queue.append((now + (self.request_delay if parse else self.delay), chunk))
+                ready.notify()
+            if not chunk:
+                return
+            if parse:
+                buffer += chunk
+                while len(buffer) >= 4:
+                    size = struct.unpack(">i", buffer[:4])[0]
+                    if len(buffer) < 4 + size:
+                        break
+                    frame, buffer = buffer[4:4 + size], buffer[4 + size:]
+                    if first:
+                        first = False  # ConnectRequest: no xid/opcode
+                    elif len(frame) >= 8:
+                        self.requests.append((now, struct.unpack(">ii", frame[:8])[1]))
+
+    def _write(self, dst, queue, ready) -> None:
+        while True:
+            with ready:
+                ready.wait_for(lambda: queue)
+                due, chunk = queue.pop(0)
+            time.sleep(max(0.0, due - time.monotonic()))
+            self._flowing.wait()
+            if self._closed:
+                return
+            try:
+                if not chunk:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(chunk)
+            except OSError:
+                return
