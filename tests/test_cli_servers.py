@@ -13,8 +13,9 @@ import textwrap
 import xmlrpc.client
 
 import pytest
-from conftest import LISTENER, listener_section, node_exists
 from supervisor.xmlrpc import SupervisorTransport
+from support.sections import LISTENER, listener_section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 from zkwatcher_supervisor.testing.sandbox import die_with_parent

@@ -12,21 +12,13 @@ import textwrap
 import threading
 
 import pytest
-from conftest import listener_section
+from support.sections import listener_section, programs
 
 from zkwatcher_supervisor.testing import wait_until
 from zkwatcher_supervisor.testing.consumers import CuratorReader, LocalPrometheus
 
 pytestmark = pytest.mark.e2e
 
-
-def programs(*names: str) -> str:
-    return "".join(textwrap.dedent(f"""
-        [program:{name}]
-        command = sleep 100000
-        startsecs = 0
-        stopsignal = KILL
-        """) for name in names)
 
 
 def section(name: str, path: str, port: int, payload_format: str, data: str = "",

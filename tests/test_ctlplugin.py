@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LISTENER, listener_section, node_exists
+from support.sections import LISTENER, listener_section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 from zkwatcher_supervisor.testing.sandbox import die_with_parent

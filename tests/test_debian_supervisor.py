@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, code_for_others, node_exists, throwaway_user
+from support.users import REPO, code_for_others, throwaway_user
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 from zkwatcher_supervisor.testing.sandbox import die_with_parent

@@ -15,15 +15,12 @@ import time
 import pytest
 from kazoo.exceptions import NoNodeError
 from support.driver import ProtocolDriver
-from support.proxies import ZooKeeperLink
+from support.proxies import CREATE_OPCODES, ZooKeeperLink
 from support.sections import section
 
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 pytestmark = pytest.mark.e2e
-
-CREATE_OPCODES = {1, 15}  # create, create2
-
 
 def serverset_section(base_path, flag):
     return section(base_path, "web80", 80, cmd=f"test -f {flag}", timeout=1, hostname="h2",

@@ -14,11 +14,10 @@ import textwrap
 import time
 
 import pytest
-from conftest import ProtocolDriver, listener_section
 from kazoo.exceptions import NoNodeError
-from test_consumers import programs
-from test_regressions import ZooKeeperLink
-from test_serverset import CREATE_OPCODES
+from support.driver import ProtocolDriver
+from support.proxies import CREATE_OPCODES, ZooKeeperLink
+from support.sections import listener_section, programs
 
 from zkwatcher_supervisor.config import ConfigError, load_config
 from zkwatcher_supervisor.payload import node_payload

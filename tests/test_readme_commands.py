@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pytest
-from conftest import listener_section, node_exists
 from kazoo.client import KazooClient
+from support.sections import listener_section
+from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
 from zkwatcher_supervisor.testing.readme import ReadmeCommand, commands

@@ -7,6 +7,9 @@ import struct
 import threading
 import time
 
+# The opcodes of ZooKeeper's create requests, as ZooKeeperLink.requests lists them.
+CREATE_OPCODES = {1, 15}  # create, create2
+
 
 class ZooKeeperLink:
     """A TCP relay from the listener to ZooKeeper that delays every byte by ``delay``

@@ -53,3 +53,13 @@ def web_program(port: int) -> str:
         startsecs = 1
         stopsignal = KILL
         """)
+
+
+def programs(*names: str) -> str:
+    """supervisord programs that run until stopped, one per name."""
+    return "".join(textwrap.dedent(f"""
+        [program:{name}]
+        command = sleep 100000
+        startsecs = 0
+        stopsignal = KILL
+        """) for name in names)
