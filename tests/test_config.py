@@ -211,6 +211,8 @@ BAD_CONFIGS = [
      "zookeeper_path = /s\n", "line 2: [zkwatcher] user: no such user 'no-such-user-zkw'"),
     ("[s]\ncmd = true\nenvironment = A\nservice_port = 1\nzookeeper_path = /s\n",
      "line 3: [s] environment: expected KEY=\"value\",KEY2=\"value2\", as in supervisord's"),
+    ("[s]\ncmd = true\nstart_drained = maybe\nservice_port = 1\nzookeeper_path = /s\n",
+     "line 3: [s] start_drained: expected true or false, got 'maybe'"),
 ]
 
 
@@ -805,3 +807,39 @@ def test_config_in_a_root_sticky_directory_like_tmp_loads_as_root(tmp_path):
     cfg = directory / "config.cfg"
     cfg.write_text("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n")
     assert load_config(str(cfg)).services[0].cmd == "true"
+
+
+@pytest.mark.parametrize(("written", "expected"), [
+    ("", False), ("start_drained = true", True), ("start_drained = yes", True),
+    ("start_drained = 1", True), ("start_drained = on", True), ("start_drained = False", False),
+    ("start_drained = no", False)])
+def test_start_drained_reads_as_the_other_booleans(tmp_path, written, expected):
+    config = load_config(write(tmp_path, f"""
+        [s]
+        cmd = true
+        {written}
+        service_port = 1
+        zookeeper_path = /s
+        """))
+    assert config.warnings == ()  # a known key
+    assert config.services[0].start_drained is expected
+
+
+def test_start_drained_in_defaults_is_every_sections(tmp_path):
+    config = load_config(write(tmp_path, """
+        [DEFAULT]
+        start_drained = true
+
+        [a]
+        cmd = true
+        service_port = 1
+        zookeeper_path = /a
+
+        [b]
+        cmd = true
+        start_drained = false
+        service_port = 2
+        zookeeper_path = /b
+        """))
+    assert [service.start_drained for service in config.services] == [True, False]
+    assert config.warnings == ()

@@ -60,7 +60,7 @@ supervisord is found as supervisorctl finds it, from the first of:
 SUPERVISORD_OPTIONS = "[--serverurl URL] [-u USER] [--password-file FILE] [-C FILE]"
 SELECTION = "(SECTION... | --program NAME | --all)"
 USAGE = {
-    "run": "[-c FILE] [-s HOSTS] [-v] [-l]",
+    "run": "[-c FILE] [-s HOSTS] [-v] [-l] [--drained]",
     "check-config": "[-c FILE] [-s HOSTS]",
     "status": "[-c FILE] [-s HOSTS] [--json]",
     "drain": f"{SELECTION}\n"
@@ -167,6 +167,8 @@ def _run_options(group: argparse._ArgumentGroup, top: bool) -> None:
     group.add_argument("-v", "--verbose", help="log debug messages", **flag)
     group.add_argument("-l", "--syslog", help="log to syslog (/dev/log) instead of stderr",
                        **flag)
+    group.add_argument("--drained", help="every section as with start_drained = true: "
+                       "drained from its first start until undrain", **flag)
     group.add_argument("--check-config", help="the check-config command: print each "
                        "service's znode path and payload, then exit", **flag)
 
@@ -209,7 +211,7 @@ def _command(subparsers, name: str, summary: str, description: str) -> argparse.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zkwatcher-supervisor",
-        usage="%(prog)s [run] [-c FILE] [-s HOSTS] [-v] [-l]\n"
+        usage="%(prog)s [run] [-c FILE] [-s HOSTS] [-v] [-l] [--drained]\n"
               "       %(prog)s COMMAND [options]",
         description=textwrap.fill("supervisord event listener that registers healthy "
                                   "services in ZooKeeper, and the commands to operate it.",
@@ -403,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--check-config is the check-config command, not an option of "
                          f"{command}")
         command = "check-config"
+    if args.drained and command not in ("run", "check-config"):
+        parser.error(f"--drained is an option of run, not of {command}")
     # Only the listener needs its secrets; the other commands may run as any
     # user, who may not read them or own them.
     runs = command == "run"
@@ -468,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .listener import run  # imports kazoo; not needed for check-config
 
-        status = run(config, hosts_override=args.server)
+        status = run(config, hosts_override=args.server, start_drained=args.drained)
         return status
     finally:
         # Every line written before we exit.  A log that takes none (stderr

@@ -81,6 +81,7 @@ SERVICE_KEYS = {
     "instance_id",
     "expect_status",
     "drain_seconds",
+    "start_drained",
     "user",
     "group",
     "environment",
@@ -204,6 +205,8 @@ class ServiceSettings:
     check_env: dict[str, str] | None = field(default=None, compare=False, hash=False,
                                              repr=False)
     instance_id: str | None = None  # payload_format = nerve: the instance's name
+    # A section the listener has never run starts drained, until undrain.
+    start_drained: bool = False
 
     @property
     def sequence_prefix(self) -> str | None:
@@ -742,6 +745,7 @@ def _read_service(section: _Section, default_hostname: str,
         environment=environment,
         check_env=check_env,
         instance_id=instance_id,
+        start_drained=section.boolean("start_drained", False),
     )
 
 

@@ -14,7 +14,9 @@ printable — or refused with the reason.
 
 Drained sections are kept in a state file in the listener's private state
 directory, so they stay drained across a crash, a restart of the listener or
-of supervisord, a reload, and (as root) a reboot.
+of supervisord, a reload, and (as root) a reboot.  The file also names every
+section the listener runs and its node, so that ``start_drained`` can tell a
+section never let into rotation from one that was.
 """
 
 from __future__ import annotations
@@ -100,20 +102,48 @@ def state_path(config_filename: str) -> str:
     return statedir.state_path(config_filename, "drained")
 
 
-def _parse_saved(saved) -> dict[str, Drain]:
+@dataclass(frozen=True)
+class SavedDrains:
+    """What the drain file holds."""
+
+    drains: dict[str, Drain]
+    # Every section the listener ran, by name, with its node's registration key;
+    # None for a file of an earlier version, which did not record them.
+    sections: dict[str, str] | None
+
+
+# The entry that lists the sections: under a name no section can have (configparser
+# needs one character at least), and shaped as a drain, so that an earlier version
+# reads it as the drain of a section it does not have, drops it and keeps the rest.
+SECTIONS_ENTRY = ""
+_SECTIONS_ENTRY_DRAIN = {"reason": "", "by": "", "since": 0, "until": None}
+
+
+def _parse_saved(saved) -> SavedDrains:
     if not isinstance(saved, dict):
         raise Unusable("not a mapping")
-    drains = {}
+    drains, sections = {}, None
     for name, entry in saved.items():
         if not isinstance(entry, dict):
             raise Unusable(f"[{name}] is not a mapping")
+        if name == SECTIONS_ENTRY:
+            sections = _parse_sections(entry.get("sections"))
+            continue
         until = entry.get("until")
         drains[text_field(name, "section", MAX_NAME_CHARS)] = Drain(
             _saved_text(entry.get("reason", ""), MAX_REASON_CHARS),
             _saved_text(entry.get("by", "?"), MAX_BY_CHARS),
             number(entry.get("since"), "since", 0, 1e11),
             None if until is None else number(until, "until", 0, 1e11))
-    return drains
+    return SavedDrains(drains, sections)
+
+
+def _parse_sections(saved) -> dict[str, str]:
+    if not isinstance(saved, dict):
+        raise Unusable("the sections are not a mapping")
+    return {text_field(name, "section", MAX_NAME_CHARS):
+            text_field(node, f"the node of [{name}]", MAX_PATH_CHARS)
+            for name, node in saved.items()}
 
 
 def _saved_text(value, limit: int) -> str:
@@ -122,30 +152,36 @@ def _saved_text(value, limit: int) -> str:
     return printable(value if isinstance(value, str) else str(value))[:limit]
 
 
-def load(path: str) -> dict[str, Drain]:
-    """The drained sections saved at ``path``; a file we cannot trust is ignored."""
-    return statedir.read_private_json(path, "drain state", _parse_saved) or {}
+NOTHING_SAVED = SavedDrains({}, {})
 
 
-def load_adopting(path: str, legacy: list[str]) -> tuple[dict[str, Drain], str | None]:
-    """The drains at ``path`` or, when there is no file there yet, the first an
-    earlier version left at one of ``legacy``; and which legacy file that was."""
+def load(path: str) -> SavedDrains:
+    """What is saved at ``path``; a missing file, or one we cannot trust, is nothing
+    saved: no drain, and no section run before."""
+    return statedir.read_private_json(path, "drain state", _parse_saved) or NOTHING_SAVED
+
+
+def load_adopting(path: str, legacy: list[str]) -> tuple[SavedDrains, str | None]:
+    """What is saved at ``path`` or, when there is no file there yet, the first file
+    an earlier version left at one of ``legacy``; and which legacy file that was."""
     if os.path.lexists(path):
         return load(path), None
     for old in legacy:
-        drains = statedir.read_private_json(old, "drain state", _parse_saved)
-        if drains is not None:
+        saved = statedir.read_private_json(old, "drain state", _parse_saved)
+        if saved is not None:
             log.info("taking over %d drained section(s) saved by an earlier version at %s",
-                     len(drains), old)
-            return drains, old
-    return {}, None
+                     len(saved.drains), old)
+            return saved, old
+    return NOTHING_SAVED, None
 
 
-def save(path: str, drains: dict[str, Drain]) -> None:
+def save(path: str, drains: dict[str, Drain], sections: dict[str, str]) -> None:
+    """Save the drains and every section's node (``sections``: name -> node key)."""
     if not statedir.safe_directory(os.path.dirname(path)):
         raise OSError(f"{os.path.dirname(path)} is not a private directory")
-    text = json.dumps({name: asdict(drain) for name, drain in sorted(drains.items())})
-    statedir.write_atomically(path, text, 0o644)
+    saved = {name: asdict(drain) for name, drain in sorted(drains.items())}
+    saved[SECTIONS_ENTRY] = {**_SECTIONS_ENTRY_DRAIN, "sections": dict(sorted(sections.items()))}
+    statedir.write_atomically(path, json.dumps(saved), 0o644)
 
 
 def request(config_filename: str, action: str, sections: list[str], reason: str = "",

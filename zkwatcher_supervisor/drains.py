@@ -6,6 +6,16 @@ across restarts and remembers the answers that ``zkwatcher-supervisor drain``
 waits for in the status file.  The command side (the request format, the
 client, the file format) is :mod:`.drain`.
 
+``start_drained`` (a section's key, or ``run --drained`` for all) drains a
+section the listener has never run, reason ``start_drained``, until someone
+undrains it.  Every section is either drained or in rotation, and the file
+keeps both (the drains, and every section with its node), so an undrain is
+remembered as the section being in rotation: it stays so across restarts,
+reboots and hand-overs.  A section is new when both its name and its node are
+new: renamed, or moved to another port, it is the same section.  A file of an
+earlier version names no sections: every section not drained in it was in
+rotation, and stays so.
+
 Owned by the controller; every method runs on the event loop's thread.
 """
 
@@ -28,6 +38,24 @@ log = logging.getLogger(__name__)
 MAX_REFUSALS_SHOWN = 100
 # How many recent answers the status file carries.
 MAX_ANSWERS = 50
+START_DRAINED = "start_drained"  # the reason of a start drain
+
+
+def renamed(before: Mapping[str, str], after: Mapping[str, ServiceSettings]
+            ) -> dict[str, str]:
+    """Sections of ``before`` (name -> node) gone from ``after`` whose node a
+    section new to ``after`` took over: old name -> new name."""
+    by_node = {service.registration_key: name for name, service in after.items()
+               if name not in before}
+    return {name: by_node[node] for name, node in before.items()
+            if name not in after and node in by_node}
+
+
+def newcomers(before: Mapping[str, str], after: Mapping[str, ServiceSettings]) -> list[str]:
+    """The sections of ``after`` whose name and node are both new to ``before``."""
+    nodes = set(before.values())
+    return [name for name, service in after.items()
+            if name not in before and service.registration_key not in nodes]
 
 
 class DrainKeeper:
@@ -39,7 +67,8 @@ class DrainKeeper:
 
     def __init__(self, loop: EventLoop, path: str | None, config_filename: str,
                  services: Mapping[str, ServiceSettings], drops: DropLog,
-                 changed: Callable[[str], None], publish: Callable[[], None]) -> None:
+                 changed: Callable[[str], None], publish: Callable[[], None],
+                 start_all_drained: bool = False) -> None:
         self._loop = loop
         self._path = path
         self._config_key = statedir.config_key(config_filename)
@@ -53,14 +82,22 @@ class DrainKeeper:
         self._save_error: str | None = None
         self._requests: OrderedDict[str, dict] = OrderedDict()
         self._legacy: str | None = None  # an earlier version's file, once adopted
+        self._start_all_drained = start_all_drained
+        self._requested: tuple | None = None  # the newest state handed to a save
+        saved = drain.NOTHING_SAVED
         if path is not None:
             saved, self._legacy = drain.load_adopting(
                 path, statedir.legacy_paths(config_filename, "drained"))
-            for name, entry in saved.items():
-                if name in services:  # a section removed meanwhile drops out
-                    self._set_drain(name, entry)
-            if set(saved) != set(self._drained) or self._legacy:
-                self._save()
+        sections = saved.sections
+        if sections is None:  # an earlier version's: it ran every section it had
+            sections = {name: service.registration_key for name, service in services.items()}
+        moved = renamed(sections, services)
+        for name, entry in saved.drains.items():
+            if name in services or name in moved:  # a section removed meanwhile drops out
+                self._set_drain(moved.get(name, name), entry)
+        self._start_drained(newcomers(sections, services))
+        self._requested = (saved.drains, saved.sections)
+        self._save(force=self._legacy is not None)
 
     def is_drained(self, name: str) -> bool:
         return name in self._drained
@@ -93,13 +130,29 @@ class DrainKeeper:
             self._drain_request(request)
 
     def reloaded(self, services: Mapping[str, ServiceSettings]) -> None:
-        """The config was reloaded: a removed section's drain goes with it."""
+        """The config was reloaded: a removed section's drain goes with it, a
+        renamed one's moves to its new name, and new sections may start drained."""
+        before = self._sections()
         self._services = services
-        gone = [name for name in self._drained if name not in services]
-        for name in gone:
+        moved = renamed(before, services)
+        for name in [name for name in self._drained if name not in services]:
+            entry = self._drained[name]
             self._set_drain(name, None)
-        if gone:
-            self._save()  # or it would come back with the section after a restart
+            if name in moved:
+                self._set_drain(moved[name], entry)
+        self._start_drained(newcomers(before, services))
+        self._save()  # or a removed drain would come back with its section after a restart
+
+    def _start_drained(self, names: list[str]) -> None:
+        """Drain the new sections that start drained."""
+        for name in names:
+            service = self._services[name]
+            if name in self._drained or not (service.start_drained or self._start_all_drained):
+                continue
+            by = "config" if service.start_drained else "--drained"
+            log.info("[%s] new section, start_drained: drained until undrained "
+                     "(zkwatcher-supervisor undrain %s)", name, name)
+            self._set_drain(name, drain.Drain(START_DRAINED, by, time.time()))
 
     def acknowledgements(self, registered: frozenset[str],
                          connected: bool) -> dict[str, dict]:
@@ -190,19 +243,29 @@ class DrainKeeper:
             self._save()
             self._publish()
 
-    def _save(self) -> None:
-        """Persist the drained sections off the loop, one write at a time, newest last."""
-        if self._path is not None:
-            self._saving.request()
+    def _sections(self) -> dict[str, str]:
+        """Every section of the running config, with its node."""
+        return {name: service.registration_key for name, service in self._services.items()}
+
+    def _save(self, force: bool = False) -> None:
+        """Persist the drains and sections off the loop, one write at a time, newest
+        last; unless ``force``, only when they differ from the last ones saved."""
+        state = (dict(self._drained), self._sections())
+        if self._path is None or (state == self._requested and not force):
+            return
+        self._requested = state
+        self._saving.request()
 
     def _write(self) -> None:
-        path, drains = self._path, dict(self._drained)
-        offload(self._loop, lambda: drain.save(path, drains), self._saved,
+        path, drains, sections = self._path, dict(self._drained), self._sections()
+        offload(self._loop, lambda: drain.save(path, drains, sections), self._saved,
                 name="drain-state")
 
     def _saved(self, _result, error: BaseException | None) -> None:
         self._saving.release()
         self._save_error = None if error is None else str(error)
+        if error is not None:
+            self._requested = None  # the next change saves, whatever it is
         if error is not None:
             log.error("cannot save the drained sections to %s: %s; they would not survive "
                       "a restart", self._path, error)

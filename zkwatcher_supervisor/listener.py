@@ -88,7 +88,7 @@ class Controller:
 
     def __init__(self, config: Config, registry: Registry, loop: EventLoop,
                  hosts_override: str | None = None, drain_path: str | None = None,
-                 status_path: str | None = None) -> None:
+                 status_path: str | None = None, start_drained: bool = False) -> None:
         self.config = config
         self.config_key = statedir.config_key(config.filename)
         self.loop = loop
@@ -129,7 +129,8 @@ class Controller:
         self._snapshot_answered = False
         # Drained sections (operator's orders, kept across restarts).
         self.drains = DrainKeeper(loop, drain_path, config.filename, self.services,
-                                  self.drops, self._section_changed, self.status.changed)
+                                  self.drops, self._section_changed, self.status.changed,
+                                  start_all_drained=start_drained)
         loop.on_idle(self.pump)
         registry.on_change = lambda: loop.post(self.status.changed)
         registry.on_fatal = loop.fail
@@ -564,8 +565,10 @@ def _exit_on_thread_crash(loop: EventLoop) -> None:
 
 
 def run(config: Config, hosts_override: str | None = None,
-        stdin: BinaryIO | None = None, stdout: TextIO | None = None) -> int:
-    """Run the listener until supervisord stops it; returns the exit status."""
+        stdin: BinaryIO | None = None, stdout: TextIO | None = None,
+        start_drained: bool = False) -> int:
+    """Run the listener until supervisord stops it; returns the exit status.
+    ``start_drained``: every section is ``start_drained`` (``run --drained``)."""
     if stdout is None:
         stdout = claim_stdout()
     if stdin is None:
@@ -595,7 +598,8 @@ def run(config: Config, hosts_override: str | None = None,
                            on_fatal=loop.fail)
     registry = Registry(config.zookeeper, session)
     controller = Controller(config, registry, loop, hosts_override,
-                            drain_path=drain.state_path(config.filename))
+                            drain_path=drain.state_path(config.filename),
+                            start_drained=start_drained)
     controllers.append(controller)
     _exit_on_thread_crash(loop)
     if config.metrics_port:
