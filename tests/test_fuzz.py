@@ -175,10 +175,24 @@ def private_file(tmp_path, content: bytes) -> str:
     return str(path)
 
 
+# Drain files as this version writes them, with every field possibly wrong.
+drain_files = st.dictionaries(
+    st.text(max_size=8), st.fixed_dictionaries({}, optional={
+        key: json_values for key in ("reason", "by", "since", "until")}), max_size=3).flatmap(
+    lambda drains: st.fixed_dictionaries({"": st.fixed_dictionaries(
+        {"since": st.just(0) | json_values},
+        optional={"sections": json_values | st.dictionaries(
+            st.text(max_size=8), st.text(max_size=8) | json_values, max_size=3)})}).map(
+        lambda entry: {**drains, **entry}))
 file_contents = (st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode())
+                 | drain_files.map(lambda v: json.dumps(v).encode())
                  | st.sampled_from([b"[" * 100000, b'{"session_id": 1e400, "password": "x"}',
                                     b'{"session_id": ' + b"9" * 400 + b', "password": ""}',
                                     b'{"web": {"since": 1e999, "until": "x"}}',
+                                    b'{"": {"since": 0, "sections": {"web": 1}}}',
+                                    b'{"": {"since": 0, "sections": [["web", "/x"]]}}',
+                                    b'{"": {"since": 0, "sections": {"web": "/w"}}, '
+                                    b'"web": {"since": 1}}',
                                     b'{"pid": 1, "updated": 1, "sections": {"a": 1}}']))
 
 
@@ -193,7 +207,10 @@ def test_state_files_read_back(tmp_path, caplog):
         saved = session_file.load(path)
         assert saved is None or isinstance(saved, session_file.SavedSession)
         drains = drain.load(path)
-        assert all(isinstance(entry, drain.Drain) for entry in drains.values())
+        assert all(isinstance(entry, drain.Drain) for entry in drains.drains.values())
+        assert drains.sections is None or all(
+            isinstance(name, str) and isinstance(node, str)
+            for name, node in drains.sections.items())
         state = read_status_file(path)
         assert state is None or isinstance(state["pid"], int)
 

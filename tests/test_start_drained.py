@@ -308,6 +308,12 @@ def test_a_fresh_host_joins_on_undrain_and_stays_in(write_config, supervisord, z
     assert zk.exists(web).czxid == czxid
     assert wait_drained(server, config, "web", None)["registered"]
 
+    # A hand-over: the successor starts from the drain file too.
+    result = cli(server, config, "handoff")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert zk.exists(web).czxid == czxid
+    assert wait_drained(server, config, "web", None)["registered"]
+
     # A reboot: /run is empty again, /var/lib keeps the drain file.
     server.stop()
     wait_until(lambda: not node_exists(zk, web), 15, what="web gone with supervisord")
