@@ -16,6 +16,7 @@ runs=("3.9-floors 3.9 kazoo==2.11.0 supervisor==4.2.5" "3.13 3.13")
 find_python() {
   local prefix=$1 candidate
   for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$prefix".*/bin/python3 \
+                   /root/.pyenv/versions/"$prefix".*/bin/python3 \
                    /usr/bin/python"$prefix" /usr/local/bin/python"$prefix"; do
     if [ -x "$candidate" ]; then echo "$candidate"; return 0; fi
   done
