@@ -121,7 +121,7 @@ def without_supervisor_variables() -> dict[str, str]:
 
 
 def run_supervisorctl(argv: list[str], programs: dict[str, str], paths: dict[str, str], *,
-                      cwd, env: dict[str, str], default_conf: Path | None = None
+                      cwd: str | Path, env: dict[str, str], default_conf: Path | None = None
                       ) -> subprocess.CompletedProcess:
     """``argv`` as README prints it, with README's programs and paths replaced by
     the test's: ``programs`` for a bare name, the virtualenv's supervisorctl for
