@@ -25,6 +25,9 @@ consumers=()
 # ServiceProvider's cache; the discovery package does not depend on it.
 [ -e /usr/share/java/curator-recipes.jar ] || consumers+=(libcurator-recipes-java)
 command -v javac >/dev/null || consumers+=(openjdk-17-jdk-headless)
+# Debian's own supervisor, for the test that its supervisorctl works beside
+# our example files (the tests run their own supervisords).
+[ -x /usr/bin/supervisorctl ] || consumers+=(supervisor)
 if [ ${#missing[@]} -gt 0 ] || [ ${#consumers[@]} -gt 0 ]; then
   echo "setup: apt-get install ${missing[*]} ${consumers[*]}" >&2
   $sudo apt-get update -q
@@ -33,8 +36,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 if [ ${#consumers[@]} -gt 0 ]; then
-  # The tests run their own Prometheus: keep the package's service from
-  # starting on :9090 (policy-rc.d 101 = "do not start").
+  # The tests run their own Prometheus and supervisord: keep the packages'
+  # services from starting (policy-rc.d 101 = "do not start").
   made_policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -242,6 +243,8 @@ def test_a_supervisord_config_that_cannot_be_used_exits_2_naming_it(tmp_path, te
     assert f"zkwatcher-supervisor drain: supervisord config {conf}: " in result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "Available names" not in result.stderr  # not the list of every variable's name
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_where_supervisord_is_comes_from_the_first_place_that_says(tmp_path, monkeypatch):
@@ -302,3 +305,50 @@ def test_the_ensemble_asked_is_s_else_the_listeners_else_the_configs(tmp_path):
                        f"{path} has no TLS settings"):
         reading_settings(load_config(str(path)),
                          {"zookeeper": {"hosts": "listener:1/chroot", "tls": True}})
+
+
+def test_a_command_says_why_zookeeper_is_unreachable_in_its_own_words(tmp_path):
+    """kazoo's reconnect lines stay out of a command's answer unless -v asks for them."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # closed again: nothing listens there
+    config = write(tmp_path / "x.cfg", f"[zkwatcher]\nhosts = 127.0.0.1:{port}\n"
+                   "[web]\ncmd = true\nservice_port = 80\nservice_hostname = h\n"
+                   "zookeeper_path = /s\n")
+    quiet, verbose = (subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", *flags,
+                                      "status", "-c", config], capture_output=True, text=True,
+                                     timeout=60) for flags in ((), ("-v",)))
+    assert quiet.returncode == verbose.returncode == 1
+    assert f"ZooKeeper 127.0.0.1:{port}: unreachable" in quiet.stdout
+    assert quiet.stderr == ""
+    assert "kazoo" in verbose.stderr
+
+
+def test_status_without_a_config_still_checks_s(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status",
+                             "-c", str(tmp_path / "none.cfg"), "-s", "a:b:c"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == ("zkwatcher-supervisor status: --server: expected "
+                             "host:port[,host:port...][/chroot], got 'a:b:c'\n")
+
+
+def test_status_json_into_a_reader_that_leaves_early(tmp_path):
+    """`status --json | head -c 1`: no traceback from the closed pipe."""
+    config = write(tmp_path / "x.cfg", "[zkwatcher]\nhosts = 127.0.0.1:1\n[web]\ncmd = true\n"
+                   "service_port = 80\nservice_hostname = h\nzookeeper_path = /s\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before we write
+    with os.fdopen(write_end, "wb") as stdout:
+        result = subprocess.run([sys.executable, "-m", "zkwatcher_supervisor", "status",
+                                 "-c", config, "--json"], stdout=stdout,
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_the_plugins_drain_takes_options_and_sections_in_any_order():
+    from zkwatcher_supervisor.ctlplugin import drain_parser
+
+    args = drain_parser("drain").parse_args(["web", "--reason", "x", "other", "--for", "1m"])
+    assert (args.sections, args.reason, args.duration) == (["web", "other"], "x", "1m")

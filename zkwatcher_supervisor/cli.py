@@ -18,6 +18,7 @@ from .config import (
     Config,
     ConfigError,
     ZooKeeperSettings,
+    check_hosts,
     load_config,
 )
 from .logs import KAZOO_REPEATS, LogWriter
@@ -125,7 +126,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, width=HELP_WIDTH)
 
 
-class _CommandParser(argparse.ArgumentParser):
+class IntermixedParser(argparse.ArgumentParser):
     """A command's parser: its options and positionals in any order
     (``drain web -c FILE other`` as well as ``drain -c FILE web other``)."""
 
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES[None] + "\n\n" + EXIT_STATUS, add_help=False,
         formatter_class=_formatter)
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND",
-                                       parser_class=_CommandParser)
+                                       parser_class=IntermixedParser)
     group = _options(parser, top=True, title="options of run, the default command")
     _run_options(group, top=True)
     group.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -250,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     drain = _command(subparsers, "drain", "take sections out of discovery",
                      "Take sections out of discovery without stopping them: their nodes "
-                     "are deleted and stay deleted until undrain (or --for ends).")
+                     "are deleted and stay deleted until undrain (or --for ends). It "
+                     "returns once the listener has taken the drain on; --stop also "
+                     "waits until ZooKeeper no longer lists the nodes.")
     _selection(drain, "drain")
     group = drain.add_argument_group("drain")
     group.add_argument("--reason", default="", metavar="TEXT", help="why (shown by status)")
@@ -396,6 +399,18 @@ def link_file_paths(config: Config) -> list[str]:
     return found
 
 
+def quiet_command_logging(verbose: bool) -> None:
+    """Logging for the commands other than ``run``: their answer is the one
+    line they print, so kazoo's reconnect chatter (a dozen lines while
+    ZooKeeper is unreachable) is shown only with ``-v``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("zkwatcher-supervisor: %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("kazoo").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -407,22 +422,32 @@ def main(argv: list[str] | None = None) -> int:
         command = "check-config"
     if args.drained and command not in ("run", "check-config"):
         parser.error(f"--drained is an option of run, not of {command}")
-    # Only the listener needs its secrets; the other commands may run as any
-    # user, who may not read them or own them.
-    runs = command == "run"
-    undumpable_problem = None
-    if runs:
-        # Before the config (and its passwords) is read: from here on, other
-        # processes of our user cannot read our memory or environment.
-        undumpable_problem = make_undumpable()
+    if command == "run":
+        return _run_command(args)
+    quiet_command_logging(args.verbose)
     try:
-        config = load_config(args.config, hosts_override=args.server, link_files=runs)
+        return _operator_command(command, args)
+    except BrokenPipeError:
+        # `status --json | head`: the reader left; nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def _operator_command(command: str, args: argparse.Namespace) -> int:
+    """The commands other than ``run``; their exit status."""
+    try:
+        config = load_config(args.config, hosts_override=args.server, link_files=False)
     except ConfigError as exc:
         if command == "status" and exc.unreadable:
+            if args.server is not None:
+                try:
+                    check_hosts(args.server)
+                except ValueError as bad:
+                    print(f"zkwatcher-supervisor status: --server: {bad}", file=sys.stderr)
+                    return EXIT_CONFIG_ERROR
             return show_status(None, args.config, args.server, args.json)
         print(f"zkwatcher-supervisor: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-
     if command == "status":
         return show_status(config, args.config, args.server, args.json)
     if command in ("drain", "undrain"):
@@ -443,16 +468,35 @@ def main(argv: list[str] | None = None) -> int:
                                 hosts_override=args.server)
         print(message, file=sys.stdout if ok else sys.stderr)
         return EXIT_DONE if ok else EXIT_FAILED
+    if config.metrics_port and not importlib.util.find_spec("prometheus_client"):
+        return _no_prometheus_client(config)
+    return check_config(config)
+
+
+def _no_prometheus_client(config) -> int:
+    print(f"zkwatcher-supervisor: {config.filename}: [zkwatcher] metrics_port: needs "
+          "prometheus_client (pip install 'zkwatcher-supervisor[metrics]')", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The listener; its exit status (supervisord restarts it unless 0).
+
+    Only the listener reads its secrets (``link_files``); the other commands
+    may run as any user, who may not be able to read them."""
+    # Before the config (and its passwords) is read: from here on, other
+    # processes of our user cannot read our memory or environment.
+    undumpable_problem = make_undumpable()
+    try:
+        config = load_config(args.config, hosts_override=args.server, link_files=True)
+    except ConfigError as exc:
+        print(f"zkwatcher-supervisor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
 
     # prometheus_client (and the HTTP server it brings) only when asked for:
     # it is a tenth of the listener's memory.
     if config.metrics_port and not importlib.util.find_spec("prometheus_client"):
-        print(f"zkwatcher-supervisor: {config.filename}: [zkwatcher] metrics_port: needs "
-              "prometheus_client (pip install 'zkwatcher-supervisor[metrics]')", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-
-    if command == "check-config":
-        return check_config(config)
+        return _no_prometheus_client(config)
 
     error = switch_error(config, os.geteuid(), os.getegid())
     if error is not None:

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 from supervisor.supervisorctl import ControllerPluginBase, LSBInitExitStatuses
 
+from .cli import IntermixedParser
+
 DEFAULT_CONFIG = "/etc/zk/config.cfg"
 KNOWN_KEYS = ("config",)
 # Our commands' exit statuses (0 done, 1 could not, 2 bad usage or config) as
@@ -45,9 +47,9 @@ class _Finished(Exception):
     """argparse is done (``--help``): nothing more to do."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting: ``sys.exit`` would end
-    supervisorctl's interactive shell."""
+class _Parser(IntermixedParser):
+    """Our commands' parser (options and sections in any order) raising
+    instead of exiting: ``sys.exit`` would end supervisorctl's interactive shell."""
 
     def error(self, message: str):
         raise _Usage(message)

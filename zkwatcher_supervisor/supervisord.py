@@ -115,10 +115,17 @@ def read_supervisorctl_section(path: str) -> Connection:
     try:
         section = options.read_config(path)
     except (OSError, ValueError, configparser.Error) as exc:
-        raise refuse(" ".join(str(exc).split())) from None
+        raise refuse(_first_sentence(exc)) from None
     server_url = section.serverurl
     check_url(server_url, f"supervisord config {path}: [{SECTION}] serverurl")
     return Connection(server_url, section.username or None, section.password, source)
+
+
+def _first_sentence(exc: Exception) -> str:
+    """supervisor's message on one line, without the list of every
+    environment variable's name it appends to an expansion it cannot do."""
+    text = " ".join(str(exc).split())
+    return text.split(". Available names:", 1)[0].split(" Available names:", 1)[0]
 
 
 def check_url(value: str, what: str) -> None:

@@ -1,13 +1,18 @@
 """The command lines README.rst shows, for the tests that run every one of them.
 
 A command is a line of a literal block (a paragraph ending in ``::``, or a
-``code-block`` directive) whose first word is the program asked for.  In a
-block with ``$ `` prompts only the prompted lines are commands, and the lines
-after each, up to the next prompt, are the output the README shows for it.
+``code-block`` directive) that runs the program asked for: the first word of
+the line, or of a command chained in it with ``&&``, ``||``, ``;`` or ``|``,
+after a ``sudo`` and without its directory (``/opt/x/bin/supervisorctl`` is
+``supervisorctl``).  A ``# or: COMMAND`` line offers an alternative, and is a
+command too.  In a block with ``$ `` prompts only the prompted lines are
+commands, and the lines after each, up to the next prompt, are the output the
+README shows for it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -17,6 +22,8 @@ from pathlib import Path
 import zkwatcher_supervisor
 
 PROMPT = "$ "
+ALTERNATIVE = "# or: "
+_CHAIN = re.compile(r"&&|\|\||;|\|")
 _DIRECTIVE = re.compile(r"^\s*\.\. (code-block|code|sourcecode)::")
 
 
@@ -67,16 +74,33 @@ def literal_blocks(text: str) -> Iterator[tuple[int, list[str]]]:
         yield start + 1, [item[indent:] for item in block]
 
 
-def commands(program: str, path: Path | None = None) -> list[ReadmeCommand]:
-    """Every command line of ``program`` (its first word) in README.rst, in order."""
-    found = []
+def program_of(text: str) -> str:
+    """The program a command runs: its first word after a ``sudo``, without its
+    directory; "" for one without words."""
+    words = text.split()
+    if words[:1] == ["sudo"]:
+        words = words[1:]
+    return os.path.basename(words[0]) if words else ""
+
+
+def programs_of(text: str) -> list[str]:
+    """The program of each command a line chains (one for a simple line)."""
+    return [program_of(part) for part in _CHAIN.split(text)]
+
+
+def readme_lines(path: Path | None = None) -> Iterator[ReadmeCommand]:
+    """Every line of every literal block that is not output README shows: in a
+    block with prompts, the prompted lines (each with its output); in others,
+    every non-blank line (``# or:`` alternatives as the command they offer)."""
     for first, block in literal_blocks((path or readme_path()).read_text()):
         prompted = any(item.startswith(PROMPT) for item in block)
         for offset, item in enumerate(block):
             if prompted and not item.startswith(PROMPT):
                 continue
             text = item[len(PROMPT):] if prompted else item
-            if not text.split() or text.split()[0] != program:
+            if text.startswith(ALTERNATIVE):
+                text = text[len(ALTERNATIVE):]
+            if not text.strip():
                 continue
             output: list[str] = []
             if prompted:
@@ -86,5 +110,9 @@ def commands(program: str, path: Path | None = None) -> list[ReadmeCommand]:
                     output.append(after)
                 while output and not output[-1].strip():
                     output.pop()
-            found.append(ReadmeCommand(first + offset, text.strip(), tuple(output)))
-    return found
+            yield ReadmeCommand(first + offset, text.strip(), tuple(output))
+
+
+def commands(program: str, path: Path | None = None) -> list[ReadmeCommand]:
+    """Every command line of ``program`` in README.rst, in order."""
+    return [line for line in readme_lines(path) if program in programs_of(line.text)]
