@@ -781,6 +781,8 @@ class Registry:
         return result
 
     def _neighbours_wait(self) -> float | None:
+        if self._unconfirmed:
+            return None  # no pass runs until the login is confirmed: nothing to wait for
         return self._neighbours.wait(self._members.as_dict(), time.monotonic())
 
     def _look_for_neighbours(self, session_id: int) -> None:
