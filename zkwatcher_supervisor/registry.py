@@ -16,6 +16,9 @@ network call — and the worker makes ZooKeeper match it:
 * nodes it never created (persistent ones, other sessions') are never written;
 * with credentials, a parent whose ACL lets anyone delete (or create) in it
   is named once at start: there our credentials do not protect our nodes;
+* another session's node announcing the endpoint of a sequential node of
+  ours is logged once — looked for only when there is nothing else to do
+  (see :mod:`.neighbours`);
 * a lost connection is one line, its progress one line a minute, and the
   recovery one line (kazoo's own per-attempt warnings are counted into them).
 
