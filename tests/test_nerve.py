@@ -471,3 +471,50 @@ def test_a_stop_is_deregistered_as_fast_beside_thousands_of_foreign_siblings(
           f"(rounds: {baseline} / {crowded}; stop before the look ended: {overlapped})")
     assert statistics.median(crowded) < statistics.median(baseline) + 0.25
     assert any(overlapped), "no stop came while the siblings were being read"
+
+
+GET_DATA = 4
+
+
+@pytest.mark.e2e
+def test_a_neighbour_look_cut_short_waits_before_it_is_tried_again(
+        zookeeper, write_config, driver, zk, base_path):
+    """A connection lost while the siblings are read: the parent counts as
+    tried, and is read again only after a pause, not on every pass."""
+    path = f"{base_path}/nerve/web"
+    zk.ensure_path(path)
+    add_foreign_siblings(zk, path, FOREIGN_SIBLINGS)
+    nerves = zk.create(f"{path}/zzz_", b'{"host":"h2","port":80,"name":"web-h2"}',
+                       ephemeral=True, sequence=True)
+    link = ZooKeeperLink(zookeeper.port, delay=0.002, request_delay=0.0)
+    try:
+        config = write_config(textwrap.dedent(f"""
+            [web]
+            cmd = true
+            refresh = 1
+            service_port = 80
+            service_hostname = h2
+            instance_id = web-h2
+            zookeeper_path = {path}
+            payload_format = nerve
+            """), hosts=link.hosts, session_timeout=6)
+        drv = driver(config)
+
+        def reads():
+            return sum(1 for _, op in list(link.requests) if op == GET_DATA)
+
+        wait_until(lambda: reads(), 15, interval=0.002, what="the siblings being read")
+        link.drop()
+        dropped = time.monotonic()
+        wait_until(lambda: "connected to ZooKeeper" in drv.stderr().rsplit("suspended", 1)[-1],
+                   10, what="reconnected")
+        time.sleep(0.5)  # replies in flight at the drop are lost, not counted
+        paused = reads()
+        time.sleep(2)
+        assert reads() == paused, "the siblings were read again at once"
+        wait_until(lambda: f"{nerves}, another session's node" in drv.stderr(), 30,
+                   what="the look done after its pause")
+        assert time.monotonic() - dropped >= NEIGHBOUR_RETRY_DELAY - 0.5
+        assert drv.stderr().count("another session's node") == 1
+    finally:
+        link.close()
