@@ -185,6 +185,16 @@ BAD_CONFIGS = [
     ("[a]\ncmd = true\nservice_port = 1\nservice_hostname = h\nzookeeper_path = /s\n"
      "[b]\ncmd = false\nservice_port = 1\nservice_hostname = h\nzookeeper_path = /s/\n",
      "[b]: same znode /s/h:1 as [a]"),
+    ("[a]\ncmd = true\nservice_port = 80\nservice_hostname = h\nzookeeper_path = /s\n"
+     "payload_format = nerve\ninstance_id = i-1\n"
+     "[b]\ncmd = true\nservice_port = 80\nservice_hostname = h\nzookeeper_path = /s/\n"
+     "payload_format = nerve\ninstance_id = i-2\n",
+     "[b]: announces h:80 under /s as [a] does; readers would list it twice"),
+    ("[a]\ncmd = true\nservice_port = 80\nservice_hostname = h\nzookeeper_path = /s\n"
+     "payload_format = serverset\n"
+     "[b]\ncmd = true\nservice_port = 0080\nservice_hostname = H\nzookeeper_path = /s\n"
+     "payload_format = nerve\n",
+     "[b]: announces H:80 under /s as [a] does; readers would list it twice"),
     ("[zkwatcher]\nhosts = a:1\n", "no service sections; nothing to register"),
     ("[s]\ncmd = true\n[s]\ncmd = false\n", "line 3: section [s] appears twice"),
     ("[s]\ncmd = true\nCMD = false\n", "line 3: [s] cmd: key appears twice in the section"),
@@ -439,6 +449,9 @@ def test_huge_or_endless_file_is_a_clear_error(tmp_path):
     ("[s]\ncmd = true\n  zookeeper_path\n", None),  # continuation: valid, cmd = "true\nzoo..."
     ("[s]\ncmd = true\nzookeeper_path\n", "line 3: 'zookeeper_path': a key without a value"),
     (b"[s]\ncmd = \xff\n", "line 2: config file is not UTF-8 text"),
+    ("[a]\ncmd = true\nservice_port = 80\nzookeeper_path = /s\npayload_format = serverset\n"
+     "[b]\ncmd = true\nservice_port = 80\nzookeeper_path = /s\npayload_format = nerve\n",
+     "line 6: [b]: announces "),
 ])
 def test_command_line_names_file_and_line_and_exits_2(tmp_path, text, message):
     path = tmp_path / "config.cfg"

@@ -5,6 +5,7 @@ supervisord, real ZooKeeper; consumers are kazoo watches on every node."""
 from __future__ import annotations
 
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.recipe.watchers import ChildrenWatch
 from support.sections import listener_section, section
 from support.watches import node_exists
 
@@ -325,3 +327,49 @@ def test_handoff_is_refused_when_state_cannot_reach_the_successor(
         assert consumer.events == []
     finally:
         os.chmod(directory, mode)
+
+
+def test_handoff_keeps_serverset_and_nerve_nodes_and_never_doubles_them(
+        write_config, supervisord, zk, base_path):
+    """Sequential nodes are named by ZooKeeper, so the successor must find its
+    predecessor's by the saved name: the same node (czxid, owner) afterwards,
+    and at no moment a second node for a section."""
+    parents = {"ss": f"{base_path}/ss", "nerve": f"{base_path}/nerve"}
+    config = write_config(
+        section(base_path, "ss", 8001, cmd="true", refresh=5, timeout=None,
+                path=parents["ss"], payload_format="serverset")
+        + section(base_path, "nerve", 8002, cmd="true", refresh=5, timeout=None,
+                  path=parents["nerve"], payload_format="nerve", instance_id="i-0abc"),
+        session_timeout=10)
+    server = supervisord(listener_section(config))
+    for parent in parents.values():
+        zk.ensure_path(parent)
+    listings: dict[str, list[list[str]]] = {name: [] for name in parents}
+    for name, parent in parents.items():
+        ChildrenWatch(zk, parent, lambda children, name=name: listings[name].append(
+            sorted(children)))
+    wait_until(lambda: all(zk.get_children(p) for p in parents.values()), 20,
+               what="both registered")
+    nodes = [f"{parent}/{child}" for parent in parents.values()
+             for child in zk.get_children(parent)]
+    assert [posixpath.basename(node)[:-10] for node in nodes] == ["member_", "i-0abc_"]
+    before = {node: zk.exists(node) for node in nodes}
+    consumer = EveryEvent(zk, nodes)
+    old = listener_pid(server)
+    result = handoff(server, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    owner = before[nodes[0]].ephemeralOwner
+    assert f"session 0x{owner:x} kept" in result.stdout
+    assert listener_pid(server) not in (0, old)
+    log = config.parent / "zkwatcher.log"
+    wait_until(lambda: log.read_text().rsplit("watching ", 1)[1].count("check passed") >= 2,
+               10, what="the successor's first checks")
+    time.sleep(1)  # any second node would have been created by now
+    assert consumer.events == []
+    for name, parent in parents.items():
+        assert all(len(children) <= 1 for children in listings[name]), listings[name]
+        assert [f"{parent}/{child}" for child in zk.get_children(parent)] == \
+            [node for node in nodes if node.startswith(parent + "/")]
+    for node in nodes:
+        stat = zk.exists(node)
+        assert (stat.czxid, stat.ephemeralOwner) == (before[node].czxid, owner), node

@@ -10,7 +10,9 @@ import json
 import posixpath
 import re
 import signal
+import statistics
 import textwrap
+import threading
 import time
 
 import pytest
@@ -20,7 +22,10 @@ from support.proxies import CREATE_OPCODES, ZooKeeperLink
 from support.sections import listener_section, programs
 
 from zkwatcher_supervisor.config import ConfigError, load_config
-from zkwatcher_supervisor.payload import node_payload
+from zkwatcher_supervisor.neighbours import MAX_SIBLINGS_READ, NeighbourScans, endpoint_of
+from zkwatcher_supervisor.neighbours import RETRY_DELAY as NEIGHBOUR_RETRY_DELAY
+from zkwatcher_supervisor.payload import announced_endpoints, names_endpoint, node_payload
+from zkwatcher_supervisor.registry_decisions import PIPELINE_DEPTH
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 from zkwatcher_supervisor.testing.consumers import LocalPrometheus
 
@@ -102,6 +107,76 @@ def test_same_instance_and_endpoint_twice_is_refused(tmp_path):
     body = nerve_section("a", health="cmd = true") + nerve_section("b", health="cmd = false")
     with pytest.raises(ConfigError, match=r"same znode /svc/web/10\.0\.0\.5_<sequence> as \[a\]"):
         nerve_config(tmp_path, body)
+
+
+def test_endpoint_of_a_key_has_a_numeric_port():
+    assert endpoint_of("/svc/web/i-1_#h2:0080") == ("h2", 80)
+    assert endpoint_of("/svc/web/member_#[::1]:8080") == ("[::1]", 8080)
+    assert endpoint_of("/svc/web/h2:80") is None  # a fixed name: nothing to look for
+
+
+@pytest.mark.parametrize("data, endpoints", [
+    (b'{"host": "h2", "port": 80, "name": "web-h2"}', {("h2", 80)}),
+    (b'{"host": "h2", "port": "0080"}', {("h2", 80)}),
+    (b'{"serviceEndpoint": {"host": "h2", "port": 80}, "status": "ALIVE"}', {("h2", 80)}),
+    (b'{"address": "h2", "port": 80, "id": "h2:80"}', {("h2", 80)}),
+    (b'{"host": "h2", "port": true}', set()),
+    (b'{"host": "h2", "port": "eighty"}', set()),
+    (b'{"host": "h2"}', set()),
+    (b"not json", set()),
+    (b"[1]", set()),
+])
+def test_announced_endpoints_compare_ports_as_numbers(data, endpoints):
+    assert announced_endpoints(data) == endpoints
+    assert names_endpoint(data, "h2", 80) == bool(endpoints)
+
+
+def test_neighbour_scans_list_each_parent_once_for_all_its_keys_in_batches():
+    scans = NeighbourScans()
+    members = {"/a/x_#h:1": "/a/x_0000000001", "/a/y_#h:2": "/a/y_0000000002",
+               "/b/member_#h:3": "/b/member_0000000000", "/a/h:4": "/a/h:4"}
+    assert scans.wait(members, 0.0) == 0.0
+    scan = scans.next_scan(members, 0.0)
+    assert scan.parent == "/a" and set(scan.ours) == {"/a/x_#h:1", "/a/y_#h:2"}
+    assert scans.next_scan(members, 0.0) is scan  # carried on with, not begun again
+    scan.listed([f"n_{n:010d}" for n in range(PIPELINE_DEPTH + 1)]
+                + ["x_0000000001", "y_0000000002"])
+    assert len(scan.next_batch()) == PIPELINE_DEPTH and not scan.done
+    assert "/a/x_0000000001" not in scan.siblings
+    scan.advance(PIPELINE_DEPTH)
+    assert scan.next_batch() == [f"/a/n_{PIPELINE_DEPTH:010d}"]
+    assert scan.announced_by(b'{"host": "h", "port": 2}', owner=7, session_id=9) == [
+        "/a/y_0000000002"]
+    assert scan.announced_by(b'{"host": "h", "port": 2}', owner=9, session_id=9) == []
+    scan.advance(1)
+    assert scan.done
+    scans.finished(scan)
+    assert scans.next_scan(members, 0.0).parent == "/b"
+    scans.finished(scans.current)
+    assert scans.next_scan(members, 0.0) is None and scans.wait(members, 0.0) is None
+    assert scans.first_sighting("/a/n_1") and not scans.first_sighting("/a/n_1")
+
+
+def test_a_failed_neighbour_scan_waits_longer_each_time_and_others_go_on():
+    scans = NeighbourScans()
+    members = {"/a/x_#h:1": "/a/x_0000000001", "/b/x_#h:1": "/b/x_0000000001"}
+    scans.failed(scans.next_scan(members, 0.0), now=100.0)
+    assert scans.next_scan(members, 100.0).parent == "/b"  # /a waits its turn
+    scans.finished(scans.current)
+    assert scans.next_scan(members, 100.0) is None
+    assert scans.wait(members, 100.0) == pytest.approx(NEIGHBOUR_RETRY_DELAY)
+    again = scans.next_scan(members, 100.0 + NEIGHBOUR_RETRY_DELAY)
+    assert again.parent == "/a"
+    scans.failed(again, now=200.0)
+    assert scans.wait(members, 200.0) == pytest.approx(2 * NEIGHBOUR_RETRY_DELAY)
+
+
+def test_neighbour_scans_read_a_capped_number_of_siblings():
+    scans = NeighbourScans()
+    scan = scans.next_scan({"/a/x_#h:1": "/a/x_0000000001"}, 0.0)
+    scan.listed([f"n_{n:010d}" for n in range(MAX_SIBLINGS_READ + 10)])
+    assert scan.capped and scan.total == MAX_SIBLINGS_READ + 10
+    assert len(scan.siblings) == MAX_SIBLINGS_READ
 
 
 NODE_NAME = re.compile(r"(?P<instance>.+)_(?P<sequence>\d{10})")
@@ -271,10 +346,11 @@ def test_one_nerve_node_through_a_lost_create_reply_expiry_and_a_crash(
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("port", ["80", "0080"])
 def test_another_sessions_node_for_our_endpoint_is_logged_once(
-        write_config, driver, zk, base_path):
+        write_config, driver, zk, base_path, port):
     """A migration from Nerve: Nerve's node for the same endpoint stays (both
-    are listed), and the listener says so once."""
+    are listed), and the listener says so once; ``0080`` is Nerve's port 80."""
     path = f"{base_path}/nerve/web"
     zk.ensure_path(path)
     nerves = zk.create(f"{path}/web-h2_", b'{"host":"h2","port":80,"name":"web-h2"}',
@@ -285,7 +361,7 @@ def test_another_sessions_node_for_our_endpoint_is_logged_once(
         [web]
         cmd = true
         refresh = 1
-        service_port = 80
+        service_port = {port}
         service_hostname = h2
         instance_id = web-h2
         zookeeper_path = {path}
@@ -303,3 +379,142 @@ def test_another_sessions_node_for_our_endpoint_is_logged_once(
     time.sleep(1)
     assert drv.stderr().count("another session's node") == 1, drv.stderr()
     assert zk.exists(nerves) is not None  # never ours to delete
+
+
+FOREIGN_SIBLINGS = 3000
+NEW_SECTIONS_PER_ROUND = 5
+
+
+def add_foreign_siblings(zk, path, count):
+    """``count`` Nerve nodes of other hosts under ``path``, held by the test's session."""
+    creates = [zk.create_async(f"{path}/i-{n:05d}_",
+                               json.dumps({"host": f"10.9.{n // 250}.{n % 250}", "port": 80,
+                                           "name": f"i-{n:05d}"}).encode(),
+                               ephemeral=True, sequence=True) for n in range(count)]
+    for create in creates:
+        create.get(timeout=30)
+
+
+def deregistration_latencies(write_config, supervisord, zk, path, rounds, name):
+    """Seconds from stopping program p0 to its Nerve node's deletion, each round
+    right after new sections under the same parent registered (their neighbour
+    look under way), and whether each deletion came before that look had read
+    the last sibling (zzz-<round>, announcing a new section's endpoint)."""
+    def section(name, port, health):
+        return (f"\n[{name}]\n{health}\nservice_port = {port}\nservice_hostname = 127.0.0.1\n"
+                f"instance_id = {name}\nzookeeper_path = {path}\npayload_format = nerve\n")
+
+    for round_ in range(rounds):
+        zk.create(f"{path}/zzz-{round_}_", json.dumps(
+            {"host": "127.0.0.1", "port": 9000 + 10 * round_, "name": "x"}).encode(),
+            ephemeral=True, sequence=True)
+    config = write_config(section("p0", 8000, "program = p0"), name=f"{name}/zkwatcher.cfg")
+    server = supervisord(programs("p0") + listener_section(config))
+    listener_log = config.parent / "zkwatcher.log"
+
+    def p0_node():
+        return next((child for child in zk.get_children(path) if child.startswith("p0_")),
+                    None)
+
+    latencies, overlapped = [], []
+    for round_ in range(rounds):
+        node = f"{path}/{wait_until(p0_node, 30, what='p0 registered')}"
+        text = config.read_text() + "".join(
+            section(f"new{round_}x{n}", 9000 + 10 * round_ + n, "cmd = true")
+            for n in range(NEW_SECTIONS_PER_ROUND))
+        config.write_text(text)
+        server.ctl("signal", "HUP", "zkwatcher")
+        registered = f"registered {path}/new{round_}x0_"
+        wait_until(lambda registered=registered: registered in listener_log.read_text(),
+                   30, interval=0.005, what="new sections registered")
+        gone = threading.Event()
+        deleted_at = []
+
+        def on_change(event, deleted_at=deleted_at, gone=gone):
+            deleted_at.append(time.monotonic())
+            gone.set()
+
+        assert zk.exists(node, watch=on_change) is not None
+        started = time.monotonic()
+        server.rpc().supervisor.stopProcess("p0")
+        assert gone.wait(30), "p0's node not deleted"
+        latencies.append(deleted_at[0] - started)
+        sighting = f"{path}/zzz-{round_}_"
+        lines = (sighting, f"deregistered {node}")
+        log = wait_until(lambda lines=lines: all(line in (t := listener_log.read_text())
+                                                 for line in lines) and t, 30,
+                         what="the deregistration and the sibling announcing a new section "
+                              "logged")
+        overlapped.append(log.index(lines[1]) < log.index(lines[0]))
+        server.rpc().supervisor.startProcess("p0")
+    server.stop()
+    return latencies, overlapped
+
+
+@pytest.mark.e2e
+def test_a_stop_is_deregistered_as_fast_beside_thousands_of_foreign_siblings(
+        write_config, supervisord, zk, base_path, tmp_path):
+    """Looking for other sessions' nodes announcing our endpoints is put aside
+    for real work: with 3,000 Nerve siblings being read, a program's stop is
+    deregistered as fast as with none."""
+    rounds = 5
+    for name in ("quiet", "busy"):
+        (tmp_path / name).mkdir()
+        zk.ensure_path(f"{base_path}/{name}")
+    baseline, _ = deregistration_latencies(write_config, supervisord, zk,
+                                           f"{base_path}/quiet", rounds, "quiet")
+    add_foreign_siblings(zk, f"{base_path}/busy", FOREIGN_SIBLINGS)
+    crowded, overlapped = deregistration_latencies(write_config, supervisord, zk,
+                                                   f"{base_path}/busy", rounds, "busy")
+    print(f"deregistration latency, median of {rounds}: {statistics.median(baseline):.3f}s "
+          f"without siblings, {statistics.median(crowded):.3f}s beside {FOREIGN_SIBLINGS} "
+          f"(rounds: {baseline} / {crowded}; stop before the look ended: {overlapped})")
+    assert statistics.median(crowded) < statistics.median(baseline) + 0.25
+    assert any(overlapped), "no stop came while the siblings were being read"
+
+
+GET_DATA = 4
+
+
+@pytest.mark.e2e
+def test_a_neighbour_look_cut_short_waits_before_it_is_tried_again(
+        zookeeper, write_config, driver, zk, base_path):
+    """A connection lost while the siblings are read: the parent counts as
+    tried, and is read again only after a pause, not on every pass."""
+    path = f"{base_path}/nerve/web"
+    zk.ensure_path(path)
+    add_foreign_siblings(zk, path, FOREIGN_SIBLINGS)
+    nerves = zk.create(f"{path}/zzz_", b'{"host":"h2","port":80,"name":"web-h2"}',
+                       ephemeral=True, sequence=True)
+    link = ZooKeeperLink(zookeeper.port, delay=0.002, request_delay=0.0)
+    try:
+        config = write_config(textwrap.dedent(f"""
+            [web]
+            cmd = true
+            refresh = 1
+            service_port = 80
+            service_hostname = h2
+            instance_id = web-h2
+            zookeeper_path = {path}
+            payload_format = nerve
+            """), hosts=link.hosts, session_timeout=6)
+        drv = driver(config)
+
+        def reads():
+            return sum(1 for _, op in list(link.requests) if op == GET_DATA)
+
+        wait_until(lambda: reads(), 15, interval=0.002, what="the siblings being read")
+        link.drop()
+        dropped = time.monotonic()
+        wait_until(lambda: "connected to ZooKeeper" in drv.stderr().rsplit("suspended", 1)[-1],
+                   10, what="reconnected")
+        time.sleep(0.5)  # replies in flight at the drop are lost, not counted
+        paused = reads()
+        time.sleep(2)
+        assert reads() == paused, "the siblings were read again at once"
+        wait_until(lambda: f"{nerves}, another session's node" in drv.stderr(), 30,
+                   what="the look done after its pause")
+        assert time.monotonic() - dropped >= NEIGHBOUR_RETRY_DELAY - 0.5
+        assert drv.stderr().count("another session's node") == 1
+    finally:
+        link.close()

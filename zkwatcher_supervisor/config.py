@@ -986,6 +986,7 @@ def load_config(filename: str, hosts_override: str | None = None,
     identities = _CheckIdentities(file)
     services: list[ServiceSettings] = []
     seen_keys: dict[str, str] = {}
+    seen_endpoints: dict[tuple[str, str, int], str] = {}  # sequential sections'
     for name in parser.sections():  # never [DEFAULT]: it is inherited, not a service
         if name in (GLOBAL_SECTION, AUTH_SECTION):
             continue
@@ -997,6 +998,18 @@ def load_config(filename: str, hosts_override: str | None = None,
         if key in seen_keys:
             raise section.error(None, f"same znode {service.display_path} as [{seen_keys[key]}]")
         seen_keys[key] = name
+        if service.sequence_prefix is not None:
+            # Sequential names never collide, so ZooKeeper would take both nodes:
+            # readers would list the backend twice, and drain --stop of one
+            # section could never see the endpoint withdrawn.
+            endpoint = (service.zookeeper_path.rstrip("/"),
+                        service.service_hostname.lower(), service.service_port)
+            if endpoint in seen_endpoints:
+                raise section.error(None, f"announces {service.service_hostname}:"
+                                    f"{service.service_port} under {endpoint[0]} as "
+                                    f"[{seen_endpoints[endpoint]}] does; readers would list "
+                                    "it twice")
+            seen_endpoints[endpoint] = name
         section.warn_unknown_keys(SERVICE_KEYS)
         services.append(service)
     if not services:

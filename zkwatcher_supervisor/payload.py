@@ -84,17 +84,35 @@ def same_registration(a: bytes, b: bytes) -> bool:
     return first == second
 
 
-def names_endpoint(data: bytes, host: str, port: int) -> bool:
-    """Whether node data (any format we write, or a peer's) advertises ``host:port``."""
+def _port_number(value: object) -> int | None:
+    """A port as JSON gives it: a number, or digits in a string ("0080" is 80)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def announced_endpoints(data: bytes) -> set[tuple[str, int]]:
+    """The ``(host, port)`` pairs node data (any format we write, or a peer's) advertises."""
     try:
         value = json.loads(data[:1 << 20])  # ZooKeeper's own limit on node data
     except (ValueError, RecursionError):
-        return False
+        return set()
     if not isinstance(value, dict):
-        return False
+        return set()
     endpoint = value.get("serviceEndpoint")
+    found = set()
     for candidate in (endpoint if isinstance(endpoint, dict) else {}, value):
         name = candidate.get("host", candidate.get("address"))
-        if name == host and str(candidate.get("port")) == str(port):
-            return True
-    return False
+        port = _port_number(candidate.get("port"))
+        if isinstance(name, str) and port is not None:
+            found.add((name, port))
+    return found
+
+
+def names_endpoint(data: bytes, host: str, port: int) -> bool:
+    """Whether node data (any format we write, or a peer's) advertises ``host:port``."""
+    return (host, port) in announced_endpoints(data)

@@ -16,6 +16,9 @@ network call — and the worker makes ZooKeeper match it:
 * nodes it never created (persistent ones, other sessions') are never written;
 * with credentials, a parent whose ACL lets anyone delete (or create) in it
   is named once at start: there our credentials do not protect our nodes;
+* another session's node announcing the endpoint of a sequential node of
+  ours is logged once — looked for only when there is nothing else to do
+  (see :mod:`.neighbours`);
 * a lost connection is one line, its progress one line a minute, and the
   recovery one line (kazoo's own per-attempt warnings are counted into them).
 
@@ -52,9 +55,10 @@ from kazoo.security import OPEN_ACL_UNSAFE
 from . import session_file
 from .config import ZooKeeperSettings
 from .logs import KAZOO_REPEATS
-from .neighbours import announcing_alongside
+from .neighbours import NeighbourScans, Scan
 from .outage import Outage, connected_line, progress_line
 from .registry_decisions import (
+    REPLY_TIMEOUT,
     Action,
     Create,
     CreateParent,
@@ -86,8 +90,9 @@ log = logging.getLogger(__name__)
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
-# Upper bound on waiting for one pipelined batch of replies.
-REPLY_TIMEOUT = 10.0
+# While a low-priority read is outstanding, how often the worker looks
+# whether real work has come up meanwhile.
+YIELD_CHECK_INTERVAL = 0.01
 
 
 class Registry:
@@ -162,10 +167,9 @@ class Registry:
         # The current stretch without a connection: begun and ended by
         # kazoo's callbacks, its progress logged by the worker; under _lock.
         self._outage = Outage(time.monotonic())
-        # Sequential keys looked at for other sessions announcing their endpoint
-        # (once per key and process), and the nodes already logged.
-        self._neighbours_checked: set[str] = set()
-        self._neighbours_logged: set[str] = set()
+        # Other sessions announcing the endpoint of a sequential node of ours:
+        # looked for once per key, when there is nothing else to do.
+        self._neighbours = NeighbourScans()
         self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
 
     # -- public API ---------------------------------------------------------
@@ -393,8 +397,11 @@ class Registry:
 
     def _work(self) -> None:
         while True:
-            waits = [wait for wait in (self._next_wait(), None if self._client.connected
-                                       else self._progress_wait()) if wait is not None]
+            connected = self._client.connected
+            waits = [wait for wait in (self._next_wait(),
+                                       self._neighbours_wait() if connected else None,
+                                       None if connected else self._progress_wait())
+                     if wait is not None]
             self._wake.wait(min(waits) if waits else None)
             self._wake.clear()
             if self._stopping:
@@ -411,7 +418,8 @@ class Registry:
                 continue  # the CONNECTED callback wakes us again
             if self._unconfirmed and not self._confirm_credentials():
                 continue
-            self._login.refused = False
+            with self._lock:
+                self._login.refused = False
             session_id = client_id[0]
             now = time.monotonic()
             with self._lock:
@@ -420,7 +428,7 @@ class Registry:
                 examine_all, self._examine_all = self._examine_all, False
                 changed, self._dirty = self._dirty, set()
                 suspect, self._suspect = self._suspect | due, set()
-            # Watches name the node; a ServerSet member's key differs from it.
+            # Watches name the node; a sequential node's key differs from it.
             suspect = {self._members.key(name) for name in suspect}
             if session_id != self._session_id:
                 self._new_session(session_id, client_id[1])
@@ -443,13 +451,13 @@ class Registry:
                 failed = set()
             self._schedule_retries(failed, (changed | suspect) - failed)
             self._warn_open_parents()
-            self._log_neighbours(session_id)
             members = self._members.as_dict()
             if self._registered != self._owned.keys() or self._published_nodes != members:
                 self._registered = frozenset(self._owned)
                 self._published_nodes = members
                 self._save_session()
                 self.on_change()
+            self._look_for_neighbours(session_id)
 
     def _reopen(self) -> None:
         """Connect again after kazoo gave up with AUTH_FAILED, with a new client:
@@ -514,6 +522,7 @@ class Registry:
             self._members = MemberNodes()
             self._reattached = False
         self._uncertain.clear()  # a lost create of the old session died with it
+        self._neighbours.abandon()
         self._session_id = session_id
         self._password = password
         self._saved_nodes = None
@@ -753,26 +762,87 @@ class Registry:
                             "world read)", parent, " and ".join(name for name, _ in risks),
                             " or ".join(risk for _, risk in risks))
 
-    def _log_neighbours(self, session_id: int) -> None:
-        """Once per sequential registration: say so if another session's node
-        under the same parent announces the same endpoint (both are listed)."""
-        for key, node in sorted(self._members.as_dict().items()):
-            if key in self._neighbours_checked:
-                continue
+    def _work_waiting(self) -> bool:
+        """Whether low-priority work should make way: the worker has been woken
+        (a wish, a watch, a connection change, a stop) or a retry is due."""
+        if self._wake.is_set() or self._stopping or not self._client.connected:
+            return True
+        with self._lock:
+            retry_at = self._retries.next_at()
+        return retry_at is not None and retry_at <= time.monotonic()
+
+    def _low_priority_reply(self, result):
+        """The reply to a low-priority request, or None when real work came up
+        first (the reply is dropped, the request sent again later).  Errors
+        are raised; no reply within REPLY_TIMEOUT is KazooTimeoutError."""
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while not result.wait(YIELD_CHECK_INTERVAL):
+            if self._work_waiting():
+                return None
+            if time.monotonic() >= deadline:
+                raise KazooTimeoutError(f"no reply within {REPLY_TIMEOUT:g}s")
+        return result
+
+    def _neighbours_wait(self) -> float | None:
+        if self._unconfirmed:
+            return None  # no pass runs until the login is confirmed: nothing to wait for
+        return self._neighbours.wait(self._members.as_dict(), time.monotonic())
+
+    def _look_for_neighbours(self, session_id: int) -> None:
+        """Once per sequential registration, when nothing else is to be done: say
+        so if another session's node under the same parent announces the same
+        endpoint (readers list both).  Each parent is listed once for all our
+        keys under it and its other children read PIPELINE_DEPTH at a time;
+        put aside as soon as real work is waiting, carried on with later."""
+        while not self._work_waiting():
+            scan = self._neighbours.next_scan(self._members.as_dict(), time.monotonic())
+            if scan is None:
+                return
             try:
-                others = announcing_alongside(self._client, key, node, session_id)
-            except CONNECTION_ERRORS:
-                return  # looked at on a later pass
+                if not self._scan_step(scan, session_id):
+                    return
+            except CONNECTION_ERRORS as exc:
+                log.debug("%s: looking for other nodes announcing our endpoints was cut "
+                          "short: %r", scan.parent, exc)
+                self._neighbours.failed(scan, time.monotonic())
             except KazooException as exc:  # e.g. a parent we may not list
-                log.debug("%s: cannot look for other nodes announcing it: %r", key, exc)
-                others = []
-            self._neighbours_checked.add(key)
-            for other in others:
-                if other not in self._neighbours_logged:
-                    self._neighbours_logged.add(other)
-                    log.warning("%s, another session's node, announces the same endpoint as "
-                                "our %s: readers that list %s see it twice until one goes",
-                                other, node, posixpath.dirname(key))
+                log.debug("%s: cannot look for other nodes announcing our endpoints: %r",
+                          scan.parent, exc)
+                self._neighbours.finished(scan)
+
+    def _scan_step(self, scan: Scan, session_id: int) -> bool:
+        """List the scan's parent or read its next batch; False if real work came first."""
+        if scan.siblings is None:
+            try:
+                listing = self._low_priority_reply(self._client.get_children_async(scan.parent))
+                if listing is None:
+                    return False
+                scan.listed(listing.get())
+            except NoNodeError:
+                scan.listed([])
+            if scan.capped:
+                log.info("%s has %d other children: only the first %d are looked at for "
+                         "nodes announcing our endpoints", scan.parent, scan.total,
+                         len(scan.siblings))
+        batch = scan.next_batch()
+        reads = [(node, self._client.get_async(node)) for node in batch]
+        # Replies come in the order sent: the last one answered means all were.
+        if reads and self._low_priority_reply(reads[-1][1]) is None:
+            return False
+        for node, read in reads:
+            try:
+                data, stat = read.get(timeout=REPLY_TIMEOUT)
+            except (NoNodeError, NoAuthError):
+                continue  # gone, or not readable: nothing a reader could see either
+            for ours in scan.announced_by(data or b"", stat.ephemeralOwner, session_id):
+                if self._neighbours.first_sighting(node):
+                    log.warning("%s, another session's node, announces the same endpoint "
+                                "as our %s: readers that list %s see it twice until one "
+                                "goes", node, ours, scan.parent)
+        scan.advance(len(batch))
+        if scan.done:
+            self._neighbours.finished(scan)
+        return True
 
     def _find_unsaved_members(self, wanted: dict[str, bytes]) -> None:
         """After a reattach, members the old incarnation created but never saved

@@ -1,9 +1,10 @@
 """What the registry does about one registration: decisions without I/O.
 
 A *registration key* names what is to be registered: a znode path, or for a
-ServerSet member the pseudo-path ``<parent>/<prefix>#<anything>``, which stands
-for the one ephemeral sequential znode ``<parent>/<prefix><10 digits>`` that
-ZooKeeper names when we create it.  A *node* is always a real znode path.
+sequential node (a ServerSet member, a Nerve instance) the pseudo-path
+``<parent>/<prefix>#<anything>``, which stands for the one ephemeral
+sequential znode ``<parent>/<prefix><10 digits>`` that ZooKeeper names when
+we create it.  A *node* is always a real znode path.
 
 None of it talks to ZooKeeper, sleeps or reads a clock.  The two small
 stateful helpers (MemberNodes, RetrySchedule) belong to a Registry, which
@@ -34,6 +35,8 @@ SEQUENCE_DIGITS = 10
 # thousand at once makes a start-up peak the process keeps as heap for good.
 # A round trip is about a millisecond here, so batches cost start-up little.
 PIPELINE_DEPTH = 64
+# Upper bound on waiting for one pipelined batch of replies.
+REPLY_TIMEOUT = 10.0
 # Pause before retrying keys whose last attempt failed for a reason other
 # than a lost connection (a reconnect wakes the worker by itself); it doubles
 # with each failure in a row, up to MAX_RETRY_DELAY, so a permanent refusal

@@ -64,9 +64,10 @@ def read_existing(settings: ZooKeeperSettings, nodes: list[str],
 def advertising(settings: ZooKeeperSettings, services: list[ServiceSettings],
                 timeout: float = 5.0) -> dict[str, list[str]]:
     """For each service, the nodes that advertise its endpoint now, whoever holds them:
-    its node, or for a ServerSet member every child of the parent whose data
-    names its host and port (for ``drain --stop``).  PermissionError for a
-    member we may not read: whether it names the endpoint is unknown."""
+    its node, or for a sequential node (ServerSet, Nerve) every child of the
+    parent whose data names its host and port (for ``drain --stop``).
+    PermissionError for a child we may not read: whether it names the
+    endpoint is unknown."""
     with _reading_client(settings, timeout) as client:
         found: dict[str, list[str]] = {}
         for service in services:
