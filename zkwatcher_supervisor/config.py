@@ -410,6 +410,11 @@ class _File:
         except configparser.Error as exc:
             raise _parse_error(filename, exc) from None
         self.lines = _key_lines(text, self.parser.optionxform)
+        # Per section, once: a thousand sections would otherwise scan every line each.
+        self.own_keys: dict[str, set[str]] = {}
+        for section, key in self.lines:
+            if key:
+                self.own_keys.setdefault(section, set()).add(key)
 
     def line_of(self, section: str, key: str | None) -> int | None:
         if key is None:
@@ -447,7 +452,7 @@ class _Section:
         self.name = name
         parser = file.parser
         # Keys written in this section itself; [DEFAULT]'s are inherited silently.
-        self.own_keys = {key for (section, key) in file.lines if section == name and key}
+        self.own_keys = file.own_keys.get(name, set())
         self.values: dict[str, str] = {}
         for key in parser.options(name):
             try:
