@@ -29,8 +29,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from supervisor.datatypes import dict_of_key_value_pairs
-
 from .privilege import (
     CheckUser,
     check_environment,
@@ -641,6 +639,10 @@ def _environment_pairs(section: _Section) -> tuple[tuple[str, str], ...]:
     raw = section.own_text("environment")
     if raw is None:
         return ()
+    # Only here: supervisor.datatypes imports supervisor.compat, which imports
+    # xmlrpc.client and http.client (measured: +5 MB RSS over kazoo's 20 MB).
+    from supervisor.datatypes import dict_of_key_value_pairs
+
     try:
         pairs = dict_of_key_value_pairs(raw)
     except ValueError:
