@@ -4,7 +4,7 @@
                                                   check starts failing -> znode deleted
     python bench/compare.py kill [-n 30]          program SIGKILLed -> znode deleted
     python bench/compare.py scale [--sizes 10,100,1000] [--window 60] [--check true|tcp]
-                                  [--repeat 1]
+                                  [--repeat 1] [--user NAME] [--tools ours,zk_watcher]
     python bench/compare.py recovery [--sections 1000]
     python bench/compare.py soak [--sections 1000] [--minutes 10]
 
@@ -14,14 +14,17 @@ config.cfg format (each its own copy, with its own zookeeper_path prefix, so a
 separate kazoo client can tell their nodes apart); ours runs under a real
 supervisord with TICK_5, zk_watcher as the standalone daemon it is.  Figures
 are medians (and p99) over repeated measurements, with the ratio
-zk_watcher / ours.  ``scale`` names threads with py-spy when it is installed
-(``pip install py-spy``), else by their comm.
+zk_watcher / ours.  ``scale`` also prints our start-up as phases, each from
+supervisord's start, beside the floors (bench/floor.py) measured in the same
+run; it names threads with py-spy when it is installed (``pip install
+py-spy``), else by their comm.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import os
 import random
 import re
@@ -34,8 +37,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from common import deletion_watch, percentile
+from floor import create_floor, spawn_floor
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
@@ -53,7 +58,11 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def peer_command() -> Path:
-    """zk_watcher's entry point, installing it into its own virtualenv if needed."""
+    """zk_watcher's entry point: the checkout's .venv-zk_watcher-0.4.0 if there is
+    one, else installed into the benchmarks' own virtualenv if needed."""
+    local = Path(__file__).resolve().parent.parent / ".venv-zk_watcher-0.4.0" / "bin" / "zk_watcher"
+    if local.exists():
+        return local
     binary = PEER_VENV / "bin" / "zk_watcher"
     if not binary.exists():
         print(f"installing zk-watcher==0.4.0 into {PEER_VENV} ...", file=sys.stderr)
@@ -112,6 +121,7 @@ class Bench:
         self.zk.start()
         self.supervisord: LocalSupervisord | None = None
         self.peer: subprocess.Popen | None = None
+        self.launched = 0.0  # wall time at which the last tool was started
 
     def start_ours(self, config_text: str, hosts: str | None = None,
                    programs: str = "") -> ProcessStats:
@@ -125,13 +135,16 @@ events = PROCESS_STATE,TICK_5
 buffer_size = 1024
 startsecs = 0
 stderr_logfile = {self.work}/ours.log
-""").start()
+""")
+        self.launched = time.time()
+        self.supervisord.start()
         wait_until(lambda: self.supervisord.info("zkwatcher")["statename"] == "RUNNING", 10)
         return ProcessStats(self.supervisord.info("zkwatcher")["pid"])
 
     def start_peer(self, config_text: str, hosts: str | None = None) -> ProcessStats:
         config = self.work / "peer.cfg"
         config.write_text(config_text)
+        self.launched = time.time()
         with open(self.work / "peer.log", "ab") as log:
             self.peer = subprocess.Popen(
                 [str(peer_command()), "-c", str(config), "-s", hosts or self.zookeeper.hosts],
@@ -353,42 +366,110 @@ def counted(names: list[str]) -> str:
     return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in folded.items())
 
 
+class ScaleRun(NamedTuple):
+    """One tool's run in ``scale``; times in seconds, from the tool's start
+    (supervisord's for ours, zk_watcher's own process for zk_watcher)."""
+
+    all_up: float  # until a separate client first counts every node
+    cpu: float  # % of one CPU in the steady window
+    rss: float  # MB after the window
+    system: float  # kernel share of that CPU, %
+    phases: dict[str, float]  # ours only: each start-up phase's end, from its log
+    create_floor: float  # S pipelined creates through one kazoo client, this run
+    spawn_floor: float  # S posix_spawns of `true`, reaped, this run
+
+
+# Our start-up phases, each ended by the first (or last) log line that says so.
+PHASES = (
+    ("listener up", "first", re.compile(r"watching \d+ section")),
+    ("connected", "first", re.compile(r"connected to ZooKeeper")),
+    ("last check result", "last", re.compile(r"\] check (passed|failed)")),
+)
+
+
+def log_phases(log_text: str, started: float) -> dict[str, float]:
+    """Seconds from ``started`` (wall time) to each of PHASES, read from our log."""
+    found: dict[str, float] = {}
+    for line in log_text.splitlines():
+        try:
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        for name, which, pattern in PHASES:
+            if (which == "last" or name not in found) and pattern.search(line):
+                found[name] = stamp - started
+    return found
+
+
 def scale(args) -> None:
     """S sections, refresh 5: time to register, then CPU, RSS and threads in a steady window.
 
     Each tool runs alone (not beside the other), ``--repeat`` times per size;
-    CPU % and RSS are medians over the repeats.
+    figures are medians over the repeats, ratios taken within the same run.
     """
     ours_cmd, peer_cmd = CHECKS[args.check]
     server = AcceptServer() if args.check == "tcp" else None
     port = server.port if server else 0
+    tools = args.tools.split(",")
+    extra = f"user: {args.user}\n" if args.user else ""
     print(f"S sections, refresh 5 s, steady window {args.window} s, {args.repeat} run(s) each")
     print(f"checks: ours `{ours_cmd.format(port=port)}`, "
-          f"zk_watcher `{peer_cmd.format(port=port)}`")
+          f"zk_watcher `{peer_cmd.format(port=port)}`" + (f", user {args.user}" if extra else ""))
+    print("all up: from supervisord's start (ours) or zk_watcher's process start, until a "
+          "separate kazoo client counts every node")
     print(f"{'S':>6} {'tool':<11} {'all up':>8} {'CPU %':>7} {'RSS MB':>7} {'threads':>8} "
           f"{'ZK writes/min':>14}")
     try:
         for count in [int(s) for s in args.sizes.split(",")]:
             medians: dict[str, tuple[float, float]] = {}
-            for tool in ("ours", "zk_watcher"):
-                runs = [scale_once(args, count, tool,
-                                   (ours_cmd if tool == "ours" else peer_cmd).format(port=port))
-                        for _ in range(args.repeat)]
-                all_ups, cpus, rsss, systems = (list(column) for column in zip(*runs))
-                medians[tool] = (statistics.median(cpus), statistics.median(rsss))
+            for tool in tools:
+                cmd = (ours_cmd if tool == "ours" else peer_cmd).format(port=port)
+                runs = [scale_once(args, count, tool, cmd, extra) for _ in range(args.repeat)]
+                medians[tool] = (statistics.median(run.cpu for run in runs),
+                                 statistics.median(run.rss for run in runs))
                 print(f"{count:>6} {tool:<11} {'median':>8} {medians[tool][0]:>7.2f} "
                       f"{medians[tool][1]:>7.1f}", flush=True)
                 print(f"{'':>6} {tool} over {len(runs)} run(s): "
-                      f"all up {median_range(all_ups, '.2f')} s; "
-                      f"CPU {median_range(cpus, '.2f')} %, "
-                      f"of which system (kernel) {median_range(systems, '.0f')} %; "
-                      f"RSS {median_range(rsss, '.1f')} MB", flush=True)
-            (ours_cpu, ours_rss), (peer_cpu, peer_rss) = medians["ours"], medians["zk_watcher"]
-            print(f"{count:>6} zk_watcher/ours: CPU {peer_cpu / ours_cpu:.1f}x, "
-                  f"RSS {peer_rss / ours_rss:.1f}x", flush=True)
+                      f"all up {median_range([r.all_up for r in runs], '.2f')} s; "
+                      f"CPU {median_range([r.cpu for r in runs], '.2f')} %, "
+                      f"of which system (kernel) {median_range([r.system for r in runs], '.0f')}"
+                      f" %; RSS {median_range([r.rss for r in runs], '.1f')} MB", flush=True)
+                if tool == "ours":
+                    print_phases(count, runs)
+            if len(medians) == 2:
+                (ours_cpu, ours_rss), (peer_cpu, peer_rss) = (medians["ours"],
+                                                              medians["zk_watcher"])
+                print(f"{count:>6} zk_watcher/ours: CPU {peer_cpu / ours_cpu:.1f}x, "
+                      f"RSS {peer_rss / ours_rss:.1f}x", flush=True)
     finally:
         if server is not None:
             server.close()
+
+
+def print_phases(count: int, runs: list[ScaleRun]) -> None:
+    """Our start-up phases (medians, ranges) beside the floors measured in the same runs."""
+    names = [name for name, _, _ in PHASES] + ["last node"]
+    print(f"{'':>6} start-up phases, each from supervisord's start:")
+    for name in names:
+        ends = [run.phases[name] for run in runs if name in run.phases]
+        if ends:
+            print(f"{'':>8} {name:<20} {median_range(ends, '.2f')} s")
+    registering = [run.phases["last node"] - run.phases["connected"] for run in runs
+                   if "connected" in run.phases]
+    creates = [run.create_floor for run in runs]
+    spawns = [run.spawn_floor for run in runs]
+    print(f"{'':>8} {'connected -> last node':<20} {median_range(registering, '.2f')} s")
+    print(f"{'':>6} floors (same runs): {count} pipelined creates through one kazoo client "
+          f"{median_range(creates, '.2f')} s; {count} posix_spawns of `true`, reaped "
+          f"{median_range(spawns, '.2f')} s")
+    ratios = [(run.phases["last node"] - run.phases["connected"]) / run.create_floor
+              for run in runs if "connected" in run.phases]
+    met = sum(1 for run in runs if "connected" in run.phases and
+              run.phases["last node"] - run.phases["connected"] <= 1.3 * run.create_floor + 0.3)
+    print(f"{'':>6} connected -> last node / create floor, per run: "
+          f"{median_range(ratios, '.2f')}x; within 1.3x floor + 0.3 s in {met}/{len(runs)} "
+          f"run(s); supervisord start -> last node <= 2.0 s in "
+          f"{sum(1 for run in runs if run.phases['last node'] <= 2.0)}/{len(runs)}", flush=True)
 
 
 def median_range(values: list[float], form: str) -> str:
@@ -397,38 +478,46 @@ def median_range(values: list[float], form: str) -> str:
             f"({min(values):{form}}-{max(values):{form}})")
 
 
-def scale_once(args, count: int, tool: str,
-               cmd: str) -> tuple[float, float, float, float]:
-    """One tool with ``count`` sections: prints a row; returns (seconds until all
-    registered, CPU %, RSS MB, system share of that CPU in %)."""
+def scale_once(args, count: int, tool: str, cmd: str, extra: str = "") -> ScaleRun:
+    """One tool with ``count`` sections: prints a row and returns the run's figures."""
     bench = Bench()
     try:
+        creates = create_floor(bench.zookeeper.hosts, "/floor", count)
+        spawns = spawn_floor(count)
         prefix = f"/{tool}"
-        text = sections(count, prefix, cmd)
+        text = sections(count, prefix, cmd, extra=extra)
         stats = bench.start_ours(text) if tool == "ours" else bench.start_peer(text)
-        wait_until(lambda: bench.registered(prefix) == count, 300, interval=0.01)
-        # From the tool's own process start (10 ms resolution).
-        all_up = time.clock_gettime(time.CLOCK_BOOTTIME) - stats.started()
-        time.sleep(6)  # let start-up writes settle before the window opens
-        (user0, system0), zxid0 = stats.cpu_split(), bench.zxid()
-        time.sleep(args.window)
-        user1, system1 = stats.cpu_split()
-        used = (user1 - user0) + (system1 - system0)
-        cpu = used / args.window * 100
-        system = (system1 - system0) / used * 100 if used else 0.0
-        writes = (bench.zxid() - zxid0) * 60 / args.window
+        wait_until(lambda: bench.registered(prefix) == count, 300, interval=0.02)
+        all_up = time.time() - bench.launched
+        phases = {}
+        if tool == "ours":
+            phases = log_phases((bench.work / "ours.log").read_text(errors="replace"),
+                                bench.launched)
+            phases["last node"] = all_up
+        cpu = system = 0.0
+        writes = 0.0
+        if args.window:
+            time.sleep(6)  # let start-up writes settle before the window opens
+            (user0, system0), zxid0 = stats.cpu_split(), bench.zxid()
+            time.sleep(args.window)
+            user1, system1 = stats.cpu_split()
+            used = (user1 - user0) + (system1 - system0)
+            cpu = used / args.window * 100
+            system = (system1 - system0) / used * 100 if used else 0.0
+            writes = (bench.zxid() - zxid0) * 60 / args.window
         if bench.registered(prefix) != count:
             print(f"warning: {tool} holds {bench.registered(prefix)}/{count} nodes "
                   "after the window")
         rss = stats.rss_mb()
         print(f"{count:>6} {tool:<11} {all_up:>7.2f}s {cpu:>7.2f} {rss:>7.1f} "
               f"{stats.threads():>8} {writes:>14.0f}", flush=True)
-        names = thread_names(stats.pid)
-        kazoo = [name for name in names if name.endswith(KAZOO_THREADS)]
-        own = [name for name in names if not name.endswith(KAZOO_THREADS)]
-        print(f"{'':>6} threads: kazoo {len(kazoo)} ({counted(kazoo)}); "
-              f"other {len(own)} ({counted(own)})", flush=True)
-        return all_up, cpu, rss, system
+        if args.window:
+            names = thread_names(stats.pid)
+            kazoo = [name for name in names if name.endswith(KAZOO_THREADS)]
+            own = [name for name in names if not name.endswith(KAZOO_THREADS)]
+            print(f"{'':>6} threads: kazoo {len(kazoo)} ({counted(kazoo)}); "
+                  f"other {len(own)} ({counted(own)})", flush=True)
+        return ScaleRun(all_up, cpu, rss, system, phases, creates, spawns)
     finally:
         bench.close()
 
@@ -526,6 +615,8 @@ def main() -> int:
     sub.add_argument("--check", choices=sorted(CHECKS), default="true",
                      help="true: a forked `true`; tcp: a probe of a local listening port")
     sub.add_argument("--repeat", type=int, default=1, help="runs per tool and size")
+    sub.add_argument("--user", help="run every check as this user (forked, not posix_spawned)")
+    sub.add_argument("--tools", default="ours,zk_watcher", help="which tools to run")
     sub = commands.add_parser("recovery")
     sub.add_argument("--sections", type=int, default=1000)
     sub.add_argument("-n", type=int, default=3)

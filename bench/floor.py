@@ -1,6 +1,9 @@
-"""The floor under "kill -9 -> znode gone": a pidfd, one kazoo delete, another client's watch.
+"""Floors: what no listener can beat on this machine and this ZooKeeper.
 
-    python bench/floor.py [-n 200]
+    python bench/floor.py [-n 200]        kill -9 -> znode gone
+    python bench/floor.py --start 1000    start-up: pipelined creates, spawns of `true`
+
+The floor under "kill -9 -> znode gone": a pidfd, one kazoo delete, another client's watch.
 
 No listener and no supervisord: the least any tool can do to turn a
 process's death into a deletion that a consumer sees.  A deleter process
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +83,36 @@ class Floor:
             self.deleter.wait()
 
 
+def create_floor(hosts: str, parent: str, count: int) -> float:
+    """Seconds for ``count`` ephemeral creates under ``parent`` through one fresh
+    kazoo client, all sent before the first reply is awaited: the least a
+    listener's registrations can take once it is connected."""
+    zk = KazooClient(hosts=hosts, timeout=30)
+    zk.start(timeout=30)
+    try:
+        zk.ensure_path(parent)
+        started = time.monotonic()
+        pending = [zk.create_async(f"{parent}/n{i}", b"n=%d" % i, ephemeral=True)
+                   for i in range(count)]
+        for result in pending:
+            result.get(timeout=60)
+        return time.monotonic() - started
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def spawn_floor(count: int) -> float:
+    """Seconds to posix_spawn ``count`` processes of ``true`` and reap them all:
+    the least ``count`` command checks can take."""
+    true = shutil.which("true")
+    started = time.monotonic()
+    pids = [os.posix_spawn(true, [true], os.environ) for _ in range(count)]
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return time.monotonic() - started
+
+
 def run_deleter(hosts: str, path: str) -> None:
     """One pid per stdin line: create the node, wait for the pid's death, delete the node."""
     zk = KazooClient(hosts=hosts)
@@ -105,6 +139,8 @@ def run_deleter(hosts: str, path: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200, help="kills (default 200)")
+    parser.add_argument("--start", type=int, metavar="S",
+                        help="print the start-up floors for S sections instead")
     parser.add_argument("--deleter", nargs=2, metavar=("HOSTS", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.deleter:
@@ -112,6 +148,17 @@ def main() -> int:
         return 0
     work = Path(tempfile.mkdtemp(prefix="zkwatcher-floor-"))
     zookeeper = LocalZooKeeper(work / "zk").start()
+    if args.start:
+        try:
+            creates = [create_floor(zookeeper.hosts, f"/floor{i}", args.start) for i in range(3)]
+        finally:
+            zookeeper.stop()
+        spawns = [spawn_floor(args.start) for _ in range(3)]
+        print(f"{args.start} pipelined ephemeral creates, one kazoo client: "
+              f"{', '.join(f'{t:.3f}' for t in creates)} s")
+        print(f"{args.start} posix_spawns of `true`, reaped:          "
+              f"{', '.join(f'{t:.3f}' for t in spawns)} s")
+        return 0
     observer = KazooClient(hosts=zookeeper.hosts)
     observer.start()
     floor = Floor(zookeeper.hosts, "/floor/node", observer)

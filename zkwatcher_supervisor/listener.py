@@ -26,8 +26,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import BinaryIO, TextIO
 
-from supervisor import childutils
-
 from . import drain, statedir
 from .backoff import backoff
 from .checks import (
@@ -434,6 +432,10 @@ class Controller:
         env = self.rpc_env
 
         def fetch() -> list:
+            # Imported only by a config with program-bound sections: it brings
+            # xmlrpc, http.client and email (see protocol.READY).
+            from supervisor import childutils
+
             return childutils.getRPCInterface(env).supervisor.getAllProcessInfo()
 
         offload(self.loop, fetch,

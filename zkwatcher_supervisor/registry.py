@@ -637,7 +637,7 @@ class Registry:
 
     def _apply(self, actions: dict[str, Action | None], watched: set[str]
                ) -> tuple[dict[str, CreateParent], set[str]]:
-        """Send the actions pipelined, PIPELINE_DEPTH at a time, collecting replies.
+        """Send the actions pipelined, PIPELINE_DEPTH to a batch, collecting replies.
 
         Returns the creates to send again right away, once their parent is
         made, and the keys to retry later.
@@ -645,8 +645,18 @@ class Registry:
         again: dict[str, CreateParent] = {}
         retry: set[str] = set()
         todo = [(key, action) for key, action in actions.items() if action is not None]
+        # The next batch goes out before this one's replies are read, so
+        # ZooKeeper and kazoo's thread always have work: at most two batches
+        # in flight.
+        in_flight: list[dict[str, tuple]] = []
         for batch in batches(todo):
-            batch_again, batch_retry = self._collect(self._send(dict(batch), watched))
+            in_flight.append(self._send(dict(batch), watched))
+            if len(in_flight) == 2:
+                batch_again, batch_retry = self._collect(in_flight.pop(0))
+                again.update(batch_again)
+                retry |= batch_retry
+        for pending in in_flight:
+            batch_again, batch_retry = self._collect(pending)
             again.update(batch_again)
             retry |= batch_retry
         return again, retry
