@@ -43,10 +43,11 @@ if [ ${#consumers[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
     $sudo chmod 755 /usr/sbin/policy-rc.d
     made_policy=1
+    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT  # however the install ends
   fi
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     "${consumers[@]}"
-  [ -z "$made_policy" ] || $sudo rm -f /usr/sbin/policy-rc.d
+  [ -z "$made_policy" ] || { $sudo rm -f /usr/sbin/policy-rc.d; trap - EXIT; }
 fi
 
 # A .venv whose interpreter is gone (or that was made without pip) is rebuilt.

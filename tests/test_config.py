@@ -223,6 +223,10 @@ BAD_CONFIGS = [
      "line 3: [s] environment: expected KEY=\"value\",KEY2=\"value2\", as in supervisord's"),
     ("[s]\ncmd = true\nstart_drained = maybe\nservice_port = 1\nzookeeper_path = /s\n",
      "line 3: [s] start_drained: expected true or false, got 'maybe'"),
+    ("[" + "s" * 1001 + "]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n",
+     "section name longer than 1000 characters"),
+    ("[s]\ncmd = true\nservice_port = 1\nzookeeper_path = /" + "p" * 4100 + "\n",
+     "is longer than 4096 characters"),
 ]
 
 

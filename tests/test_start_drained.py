@@ -203,7 +203,7 @@ def test_a_file_we_cannot_use_is_nothing_saved(path, caplog, content):
     drained (a file that cannot be believed lets nothing into rotation)."""
     path.write_bytes(content)
     os.chmod(path, 0o644)
-    assert drain.load(str(path)) == drain.NOTHING_SAVED
+    assert drain.load(str(path)) == drain.nothing_saved(refused=True)
     assert "drain state" in caplog.text and "ignoring it" in caplog.text
     assert Keeper(path, [WEB, API]).drained() == {"web": ("start_drained", "config")}
 
@@ -211,7 +211,35 @@ def test_a_file_we_cannot_use_is_nothing_saved(path, caplog, content):
 def test_a_file_others_may_write_is_not_believed(path):
     Keeper(path, [WEB, API]).request("undrain", "web")
     os.chmod(path, 0o666)
-    assert drain.load(str(path)) == drain.NOTHING_SAVED
+    assert drain.load(str(path)) == drain.nothing_saved(refused=True)
+
+
+def test_a_refused_file_is_left_in_place_until_a_drain_changes(path, caplog):
+    """A file refused for its mode keeps its drains on disk: once the mode is
+    fixed, the next start has them back; only an operator's change replaces it."""
+    keeper = Keeper(path, [WEB, API])
+    keeper.request("undrain", "web")
+    keeper.request("drain", "api")
+    saved = path.read_bytes()
+    os.chmod(path, 0o664)
+    restarted = Keeper(path, [WEB, API])
+    assert restarted.drained() == {"web": ("start_drained", "config")}  # nothing believed
+    assert "left in place" in caplog.text
+    assert path.read_bytes() == saved
+    os.chmod(path, 0o644)
+    assert Keeper(path, [WEB, API]).drained() == {"api": ("", "alice")}
+    os.chmod(path, 0o664)
+    replaced = Keeper(path, [WEB, API])
+    replaced.request("undrain", "web")
+    assert path.read_bytes() != saved
+    assert drain.load(str(path)).drains == {}
+
+
+def test_a_drain_file_too_big_to_read_back_is_not_written(path):
+    sections = {f"s{i:06}": "/" + "p" * 4000 for i in range(300)}
+    with pytest.raises(OSError, match="do not fit the 1 MiB"):
+        drain.save(str(path), {}, sections)
+    assert not path.exists()
 
 
 def test_the_file_round_trips(path):

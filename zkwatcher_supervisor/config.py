@@ -54,6 +54,10 @@ MAX_RECONNECT_SPREAD = 600.0
 DEFAULT_REFRESH = 30
 DEFAULT_TIMEOUT = 10.0
 MAX_CONFIG_BYTES = 16 * 2**20
+# Longer section names and node paths could never be drained: drain requests
+# and the drain file refuse them.
+MAX_SECTION_NAME_CHARS = 1000
+MAX_NODE_PATH_CHARS = 4096
 
 TLS_KEYS = ("ca", "certfile", "keyfile", "keyfile_password", "keyfile_password_file",
             "tls_check_hostname")
@@ -998,10 +1002,18 @@ def load_config(filename: str, hosts_override: str | None = None,
         if name in (GLOBAL_SECTION, AUTH_SECTION):
             continue
         section = file.section(name)
+        if len(name) > MAX_SECTION_NAME_CHARS:
+            # Drain requests and the drain file name sections: longer names could
+            # never be drained, and would make the listener refuse its own file.
+            raise section.error(None, f"section name longer than {MAX_SECTION_NAME_CHARS} "
+                                "characters")
         if not section.text("service_hostname") and not default_hostname:
             default_hostname = socket.getfqdn()
         service = _read_service(section, default_hostname, identities)
         key = service.registration_key
+        if len(key) > MAX_NODE_PATH_CHARS:
+            raise section.error("zookeeper_path", f"the node path {service.display_path[:60]}... "
+                                f"is longer than {MAX_NODE_PATH_CHARS} characters")
         if key in seen_keys:
             raise section.error(None, f"same znode {service.display_path} as [{seen_keys[key]}]")
         seen_keys[key] = name

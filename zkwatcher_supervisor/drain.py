@@ -32,6 +32,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from . import statedir
+from .config import MAX_NODE_PATH_CHARS, MAX_SECTION_NAME_CHARS
 from .untrusted import Unusable, load_json, number, printable, text_field
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,11 @@ ACTIONS = ("drain", "undrain")
 # Bounds on a request from outside: far above any real one.
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_SECTIONS = 10000
-MAX_NAME_CHARS = 1000
+MAX_NAME_CHARS = MAX_SECTION_NAME_CHARS  # config refuses longer section names
 MAX_REASON_CHARS = 500
 MAX_BY_CHARS = 100
 MAX_ID_CHARS = 64
-MAX_PATH_CHARS = 4096
+MAX_PATH_CHARS = MAX_NODE_PATH_CHARS  # and longer node paths
 MAX_DRAIN_SECONDS = 3650 * 86400.0  # ten years: longer is a typo, not a plan
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -110,6 +111,8 @@ class SavedDrains:
     # Every section the listener ran, by name, with its node's registration key;
     # None for a file of an earlier version, which did not record them.
     sections: dict[str, str] | None
+    # A file was there but could not be believed (its mode, owner, contents).
+    refused: bool = False
 
 
 # The entry that lists the sections: under a name no section can have (configparser
@@ -152,13 +155,16 @@ def _saved_text(value, limit: int) -> str:
     return printable(value if isinstance(value, str) else str(value))[:limit]
 
 
-NOTHING_SAVED = SavedDrains({}, {})
+def nothing_saved(refused: bool = False) -> SavedDrains:
+    """No drain, and no section run before."""
+    return SavedDrains({}, {}, refused)
 
 
 def load(path: str) -> SavedDrains:
     """What is saved at ``path``; a missing file, or one we cannot trust, is nothing
-    saved: no drain, and no section run before."""
-    return statedir.read_private_json(path, "drain state", _parse_saved) or NOTHING_SAVED
+    saved (``refused`` says which)."""
+    saved = statedir.read_private_json(path, "drain state", _parse_saved)
+    return saved if saved is not None else nothing_saved(refused=os.path.lexists(path))
 
 
 def load_adopting(path: str, legacy: list[str]) -> tuple[SavedDrains, str | None]:
@@ -172,7 +178,7 @@ def load_adopting(path: str, legacy: list[str]) -> tuple[SavedDrains, str | None
             log.info("taking over %d drained section(s) saved by an earlier version at %s",
                      len(saved.drains), old)
             return saved, old
-    return NOTHING_SAVED, None
+    return nothing_saved(), None
 
 
 def save(path: str, drains: dict[str, Drain], sections: dict[str, str]) -> None:
@@ -181,7 +187,12 @@ def save(path: str, drains: dict[str, Drain], sections: dict[str, str]) -> None:
         raise OSError(f"{os.path.dirname(path)} is not a private directory")
     saved = {name: asdict(drain) for name, drain in sorted(drains.items())}
     saved[SECTIONS_ENTRY] = {**_SECTIONS_ENTRY_DRAIN, "sections": dict(sorted(sections.items()))}
-    statedir.write_atomically(path, json.dumps(saved), 0o644)
+    text = json.dumps(saved)
+    if len(text.encode()) > statedir.MAX_STATE_BYTES:
+        # Written, it would be refused when read back: every drain lost at once.
+        raise OSError(f"{len(saved) - 1} drains and {len(sections)} sections do not fit "
+                      f"the {statedir.MAX_STATE_BYTES // 2**20} MiB a drain file may hold")
+    statedir.write_atomically(path, text, 0o644)
 
 
 def request(config_filename: str, action: str, sections: list[str], reason: str = "",

@@ -84,7 +84,7 @@ class DrainKeeper:
         self._legacy: str | None = None  # an earlier version's file, once adopted
         self._start_all_drained = start_all_drained
         self._requested: tuple | None = None  # the newest state handed to a save
-        saved = drain.NOTHING_SAVED
+        saved = drain.nothing_saved()
         if path is not None:
             saved, self._legacy = drain.load_adopting(
                 path, statedir.legacy_paths(config_filename, "drained"))
@@ -96,6 +96,13 @@ class DrainKeeper:
             if name in services or name in moved:  # a section removed meanwhile drops out
                 self._set_drain(moved.get(name, name), entry)
         self._start_drained(newcomers(sections, services))
+        if saved.refused:
+            # Kept as it is until a drain, an undrain or a reload changes what is
+            # drained: fixing its mode or owner before then brings its drains back.
+            log.warning("the drain state at %s is ignored (see above) and left in place "
+                        "until the next drain or undrain replaces it", path)
+            self._requested = (dict(self._drained), self._sections())
+            return
         self._requested = (saved.drains, saved.sections)
         self._save(force=self._legacy is not None)
 
@@ -266,7 +273,6 @@ class DrainKeeper:
         self._save_error = None if error is None else str(error)
         if error is not None:
             self._requested = None  # the next change saves, whatever it is
-        if error is not None:
             log.error("cannot save the drained sections to %s: %s; they would not survive "
                       "a restart", self._path, error)
         elif self._legacy is not None:

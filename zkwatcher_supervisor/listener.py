@@ -463,6 +463,8 @@ class Controller:
         if request == self._snapshot_request:
             self._snapshot.release()
             self._snapshot_answered = True
+        if isinstance(error, ImportError):
+            raise error  # a broken install, not supervisord: end, as at start
         if error is not None:
             if request == self._snapshot_request:
                 log.warning("cannot read process states from supervisord (%r); going on "

@@ -85,13 +85,15 @@ def same_registration(a: bytes, b: bytes) -> bool:
 
 
 def _port_number(value: object) -> int | None:
-    """A port as JSON gives it: a number, or digits in a string ("0080" is 80)."""
+    """A port as JSON gives it: a number, or ASCII digits in a string ("0080"
+    is 80); None for anything else or outside 0..65535 (node data is whatever
+    its writer put there: "²" is a digit to str.isdigit but not to int)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= 65535:
         return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
     return None
 
 

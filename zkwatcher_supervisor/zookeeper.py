@@ -128,7 +128,7 @@ class ZooKeeperHandler(SequentialThreadingHandler):
                 masks[fd] = masks.get(fd, 0) | mask
         for fd, mask in masks.items():
             poller.register(fd, mask)
-        ready = dict(poller.poll(None if timeout is None else timeout * 1000))
+        ready = dict(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
         if any(events & select.POLLNVAL for events in ready.values()):
             raise ValueError("Invalid event mask or fd")  # as kazoo's, for a closed fd
         return ([fileobj for fileobj in rlist if ready.get(_fd(fileobj), 0) & ~select.POLLOUT],
