@@ -541,13 +541,22 @@ class Soak:
             new = replace(old, name=f"s{self._next_uid}")
             sections[new.name] = new
             reset.append(new.name)
+            if old.name in self.drained:  # a section renamed onto its own node keeps its drain
+                self.drained.add(new.name)
+                self.drain_changed[new.name] = time.monotonic()
             detail = f"rename [{old.name}] to [{new.name}], same node {old.node(self.base)}"
-        elif change == "swap paths":
-            a, b = rng.sample(names, 2)
+        elif change == "swap paths" and len(settled := [
+                name for name in names
+                if time.monotonic() - self.reset_at.get(name, 0.0) > 1.0]) >= 2:
+            # Not a section renamed a moment ago: the listener may read both
+            # changes at once, and a rename that also moves the node is no
+            # rename (the drain would not follow it).
+            a, b = rng.sample(settled, 2)
             sections[a] = replace(sections[a], path=self.sections[b].path)
             sections[b] = replace(sections[b], path=self.sections[a].path)
             detail = f"swap zookeeper_path of [{a}] and [{b}]"
         else:
+            change = "change data"
             name = rng.choice(names)
             sections[name] = replace(sections[name], gen=sections[name].gen + 1)
             detail = f"[{name}] zookeeper_data gen={sections[name].gen}"
