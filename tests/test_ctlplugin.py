@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from support.sections import LISTENER, listener_section
+from support.sections import (
+    SUPERVISORD_PASSWORD,
+    SUPERVISORD_USERNAME,
+    credentials_environment,
+    listener_section,
+)
 from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
-from zkwatcher_supervisor.testing.sandbox import die_with_parent
 
 pytestmark = pytest.mark.e2e
 
@@ -257,61 +261,33 @@ def test_a_bad_plugin_section_breaks_only_the_plugins_commands(supervisord, writ
     assert node_exists(zk, f"{base_path}/web/host1:1")
 
 
-def test_supervisorctls_credentials_are_the_plugins(write_config, zk, base_path, tmp_path):
+def test_supervisorctls_credentials_are_the_plugins(write_config, supervisord, zk, base_path,
+                                                    tmp_path):
     """A password-protected supervisord: the plugin uses the username and password
     of supervisorctl's [supervisorctl] section and asks for nothing."""
     config = write_config(config_body(base_path))
-    socket = tmp_path / "supervisor.sock"
-    conf = tmp_path / "supervisord.conf"
-    conf.write_text(textwrap.dedent(f"""
-        [unix_http_server]
-        file = {socket}
-        username = admin
-        password = s3cret
-
-        [supervisord]
-        logfile = {tmp_path}/supervisord.log
-        pidfile = {tmp_path}/supervisord.pid
-        childlogdir = {tmp_path}
-        nodaemon = true
-
-        [rpcinterface:supervisor]
-        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-        [supervisorctl]
-        serverurl = unix://{socket}
-        username = admin
-        password = s3cret
-
-        [eventlistener:zkwatcher]
-        command = {LISTENER} -c {config}
-        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
-        buffer_size = 1024
-        startsecs = 0
-        environment = SUPERVISOR_USERNAME="admin",SUPERVISOR_PASSWORD="s3cret"
-        stderr_logfile = {tmp_path}/zkwatcher.log
-        """) + programs(tmp_path) + plugin_section(config))
+    server = supervisord(listener_section(config, extra=credentials_environment())
+                         + programs(tmp_path) + plugin_section(config),
+                         username=SUPERVISORD_USERNAME, password=SUPERVISORD_PASSWORD)
+    conf = server.config
     wrong = tmp_path / "wrong.conf"
-    wrong.write_text(conf.read_text().replace("password = s3cret\n\n[eventlistener",
-                                              "password = guess\n\n[eventlistener"))
-    server = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    wrong.write_text(textwrap.dedent(f"""
+        [supervisorctl]
+        serverurl = unix://{server.workdir}/supervisor.sock
+        username = {SUPERVISORD_USERNAME}
+        password = guess
+        """) + plugin_section(config))
     node = f"{base_path}/web/host1:1"
-    try:
-        wait_until(lambda: node_exists(zk, node), 20, what="registered")
-        result = supervisorctl(wrong, "drain", "web", timeout=20)
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert "supervisorctl drain: supervisord at" in result.stderr
-        assert "401 Unauthorized" in result.stderr
-        assert node_exists(zk, node)
+    wait_until(lambda: node_exists(zk, node), 20, what="registered")
+    result = supervisorctl(wrong, "drain", "web", timeout=20)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "supervisorctl drain: supervisord at" in result.stderr
+    assert "401 Unauthorized" in result.stderr
+    assert node_exists(zk, node)
 
-        result = supervisorctl(conf, "drain", "web")
-        assert result.returncode == 0, result.stdout + result.stderr
-        wait_until(lambda: not node_exists(zk, node), 5, what="drained")
-        status = wait_until(lambda: "DRAINED" in (r := supervisorctl(conf, "zkstatus")).stdout
-                            and r, 10, interval=0.2, what="zkstatus shows the drain")
-        assert "drained by admin" in status.stdout
-    finally:
-        server.terminate()
-        server.wait(20)
+    result = supervisorctl(conf, "drain", "web")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_until(lambda: not node_exists(zk, node), 5, what="drained")
+    status = wait_until(lambda: "DRAINED" in (r := supervisorctl(conf, "zkstatus")).stdout
+                        and r, 10, interval=0.2, what="zkstatus shows the drain")
+    assert "drained by admin" in status.stdout
