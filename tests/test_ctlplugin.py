@@ -20,21 +20,11 @@ from support.sections import (
 )
 from support.watches import node_exists
 
-from zkwatcher_supervisor.testing import wait_until
+from zkwatcher_supervisor.testing import term_recorder, wait_until
 
 pytestmark = pytest.mark.e2e
 
 SUPERVISORCTL = str(Path(sys.executable).parent / "supervisorctl")
-RECORD_TERM = """\
-import signal, sys, time
-def stop(*_):
-    with open(sys.argv[1], "w") as out:
-        out.write(repr(time.time()))
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-while True:
-    time.sleep(1)
-"""
 
 
 def plugin_section(config: Path, extra: str = "") -> str:
@@ -58,16 +48,6 @@ def no_traceback(result: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in output and "error: <" not in output, output
 
 
-def programs(tmp_path: Path) -> str:
-    script = tmp_path / "record_term.py"
-    script.write_text(RECORD_TERM)
-    return textwrap.dedent(f"""
-        [program:web]
-        command = {sys.executable} {script} {tmp_path}/web.term
-        startsecs = 0
-        """)
-
-
 def config_body(base_path: str) -> str:
     return f"""
         [web]
@@ -89,7 +69,7 @@ def host(write_config, supervisord, zk, base_path, tmp_path):
     """supervisord with the plugin in its main config (supervisor and we in one
     virtualenv), a program and the listener; both sections registered."""
     config = write_config(config_body(base_path), session_timeout=10)
-    server = supervisord(plugin_section(config) + programs(tmp_path)
+    server = supervisord(plugin_section(config) + term_recorder("web", tmp_path)
                          + listener_section(config))
     nodes = {"web": f"{base_path}/web/host1:1", "other": f"{base_path}/other/host1:2"}
     wait_until(lambda: all(node_exists(zk, n) for n in nodes.values()), 20, what="registered")
@@ -244,7 +224,7 @@ def test_a_bad_plugin_section_breaks_only_the_plugins_commands(supervisord, writ
     """In a file of its own (supervisorctl reads one file only): a mistyped key and
     a missing config are named by our commands; supervisorctl's own still work."""
     config = write_config(config_body(base_path))
-    server = supervisord(programs(tmp_path) + listener_section(config))
+    server = supervisord(term_recorder("web", tmp_path) + listener_section(config))
     wait_until(lambda: node_exists(zk, f"{base_path}/web/host1:1"), 20, what="registered")
     serverurl = f"[supervisorctl]\nserverurl = unix://{server.workdir}/supervisor.sock\n"
     typo = tmp_path / "typo.conf"
@@ -267,7 +247,7 @@ def test_supervisorctls_credentials_are_the_plugins(write_config, supervisord, z
     of supervisorctl's [supervisorctl] section and asks for nothing."""
     config = write_config(config_body(base_path))
     server = supervisord(listener_section(config, extra=credentials_environment())
-                         + programs(tmp_path) + plugin_section(config),
+                         + term_recorder("web", tmp_path) + plugin_section(config),
                          username=SUPERVISORD_USERNAME, password=SUPERVISORD_PASSWORD)
     conf = server.config
     wrong = tmp_path / "wrong.conf"

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import xmlrpc.client
@@ -234,6 +235,30 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 serverurl=unix://{workdir}/supervisor.sock
 {credentials}
 """
+
+
+RECORD_TERM = """\
+import signal, sys, time
+def stop(*_):
+    with open(sys.argv[1], "w") as out:
+        out.write(repr(time.time()))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    time.sleep(1)
+"""
+
+
+def term_recorder(name: str, directory: Path) -> str:
+    """A supervisord program ``name`` that, sent SIGTERM, writes the moment
+    (``time.time()``) to ``directory/<name>.term`` and exits 0."""
+    script = Path(directory) / "record_term.py"
+    script.write_text(RECORD_TERM)
+    return textwrap.dedent(f"""
+        [program:{name}]
+        command = {sys.executable} {script} {directory}/{name}.term
+        startsecs = 0
+        """)
 
 
 def local_ensemble(workdir: Path, size: int = 3) -> list[LocalZooKeeper]:
