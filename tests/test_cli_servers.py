@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import xmlrpc.client
 
 import pytest
@@ -20,6 +19,7 @@ from support.sections import (
     credentials_environment,
     listener_section,
     programs,
+    section,
 )
 from support.watches import node_exists
 
@@ -128,15 +128,10 @@ def test_status_needs_only_the_config_when_the_listener_was_given_s(
     asks the ensemble the listener publishes; -s still overrides it."""
     nowhere = "127.0.0.1:1"
     config = web_config(write_config, base_path, hosts=nowhere)
-    section = listener_section(config).replace(f"-c {config}",
-                                               f"-c {config} -s {zookeeper.hosts}")
-    assert f"{LISTENER} -c {config} -s {zookeeper.hosts}" in section
-    server = supervisord(textwrap.dedent("""
-        [program:web]
-        command = sleep 100000
-        startsecs = 0
-        stopsignal = KILL
-        """) + section)
+    listener = listener_section(config).replace(f"-c {config}",
+                                                f"-c {config} -s {zookeeper.hosts}")
+    assert f"{LISTENER} -c {config} -s {zookeeper.hosts}" in listener
+    server = supervisord(programs("web") + listener)
     node = f"{base_path}/web/host1:80"
     wait_until(lambda: node_exists(zk, node), 20, what="registered")
     status = wait_until(lambda: (r := run("status", "-c", str(config))).returncode == 0 and r,
@@ -160,26 +155,9 @@ def test_status_needs_only_the_config_when_the_listener_was_given_s(
 def test_status_json_is_one_document_with_the_same_exit_status(
         write_config, supervisord, zookeeper, zk, base_path, tmp_path):
     flag = tmp_path / "flag"
-    config = write_config(f"""
-        [web]
-        program = web
-        service_port = 80
-        service_hostname = host1
-        zookeeper_path = {base_path}/web
-
-        [flag]
-        cmd = test -f {flag}
-        refresh = 1
-        service_port = 81
-        service_hostname = host1
-        zookeeper_path = {base_path}/flag
-        """)
-    server = supervisord(textwrap.dedent("""
-        [program:web]
-        command = sleep 100000
-        startsecs = 0
-        stopsignal = KILL
-        """) + listener_section(config))
+    config = write_config(section(base_path, "web", 80, program="web")
+                          + section(base_path, "flag", 81, cmd=f"test -f {flag}", timeout=None))
+    server = supervisord(programs("web") + listener_section(config))
     web, flagged = f"{base_path}/web/host1:80", f"{base_path}/flag/host1:81"
     wait_until(lambda: node_exists(zk, web), 20, what="registered")
 
