@@ -1,11 +1,15 @@
-"""Helpers shared by the benchmark scripts: percentiles, a deletion stopwatch, tables."""
+"""Helpers shared by the benchmark scripts: percentiles, a deletion stopwatch, the
+listener's config and eventlistener section."""
 
 from __future__ import annotations
 
 import math
 import statistics
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 from kazoo.client import KazooClient
 
@@ -35,3 +39,29 @@ def deletion_watch(zk: KazooClient, path: str) -> tuple[threading.Event, list[fl
     if zk.exists(path, watch=watch) is None:
         raise RuntimeError(f"{path} is not registered")
     return fired, stamp
+
+
+def web_config(work: Path, hosts: str, port: int = 80, hostname: str = "host1",
+               path: str = "/bench/web", extra: str = "") -> Path:
+    """``work/zkwatcher.cfg``: the ZooKeeper at ``hosts`` and one section, web, bound
+    to the program web and registered as ``hostname:port`` under ``path``; ``extra``
+    is more lines of that section."""
+    config = work / "zkwatcher.cfg"
+    config.write_text(f"[zkwatcher]\nhosts = {hosts}\n\n[web]\nprogram = web\n"
+                      f"service_port = {port}\nservice_hostname = {hostname}\n"
+                      f"zookeeper_path = {path}\n{extra}")
+    return config
+
+
+def listener_section(config: Path,
+                     events: str = "PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION") -> str:
+    """supervisord's section running the listener with ``config``; it logs to
+    zkwatcher.log beside that file."""
+    return textwrap.dedent(f"""
+        [eventlistener:zkwatcher]
+        command = {sys.executable} -m zkwatcher_supervisor -c {config}
+        events = {events}
+        buffer_size = 1024
+        startsecs = 0
+        stderr_logfile = {config.parent}/zkwatcher.log
+        """)

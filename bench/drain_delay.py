@@ -22,26 +22,20 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
-from common import summary_ms
+from common import listener_section, summary_ms, web_config
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.testing import LocalSupervisord, LocalZooKeeper, wait_until
-
-RECORD_TERM = """\
-import signal, sys, time
-def stop(*_):
-    open(sys.argv[1], "w").write(repr(time.time()))
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-while True:
-    time.sleep(1)
-"""
+from zkwatcher_supervisor.testing import (
+    LocalSupervisord,
+    LocalZooKeeper,
+    term_recorder,
+    wait_until,
+)
 
 
 def log_stamp(log: str, needle: str, nth: int) -> float:
@@ -55,31 +49,9 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="zkwatcher-drain-"))
     zookeeper = LocalZooKeeper(work / "zk").start()
-    script = work / "record_term.py"
-    script.write_text(RECORD_TERM)
-    config = work / "zkwatcher.cfg"
-    config.write_text(textwrap.dedent(f"""
-        [zkwatcher]
-        hosts = {zookeeper.hosts}
-
-        [web]
-        program = web
-        service_port = 80
-        service_hostname = host1
-        zookeeper_path = /bench/web
-        """))
-    server = LocalSupervisord(work / "supervisor", textwrap.dedent(f"""
-        [program:web]
-        command = {sys.executable} {script} {work}/web.term
-        startsecs = 0
-
-        [eventlistener:zkwatcher]
-        command = {sys.executable} -m zkwatcher_supervisor -c {config}
-        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
-        buffer_size = 1024
-        startsecs = 0
-        stderr_logfile = {work}/zkwatcher.log
-        """))
+    config = web_config(work, zookeeper.hosts)
+    server = LocalSupervisord(work / "supervisor", term_recorder("web", work)
+                              + listener_section(config))
     server.start()
     zk = KazooClient(hosts=zookeeper.hosts)
     zk.start()

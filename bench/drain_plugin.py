@@ -24,19 +24,16 @@ import threading
 import time
 from pathlib import Path
 
+from common import listener_section, web_config
 from kazoo.client import KazooClient
 
-from zkwatcher_supervisor.testing import LocalSupervisord, LocalZooKeeper, wait_until
+from zkwatcher_supervisor.testing import (
+    LocalSupervisord,
+    LocalZooKeeper,
+    term_recorder,
+    wait_until,
+)
 
-RECORD_TERM = """\
-import signal, sys, time
-def stop(*_):
-    open(sys.argv[1], "w").write(repr(time.time()))
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-while True:
-    time.sleep(1)
-"""
 BIN = Path(sys.executable).parent
 
 
@@ -46,35 +43,12 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="zkwatcher-drain-plugin-"))
     zookeeper = LocalZooKeeper(work / "zk").start()
-    script = work / "record_term.py"
-    script.write_text(RECORD_TERM)
-    config = work / "zkwatcher.cfg"
-    config.write_text(textwrap.dedent(f"""
-        [zkwatcher]
-        hosts = {zookeeper.hosts}
-
-        [web]
-        program = web
-        service_port = 80
-        service_hostname = host1
-        zookeeper_path = /bench/web
-        """))
+    config = web_config(work, zookeeper.hosts)
     server = LocalSupervisord(work / "supervisor", textwrap.dedent(f"""
         [ctlplugin:zkwatcher]
         supervisor.ctl_factory = zkwatcher_supervisor.ctlplugin:make_plugin
         config = {config}
-
-        [program:web]
-        command = {sys.executable} {script} {work}/web.term
-        startsecs = 0
-
-        [eventlistener:zkwatcher]
-        command = {sys.executable} -m zkwatcher_supervisor -c {config}
-        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
-        buffer_size = 1024
-        startsecs = 0
-        stderr_logfile = {work}/zkwatcher.log
-        """))
+        """) + term_recorder("web", work) + listener_section(config))
     server.start()
     socket = f"unix://{server.workdir}/supervisor.sock"
     ways = {

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import deletion_watch, percentile, summary_ms
+from common import deletion_watch, listener_section, percentile, summary_ms, web_config
 from floor import Floor
 from kazoo.client import KazooClient
 
@@ -46,16 +46,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="zkwatcher-bench-"))
     zookeeper = LocalZooKeeper(work / "zk").start()
-    config = work / "zkwatcher.cfg"
-    config.write_text(f"""[zkwatcher]
-hosts = {zookeeper.hosts}
-
-[web]
-program = web
-service_port = 8080
-service_hostname = bench
-zookeeper_path = /bench/web
-""")
+    config = web_config(work, zookeeper.hosts, port=8080, hostname="bench")
     events_file = work / "events.txt"
     supervisord = LocalSupervisord(work / "supervisor", f"""
 [program:web]
@@ -68,12 +59,7 @@ command = sleep 100000
 startsecs = 0
 autorestart = true
 
-[eventlistener:zkwatcher]
-command = {sys.executable} -m zkwatcher_supervisor -c {config}
-events = PROCESS_STATE,TICK_5
-buffer_size = 1024
-stderr_logfile = {work}/zkwatcher.log
-
+{listener_section(config, events="PROCESS_STATE,TICK_5")}
 [eventlistener:recorder]
 command = {sys.executable} {HERE / "exited_recorder.py"} {events_file}
 events = PROCESS_STATE

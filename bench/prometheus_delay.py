@@ -22,7 +22,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from common import deletion_watch, summary_ms
+from common import deletion_watch, listener_section, summary_ms, web_config
 from kazoo.client import KazooClient
 
 from zkwatcher_supervisor.testing import LocalSupervisord, LocalZooKeeper, wait_until
@@ -39,36 +39,19 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="zkwatcher-prometheus-"))
     zookeeper = LocalZooKeeper(work / "zk").start()
     path = "/bench/web"
-    config = work / "zkwatcher.cfg"
-    config.write_text(textwrap.dedent(f"""
-        [zkwatcher]
-        hosts = {zookeeper.hosts}
-
-        [web]
-        program = web
-        service_port = 8080
-        service_hostname = 127.0.0.1
-        zookeeper_path = {path}
-        payload_format = {args.format}
-        """))
+    config = web_config(work, zookeeper.hosts, port=8080, hostname="127.0.0.1", path=path,
+                        extra=f"payload_format = {args.format}\n")
     zk = KazooClient(hosts=zookeeper.hosts)
     zk.start()
     zk.ensure_path(path)
     prometheus = LocalPrometheus(work / "prometheus", zookeeper.hosts,
                                  {"web": (args.format, [path])}).start()
-    server = LocalSupervisord(work / "supervisor", textwrap.dedent(f"""
+    server = LocalSupervisord(work / "supervisor", textwrap.dedent("""
         [program:web]
         command = sleep 100000
         startsecs = 0
         stopsignal = KILL
-
-        [eventlistener:zkwatcher]
-        command = {sys.executable} -m zkwatcher_supervisor -c {config}
-        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
-        buffer_size = 1024
-        startsecs = 0
-        stderr_logfile = {work}/zkwatcher.log
-        """))
+        """) + listener_section(config))
     server.start()
     delays = []
     try:

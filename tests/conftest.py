@@ -76,12 +76,15 @@ def member_user():
 
 @pytest.fixture
 def supervisord(tmp_path):
-    """Factory: start a real supervisord with the given program/listener sections."""
+    """Factory: start a real supervisord with the given program/listener sections
+    (and a ``username`` and ``password`` its socket wants, if given)."""
     started: list[LocalSupervisord] = []
 
-    def start(sections: str, loglevel: str = "info") -> LocalSupervisord:
+    def start(sections: str, loglevel: str = "info", username: str | None = None,
+              password: str | None = None) -> LocalSupervisord:
         server = LocalSupervisord(tmp_path / f"supervisor{len(started)}",
-                                  textwrap.dedent(sections), loglevel=loglevel)
+                                  textwrap.dedent(sections), loglevel=loglevel,
+                                  username=username, password=password)
         started.append(server)
         return server.start()
 

@@ -6,23 +6,29 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 import xmlrpc.client
 
 import pytest
 from supervisor.xmlrpc import SupervisorTransport
-from support.sections import LISTENER, listener_section
+from support.sections import (
+    LISTENER,
+    SUPERVISORD_PASSWORD,
+    SUPERVISORD_USERNAME,
+    credentials_environment,
+    listener_section,
+    programs,
+    section,
+)
 from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
-from zkwatcher_supervisor.testing.sandbox import die_with_parent
+from zkwatcher_supervisor.testing.sandbox import LocalSupervisord
 
 pytestmark = pytest.mark.e2e
 
-USERNAME, PASSWORD = "admin", "s3cret"
+USERNAME, PASSWORD = SUPERVISORD_USERNAME, SUPERVISORD_PASSWORD
 
 
 def run(*args, cwd=None, env=None, timeout=60):
@@ -50,50 +56,21 @@ def protected(tmp_path, write_config, base_path, zk):
     own [supervisorctl] section (as supervisorctl is set up), running web and the
     listener; the node registered."""
     config = web_config(write_config, base_path)
-    directory = tmp_path / "etc"
-    directory.mkdir()
-    conf = directory / "supervisord.conf"
-    conf.write_text(textwrap.dedent(f"""
-        [unix_http_server]
-        file = {tmp_path}/supervisor.sock
-        username = {USERNAME}
-        password = {PASSWORD}
-
-        [supervisord]
-        logfile = {tmp_path}/supervisord.log
-        pidfile = {tmp_path}/supervisord.pid
-        childlogdir = {tmp_path}
-        nodaemon = true
-
-        [rpcinterface:supervisor]
-        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-        [supervisorctl]
-        serverurl = unix://{tmp_path}/supervisor.sock
-        username = {USERNAME}
-        password = {PASSWORD}
-
-        [program:web]
-        command = sleep 100000
-        startsecs = 0
-        stopsignal = KILL
-        """) + listener_section(config, extra=f'environment = SUPERVISOR_USERNAME="{USERNAME}",'
-                                               f'SUPERVISOR_PASSWORD="{PASSWORD}"\n'))
-    process = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    server = LocalSupervisord(tmp_path / "etc", programs("web") + listener_section(
+        config, extra=credentials_environment(USERNAME, PASSWORD)),
+        username=USERNAME, password=PASSWORD)
     node = f"{base_path}/web/host1:80"
     try:
+        server.start()
         wait_until(lambda: node_exists(zk, node), 20, what="registered")
-        yield conf, config, node
+        yield server.config, config, node
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(20)
+        server.stop()
 
 
 def web_state(conf) -> str:
     rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(
-        USERNAME, PASSWORD, f"unix://{conf.parent.parent}/supervisor.sock"))
+        USERNAME, PASSWORD, f"unix://{conf.parent}/supervisor.sock"))
     return rpc.supervisor.getProcessInfo("web")["statename"]
 
 
@@ -129,7 +106,7 @@ def test_a_wrong_password_exits_1_naming_supervisord(protected, zk, tmp_path):
     conf, config, node = protected
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-it\n")
-    sock = f"unix://{tmp_path}/supervisor.sock"
+    sock = f"unix://{conf.parent}/supervisor.sock"
     for extra, source in ((["--password-file", str(wrong)], f"[supervisorctl] of {conf}"),
                           (["--serverurl", sock, "-u", USERNAME, "-p", "not-it"],
                            "--serverurl")):
@@ -151,15 +128,10 @@ def test_status_needs_only_the_config_when_the_listener_was_given_s(
     asks the ensemble the listener publishes; -s still overrides it."""
     nowhere = "127.0.0.1:1"
     config = web_config(write_config, base_path, hosts=nowhere)
-    section = listener_section(config).replace(f"-c {config}",
-                                               f"-c {config} -s {zookeeper.hosts}")
-    assert f"{LISTENER} -c {config} -s {zookeeper.hosts}" in section
-    server = supervisord(textwrap.dedent("""
-        [program:web]
-        command = sleep 100000
-        startsecs = 0
-        stopsignal = KILL
-        """) + section)
+    listener = listener_section(config).replace(f"-c {config}",
+                                                f"-c {config} -s {zookeeper.hosts}")
+    assert f"{LISTENER} -c {config} -s {zookeeper.hosts}" in listener
+    server = supervisord(programs("web") + listener)
     node = f"{base_path}/web/host1:80"
     wait_until(lambda: node_exists(zk, node), 20, what="registered")
     status = wait_until(lambda: (r := run("status", "-c", str(config))).returncode == 0 and r,
@@ -183,26 +155,9 @@ def test_status_needs_only_the_config_when_the_listener_was_given_s(
 def test_status_json_is_one_document_with_the_same_exit_status(
         write_config, supervisord, zookeeper, zk, base_path, tmp_path):
     flag = tmp_path / "flag"
-    config = write_config(f"""
-        [web]
-        program = web
-        service_port = 80
-        service_hostname = host1
-        zookeeper_path = {base_path}/web
-
-        [flag]
-        cmd = test -f {flag}
-        refresh = 1
-        service_port = 81
-        service_hostname = host1
-        zookeeper_path = {base_path}/flag
-        """)
-    server = supervisord(textwrap.dedent("""
-        [program:web]
-        command = sleep 100000
-        startsecs = 0
-        stopsignal = KILL
-        """) + listener_section(config))
+    config = write_config(section(base_path, "web", 80, program="web")
+                          + section(base_path, "flag", 81, cmd=f"test -f {flag}", timeout=None))
+    server = supervisord(programs("web") + listener_section(config))
     web, flagged = f"{base_path}/web/host1:80", f"{base_path}/flag/host1:81"
     wait_until(lambda: node_exists(zk, web), 20, what="registered")
 

@@ -12,25 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-from support.sections import LISTENER, listener_section
+from support.sections import (
+    SUPERVISORD_PASSWORD,
+    SUPERVISORD_USERNAME,
+    credentials_environment,
+    listener_section,
+)
 from support.watches import node_exists
 
-from zkwatcher_supervisor.testing import wait_until
-from zkwatcher_supervisor.testing.sandbox import die_with_parent
+from zkwatcher_supervisor.testing import term_recorder, wait_until
 
 pytestmark = pytest.mark.e2e
 
 SUPERVISORCTL = str(Path(sys.executable).parent / "supervisorctl")
-RECORD_TERM = """\
-import signal, sys, time
-def stop(*_):
-    with open(sys.argv[1], "w") as out:
-        out.write(repr(time.time()))
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-while True:
-    time.sleep(1)
-"""
 
 
 def plugin_section(config: Path, extra: str = "") -> str:
@@ -54,16 +48,6 @@ def no_traceback(result: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in output and "error: <" not in output, output
 
 
-def programs(tmp_path: Path) -> str:
-    script = tmp_path / "record_term.py"
-    script.write_text(RECORD_TERM)
-    return textwrap.dedent(f"""
-        [program:web]
-        command = {sys.executable} {script} {tmp_path}/web.term
-        startsecs = 0
-        """)
-
-
 def config_body(base_path: str) -> str:
     return f"""
         [web]
@@ -85,7 +69,7 @@ def host(write_config, supervisord, zk, base_path, tmp_path):
     """supervisord with the plugin in its main config (supervisor and we in one
     virtualenv), a program and the listener; both sections registered."""
     config = write_config(config_body(base_path), session_timeout=10)
-    server = supervisord(plugin_section(config) + programs(tmp_path)
+    server = supervisord(plugin_section(config) + term_recorder("web", tmp_path)
                          + listener_section(config))
     nodes = {"web": f"{base_path}/web/host1:1", "other": f"{base_path}/other/host1:2"}
     wait_until(lambda: all(node_exists(zk, n) for n in nodes.values()), 20, what="registered")
@@ -240,7 +224,7 @@ def test_a_bad_plugin_section_breaks_only_the_plugins_commands(supervisord, writ
     """In a file of its own (supervisorctl reads one file only): a mistyped key and
     a missing config are named by our commands; supervisorctl's own still work."""
     config = write_config(config_body(base_path))
-    server = supervisord(programs(tmp_path) + listener_section(config))
+    server = supervisord(term_recorder("web", tmp_path) + listener_section(config))
     wait_until(lambda: node_exists(zk, f"{base_path}/web/host1:1"), 20, what="registered")
     serverurl = f"[supervisorctl]\nserverurl = unix://{server.workdir}/supervisor.sock\n"
     typo = tmp_path / "typo.conf"
@@ -257,61 +241,33 @@ def test_a_bad_plugin_section_breaks_only_the_plugins_commands(supervisord, writ
     assert node_exists(zk, f"{base_path}/web/host1:1")
 
 
-def test_supervisorctls_credentials_are_the_plugins(write_config, zk, base_path, tmp_path):
+def test_supervisorctls_credentials_are_the_plugins(write_config, supervisord, zk, base_path,
+                                                    tmp_path):
     """A password-protected supervisord: the plugin uses the username and password
     of supervisorctl's [supervisorctl] section and asks for nothing."""
     config = write_config(config_body(base_path))
-    socket = tmp_path / "supervisor.sock"
-    conf = tmp_path / "supervisord.conf"
-    conf.write_text(textwrap.dedent(f"""
-        [unix_http_server]
-        file = {socket}
-        username = admin
-        password = s3cret
-
-        [supervisord]
-        logfile = {tmp_path}/supervisord.log
-        pidfile = {tmp_path}/supervisord.pid
-        childlogdir = {tmp_path}
-        nodaemon = true
-
-        [rpcinterface:supervisor]
-        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-        [supervisorctl]
-        serverurl = unix://{socket}
-        username = admin
-        password = s3cret
-
-        [eventlistener:zkwatcher]
-        command = {LISTENER} -c {config}
-        events = PROCESS_STATE,TICK_5,REMOTE_COMMUNICATION
-        buffer_size = 1024
-        startsecs = 0
-        environment = SUPERVISOR_USERNAME="admin",SUPERVISOR_PASSWORD="s3cret"
-        stderr_logfile = {tmp_path}/zkwatcher.log
-        """) + programs(tmp_path) + plugin_section(config))
+    server = supervisord(listener_section(config, extra=credentials_environment())
+                         + term_recorder("web", tmp_path) + plugin_section(config),
+                         username=SUPERVISORD_USERNAME, password=SUPERVISORD_PASSWORD)
+    conf = server.config
     wrong = tmp_path / "wrong.conf"
-    wrong.write_text(conf.read_text().replace("password = s3cret\n\n[eventlistener",
-                                              "password = guess\n\n[eventlistener"))
-    server = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    wrong.write_text(textwrap.dedent(f"""
+        [supervisorctl]
+        serverurl = unix://{server.workdir}/supervisor.sock
+        username = {SUPERVISORD_USERNAME}
+        password = guess
+        """) + plugin_section(config))
     node = f"{base_path}/web/host1:1"
-    try:
-        wait_until(lambda: node_exists(zk, node), 20, what="registered")
-        result = supervisorctl(wrong, "drain", "web", timeout=20)
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert "supervisorctl drain: supervisord at" in result.stderr
-        assert "401 Unauthorized" in result.stderr
-        assert node_exists(zk, node)
+    wait_until(lambda: node_exists(zk, node), 20, what="registered")
+    result = supervisorctl(wrong, "drain", "web", timeout=20)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "supervisorctl drain: supervisord at" in result.stderr
+    assert "401 Unauthorized" in result.stderr
+    assert node_exists(zk, node)
 
-        result = supervisorctl(conf, "drain", "web")
-        assert result.returncode == 0, result.stdout + result.stderr
-        wait_until(lambda: not node_exists(zk, node), 5, what="drained")
-        status = wait_until(lambda: "DRAINED" in (r := supervisorctl(conf, "zkstatus")).stdout
-                            and r, 10, interval=0.2, what="zkstatus shows the drain")
-        assert "drained by admin" in status.stdout
-    finally:
-        server.terminate()
-        server.wait(20)
+    result = supervisorctl(conf, "drain", "web")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_until(lambda: not node_exists(zk, node), 5, what="drained")
+    status = wait_until(lambda: "DRAINED" in (r := supervisorctl(conf, "zkstatus")).stdout
+                        and r, 10, interval=0.2, what="zkstatus shows the drain")
+    assert "drained by admin" in status.stdout

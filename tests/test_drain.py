@@ -7,44 +7,21 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
 import pytest
 from support.sections import listener_section, section
+from support.sections import programs as sleeping_programs
 from support.watches import node_exists
 
-from zkwatcher_supervisor.testing import FaultProxy, wait_until
+from zkwatcher_supervisor.testing import FaultProxy, term_recorder, wait_until
 
 pytestmark = pytest.mark.e2e
 
-RECORD_TERM = """\
-import signal, sys, time
-def stop(*_):
-    with open(sys.argv[1], "w") as out:
-        out.write(repr(time.time()))
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-while True:
-    time.sleep(1)
-"""
-
 
 def programs(tmp_path):
-    script = tmp_path / "record_term.py"
-    script.write_text(RECORD_TERM)
-    return textwrap.dedent(f"""
-        [program:web]
-        command = sleep 100000
-        startsecs = 0
-        stopsignal = KILL
-
-        [program:api]
-        command = {sys.executable} {script} {tmp_path}/api.term
-        startsecs = 0
-        stopsignal = TERM
-        """)
+    return sleeping_programs("web") + term_recorder("api", tmp_path)
 
 
 def config_body(base_path, flag):

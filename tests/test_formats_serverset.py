@@ -14,8 +14,8 @@ import time
 
 import pytest
 from kazoo.exceptions import NoNodeError
-from support.driver import ProtocolDriver
-from support.proxies import CREATE_OPCODES, ZooKeeperLink
+from support.lost_reply import lost_reply_expiry_and_crash
+from support.proxies import ZooKeeperLink
 from support.sections import section
 
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
@@ -127,41 +127,9 @@ def test_member_survives_session_expiry_crash_and_a_lost_create_reply(
     drv = driver(config)
     sampler = Sampler(zk, path)
     try:
-        # A create whose reply never arrives: the request reaches ZooKeeper, the
-        # connection drops while the answer is on its way back.
-        time.sleep(1.5)  # connected, first check failed
-        flag.touch()
-        wait_until(lambda: any(op in CREATE_OPCODES for _, op in link.requests), 5,
-                   interval=0.005, what="create sent")
-        time.sleep(0.1)
-        link.drop()
-        wait_until(lambda: len(read_serverset(zk, path)) == 1, 5, what="member")
-        time.sleep(2)  # reconnected, and any duplicate would have been made by now
-        assert len(read_serverset(zk, path)) == 1
-        wait_until(lambda: "its create's reply was lost" in drv.stderr(), 5,
-                   what="the lost reply logged")
-
-        # Session expiry: the member goes with the session and comes back once.
-        (before,) = read_serverset(zk, path)
-        proxy.cut()
-        wait_until(lambda: not read_serverset(zk, path), 10, what="expired")
-        proxy.restore()
-        wait_until(lambda: read_serverset(zk, path), 10, what="back after expiry")
-        (after,) = read_serverset(zk, path)
-        assert after != before
-
-        # Crash and restart: the same member, through the saved session.
-        drv.process.kill()
-        drv.process.wait()
-        restarted = ProtocolDriver(config)
-        try:
-            restarted.wait_ready()
-            wait_until(lambda: "reattached to session" in restarted.stderr(), 5,
-                       what="reattached")
-            time.sleep(2)
-            assert list(read_serverset(zk, path)) == [after]
-        finally:
-            restarted.stop()
+        _, restarted = lost_reply_expiry_and_crash(zk, path, read_serverset, drv, config,
+                                                   flag, link, proxy)
+        restarted.stop()
     finally:
         print(f"serverset reader samples: {sampler.stop()}")
         proxy.close()

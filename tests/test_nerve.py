@@ -17,8 +17,8 @@ import time
 
 import pytest
 from kazoo.exceptions import NoNodeError
-from support.driver import ProtocolDriver
-from support.proxies import CREATE_OPCODES, ZooKeeperLink
+from support.lost_reply import lost_reply_expiry_and_crash
+from support.proxies import ZooKeeperLink
 from support.sections import listener_section, programs
 
 from zkwatcher_supervisor.config import ConfigError, load_config
@@ -306,35 +306,10 @@ def test_one_nerve_node_through_a_lost_create_reply_expiry_and_a_crash(
     zk.ensure_path(path)
     drv = driver(config)
     try:
-        time.sleep(1.5)  # connected, first check failed
-        flag.touch()
-        wait_until(lambda: any(op in CREATE_OPCODES for _, op in link.requests), 5,
-                   interval=0.005, what="create sent")
-        time.sleep(0.1)
-        link.drop()  # the create reached ZooKeeper; its reply is lost on the way back
-        wait_until(lambda: len(read_synapse(zk, path)) == 1, 5, what="node")
-        time.sleep(2)  # reconnected, and any duplicate would have been made by now
-        (before,) = read_synapse(zk, path)
-        assert re.fullmatch(r"web-h2_\d{10}", before)
-        wait_until(lambda: "its create's reply was lost" in drv.stderr(), 5,
-                   what="the lost reply logged")
-
-        proxy.cut()
-        wait_until(lambda: not read_synapse(zk, path), 10, what="expired")
-        proxy.restore()
-        wait_until(lambda: read_synapse(zk, path), 10, what="back after expiry")
-        (after,) = read_synapse(zk, path)
-        assert after != before
-
-        drv.process.kill()
-        drv.process.wait()
-        restarted = ProtocolDriver(config)
+        before, restarted = lost_reply_expiry_and_crash(zk, path, read_synapse, drv, config,
+                                                        flag, link, proxy)
         try:
-            restarted.wait_ready()
-            wait_until(lambda: "reattached to session" in restarted.stderr(), 5,
-                       what="reattached")
-            time.sleep(2)
-            assert list(read_synapse(zk, path)) == [after]
+            assert re.fullmatch(r"web-h2_\d{10}", before)
             flag.unlink()
             wait_until(lambda: not read_synapse(zk, path), 5, what="deregistered")
             restarted.process.send_signal(signal.SIGTERM)

@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.sections import listener_section, web_program
+from support.sections import section as config_section
 from support.watches import node_exists
 
 from zkwatcher_supervisor.status import process_alive
@@ -32,22 +33,11 @@ def test_status_shows_each_section_and_exits_0_only_when_consistent(
         write_config, supervisord, zk, base_path, tmp_path):
     port = free_port()
     flag = tmp_path / "flag"
-    config = write_config(f"""
-        [web]
-        program = web
-        cmd = http://127.0.0.1:{port}/
-        refresh = 5
-        service_port = {port}
-        service_hostname = host1
-        zookeeper_path = {base_path}/web
-
-        [flag]
-        cmd = test -f {flag}
-        refresh = 5
-        service_port = 9
-        service_hostname = host1
-        zookeeper_path = {base_path}/flag
-        """, settings=f"status_file = {tmp_path}/status.json\n")
+    config = write_config(
+        config_section(base_path, "web", port, program="web",
+                       cmd=f"http://127.0.0.1:{port}/", refresh=5, timeout=None)
+        + config_section(base_path, "flag", 9, cmd=f"test -f {flag}", refresh=5, timeout=None),
+        settings=f"status_file = {tmp_path}/status.json\n")
     server = supervisord(web_program(port)
                          + listener_section(config, extra="autorestart = false\n"))
     web_node = f"{base_path}/web/host1:{port}"
@@ -166,20 +156,10 @@ def test_prometheus_metrics(write_config, driver, zk, base_path, tmp_path):
     port = free_port()
     flag = tmp_path / "flip-up"
     flag.touch()
-    config = write_config(f"""
-        [up]
-        cmd = true
-        service_port = 1
-        service_hostname = host1
-        zookeeper_path = {base_path}/up
-
-        [flip]
-        cmd = test -f {flag}
-        refresh = 1
-        service_port = 2
-        service_hostname = host1
-        zookeeper_path = {base_path}/flip
-        """, settings=f"metrics_port = {port}\n")
+    config = write_config(
+        config_section(base_path, "up", 1, cmd="true", refresh=None, timeout=None)
+        + config_section(base_path, "flip", 2, cmd=f"test -f {flag}", timeout=None),
+        settings=f"metrics_port = {port}\n")
     driver(config)
     flip_node = f"{base_path}/flip/host1:2"
     wait_until(lambda: node_exists(zk, f"{base_path}/up/host1:1") and node_exists(zk, flip_node),

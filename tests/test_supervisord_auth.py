@@ -7,12 +7,16 @@ README tells operators to set with ``environment=`` in the eventlistener section
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from support.sections import LISTENER
+from support.sections import (
+    LISTENER,
+    SUPERVISORD_PASSWORD,
+    SUPERVISORD_USERNAME,
+    credentials_environment,
+    programs,
+)
 from support.watches import node_exists
 
 from zkwatcher_supervisor.testing import wait_until
@@ -21,12 +25,10 @@ pytestmark = pytest.mark.e2e
 
 
 def test_password_protected_supervisord_answers_the_listener_given_credentials(
-        write_config, zk, base_path, tmp_path):
+        write_config, supervisord, zk, base_path, tmp_path):
     sections = ""
     configs = {}
-    for name, environment in (("given", 'SUPERVISOR_USERNAME="admin",'
-                                        'SUPERVISOR_PASSWORD="s3cret"'),
-                              ("missing", "")):
+    for name, environment in (("given", credentials_environment()), ("missing", "")):
         configs[name] = write_config(f"""
             [web]
             program = web
@@ -41,38 +43,13 @@ def test_password_protected_supervisord_answers_the_listener_given_credentials(
             buffer_size = 1024
             startsecs = 0
             stderr_logfile = {tmp_path}/{name}.log
-            """) + (f"environment = {environment}\n" if environment else "")
-    conf = tmp_path / "supervisord.conf"
-    conf.write_text(textwrap.dedent(f"""
-        [unix_http_server]
-        file = {tmp_path}/supervisor.sock
-        username = admin
-        password = s3cret
-
-        [supervisord]
-        logfile = {tmp_path}/supervisord.log
-        pidfile = {tmp_path}/supervisord.pid
-        childlogdir = {tmp_path}
-        nodaemon = true
-
-        [rpcinterface:supervisor]
-        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-        [program:web]
-        command = sleep 1000
-        startsecs = 0
-        """) + sections)
-    supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c",
-                                    str(conf)], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: node_exists(zk, f"{base_path}/web/given:80"), 20,
-                   what="registration by the listener with credentials")
-        wait_until(lambda: "cannot read process states" in
-                   (tmp_path / "missing.log").read_text(), 10, what="warning without them")
-        given = (tmp_path / "given.log").read_text()
-        assert "cannot read process states" not in given, given
-        assert "Unauthorized" in (tmp_path / "missing.log").read_text()
-    finally:
-        supervisord.terminate()
-        supervisord.wait(20)
+            """) + environment
+    supervisord(programs("web") + sections, username=SUPERVISORD_USERNAME,
+                password=SUPERVISORD_PASSWORD)
+    wait_until(lambda: node_exists(zk, f"{base_path}/web/given:80"), 20,
+               what="registration by the listener with credentials")
+    wait_until(lambda: "cannot read process states" in
+               (tmp_path / "missing.log").read_text(), 10, what="warning without them")
+    given = (tmp_path / "given.log").read_text()
+    assert "cannot read process states" not in given, given
+    assert "Unauthorized" in (tmp_path / "missing.log").read_text()

@@ -199,6 +199,28 @@ def _selection(parser: argparse.ArgumentParser, verb: str) -> None:
     group.add_argument("--all", action="store_true", help="every section")
 
 
+def add_drain_arguments(parser: argparse.ArgumentParser, verb: str,
+                        status_command: str = "status") -> None:
+    """What ``drain`` or ``undrain`` acts on and, for drain, its options: the
+    command line's and the supervisorctl plugin's commands take the same."""
+    _selection(parser, verb)
+    if verb != "drain":
+        # Drain's fields, so code reading an undrain's namespace finds each of them.
+        parser.set_defaults(reason="", duration=None, stop=False, wait=None)
+        return
+    group = parser.add_argument_group("drain")
+    group.add_argument("--reason", default="", metavar="TEXT",
+                       help=f"why (shown by {status_command})")
+    group.add_argument("--for", dest="duration", metavar="DURATION",
+                       help="undrain by itself after this long (90s, 15m, 2h, 1d)")
+    group.add_argument("--stop", action="store_true",
+                       help="once ZooKeeper confirmed the deletion, wait --wait seconds, "
+                       "then stop the bound programs through supervisord")
+    group.add_argument("--wait", type=seconds_argument, metavar="SECONDS",
+                       help="with --stop: seconds between deregistering and stopping "
+                       "(default: the sections' drain_seconds, else 0)")
+
+
 def _command(subparsers, name: str, summary: str, description: str) -> argparse.ArgumentParser:
     epilog = EXAMPLES[name] + "\n\n" + EXIT_STATUS
     if name in ("drain", "undrain", "handoff"):
@@ -254,17 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "are deleted and stay deleted until undrain (or --for ends). It "
                      "returns once the listener has taken the drain on; --stop also "
                      "waits until ZooKeeper no longer lists the nodes.")
-    _selection(drain, "drain")
-    group = drain.add_argument_group("drain")
-    group.add_argument("--reason", default="", metavar="TEXT", help="why (shown by status)")
-    group.add_argument("--for", dest="duration", metavar="DURATION",
-                       help="undrain by itself after this long (90s, 15m, 2h, 1d)")
-    group.add_argument("--stop", action="store_true",
-                       help="once ZooKeeper confirmed the deletion, wait --wait seconds, "
-                       "then stop the bound programs through supervisord")
-    group.add_argument("--wait", type=seconds_argument, metavar="SECONDS",
-                       help="with --stop: seconds between deregistering and stopping "
-                       "(default: the sections' drain_seconds, else 0)")
+    add_drain_arguments(drain, "drain")
     group = _options(drain, top=False)
     _server_option(group, "--stop confirms the deletion there (default: where the "
                    "listener is connected)")
@@ -273,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     undrain = _command(subparsers, "undrain", "put drained sections back",
                        "Put drained sections back into discovery (registered again if "
                        "healthy).")
-    _selection(undrain, "undrain")
+    add_drain_arguments(undrain, "undrain")
     _options(undrain, top=False)
     _connection_options(undrain)
 

@@ -61,26 +61,12 @@ class _Parser(IntermixedParser):
 
 
 def drain_parser(command: str) -> argparse.ArgumentParser:
-    from .cli import seconds_argument
+    from .cli import add_drain_arguments
 
     parser = _Parser(prog=command, description=(
         "take sections out of discovery without stopping them" if command == "drain"
         else "put drained sections back into discovery"))
-    parser.add_argument("sections", nargs="*", metavar="SECTION", help="the sections")
-    parser.add_argument("--program", help="every section bound to this program")
-    parser.add_argument("--all", action="store_true", help="every section")
-    if command == "drain":
-        parser.add_argument("--reason", default="", help="why (shown by zkstatus)")
-        parser.add_argument("--for", dest="duration", metavar="DURATION",
-                            help="undrain by itself after this long (90s, 15m, 2h, 1d)")
-        parser.add_argument("--stop", action="store_true",
-                            help="once ZooKeeper confirmed the deletion, wait --wait seconds, "
-                            "then stop the bound programs")
-        parser.add_argument("--wait", type=seconds_argument, metavar="SECONDS",
-                            help="--stop: seconds between deregistering and stopping "
-                            "(default: the sections' drain_seconds, else 0)")
-    else:
-        parser.set_defaults(reason="", duration=None, stop=False, wait=None)
+    add_drain_arguments(parser, command, status_command="zkstatus")
     return parser
 
 

@@ -7,6 +7,8 @@ import textwrap
 from pathlib import Path
 
 LISTENER = f"{sys.executable} -m zkwatcher_supervisor"
+# A password-protected supervisord's (LocalSupervisord(username=, password=)).
+SUPERVISORD_USERNAME, SUPERVISORD_PASSWORD = "admin", "s3cret"
 
 
 def section(base_path: str, name: str, port: int | str, *, cmd: str | None = None,
@@ -43,6 +45,13 @@ def listener_section(config: Path, events: str = "PROCESS_STATE,TICK_5,REMOTE_CO
         stopwaitsecs = 5
         stderr_logfile = {config.parent}/zkwatcher.log
         """) + extra
+
+
+def credentials_environment(username: str = SUPERVISORD_USERNAME,
+                            password: str = SUPERVISORD_PASSWORD) -> str:
+    """The eventlistener line handing the listener supervisord's credentials."""
+    return (f'environment = SUPERVISOR_USERNAME="{username}",'
+            f'SUPERVISOR_PASSWORD="{password}"\n')
 
 
 def web_program(port: int) -> str:

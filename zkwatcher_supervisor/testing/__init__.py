@@ -15,8 +15,10 @@ from .sandbox import (
     free_port,
     local_ensemble,
     log_time,
+    term_recorder,
     wait_until,
 )
 
 __all__ = ["FaultProxy", "LocalSupervisord", "LocalZooKeeper", "die_with_parent",
-           "four_letter_word", "free_port", "local_ensemble", "log_time", "wait_until"]
+           "four_letter_word", "free_port", "local_ensemble", "log_time", "term_recorder",
+           "wait_until"]

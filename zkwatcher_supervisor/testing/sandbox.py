@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import xmlrpc.client
@@ -219,7 +220,7 @@ class LocalZooKeeper:
 SUPERVISORD_CONF = """\
 [unix_http_server]
 file={workdir}/supervisor.sock
-
+{credentials}
 [supervisord]
 logfile={workdir}/supervisord.log
 pidfile={workdir}/supervisord.pid
@@ -232,8 +233,32 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 [supervisorctl]
 serverurl=unix://{workdir}/supervisor.sock
-
+{credentials}
 """
+
+
+RECORD_TERM = """\
+import signal, sys, time
+def stop(*_):
+    with open(sys.argv[1], "w") as out:
+        out.write(repr(time.time()))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    time.sleep(1)
+"""
+
+
+def term_recorder(name: str, directory: Path) -> str:
+    """A supervisord program ``name`` that, sent SIGTERM, writes the moment
+    (``time.time()``) to ``directory/<name>.term`` and exits 0."""
+    script = Path(directory) / "record_term.py"
+    script.write_text(RECORD_TERM)
+    return textwrap.dedent(f"""
+        [program:{name}]
+        command = {sys.executable} {script} {directory}/{name}.term
+        startsecs = 0
+        """)
 
 
 def local_ensemble(workdir: Path, size: int = 3) -> list[LocalZooKeeper]:
@@ -250,14 +275,21 @@ def local_ensemble(workdir: Path, size: int = 3) -> list[LocalZooKeeper]:
 
 
 class LocalSupervisord:
-    """A supervisord in the foreground with its own socket, logs and the given sections."""
+    """A supervisord in the foreground with its own socket, logs and the given sections.
+    With a ``username`` and ``password`` its socket wants them, and its config's
+    [supervisorctl] section holds them (as supervisorctl is set up)."""
 
-    def __init__(self, workdir: Path, sections: str, loglevel: str = "info") -> None:
+    def __init__(self, workdir: Path, sections: str, loglevel: str = "info",
+                 username: str | None = None, password: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = self.workdir / "supervisord.conf"
+        self.username, self.password = username, password
+        credentials = (f"username={username}\npassword={password}\n"
+                       if username is not None else "")
         self.config.write_text(
-            SUPERVISORD_CONF.format(workdir=self.workdir, loglevel=loglevel) + sections
+            SUPERVISORD_CONF.format(workdir=self.workdir, loglevel=loglevel,
+                                    credentials=credentials) + sections
         )
         self.process: subprocess.Popen | None = None
 
@@ -281,7 +313,8 @@ class LocalSupervisord:
         return self
 
     def rpc(self) -> xmlrpc.client.ServerProxy:
-        transport = SupervisorTransport(None, None, f"unix://{self.workdir}/supervisor.sock")
+        transport = SupervisorTransport(self.username, self.password,
+                                        f"unix://{self.workdir}/supervisor.sock")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
