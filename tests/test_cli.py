@@ -352,3 +352,33 @@ def test_the_plugins_drain_takes_options_and_sections_in_any_order():
 
     args = drain_parser("drain").parse_args(["web", "--reason", "x", "other", "--for", "1m"])
     assert (args.sections, args.reason, args.duration) == (["web", "other"], "x", "1m")
+
+
+@pytest.mark.parametrize("url, local", [
+    ("unix:///var/run/supervisor.sock", True),
+    ("http://localhost:9001", True),
+    ("http://box.localhost:9001", True),
+    ("http://127.0.0.1:9001", True),
+    ("http://127.8.9.10:9001", True),
+    ("http://[::1]:9001", True),
+    ("http://LOCALHOST:9001", True),
+    ("http://10.0.0.5:9001", False),
+    ("http://supervisor.example.com:9001", False),
+    ("http://localhost.example.com:9001", False),
+    ("http://[::2]:9001", False),
+])
+def test_the_plugin_works_with_a_local_supervisord_only(url, local):
+    from zkwatcher_supervisor.ctlplugin import remote_server
+
+    assert (remote_server(url) is None) is local
+
+
+def test_the_plugins_relative_config_is_taken_from_supervisorctls_file(tmp_path):
+    from types import SimpleNamespace
+
+    from zkwatcher_supervisor.ctlplugin import make_plugin
+
+    controller = SimpleNamespace(options=SimpleNamespace(configfile=str(tmp_path / "ctl.conf")))
+    assert make_plugin(controller, config="zk/config.cfg").config_path == str(
+        tmp_path / "zk" / "config.cfg")
+    assert make_plugin(controller, config="/etc/zk/x.cfg").config_path == "/etc/zk/x.cfg"
