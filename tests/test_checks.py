@@ -25,7 +25,7 @@ from zkwatcher_supervisor.checks import CheckRunner, close_inherited_fds_on_exec
 from zkwatcher_supervisor.health import CheckRun
 from zkwatcher_supervisor.listener import HANDLED_SIGNALS
 from zkwatcher_supervisor.loop import EventLoop
-from zkwatcher_supervisor.privilege import check_user
+from zkwatcher_supervisor.privilege import check_user, find_program
 from zkwatcher_supervisor.status import process_alive
 from zkwatcher_supervisor.testing import free_port, wait_until
 
@@ -590,6 +590,30 @@ def test_checks_never_see_supervisords_variables(monkeypatch, tmp_path):
     finally:
         harness.checks.stop()
         harness.loop.close()
+
+
+def test_a_program_is_found_on_a_path_as_shutil_which_finds_it(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+    (first / "plain").write_text("not executable")
+    (first / "adir").mkdir()
+    (first / "adir").chmod(0o755)
+    for directory in (first, second):
+        for name in ("plain", "both"):
+            program = directory / name
+            program.write_text("#!/bin/sh\n")
+            if not (directory == first and name == "plain"):
+                program.chmod(0o755)
+    (second / "adir").write_text("#!/bin/sh\n")
+    (second / "adir").chmod(0o755)
+    path = os.pathsep.join(["", str(first), str(first), str(tmp_path / "missing"), str(second)])
+    for name in ("plain", "both", "adir", "nowhere", "true", str(second / "both"),
+                 str(first / "plain"), str(first / "adir")):
+        for search in (path, "", str(second), None):
+            assert find_program(name, search) == shutil.which(name, path=search), (name, search)
+    assert find_program("plain", path) == str(second / "plain")
+    assert find_program("adir", path) == str(second / "adir")
 
 
 @pytest.mark.e2e

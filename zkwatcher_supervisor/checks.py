@@ -32,19 +32,18 @@ import ipaddress
 import logging
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .config import BuiltinCheck
 from .health import CheckRun
 from .loop import EventLoop, Timer, offload
-from .privilege import check_environment
+from .privilege import check_environment, find_program
 from .procfs import HAVE_PIDFD
 
 log = logging.getLogger(__name__)
@@ -285,7 +284,7 @@ class CheckRunner:
                 if env.get("PATH") != os.environ.get("PATH") and "/" not in program:
                     # posix_spawnp searches our PATH; the section set its own,
                     # and a program only on ours must not be found there.
-                    program = shutil.which(program, path=env.get("PATH", ""))
+                    program = find_program(program, env.get("PATH", ""))
                     if program is None:
                         raise FileNotFoundError(f"{argv[0]}: not found on the section's "
                                                 f"PATH ({env.get('PATH', '')})")

@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import BinaryIO, TextIO
 
 from . import drain, statedir
 from .backoff import backoff
@@ -46,6 +45,10 @@ from .registry import Registry
 from .session_file import SessionStore
 from .status import StatusPublisher, process_alive
 from .untrusted import DropLog, excerpt
+
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
+if TYPE_CHECKING:
+    from typing import BinaryIO, TextIO
 
 log = logging.getLogger(__name__)
 
