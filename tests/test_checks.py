@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import textwrap
 import time
 import uuid
@@ -614,6 +615,53 @@ def test_a_program_is_found_on_a_path_as_shutil_which_finds_it(tmp_path):
             assert find_program(name, search) == shutil.which(name, path=search), (name, search)
     assert find_program("plain", path) == str(second / "plain")
     assert find_program("adir", path) == str(second / "adir")
+
+
+# What a listener with plain sections, logging to stderr, has no use for: each
+# costs a small host memory for as long as the listener runs.
+NOT_NEEDED = ("typing", "subprocess", "logging.handlers", "pickle", "shutil", "tempfile",
+              "getpass", "xmlrpc.client", "http.client", "email", "supervisor.childutils",
+              "supervisor.datatypes")
+
+
+def imported(log: Path) -> list[str]:
+    """The modules ``python -X importtime`` reported importing, in order."""
+    return [line.rsplit("|", 1)[1].strip() for line in log.read_text().splitlines()
+            if line.startswith("import time:") and "|" in line]
+
+
+@pytest.mark.e2e
+def test_a_listener_imports_only_what_its_sections_need(
+        write_config, supervisord, zk, base_path, member_user, tmp_path):
+    plain = write_config(section(base_path, "cmd", 9001, cmd="true")
+                         + section(base_path, "tcp", 9002, cmd="tcp://127.0.0.1:9")
+                         , name="plain.cfg")
+    with_user = write_config(section(base_path, "asuser", 9003, cmd="true", user=member_user.name),
+                             name="user.cfg")
+    listeners = "".join(textwrap.dedent(f"""
+        [eventlistener:{name}]
+        command = {sys.executable} -X importtime -m zkwatcher_supervisor -c {config}
+        events = PROCESS_STATE,TICK_5
+        buffer_size = 1024
+        startsecs = 0
+        stderr_logfile = {tmp_path}/{name}.log
+        """) for name, config in (("plain", plain), ("withuser", with_user)))
+    server = supervisord(listeners)
+    wait_until(lambda: node_exists(zk, f"{base_path}/cmd/host1:9001")
+               and node_exists(zk, f"{base_path}/asuser/host1:9003"), 20, what="registered")
+    wait_until(lambda: "[tcp] check failed" in (tmp_path / "plain.log").read_text(), 10,
+               what="the tcp check's verdict")
+    server.stop()
+    plain_modules = imported(tmp_path / "plain.log")
+    assert "zkwatcher_supervisor.registry" in plain_modules  # -X importtime took effect
+    assert [name for name in NOT_NEEDED if name in plain_modules] == []
+    # A check with a user is forked by subprocess: imported before the loop
+    # runs, never on it at the first check.
+    log = (tmp_path / "withuser.log").read_text().splitlines()
+    where = {line.rsplit("|", 1)[1].strip(): number for number, line in enumerate(log)
+             if line.startswith("import time:")}
+    started = next(number for number, line in enumerate(log) if "watching 1 section(s)" in line)
+    assert where["subprocess"] < started
 
 
 @pytest.mark.e2e

@@ -32,6 +32,7 @@ from .checks import (
     CheckOutcome,
     CheckRunner,
     close_inherited_fds_on_exec,
+    import_for,
 )
 from .config import Config, ConfigError, ServiceSettings, load_config
 from .drains import DrainKeeper
@@ -543,6 +544,7 @@ def read_reloaded_config(filename: str, hosts_override: str | None,
     error = switch_error(config, os.geteuid(), os.getegid())
     if error is not None:
         raise error
+    import_for(config.services)
     warnings = []
     if os.geteuid() == 0:
         changed = [service for service in config.services
@@ -579,6 +581,7 @@ def run(config: Config, hosts_override: str | None = None,
     if stdin is None:
         stdin = sys.stdin.buffer
     close_inherited_fds_on_exec()
+    import_for(config.services)
     loop = EventLoop()
     stopping: list[str] = []
     controllers: list[Controller] = []  # set below; a HUP before then has nothing to reload
