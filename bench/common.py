@@ -3,6 +3,7 @@ listener's config and eventlistener section."""
 
 from __future__ import annotations
 
+import compileall
 import math
 import statistics
 import sys
@@ -12,6 +13,16 @@ import time
 from pathlib import Path
 
 from kazoo.client import KazooClient
+
+
+def as_installed() -> None:
+    """Write the package's bytecode, as pip does when it installs it.  Without
+    it, a PYTHONDONTWRITEBYTECODE in the environment (or an unwritable
+    checkout) has every listener compile each of its modules at every start
+    (at 10 sections: 1.3 MB more resident, 0.05 s more CPU until registered),
+    unlike a listener as installed and unlike zk_watcher, which pip installed."""
+    package = Path(__file__).resolve().parent.parent / "zkwatcher_supervisor"
+    compileall.compile_dir(str(package), quiet=1)
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from common import deletion_watch, percentile
+from common import as_installed, deletion_watch, percentile
 from floor import create_floor, spawn_floor
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
@@ -371,6 +371,7 @@ class ScaleRun(NamedTuple):
     (supervisord's for ours, zk_watcher's own process for zk_watcher)."""
 
     all_up: float  # until a separate client first counts every node
+    start_cpu: float  # CPU seconds of the tool's process (and its checks) until then
     cpu: float  # % of one CPU in the steady window
     rss: float  # MB after the window
     system: float  # kernel share of that CPU, %
@@ -430,7 +431,8 @@ def scale(args) -> None:
                 print(f"{count:>6} {tool:<11} {'median':>8} {medians[tool][0]:>7.2f} "
                       f"{medians[tool][1]:>7.1f}", flush=True)
                 print(f"{'':>6} {tool} over {len(runs)} run(s): "
-                      f"all up {median_range([r.all_up for r in runs], '.2f')} s; "
+                      f"all up {median_range([r.all_up for r in runs], '.2f')} s, "
+                      f"CPU until then {median_range([r.start_cpu for r in runs], '.2f')} s; "
                       f"CPU {median_range([r.cpu for r in runs], '.2f')} %, "
                       f"of which system (kernel) {median_range([r.system for r in runs], '.0f')}"
                       f" %; RSS {median_range([r.rss for r in runs], '.1f')} MB", flush=True)
@@ -489,6 +491,7 @@ def scale_once(args, count: int, tool: str, cmd: str, extra: str = "") -> ScaleR
         stats = bench.start_ours(text) if tool == "ours" else bench.start_peer(text)
         wait_until(lambda: bench.registered(prefix) == count, 300, interval=0.02)
         all_up = time.time() - bench.launched
+        start_cpu = stats.cpu_seconds()
         phases = {}
         if tool == "ours":
             phases = log_phases((bench.work / "ours.log").read_text(errors="replace"),
@@ -517,7 +520,7 @@ def scale_once(args, count: int, tool: str, cmd: str, extra: str = "") -> ScaleR
             own = [name for name in names if not name.endswith(KAZOO_THREADS)]
             print(f"{'':>6} threads: kazoo {len(kazoo)} ({counted(kazoo)}); "
                   f"other {len(own)} ({counted(own)})", flush=True)
-        return ScaleRun(all_up, cpu, rss, system, phases, creates, spawns)
+        return ScaleRun(all_up, start_cpu, cpu, rss, system, phases, creates, spawns)
     finally:
         bench.close()
 
@@ -626,6 +629,7 @@ def main() -> int:
     sub.add_argument("--minutes", type=int, default=10)
     args = parser.parse_args()
     peer_command()
+    as_installed()
     {"detection": detection, "kill": kill, "scale": scale, "recovery": recovery,
      "soak": soak}[args.command](args)
     return 0

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import percentile
+from common import as_installed, percentile
 from compare import ProcessStats, peer_command
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
@@ -822,6 +822,7 @@ def main() -> int:
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    as_installed()
     phases = [p for p in args.phases.split(",") if p]
     unknown = set(phases) - set(PHASES)
     if unknown:

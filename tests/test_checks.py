@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import textwrap
 import time
 import uuid
@@ -25,7 +26,7 @@ from zkwatcher_supervisor.checks import CheckRunner, close_inherited_fds_on_exec
 from zkwatcher_supervisor.health import CheckRun
 from zkwatcher_supervisor.listener import HANDLED_SIGNALS
 from zkwatcher_supervisor.loop import EventLoop
-from zkwatcher_supervisor.privilege import check_user
+from zkwatcher_supervisor.privilege import check_user, find_program
 from zkwatcher_supervisor.status import process_alive
 from zkwatcher_supervisor.testing import free_port, wait_until
 
@@ -590,6 +591,77 @@ def test_checks_never_see_supervisords_variables(monkeypatch, tmp_path):
     finally:
         harness.checks.stop()
         harness.loop.close()
+
+
+def test_a_program_is_found_on_a_path_as_shutil_which_finds_it(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+    (first / "plain").write_text("not executable")
+    (first / "adir").mkdir()
+    (first / "adir").chmod(0o755)
+    for directory in (first, second):
+        for name in ("plain", "both"):
+            program = directory / name
+            program.write_text("#!/bin/sh\n")
+            if not (directory == first and name == "plain"):
+                program.chmod(0o755)
+    (second / "adir").write_text("#!/bin/sh\n")
+    (second / "adir").chmod(0o755)
+    path = os.pathsep.join(["", str(first), str(first), str(tmp_path / "missing"), str(second)])
+    for name in ("plain", "both", "adir", "nowhere", "true", str(second / "both"),
+                 str(first / "plain"), str(first / "adir")):
+        for search in (path, "", str(second), None):
+            assert find_program(name, search) == shutil.which(name, path=search), (name, search)
+    assert find_program("plain", path) == str(second / "plain")
+    assert find_program("adir", path) == str(second / "adir")
+
+
+# What a listener with plain sections, logging to stderr, has no use for: each
+# costs a small host memory for as long as the listener runs.
+NOT_NEEDED = ("typing", "subprocess", "logging.handlers", "pickle", "shutil", "tempfile",
+              "getpass", "xmlrpc.client", "http.client", "email", "supervisor.childutils",
+              "supervisor.datatypes")
+
+
+def imported(log: Path) -> list[str]:
+    """The modules ``python -X importtime`` reported importing, in order."""
+    return [line.rsplit("|", 1)[1].strip() for line in log.read_text().splitlines()
+            if line.startswith("import time:") and "|" in line]
+
+
+@pytest.mark.e2e
+def test_a_listener_imports_only_what_its_sections_need(
+        write_config, supervisord, zk, base_path, member_user, tmp_path):
+    plain = write_config(section(base_path, "cmd", 9001, cmd="true")
+                         + section(base_path, "tcp", 9002, cmd="tcp://127.0.0.1:9")
+                         , name="plain.cfg")
+    with_user = write_config(section(base_path, "asuser", 9003, cmd="true", user=member_user.name),
+                             name="user.cfg")
+    listeners = "".join(textwrap.dedent(f"""
+        [eventlistener:{name}]
+        command = {sys.executable} -X importtime -m zkwatcher_supervisor -c {config}
+        events = PROCESS_STATE,TICK_5
+        buffer_size = 1024
+        startsecs = 0
+        stderr_logfile = {tmp_path}/{name}.log
+        """) for name, config in (("plain", plain), ("withuser", with_user)))
+    server = supervisord(listeners)
+    wait_until(lambda: node_exists(zk, f"{base_path}/cmd/host1:9001")
+               and node_exists(zk, f"{base_path}/asuser/host1:9003"), 20, what="registered")
+    wait_until(lambda: "[tcp] check failed" in (tmp_path / "plain.log").read_text(), 10,
+               what="the tcp check's verdict")
+    server.stop()
+    plain_modules = imported(tmp_path / "plain.log")
+    assert "zkwatcher_supervisor.registry" in plain_modules  # -X importtime took effect
+    assert [name for name in NOT_NEEDED if name in plain_modules] == []
+    # A check with a user is forked by subprocess: imported before the loop
+    # runs, never on it at the first check.
+    log = (tmp_path / "withuser.log").read_text().splitlines()
+    where = {line.rsplit("|", 1)[1].strip(): number for number, line in enumerate(log)
+             if line.startswith("import time:")}
+    started = next(number for number, line in enumerate(log) if "watching 1 section(s)" in line)
+    assert where["subprocess"] < started
 
 
 @pytest.mark.e2e

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import logging
-import logging.handlers
 import os
 import sys
 import textwrap
@@ -304,8 +304,12 @@ def setup_logging(verbose: bool, syslog: bool) -> LogWriter:
     """Log through a queue: the event loop never waits for stderr or syslog to
     take a line.  Stop the returned writer to flush before exiting."""
     handler: logging.Handler
-    if syslog and os.path.exists(SYSLOG_SOCKET):
-        handler = logging.handlers.SysLogHandler(address=SYSLOG_SOCKET)
+    to_syslog = syslog and os.path.exists(SYSLOG_SOCKET)
+    if to_syslog:
+        # Only for syslog: logging.handlers brings pickle and socket servers.
+        from logging.handlers import SysLogHandler
+
+        handler = SysLogHandler(address=SYSLOG_SOCKET)
         handler.setFormatter(logging.Formatter(f"zkwatcher-supervisor[{os.getpid()}]: "
                                                "%(levelname)s %(message)s"))
     else:
@@ -323,7 +327,7 @@ def setup_logging(verbose: bool, syslog: bool) -> LogWriter:
     logging.getLogger("kazoo").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not verbose:
         to_writer.addFilter(KAZOO_REPEATS)
-    if syslog and not isinstance(handler, logging.handlers.SysLogHandler):
+    if syslog and not to_syslog:
         logging.getLogger(__name__).warning("--syslog: %s does not exist; logging to stderr",
                                             SYSLOG_SOCKET)
     return writer
@@ -424,6 +428,22 @@ def quiet_command_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command, args = parse_command(argv)
+    if command == "run":
+        return _run_command(args)
+    quiet_command_logging(args.verbose)
+    try:
+        return _operator_command(command, args)
+    except BrokenPipeError:
+        # `status --json | head`: the reader left; nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+def parse_command(argv: list[str] | None) -> tuple[str, argparse.Namespace]:
+    """The command and its options; exits on bad usage.  The parser (half a MB
+    of help text and actions, in reference cycles) is collected before the
+    listener starts, not carried for as long as it runs."""
     parser = build_parser()
     args = parser.parse_args(argv)
     command = args.command or "run"
@@ -434,15 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         command = "check-config"
     if args.drained and command not in ("run", "check-config"):
         parser.error(f"--drained is an option of run, not of {command}")
-    if command == "run":
-        return _run_command(args)
-    quiet_command_logging(args.verbose)
-    try:
-        return _operator_command(command, args)
-    except BrokenPipeError:
-        # `status --json | head`: the reader left; nothing more to say to it.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED
+    del parser
+    gc.collect()
+    return command, args
 
 
 def _operator_command(command: str, args: argparse.Namespace) -> int:

@@ -26,8 +26,8 @@ import os
 import re
 import socket
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 from .privilege import (
     CheckUser,
@@ -40,6 +40,10 @@ from .privilege import (
 )
 from .secret_files import check_private_path, check_readable, check_trusted_path, read_secret
 from .tls import TLSSetupError, client_context
+
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
+if TYPE_CHECKING:
+    from typing import Any
 
 GLOBAL_SECTION = "zkwatcher"
 AUTH_SECTION = "auth"

@@ -21,7 +21,6 @@ section never let into rotation from one that was.
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
@@ -204,7 +203,13 @@ def request(config_filename: str, action: str, sections: list[str], reason: str 
     return {"config": statedir.config_key(config_filename), "id": uuid.uuid4().hex,
             "action": action, "sections": sections, "reason": reason, "duration": duration,
             "until": None if duration is None else time.time() + duration,
-            "by": by or getpass.getuser()}
+            "by": by or _user_name()}
+
+
+def _user_name() -> str:
+    import getpass  # only here: the listener never sends requests
+
+    return getpass.getuser()
 
 
 def parse_event(payload: str) -> DrainRequest | None:

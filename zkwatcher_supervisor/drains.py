@@ -24,8 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 from . import drain, statedir
 from .config import ServiceSettings

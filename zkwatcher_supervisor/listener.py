@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import BinaryIO, TextIO
 
 from . import drain, statedir
 from .backoff import backoff
@@ -33,6 +32,7 @@ from .checks import (
     CheckOutcome,
     CheckRunner,
     close_inherited_fds_on_exec,
+    import_for,
 )
 from .config import Config, ConfigError, ServiceSettings, load_config
 from .drains import DrainKeeper
@@ -46,6 +46,10 @@ from .registry import Registry
 from .session_file import SessionStore
 from .status import StatusPublisher, process_alive
 from .untrusted import DropLog, excerpt
+
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
+if TYPE_CHECKING:
+    from typing import BinaryIO, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -542,6 +546,7 @@ def read_reloaded_config(filename: str, hosts_override: str | None,
     error = switch_error(config, os.geteuid(), os.getegid())
     if error is not None:
         raise error
+    import_for(config.services)
     warnings = []
     if os.geteuid() == 0:
         changed = [service for service in config.services
@@ -578,6 +583,7 @@ def run(config: Config, hosts_override: str | None = None,
     if stdin is None:
         stdin = sys.stdin.buffer
     close_inherited_fds_on_exec()
+    import_for(config.services)
     loop = EventLoop()
     stopping: list[str] = []
     controllers: list[Controller] = []  # set below; a HUP before then has nothing to reload

@@ -12,8 +12,8 @@ the event loop, and without a library repeating itself line by line.
 
 from __future__ import annotations
 
+import copy
 import logging
-import logging.handlers
 import queue
 import threading
 import time
@@ -110,21 +110,29 @@ class LogWriter:
             self._handler.handleError(record)
 
 
-class _Enqueue(logging.handlers.QueueHandler):
-    """A QueueHandler that drops (and counts) instead of waiting when the writer's queue is full."""
+class _Enqueue(logging.Handler):
+    """Hands records to the writer, their message and traceback already
+    formatted here (the arguments may change once the caller moves on); drops
+    (and counts) instead of waiting when the writer's queue is full.  Not
+    logging.handlers.QueueHandler: that module brings pickle and socket
+    servers, half a MB a listener logging to stderr never uses."""
 
     def __init__(self, writer: LogWriter) -> None:
-        super().__init__(writer.records)
+        super().__init__()
         self._writer = writer
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._writer.full:
             self._writer.offer(record)  # counts it, without formatting it first
             return
-        super().emit(record)
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        self._writer.offer(record)
+        try:
+            message = self.format(record)
+            record = copy.copy(record)  # other handlers may still see the original
+            record.message = record.msg = message
+            record.args = record.exc_info = record.exc_text = record.stack_info = None
+            self._writer.offer(record)
+        except Exception:
+            self.handleError(record)
 
 
 class RepeatSummary(logging.Filter):

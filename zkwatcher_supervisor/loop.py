@@ -21,9 +21,13 @@ import selectors
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
 
-Callback = Callable[[], Any]
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
+if TYPE_CHECKING:
+    from typing import Any
+
+Callback = Callable[[], object]
 
 
 class Timer:

@@ -7,15 +7,17 @@ lock (kazoo's callbacks start and end it, the worker logs its progress).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 # While ZooKeeper is out of reach, one line says so this often.
 PROGRESS_INTERVAL = 60.0
 
 
-class Stretch(NamedTuple):
-    """An outage as it stands: how long so far, whether the session expired
-    meanwhile, and whether there ever was a connection before it."""
+class Stretch(namedtuple("Stretch", "away expired ever_connected")):
+    """An outage as it stands: how long so far (seconds), whether the session
+    expired meanwhile, and whether there ever was a connection before it."""
+
+    __slots__ = ()
 
     away: float
     expired: bool

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from .loop import EventLoop
 from .procfs import HAVE_PIDFD, proc_stat

@@ -17,13 +17,12 @@ import grp
 import os
 import pwd
 import shlex
-import shutil
 import stat
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
 if TYPE_CHECKING:
     from .config import Config, ConfigError, ServiceSettings
 
@@ -261,7 +260,30 @@ def executable_of(command: str, path: str | None) -> str | None:
         return None
     if "/" in words[0]:
         return os.path.abspath(words[0])
-    return shutil.which(words[0], path=path)
+    return find_program(words[0], path)
+
+
+def find_program(name: str, path: str | None) -> str | None:
+    """``name`` looked up on ``path`` (os.pathsep-separated; None: our PATH) as
+    ``shutil.which`` does on POSIX: the first executable regular file, or None.
+    Not shutil itself: it brings the bz2 and lzma modules, half a MB."""
+    if "/" in name:
+        return name if _executable_file(name) else None
+    if path is None:
+        path = os.environ.get("PATH", os.defpath)
+    seen = set()
+    for directory in path.split(os.pathsep):
+        if not directory or directory in seen:
+            continue
+        seen.add(directory)
+        candidate = os.path.join(directory, name)
+        if _executable_file(candidate):
+            return candidate
+    return None
+
+
+def _executable_file(path: str) -> bool:
+    return os.access(path, os.F_OK | os.X_OK) and not os.path.isdir(path)
 
 
 def _runs_a_process(service: ServiceSettings) -> bool:

@@ -19,11 +19,14 @@ import codecs
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, TextIO
 
 from .untrusted import DropLog
+
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
+if TYPE_CHECKING:
+    from typing import BinaryIO, TextIO
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,6 @@ from .neighbours import NeighbourScans, Scan
 from .outage import Outage, connected_line, progress_line
 from .registry_decisions import (
     REPLY_TIMEOUT,
-    Action,
     Create,
     CreateParent,
     Delete,
@@ -84,6 +83,10 @@ from .zookeeper import (
     refused_credentials,
     tls_refusals,
 )
+
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
+if TYPE_CHECKING:
+    from .registry_decisions import Action
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,23 @@ says which of its threads touch them.
 from __future__ import annotations
 
 import posixpath
+from collections import namedtuple
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, NamedTuple, TypeVar, Union
 
 from kazoo.security import ACL, Permissions
 
 from .backoff import backoff
 from .payload import same_registration
 
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
 if TYPE_CHECKING:
+    from typing import TypeVar, Union
+
     from kazoo.protocol.states import ZnodeStat
+
+    T = TypeVar("T")
+    S = TypeVar("S")
 
 # A key whose last element holds this mark stands for a sequential member.
 SEQUENCE_MARK = "#"
@@ -43,10 +49,6 @@ REPLY_TIMEOUT = 10.0
 # (NoAuth) costs ZooKeeper one request per key every half minute.
 RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 30.0
-
-T = TypeVar("T")
-S = TypeVar("S")
-
 
 def sequence_prefix(key: str) -> str | None:
     """The znode prefix for a sequential member's key, or None for a key that is a node."""
@@ -78,7 +80,7 @@ class Create:
     """Create the ephemeral node (a sequential one for a member's key)."""
 
     data: bytes
-    verb: ClassVar[str] = "create"
+    verb = "create"  # not a field: no annotation
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class CreateParent:
     """Create the node's parent, then the node: its create found no parent."""
 
     data: bytes
-    verb: ClassVar[str] = "create"
+    verb = "create"  # not a field: no annotation
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class SetData:
 
     data: bytes
     version: int
-    verb: ClassVar[str] = "set"
+    verb = "set"  # not a field: no annotation
 
 
 @dataclass(frozen=True)
@@ -103,19 +105,26 @@ class Delete:
     """Delete the node, if it is still at ``version``."""
 
     version: int
-    verb: ClassVar[str] = "delete"
+    verb = "delete"  # not a field: no annotation
 
 
-Action = Union[Create, CreateParent, SetData, Delete]
+if TYPE_CHECKING:
+    Action = Union[Create, CreateParent, SetData, Delete]
 
 
-class Decision(NamedTuple):
-    """The action for a key, and what to change in what we know of it."""
+class Decision(namedtuple("Decision", "action forget adopt held_by",
+                          defaults=(None, False, None, None))):
+    """The action for a key (an Action or None), and what to change in what we
+    know of it: ``forget``, we do not (or no longer) hold a node for the key;
+    ``adopt``, we hold this node (an Owned), as it is, for the key's data;
+    ``held_by``, the wanted node is another session's (0: persistent)."""
 
-    action: Action | None = None
-    forget: bool = False  # we do not (or no longer) hold a node for the key
-    adopt: Owned | None = None  # we hold this node, as it is, for the key's data
-    held_by: int | None = None  # the wanted node is another session's (0: persistent)
+    __slots__ = ()
+
+    action: Action | None
+    forget: bool
+    adopt: Owned | None
+    held_by: int | None
 
 
 def decide_from_memory(owned: Owned | None, data: bytes | None) -> Action | None:

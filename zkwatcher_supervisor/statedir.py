@@ -28,13 +28,16 @@ import logging
 import os
 import pwd
 import stat
-import tempfile
-from collections.abc import Iterable
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Iterable
 
 from .untrusted import Unusable, load_json
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ def write_atomically(path: str, text: str | Iterable[str], mode: int,
     not an empty one.  An exception raised while the pieces are made leaves the
     old file as it was."""
     directory = os.path.dirname(path) or "."
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, temporary = _temporary_file(directory)
     try:
         with os.fdopen(fd, "w") as out:
             if isinstance(text, str):
@@ -195,6 +198,18 @@ def write_atomically(path: str, text: str | Iterable[str], mode: int,
         os.fsync(directory_fd)
     finally:
         os.close(directory_fd)
+
+
+def _temporary_file(directory: str) -> tuple[int, str]:
+    """A new file only we can read, for :func:`write_atomically` (what
+    ``tempfile.mkstemp`` does, without the half MB that tempfile and shutil
+    bring along)."""
+    while True:
+        path = os.path.join(directory, f".tmp-{os.urandom(6).hex()}")
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:
+            continue
 
 
 def remove(path: str) -> None:

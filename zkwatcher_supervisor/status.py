@@ -19,8 +19,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 from . import statedir
 from .config import Config, ZooKeeperSettings, check_hosts, settings_for_reading

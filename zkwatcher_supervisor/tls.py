@@ -9,8 +9,8 @@ set (the system store otherwise) and checks the server's name by default.
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
 if TYPE_CHECKING:
     from .config import TLSSettings
 

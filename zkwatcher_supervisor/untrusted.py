@@ -12,7 +12,11 @@ import json
 import logging
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+
+TYPE_CHECKING = False  # typing itself is not imported at run time (half a MB)
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 
