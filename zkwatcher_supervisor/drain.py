@@ -27,7 +27,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass
 
 from . import statedir
@@ -200,6 +199,8 @@ def request(config_filename: str, action: str, sections: list[str], reason: str 
     (what this version applies) and the ``until`` it implies, which is all a
     listener of an earlier version reads — so a drain sent while upgrading ends
     when asked."""
+    import uuid  # the commands only: on Python 3.9 it brings platform and subprocess
+
     return {"config": statedir.config_key(config_filename), "id": uuid.uuid4().hex,
             "action": action, "sections": sections, "reason": reason, "duration": duration,
             "until": None if duration is None else time.time() + duration,
