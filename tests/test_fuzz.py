@@ -340,3 +340,28 @@ def test_node_data_read_from_zookeeper():
 
     run()
     counted.report()
+
+
+def test_supervisorctl_plugin_arguments():
+    """A supervisorctl line is outside input: the plugin's parser refuses what it
+    cannot use with its own exception (one line to the user), nothing else escapes."""
+    from zkwatcher_supervisor.ctlplugin import _Finished, _Usage, drain_parser
+
+    counted = Counted("plugin arguments")
+    words = st.sampled_from(["web", "--for", "--wait", "--stop", "--all", "--program",
+                             "--reason", "nan", "inf", "-1", "15m", "-h", "--"])
+
+    @FUZZ
+    @given(command=st.sampled_from(["drain", "undrain"]),
+           argv=st.lists(words | st.text(max_size=12), max_size=8))
+    def run(command, argv):
+        counted()
+        try:
+            args = drain_parser(command).parse_args(argv)
+        except (_Usage, _Finished):
+            return
+        if getattr(args, "wait", None) is not None:
+            assert 0 <= args.wait <= 86400
+
+    run()
+    counted.report()
