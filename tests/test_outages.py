@@ -53,6 +53,9 @@ def own_zookeeper(tmp_path):
 
 
 def client_for(hosts, timeout=10, **kwargs):
+    # kazoo's default reconnect backoff grows towards a minute, so after a 10 s
+    # outage a consumer could wait far longer than the listener to come back.
+    kwargs.setdefault("connection_retry", {"max_tries": -1, "delay": 0.1, "max_delay": 1})
     client = KazooClient(hosts=hosts, timeout=timeout, **kwargs)
     client.start(timeout=30)
     return client
