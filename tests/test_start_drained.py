@@ -39,14 +39,15 @@ class Keeper:
     """A DrainKeeper on a loop of its own, saving to ``path``."""
 
     def __init__(self, path, services: list[ServiceSettings],
-                 start_all_drained: bool = False) -> None:
+                 start_all_drained: bool = False, ran_before: bool = False) -> None:
         self.loop = EventLoop()
         self.names = sorted(s.name for s in services)
         self.changed: list[str] = []
         self.keeper = DrainKeeper(self.loop, str(path), CONFIG,
                                   {s.name: s for s in services}, DropLog(),
                                   self.changed.append, lambda: None,
-                                  start_all_drained=start_all_drained)
+                                  start_all_drained=start_all_drained,
+                                  ran_before=ran_before)
         self.settle()
 
     def settle(self) -> None:
@@ -174,6 +175,17 @@ def test_an_earlier_versions_file_counts_every_section_it_ran_as_in_rotation(pat
                     start_all_drained=True)
     assert keeper.drained() == {"web": ("deploy", "bob")}
     assert drain.load(str(path)).sections == {"web": "/services/h:80", "api": "/services/h:81"}
+
+
+def test_no_file_from_a_listener_that_ran_before_means_every_section_was_in(path):
+    """An earlier version writes a drain file only for a drain: taking over its
+    session without finding one, every section it ran stays in rotation; with
+    no session to take over either, this is a fresh host."""
+    assert Keeper(path, [WEB], start_all_drained=True, ran_before=True).drained() == {}
+    assert drain.load(str(path)).sections == {"web": "/services/h:80"}
+    path.unlink()
+    assert Keeper(path, [WEB], ran_before=False).drained() == {
+        "web": ("start_drained", "config")}
 
 
 def test_an_earlier_version_reads_this_versions_file_as_its_drains(path):
@@ -353,6 +365,27 @@ def test_a_fresh_host_joins_on_undrain_and_stays_in(write_config, supervisord, z
     wait_until(lambda: node_exists(zk, web) and node_exists(zk, api), 20,
                what="both registered after the reboot")
     assert wait_drained(server, config, "web", None)["registered"]
+
+
+@pytest.mark.e2e
+def test_an_upgrade_that_adds_start_drained_keeps_running_sections_in(
+        write_config, supervisord, zk, base_path):
+    """Config management ships the new version and ``start_drained = true``
+    together and hands over.  The listener being replaced stands for an earlier
+    version: its drain file is removed, as one that never drained had none."""
+    config = write_config(section(base_path, "web", 1, program="web"), session_timeout=10)
+    server = supervisord(programs("web") + listener_section(config))
+    web = f"{base_path}/web/host1:1"
+    wait_until(lambda: node_exists(zk, web), 20, what="web registered")
+    wait_until(lambda: os.path.exists(drain.state_path(str(config))), 5, what="drain file")
+    czxid = zk.exists(web).czxid
+    os.unlink(drain.state_path(str(config)))
+    config.write_text(config.read_text().replace("[web]\n", "[web]\nstart_drained = true\n"))
+    result = cli(server, config, "handoff")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert wait_drained(server, config, "web", None)["registered"]
+    assert zk.exists(web).czxid == czxid
+    assert "start_drained" not in (config.parent / "zkwatcher.log").read_text()
 
 
 @pytest.mark.e2e

@@ -22,6 +22,7 @@ Owned by the controller; every method runs on the event loop's thread.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -67,7 +68,7 @@ class DrainKeeper:
     def __init__(self, loop: EventLoop, path: str | None, config_filename: str,
                  services: Mapping[str, ServiceSettings], drops: DropLog,
                  changed: Callable[[str], None], publish: Callable[[], None],
-                 start_all_drained: bool = False) -> None:
+                 start_all_drained: bool = False, ran_before: bool = False) -> None:
         self._loop = loop
         self._path = path
         self._config_key = statedir.config_key(config_filename)
@@ -88,7 +89,11 @@ class DrainKeeper:
             saved, self._legacy = drain.load_adopting(
                 path, statedir.legacy_paths(config_filename, "drained"))
         sections = saved.sections
-        if sections is None:  # an earlier version's: it ran every section it had
+        found = path is not None and (os.path.lexists(path) or self._legacy is not None)
+        if sections is None or (ran_before and not found):
+            # An earlier version's file, or none at all where a listener ran
+            # before (we take over its session): an earlier version writes a
+            # file only for a drain, and it ran every section it had.
             sections = {name: service.registration_key for name, service in services.items()}
         moved = renamed(sections, services)
         for name, entry in saved.drains.items():

@@ -128,11 +128,13 @@ class Controller:
             ((service.rise - 1) * max(1, service.refresh) + service.timeout
              for service in config.services), default=0.0)
         self._settled = False
+        self._settle_pending = False  # told to the registry at the end of this pass
         self._snapshot_answered = False
         # Drained sections (operator's orders, kept across restarts).
         self.drains = DrainKeeper(loop, drain_path, config.filename, self.services,
                                   self.drops, self._section_changed, self.status.changed,
-                                  start_all_drained=start_drained)
+                                  start_all_drained=start_drained,
+                                  ran_before=registry.resumes_session)
         loop.on_idle(self.pump)
         registry.on_change = lambda: loop.post(self.status.changed)
         registry.on_fatal = loop.fail
@@ -158,9 +160,10 @@ class Controller:
             or not section.process_up
             for section in self.health.sections.values() if section.service.cmd is not None)
         if (snapshot_known and checks_known) or self.loop.clock() >= self._settle_by:
+            # Not told here: the verdicts that settled it may still be on their
+            # way to the registry; pump tells it after the update that carries them.
             self._settled = True
-            self.registry.settled({posixpath.dirname(service.registration_key)
-                                   for service in self.services.values()})
+            self._settle_pending = True
         else:
             self.loop.call_later(0.1, self._check_settled)
 
@@ -291,6 +294,10 @@ class Controller:
             if changes:
                 self.registry.update(changes)
                 self.status.changed()
+        if self._settle_pending:
+            self._settle_pending = False
+            self.registry.settled({posixpath.dirname(service.registration_key)
+                                   for service in self.services.values()})
         now = self.loop.clock()
         due = self.health.next_due()
         if due is not None and due <= now:
