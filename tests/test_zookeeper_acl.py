@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import pytest
 from kazoo.client import KazooClient
@@ -159,3 +160,39 @@ def test_two_credentials_register_side_by_side_under_a_new_tree(
         finally:
             owner.stop()
             owner.close()
+
+
+def test_a_parent_we_may_not_list_leaves_the_restarted_listener_running(
+        zookeeper, zk, write_config, driver, base_path):
+    """Restarted after a crash, the listener lists its parents to delete nodes of
+    its session that nothing wants.  A parent whose ACL lets it create and delete
+    but not list (NoAuth) is logged and left alone: the listener runs on and its
+    node stays the very same."""
+    other = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", "other:pw")])
+    other.start(timeout=30)
+    try:
+        parent = f"{base_path}/nolist"
+        zk.ensure_path(base_path)
+        other.create(parent, acl=[*CREATOR_ALL_ACL,
+                                  make_acl("world", "anyone", create=True, delete=True)])
+        config = write_config(section(base_path, "a", 1, cmd="true", path=parent),
+                              session_timeout=10)
+        first = driver(config)
+        node = f"{parent}/host1:1"
+        wait_until(lambda: node_exists(zk, node), 10, what="registered")
+        with pytest.raises(NoAuthError):
+            zk.get_children(parent)
+        czxid = zk.exists(node).czxid
+        first.process.kill()
+        first.process.wait()
+        second = driver(config)
+        wait_until(lambda: "reattached to session" in second.stderr(), 10, what="reattached")
+        wait_until(lambda: "cannot list it to delete nodes" in second.stderr(), 10,
+                   what="the refused listing logged")
+        time.sleep(1)  # whatever the sweep would still do
+        second.tick()  # answered: the listener runs on
+        assert second.process.poll() is None, second.stderr()
+        assert zk.exists(node).czxid == czxid
+    finally:
+        other.stop()
+        other.close()

@@ -881,12 +881,23 @@ class Registry:
                 children = listing.get(timeout=REPLY_TIMEOUT)
             except NoNodeError:
                 continue
+            except CONNECTION_ERRORS:
+                raise
+            except KazooException as exc:  # e.g. a parent we may not list: not ours to fix
+                log.error("%s: cannot list it to delete nodes of our session that no "
+                          "section wants (%r); they stay until the session ends", parent, exc)
+                continue
             candidates += [posixpath.join(parent, child) for child in children
                            if posixpath.join(parent, child) not in claimed]
         lookups = [(node, self._client.exists_async(node)) for node in candidates]
         deletions = []
         for node, lookup in lookups:
-            stat = lookup.get(timeout=REPLY_TIMEOUT)
+            try:
+                stat = lookup.get(timeout=REPLY_TIMEOUT)
+            except CONNECTION_ERRORS:
+                raise
+            except KazooException:
+                continue  # not a node we could have created
             if stat is not None and stat.ephemeralOwner == session_id:
                 log.info("deleting %s: a node of our session that no section wants", node)
                 deletions.append((node, self._client.delete_async(node, stat.version)))
@@ -924,9 +935,15 @@ class Registry:
             floor = min((self._uncertain[key][0] or 0) for key in keys)
             prefixes = {posixpath.basename(sequence_prefix(key)) for key in keys}
             try:
-                children = self._client.get_children(parent)
+                children = self._client.get_children_async(parent).get(timeout=REPLY_TIMEOUT)
             except NoNodeError:
                 children = []  # no parent, so no member either
+            except CONNECTION_ERRORS:
+                raise
+            except KazooException as exc:
+                log.error("%s: cannot list it to find the members whose create reply was "
+                          "lost (%r); they count as not created", parent, exc)
+                children = []
             candidates = [node for node in (posixpath.join(parent, child) for child in
                                             lost_create_candidates(children, prefixes, floor))
                           if not self._members.is_member_node(node)]
@@ -935,7 +952,9 @@ class Registry:
             for node, lookup in lookups:
                 try:
                     data, stat = lookup.get(timeout=REPLY_TIMEOUT)
-                except NoNodeError:
+                except CONNECTION_ERRORS:
+                    raise
+                except KazooException:  # gone, or another's we may not read: not ours
                     continue
                 if stat.ephemeralOwner == session_id:
                     ours.append((node, data, stat))
