@@ -221,6 +221,9 @@ BAD_CONFIGS = [
      "zookeeper_path = /s\n", "line 2: [zkwatcher] user: no such user 'no-such-user-zkw'"),
     ("[s]\ncmd = true\nenvironment = A\nservice_port = 1\nzookeeper_path = /s\n",
      "line 3: [s] environment: expected KEY=\"value\",KEY2=\"value2\", as in supervisord's"),
+    ("[s]\ncmd = true\nservice_hostname = web1 # primary\nservice_port = 1\n"
+     "zookeeper_path = /s\n", "line 3: [s] service_hostname: must not contain '#' (an "
+     "inline comment is part of the value), got 'web1 # primary'"),
     ("[s]\ncmd = true\nstart_drained = maybe\nservice_port = 1\nzookeeper_path = /s\n",
      "line 3: [s] start_drained: expected true or false, got 'maybe'"),
     ("[" + "s" * 1001 + "]\ncmd = true\nservice_port = 1\nzookeeper_path = /s\n",

@@ -704,6 +704,9 @@ def _read_service(section: _Section, default_hostname: str,
                      "(zk_watcher registered ':PORT' with no host)")
     if "/" in hostname:
         raise section.error("service_hostname", f"must not contain '/', got {hostname!r}")
+    if "#" in hostname:  # ours to mark a sequential member's name, never a host's
+        raise section.error("service_hostname", "must not contain '#' (an inline comment "
+                            f"is part of the value), got {hostname!r}")
 
     notes: list[str] = []
     try:
