@@ -140,6 +140,17 @@ def test_drain_stop_deregisters_waits_then_stops(host, zk, tmp_path):
     assert server.info("api")["statename"] == "STOPPED"
 
 
+def test_drain_stop_of_a_program_stopped_already_is_done(host, zk):
+    """The goal (the program stopped) holds already: exit 0, saying so."""
+    server, config, nodes, _flag = host
+    assert server.ctl("stop", "api").returncode == 0
+    wait_until(lambda: not node_exists(zk, nodes["api"]), 5, what="api's node gone")
+    result = cli(server, config, "drain", "api", "--stop", "--wait", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "stopped api:api (stopped already)"
+    assert cli(server, config, "undrain", "api").returncode == 0
+
+
 def test_drain_stop_with_zookeeper_unreachable_stops_nothing(
         zookeeper, write_config, supervisord, zk, base_path, tmp_path):
     proxy = FaultProxy(zookeeper.port)

@@ -305,23 +305,46 @@ class DrainClient:
     def send(self, message: dict) -> None:
         self.rpc.supervisor.sendRemoteCommEvent(EVENT_TYPE, json.dumps(message))
 
-    def stop_programs(self, sections: list[str]) -> list[str]:
-        """Stop the programs bound to ``sections`` (once each); returns what was stopped."""
-        stopped = []
+    def stop_programs(self, sections: list[str]) -> tuple[list[str], list[str]]:
+        """Stop the programs bound to ``sections`` (once each).  Returns what is
+        stopped now (stopped by us, or stopped already) and what supervisord
+        could not stop, each as ``group:name`` and why."""
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import Faults
+
+        done: list[str] = []
+        failed: list[str] = []
+        asked = set()
         for name in sections:
             service = next(s for s in self.config.services if s.name == name)
-            if service.program is None:
-                continue
             spec = service.program
-            target = f"{spec.group}:*" if spec.name is None else f"{spec.group}:{spec.name}"
-            if target in stopped:
+            if spec is None:
                 continue
-            if spec.name is None:
-                self.rpc.supervisor.stopProcessGroup(spec.group, True)
-            else:
-                self.rpc.supervisor.stopProcess(target, True)
-            stopped.append(target)
-        return stopped
+            target = f"{spec.group}:*" if spec.name is None else f"{spec.group}:{spec.name}"
+            if target in asked:
+                continue
+            asked.add(target)
+            if spec.name is not None:
+                try:
+                    self.rpc.supervisor.stopProcess(target, True)
+                except xmlrpc.client.Fault as exc:
+                    if exc.faultCode != Faults.NOT_RUNNING:
+                        raise
+                    target += " (stopped already)"
+                done.append(target)
+                continue
+            # One result per process that was running; a failure is in its result.
+            results = self.rpc.supervisor.stopProcessGroup(spec.group, True)
+            for result in results:
+                process = f"{result.get('group')}:{result.get('name')}"
+                if result.get("status") in (Faults.SUCCESS, Faults.NOT_RUNNING):
+                    done.append(process)
+                else:
+                    failed.append(f"{process} ({result.get('description')})")
+            if not results:
+                done.append(f"{target} (stopped already)")
+        return done, failed
 
 
 def run_drain(config, args, rpc=None, where: str | None = None,
@@ -427,10 +450,14 @@ def run_drain(config, args, rpc=None, where: str | None = None,
     print(f"drained {listed}; ZooKeeper confirmed; stopping in {wait:g}s", flush=True)
     time.sleep(wait)
     try:
-        stopped = client.stop_programs(sections)
+        stopped, failed = client.stop_programs(sections)
     except Exception as exc:
         return fail(f"stopping through {where}: {describe_error(exc)}")
-    print("stopped " + (", ".join(stopped) if stopped else "nothing (no bound program)"))
+    if stopped or not failed:
+        print("stopped " + (", ".join(stopped) if stopped else "nothing (no bound program)"),
+              flush=True)
+    if failed:
+        return fail(f"{where} could not stop " + ", ".join(failed))
     return 0
 
 
