@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -76,9 +77,21 @@ class ProtocolDriver:
         return self.stderr_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        """Kill the listener, and the process groups of the checks it was running
+        (each in a session of its own: a killed listener cannot end them)."""
         if self.process.poll() is None:
+            try:
+                with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as f:
+                    checks = [int(pid) for pid in f.read().split()]
+            except OSError:
+                checks = []
             self.process.kill()
             self.process.wait()
+            for pid in checks:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
 
 class Ticker:
