@@ -289,6 +289,14 @@ class Registry:
     # -- kazoo callbacks: never block here (kazoo issue 355) ------------------
 
     def _on_connection_state(self, state: str) -> None:
+        # kazoo logs an exception from a listener and carries on: ours must end us.
+        try:
+            self._connection_state_changed(state)
+        except BaseException as exc:
+            log.critical("ZooKeeper connection listener failed", exc_info=True)
+            self.on_fatal(exc)
+
+    def _connection_state_changed(self, state: str) -> None:
         self.on_change()
         if state == KazooState.CONNECTED:
             self._on_connected()
@@ -354,12 +362,16 @@ class Registry:
         self.on_change()  # status shows why we are not connected
 
     def _on_watch(self, event) -> None:
-        with self._lock:
-            if event.path is None:  # a session event (kazoo fires these at expiry)
-                self._examine_all = True
-            else:
-                self._suspect.add(event.path)  # a znode; the worker maps it to its key
-        self._wake.set()
+        try:
+            with self._lock:
+                if event.path is None:  # a session event (kazoo fires these at expiry)
+                    self._examine_all = True
+                else:
+                    self._suspect.add(event.path)  # a znode; the worker maps it to its key
+            self._wake.set()
+        except BaseException as exc:  # as above: kazoo would log it and carry on
+            log.critical("ZooKeeper watch callback failed", exc_info=True)
+            self.on_fatal(exc)
 
     # -- worker ---------------------------------------------------------------
 
