@@ -276,6 +276,41 @@ def test_status_reports_from_odd_status_files(tmp_path):
     counted.report()
 
 
+def test_drain_reads_any_answer_the_status_file_check_lets_through(tmp_path):
+    """A listener's answers to drain requests come back through the status file:
+    an answer the file's check accepts is one drain and handoff can read."""
+    from zkwatcher_supervisor.drain import answer_outcome
+
+    counted = Counted("answers to drain requests")
+    answer = json_values | st.fixed_dictionaries({}, optional={
+        "error": json_values, "applied": json_values | st.lists(st.text(max_size=4)),
+        "sections": json_values | st.lists(st.text(max_size=4)),
+        "refused": json_values | st.dictionaries(st.text(max_size=4), json_values),
+        "refused_more": json_values, "accepted": json_values})
+    path = tmp_path / "status.json"
+
+    @FUZZ
+    @given(answers=st.dictionaries(st.text(max_size=4), answer, max_size=3),
+           refused=json_values | st.fixed_dictionaries({}, optional={"why": json_values}))
+    def run(answers, refused):
+        counted()
+        path.write_text(json.dumps({"pid": os.getpid(), "updated": 1.0, "sections": {},
+                                    "zookeeper": {"connected": True}, "requests": answers,
+                                    "handoff_refused": refused}))
+        state = read_status_file(str(path))
+        if state is None:
+            return
+        for one in state["requests"].values():
+            applied, why = answer_outcome(one, ["a", ""])
+            assert all(isinstance(text, str) for text in [*applied, *why, *why.values()])
+            assert isinstance(one.get("error") or "", str)
+        if state.get("handoff_refused") is not None:
+            assert isinstance(state["handoff_refused"]["why"], str)
+
+    run()
+    counted.report()
+
+
 def asks_for_help_or_version(argv: list[str]) -> bool:
     """-h (alone or among short flags: -vh) or an abbreviation of --help or --version."""
     return any((word.startswith("-") and not word.startswith("--") and "h" in word)

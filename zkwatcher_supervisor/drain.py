@@ -417,20 +417,15 @@ def run_drain(config, args, rpc=None, where: str | None = None,
         return fail(f"the listener (pid {pid}) did not acknowledge within {ACK_TIMEOUT:.0f}s; "
                     "is REMOTE_COMMUNICATION in its events = ?")
     if answer.get("error"):
-        return fail(f"the listener refused the request: {answer['error']}")
-    if "applied" in answer:
-        applied = [name for name in answer["applied"] if name in sections]
-        refused = answer.get("refused") or {}
-    else:  # an earlier version: it lists what it applied and drops the rest unsaid
-        applied = [name for name in answer.get("sections", []) if name in sections]
-        refused = {name: "not applied by the running listener (an earlier version; reload "
-                   "or hand over first)" for name in sections if name not in applied}
+        return fail(f"the listener refused the request: {printable(answer['error'])}")
+    applied, refused = answer_outcome(answer, sections)
     listed = ", ".join(f"[{name}]" for name in applied)
     if refused:
         if applied:
             print(f"{args.command}ed {listed}")
         for name, why in sorted(refused.items()):
-            print(f"{prog} {args.command}: [{name}] not {args.command}ed: {why}",
+            print(f"{prog} {args.command}: [{printable(name)}] not {args.command}ed: "
+                  f"{printable(why)}",
                   file=sys.stderr)
         if answer.get("refused_more"):
             print(f"{prog} {args.command}: and {answer['refused_more']} more "
@@ -459,6 +454,18 @@ def run_drain(config, args, rpc=None, where: str | None = None,
     if failed:
         return fail(f"{where} could not stop " + ", ".join(failed))
     return 0
+
+
+def answer_outcome(answer: dict, sections: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The sections a listener's answer (as the status file's check let it through)
+    says it applied, and those it refused with why."""
+    if "applied" in answer:
+        applied = [name for name in answer["applied"] if name in sections]
+        return applied, dict(answer.get("refused") or {})
+    # An earlier version: it lists what it applied and drops the rest unsaid.
+    applied = [name for name in answer.get("sections", []) if name in sections]
+    return applied, {name: "not applied by the running listener (an earlier version; "
+                     "reload or hand over first)" for name in sections if name not in applied}
 
 
 def wait_until_unadvertised(settings, services: list, timeout: float) -> list[str]:

@@ -206,7 +206,29 @@ def _check_state(state) -> dict:
             if not isinstance(drained.get("by"), str) \
                     or not isinstance(drained.get("reason", ""), str):
                 raise Unusable(f"drain of {name!r} lacks who and why")
-    mapping(state.get("requests", {}), "requests")
+    # What drain and handoff read of the listener's answers, so a forged or
+    # truncated one can neither crash them nor make them report success.
+    def texts(value, what: str) -> None:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise Unusable(f"{what} is not a list of names")
+
+    for request_id, answer in mapping(state.get("requests", {}), "requests").items():
+        what = f"the answer to request {request_id!r}"
+        mapping(answer, what)
+        if not isinstance(answer.get("error", ""), str):
+            raise Unusable(f"{what}: error is not text")
+        for key in ("applied", "sections"):
+            if key in answer:
+                texts(answer[key], f"{what}: {key}")
+        refused = mapping(answer.get("refused") or {}, f"{what}: refused")
+        if not all(isinstance(why, str) for why in refused.values()):
+            raise Unusable(f"{what}: refused gives no reason")
+        for key in ("refused_more", "accepted"):
+            optional_number(answer.get(key), f"{what}: {key}")
+    handoff_refused = state.get("handoff_refused")
+    if handoff_refused is not None and not isinstance(
+            mapping(handoff_refused, "handoff_refused").get("why"), str):
+        raise Unusable("handoff_refused gives no reason")
     return state
 
 
