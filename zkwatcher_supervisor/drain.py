@@ -358,7 +358,14 @@ def run_drain(config, args, rpc=None, where: str | None = None,
     ``where`` naming it in messages; None: reached as the flags say.
     ``prog`` starts each error line.
     """
-    from .status import distrust, locate_status, owner_of, process_alive, reading_settings
+    from .status import (
+        distrust,
+        locate_status,
+        of_an_earlier_version,
+        owner_of,
+        process_alive,
+        reading_settings,
+    )
     from .supervisord import SupervisordConfError, describe_error, resolve_from
 
     def fail(message: str, status: int = 1) -> int:
@@ -405,7 +412,7 @@ def run_drain(config, args, rpc=None, where: str | None = None,
                     f"{distrust(status_file) or status_file})")
     message = request(config.filename, args.command, sections, args.reason, duration,
                       by=args.username or "")
-    if "session" not in state.get("zookeeper", {}):
+    if of_an_earlier_version(state):
         # A listener of an earlier version knows itself by the config's resolved path.
         message["config"] = os.path.realpath(config.filename)
     try:

@@ -17,6 +17,7 @@ from .config import Config
 from .status import (
     distrust,
     locate_status,
+    of_an_earlier_version,
     owner_of,
     process_alive,
     read_status_file,
@@ -60,7 +61,7 @@ def hand_over(config: Config, server_url: str | None = None, username: str | Non
         time.sleep(0.05)
         state = read_status_file(path, owner) or state
     session = _session(state)
-    if session is None and "session" not in ((state or {}).get("zookeeper") or {}):
+    if session is None and of_an_earlier_version(state):
         # A listener of an earlier version does not publish its session: its nodes'
         # owner is the session the successor must hold.
         try:

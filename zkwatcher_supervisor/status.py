@@ -232,6 +232,12 @@ def _check_state(state) -> dict:
     return state
 
 
+def of_an_earlier_version(state: dict | None) -> bool:
+    """Whether a status file was written by a listener of an earlier version: it
+    does not publish its ZooKeeper session (this version does, None included)."""
+    return "session" not in ((state or {}).get("zookeeper") or {})
+
+
 def read_status_file(path: str, owner: int | None = None,
                      follow: bool = True) -> dict | None:
     """The listener's status file, or None if it is missing or not one we can use.
