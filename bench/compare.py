@@ -441,8 +441,9 @@ def scale(args) -> None:
             if len(medians) == 2:
                 (ours_cpu, ours_rss), (peer_cpu, peer_rss) = (medians["ours"],
                                                               medians["zk_watcher"])
-                print(f"{count:>6} zk_watcher/ours: CPU {peer_cpu / ours_cpu:.1f}x, "
-                      f"RSS {peer_rss / ours_rss:.1f}x", flush=True)
+                cpu = f"CPU {peer_cpu / ours_cpu:.1f}x, " if ours_cpu else ""  # --window 0
+                print(f"{count:>6} zk_watcher/ours: {cpu}RSS {peer_rss / ours_rss:.1f}x",
+                      flush=True)
     finally:
         if server is not None:
             server.close()
