@@ -4,13 +4,12 @@ Each running check is a few file descriptors in the loop's selector: its
 combined stdout/stderr pipe (kept as a short tail for the log), a pidfd that
 becomes readable when it exits, and a deadline timer.  Each check is started
 with ``posix_spawn`` (a vfork: the cheapest way to start a process) in a
-process group of its own, with stdin from /dev/null and never our
+session and process group of its own, with stdin from /dev/null and never our
 stdout — that is the supervisord protocol channel.  It starts with no signal
 blocked and SIGPIPE, SIGXFSZ and the signals we handle at their default action,
 whatever the listener has ignored.  A check with a ``user`` is forked instead
-(posix_spawn cannot change who runs it), in a session of its own (Popen's
-way to a group of its own on every Python we support), with the same
-descriptors and signal dispositions.  At the deadline, and again when the check exits, the
+(posix_spawn cannot change who runs it), with the same session, descriptors
+and signal dispositions.  At the deadline, and again when the check exits, the
 whole group is killed so no stray child lingers.
 
 A check counts as failed at its deadline even if its process cannot be reaped
@@ -305,9 +304,7 @@ class CheckRunner:
                         raise FileNotFoundError(f"{argv[0]}: not found on the section's "
                                                 f"PATH ({env.get('PATH', '')})")
                 # Only fds 0-2 are passed on: everything else we hold is close-on-exec.
-                # A process group, not a session: setsid also gives the check a
-                # scheduler autogroup of its own, a third of the spawn's cost.
-                pid = os.posix_spawnp(program, argv, env, setpgroup=0, file_actions=[
+                pid = os.posix_spawnp(program, argv, env, setsid=True, file_actions=[
                     (os.POSIX_SPAWN_DUP2, self._devnull, 0),
                     (os.POSIX_SPAWN_DUP2, write_fd, 1),
                     (os.POSIX_SPAWN_DUP2, write_fd, 2),
