@@ -187,7 +187,7 @@ def test_a_parent_we_may_not_list_leaves_the_restarted_listener_running(
         first.process.wait()
         second = driver(config)
         wait_until(lambda: "reattached to session" in second.stderr(), 10, what="reattached")
-        wait_until(lambda: "cannot list it to delete nodes" in second.stderr(), 10,
+        wait_until(lambda: "not allowed to list it, so nodes of our session" in second.stderr(), 10,
                    what="the refused listing logged")
         time.sleep(1)  # whatever the sweep would still do
         second.tick()  # answered: the listener runs on

@@ -895,9 +895,9 @@ class Registry:
                 continue
             except CONNECTION_ERRORS:
                 raise
-            except KazooException as exc:  # e.g. a parent we may not list: not ours to fix
-                log.error("%s: cannot list it to delete nodes of our session that no "
-                          "section wants (%r); they stay until the session ends", parent, exc)
+            except NoAuthError:  # a parent we may not list: not ours to fix
+                log.error("%s: not allowed to list it, so nodes of our session that no "
+                          "section wants there stay until the session ends", parent)
                 continue
             candidates += [posixpath.join(parent, child) for child in children
                            if posixpath.join(parent, child) not in claimed]
@@ -906,9 +906,7 @@ class Registry:
         for node, lookup in lookups:
             try:
                 stat = lookup.get(timeout=REPLY_TIMEOUT)
-            except CONNECTION_ERRORS:
-                raise
-            except KazooException:
+            except NoAuthError:
                 continue  # not a node we could have created
             if stat is not None and stat.ephemeralOwner == session_id:
                 log.info("deleting %s: a node of our session that no section wants", node)
@@ -950,11 +948,12 @@ class Registry:
                 children = self._client.get_children_async(parent).get(timeout=REPLY_TIMEOUT)
             except NoNodeError:
                 children = []  # no parent, so no member either
-            except CONNECTION_ERRORS:
-                raise
-            except KazooException as exc:
-                log.error("%s: cannot list it to find the members whose create reply was "
-                          "lost (%r); they count as not created", parent, exc)
+            except NoAuthError:
+                # Not knowing is all there is: ending the listener would only bring
+                # it back here.  The members are created again.
+                log.error("%s: not allowed to list it, so %d member(s) whose create reply "
+                          "was lost count as not created; if one was, it is there twice "
+                          "until the session ends", parent, len(keys))
                 children = []
             candidates = [node for node in (posixpath.join(parent, child) for child in
                                             lost_create_candidates(children, prefixes, floor))
@@ -964,9 +963,7 @@ class Registry:
             for node, lookup in lookups:
                 try:
                     data, stat = lookup.get(timeout=REPLY_TIMEOUT)
-                except CONNECTION_ERRORS:
-                    raise
-                except KazooException:  # gone, or another's we may not read: not ours
+                except (NoNodeError, NoAuthError):  # gone, or another's we may not read
                     continue
                 if stat.ephemeralOwner == session_id:
                     ours.append((node, data, stat))
