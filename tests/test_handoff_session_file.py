@@ -3,6 +3,7 @@ file our user alone can write is ever trusted."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -149,3 +150,18 @@ def test_a_negative_session_id_is_a_session_id(tmp_path):
     negative = SavedSession(-0x7ef0000000000001, b"p" * 16, {})
     session_file.save(path, negative)
     assert session_file.load(path) == negative
+
+
+def test_a_session_file_says_whether_its_writer_names_sections_in_a_drain_file(tmp_path):
+    """An earlier version's file has no drain_sections: its listener wrote a drain
+    file only for a drain, which start_drained has to know."""
+    path = str(tmp_path / "s.json")
+    session_file.save(path, SESSION)
+    assert session_file.load(path).drain_sections is True
+    with open(path) as file:
+        saved = json.load(file)
+    del saved["drain_sections"]
+    with open(path, "w") as file:
+        json.dump(saved, file)
+    assert session_file.load(path) == SavedSession(
+        SESSION.session_id, SESSION.password, SESSION.nodes, drain_sections=False)

@@ -68,7 +68,7 @@ class DrainKeeper:
     def __init__(self, loop: EventLoop, path: str | None, config_filename: str,
                  services: Mapping[str, ServiceSettings], drops: DropLog,
                  changed: Callable[[str], None], publish: Callable[[], None],
-                 start_all_drained: bool = False, ran_before: bool = False) -> None:
+                 start_all_drained: bool = False, earlier_version_ran: bool = False) -> None:
         self._loop = loop
         self._path = path
         self._config_key = statedir.config_key(config_filename)
@@ -90,10 +90,10 @@ class DrainKeeper:
                 path, statedir.legacy_paths(config_filename, "drained"))
         sections = saved.sections
         found = path is not None and (os.path.lexists(path) or self._legacy is not None)
-        if sections is None or (ran_before and not found):
-            # An earlier version's file, or none at all where a listener ran
-            # before (we take over its session): an earlier version writes a
-            # file only for a drain, and it ran every section it had.
+        if sections is None or (earlier_version_ran and not found):
+            # An earlier version's file, or none at all where an earlier
+            # version ran (we take over its session): it wrote a file only for
+            # a drain, and it ran every section it had.
             sections = {name: service.registration_key for name, service in services.items()}
         moved = renamed(sections, services)
         for name, entry in saved.drains.items():

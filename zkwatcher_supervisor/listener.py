@@ -134,7 +134,7 @@ class Controller:
         self.drains = DrainKeeper(loop, drain_path, config.filename, self.services,
                                   self.drops, self._section_changed, self.status.changed,
                                   start_all_drained=start_drained,
-                                  ran_before=registry.resumes_session)
+                                  earlier_version_ran=registry.resumes_earlier_version)
         loop.on_idle(self.pump)
         registry.on_change = lambda: loop.post(self.status.changed)
         registry.on_fatal = loop.fail

@@ -114,8 +114,8 @@ class Registry:
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
         self._store = session
         self._saved = session.load() if session is not None else None
-        # A listener of this config ran here before and left its session to us.
-        self.resumes_session = self._saved is not None
+        # A listener of an earlier version of this config left its session to us.
+        self.resumes_earlier_version = self._saved is not None and not self._saved.drain_sections
         client_id = None
         if self._saved is not None:
             client_id = (self._saved.session_id, self._saved.password)

@@ -39,6 +39,9 @@ class SavedSession:
     session_id: int
     password: bytes
     nodes: dict[str, str]  # registration key -> the znode that holds it
+    # Written by a version that names every section in its drain file: without
+    # that file, its sections are not known to have been in rotation.
+    drain_sections: bool = True
 
 
 def default_path(config_filename: str) -> str:
@@ -103,7 +106,8 @@ def _parse_session(saved: Any) -> SavedSession:
     if not isinstance(saved["password"], str):
         raise Unusable("password is not a string")
     return SavedSession(session_id, base64.b64decode(saved["password"], validate=True),
-                        {str(key): str(node) for key, node in nodes.items()})
+                        {str(key): str(node) for key, node in nodes.items()},
+                        drain_sections=saved.get("drain_sections") is True)
 
 
 def load(path: str) -> SavedSession | None:
@@ -118,7 +122,8 @@ def save(path: str, session: SavedSession) -> None:
         raise OSError(f"{directory} is not a private directory")
     text = json.dumps({"session_id": session.session_id,
                        "password": base64.b64encode(session.password).decode(),
-                       "nodes": dict(sorted(session.nodes.items()))})
+                       "nodes": dict(sorted(session.nodes.items())),
+                       "drain_sections": session.drain_sections})
     statedir.write_atomically(path, text, 0o600)
 
 
