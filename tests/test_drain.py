@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -149,6 +150,49 @@ def test_drain_stop_of_a_program_stopped_already_is_done(host, zk):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "stopped api:api (stopped already)"
     assert cli(server, config, "undrain", "api").returncode == 0
+
+
+def test_drain_stop_waits_for_a_stop_already_under_way(write_config, supervisord, zk,
+                                                      base_path, tmp_path):
+    """Someone else's stop is still in progress (its SIGTERM handler takes 3 s):
+    supervisord says NOT_RUNNING, yet drain --stop exits 0 only once it is STOPPED."""
+    config = write_config(section(base_path, "slow", 1, program="slow"))
+    server = supervisord(textwrap.dedent("""
+        [program:slow]
+        command = sh -c 'trap "sleep 3; exit 0" TERM; while :; do sleep 0.1; done'
+        startsecs = 0
+        stopwaitsecs = 20
+        """) + listener_section(config))
+    wait_until(lambda: node_exists(zk, f"{base_path}/slow/host1:1"), 20, what="registered")
+    server.rpc().supervisor.stopProcess("slow", False)
+    wait_until(lambda: server.info("slow")["statename"] == "STOPPING", 5, what="stopping")
+    started = time.monotonic()
+    result = cli(server, config, "drain", "slow", "--stop", "--wait", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "stopped slow:slow (stopped already)"
+    assert server.info("slow")["statename"] == "STOPPED"
+    print(f"drain --stop returned {time.monotonic() - started:.1f}s after the stop began")
+
+
+def test_drain_stop_of_a_group_names_each_process(write_config, supervisord, zk, base_path):
+    config = write_config(section(base_path, "pool", 1, program="pool:*"))
+    server = supervisord(textwrap.dedent("""
+        [program:pool]
+        command = sleep 100000
+        numprocs = 2
+        process_name = %(program_name)s_%(process_num)d
+        startsecs = 0
+        stopsignal = KILL
+        """) + listener_section(config))
+    wait_until(lambda: node_exists(zk, f"{base_path}/pool/host1:1"), 20, what="registered")
+    result = cli(server, config, "drain", "pool", "--stop", "--wait", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "stopped pool:pool_0, pool:pool_1"
+    assert {info["statename"] for info in server.rpc().supervisor.getAllProcessInfo()
+            if info["group"] == "pool"} == {"STOPPED"}
+    again = cli(server, config, "drain", "pool", "--stop", "--wait", "0")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-1] == "stopped pool:* (stopped already)"
 
 
 def test_drain_stop_with_zookeeper_unreachable_stops_nothing(

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 EVENT_TYPE = "zkwatcher-supervisor"
 ACK_TIMEOUT = 2.0
 CONFIRM_TIMEOUT = 5.0
+# drain --stop: how long a program someone else is stopping may take to stop.
+STOPPING_WAIT = 60.0
 ACTIONS = ("drain", "undrain")
 # Bounds on a request from outside: far above any real one.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -331,6 +333,7 @@ class DrainClient:
                 except xmlrpc.client.Fault as exc:
                     if exc.faultCode != Faults.NOT_RUNNING:
                         raise
+                    # Not running includes still stopping (someone else's stop).
                     target += " (stopped already)"
                 done.append(target)
                 continue
@@ -344,7 +347,31 @@ class DrainClient:
                     failed.append(f"{process} ({result.get('description')})")
             if not results:
                 done.append(f"{target} (stopped already)")
+        stopping = self._still_stopping(asked, STOPPING_WAIT)
+        failed += [f"{process} (still STOPPING after {STOPPING_WAIT:g}s)" for process in stopping]
+        done = [entry for entry in done
+                if not any(_covers(entry.split(" ", 1)[0], process) for process in stopping)]
         return done, failed
+
+    def _still_stopping(self, targets: set[str], timeout: float) -> list[str]:
+        """Wait until no process of ``targets`` (``group:name`` or ``group:*``) is
+        STOPPING; returns those that still are after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stopping = sorted(
+                f"{info['group']}:{info['name']}"
+                for info in self.rpc.supervisor.getAllProcessInfo()
+                if info.get("statename") == "STOPPING"
+                and any(_covers(target, f"{info['group']}:{info['name']}")
+                        for target in targets))
+            if not stopping or time.monotonic() >= deadline:
+                return stopping
+            time.sleep(0.1)
+
+
+def _covers(target: str, process: str) -> bool:
+    """Whether ``target`` (``group:name`` or ``group:*``) names ``process`` (``group:name``)."""
+    return target == process or (target.endswith(":*") and process.startswith(target[:-1]))
 
 
 def run_drain(config, args, rpc=None, where: str | None = None,
