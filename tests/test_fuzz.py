@@ -303,6 +303,8 @@ def test_drain_reads_any_answer_the_status_file_check_lets_through(tmp_path):
         for one in state["requests"].values():
             applied, why = answer_outcome(one, ["a", ""])
             assert all(isinstance(text, str) for text in [*applied, *why, *why.values()])
+            # No section is taken as done unless the answer says it was applied.
+            assert {"a", ""} <= {*applied, *why} or one.get("refused_more")
             assert isinstance(one.get("error") or "", str)
         if state.get("handoff_refused") is not None:
             assert isinstance(state["handoff_refused"]["why"], str)

@@ -454,7 +454,7 @@ def run_drain(config, args, rpc=None, where: str | None = None,
         return fail(f"the listener refused the request: {printable(answer['error'])}")
     applied, refused = answer_outcome(answer, sections)
     listed = ", ".join(f"[{name}]" for name in applied)
-    if refused:
+    if refused or answer.get("refused_more"):
         if applied:
             print(f"{args.command}ed {listed}")
         for name, why in sorted(refused.items()):
@@ -495,7 +495,13 @@ def answer_outcome(answer: dict, sections: list[str]) -> tuple[list[str], dict[s
     says it applied, and those it refused with why."""
     if "applied" in answer:
         applied = [name for name in answer["applied"] if name in sections]
-        return applied, dict(answer.get("refused") or {})
+        refused = dict(answer.get("refused") or {})
+        # Each one named or counted in refused_more by a real listener; not
+        # applied either way.
+        if not answer.get("refused_more"):
+            refused.update({name: "not applied (not in the listener's answer)"
+                            for name in sections if name not in applied and name not in refused})
+        return applied, refused
     # An earlier version: it lists what it applied and drops the rest unsaid.
     applied = [name for name in answer.get("sections", []) if name in sections]
     return applied, {name: "not applied by the running listener (an earlier version; "

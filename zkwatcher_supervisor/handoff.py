@@ -24,6 +24,7 @@ from .status import (
     reading_settings,
 )
 from .supervisord import describe_error, rpc_interface, supervisorctl_defaults
+from .untrusted import printable
 
 SETTLE = 2.0
 # States in which supervisord will not start the successor by itself.
@@ -92,7 +93,7 @@ def hand_over(config: Config, server_url: str | None = None, username: str | Non
                                                                 config.status_file)[1]
         successor = (state or {}).get("pid")
         if successor == pid and state.get("handoff_refused") not in (None, refused_before):
-            why = state["handoff_refused"].get("why")
+            why = printable(state["handoff_refused"]["why"])
             return False, f"the listener (pid {pid}) refused to hand over: {why}; it is " \
                           "still running, nothing changed"
         if successor and successor != pid and process_alive(successor):
