@@ -85,7 +85,7 @@ def test_the_store_writes_in_the_background_and_flushes(tmp_path):
     store = session_file.SessionStore(path)
     assert store.problem is None and store.load() is None
     store.put(SESSION)
-    assert store.flush(5)
+    assert store.flush(5) is None
     assert session_file.load(path) == SESSION
     store.discard()
     assert not os.path.exists(path)
@@ -98,7 +98,7 @@ def test_a_store_that_cannot_write_says_why(tmp_path):
     store = session_file.SessionStore(path)
     os.chmod(directory, 0o775)  # no longer private: every write is refused
     store.put(SESSION)
-    assert not store.flush(5)
+    assert "not a private directory" in store.flush(5)
     assert "not a private directory" in store.problem
 
 
@@ -108,7 +108,7 @@ def test_a_session_an_earlier_version_saved_is_taken_over_and_its_file_removed(t
     store = session_file.SessionStore(str(tmp_path / "new" / "session.json"), legacy=[old])
     assert store.load() == SESSION
     store.put(SESSION)
-    assert store.flush(5)
+    assert store.flush(5) is None
     assert not os.path.exists(old)
 
 

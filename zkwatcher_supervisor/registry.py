@@ -269,8 +269,9 @@ class Registry:
             return "no ZooKeeper session to hand over"
         self._saved_nodes = None  # written again even if unchanged: the file may be gone
         self._save_session()
-        if not self._store.flush(timeout):
-            return self._store.problem or "the session file was not written"
+        problem = self._store.flush(timeout)
+        if problem is not None:
+            return problem
         log.info("handing over session 0x%x with %d node(s)", self._session_id,
                  len(self._owned))
         return None

@@ -204,17 +204,15 @@ class SessionStore:
                 self._thread.start()
             self._condition.notify_all()
 
-    def flush(self, timeout: float) -> bool:
-        """Wait until everything put so far is on disk; False if it is not (why: problem)."""
+    def flush(self, timeout: float) -> str | None:
+        """Wait until everything put so far is on disk; why it is not, or None."""
         if not self.usable:
-            return False
+            return self.problem
         with self._condition:
             wanted = self._wanted
-            done = self._condition.wait_for(lambda: self._written >= wanted, timeout)
-        if not done:
-            self.problem = f"writing the session file {self.path} did not finish in " \
-                           f"{timeout:g}s"
-        return done and self.problem is None
+            if not self._condition.wait_for(lambda: self._written >= wanted, timeout):
+                return f"writing the session file {self.path} did not finish in {timeout:g}s"
+        return self.problem  # the writer's verdict on that last write
 
     def discard(self) -> None:
         """The session is closed: nothing to reattach to.  Stops the writer."""
