@@ -23,10 +23,11 @@ from kazoo.security import (
     make_digest_acl_credential,
 )
 from support.driver import tick_until
+from support.proxies import CREATE_OPCODES, ZooKeeperLink
 from support.sections import section
 from support.watches import node_exists
 
-from zkwatcher_supervisor.testing import wait_until
+from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -194,5 +195,45 @@ def test_a_parent_we_may_not_list_leaves_the_restarted_listener_running(
         assert second.process.poll() is None, second.stderr()
         assert zk.exists(node).czxid == czxid
     finally:
+        other.stop()
+        other.close()
+
+
+def test_a_lost_create_reply_under_a_parent_we_may_not_list_is_no_crash(
+        zookeeper, zk, write_config, driver, base_path, tmp_path):
+    """A ServerSet member's create reply is lost, and the parent lets the listener
+    create but not list: it cannot find out whether the create happened.  It says
+    so, creates the member again and runs on (crashing would only bring it back to
+    the same question)."""
+    other = KazooClient(hosts=zookeeper.hosts, auth_data=[("digest", "other:pw")])
+    other.start(timeout=30)
+    link = ZooKeeperLink(zookeeper.port, delay=0.3, request_delay=0.0)
+    proxy = FaultProxy(link.port)
+    try:
+        parent = f"{base_path}/web"
+        zk.ensure_path(base_path)
+        other.create(parent, acl=[*CREATOR_ALL_ACL,
+                                  make_acl("world", "anyone", create=True, delete=True)])
+        flag = tmp_path / "up"
+        config = write_config(section(base_path, "web80", 80, cmd=f"test -f {flag}", timeout=1,
+                                      hostname="h2", path=parent, payload_format="serverset"),
+                              hosts=proxy.hosts, session_timeout=10)
+        drv = driver(config)
+        time.sleep(1.5)  # connected, first check failed
+        flag.touch()
+        wait_until(lambda: any(op in CREATE_OPCODES for _, op in link.requests), 5,
+                   interval=0.005, what="create sent")
+        time.sleep(0.1)
+        link.drop()  # the create reached ZooKeeper; its reply is lost on the way back
+        wait_until(lambda: "not allowed to list it, so 1 member(s) whose create reply was "
+                   "lost count as not created" in drv.stderr(), 10, what="the doubt logged")
+        wait_until(lambda: other.get_children(parent), 5, what="a member")
+        time.sleep(1)
+        drv.tick()  # answered: the listener runs on
+        assert drv.process.poll() is None, drv.stderr()
+        assert 1 <= len(other.get_children(parent)) <= 2
+    finally:
+        proxy.close()
+        link.close()
         other.stop()
         other.close()
