@@ -267,3 +267,33 @@ def test_nodes_follow_the_rules_under_any_event_order(zookeeper, zk, tmp_path):
     machine = make_machine(zookeeper, zk, tmp_path)
     run_state_machine_as_test(
         machine, settings=settings(max_examples=60, stateful_step_count=30, deadline=None))
+
+
+def test_the_registry_hears_settled_only_after_the_update_with_the_last_verdict(tmp_path):
+    """After a restart the registry keeps the nodes it inherited until told the
+    wanted set is complete.  Told in the pass that brought the last verdict but
+    before that verdict's update, it would delete a node that just proved healthy."""
+    path = tmp_path / "settle.cfg"
+    path.write_text("[zkwatcher]\nhosts = 127.0.0.1:1\n[web]\ncmd = true\nservice_port = 80\n"
+                    "service_hostname = h\nzookeeper_path = /settle\n")
+    config = load_config(str(path))
+    registry = Registry(config.zookeeper)
+    calls = []
+    update, settled = registry.update, registry.settled
+    registry.update = lambda changes: (calls.append(("update", sorted(changes))),
+                                       update(changes))
+    registry.settled = lambda parents=(): (calls.append(("settled",)), settled(parents))
+    controller = Controller(config, registry, EventLoop())
+    controller.checks = checks = RecordedChecks()
+    controller.start()
+    try:
+        controller.pump()
+        (run,) = checks.submitted
+        # The verdict and the settle check in one loop pass, as a timer fires them.
+        controller._on_check_result(run, CheckOutcome(True, 0, False, 0.0, ""))
+        controller._check_settled()
+        assert ("settled",) not in calls
+        controller.pump()
+        assert calls == [("update", ["/settle/h:80"]), ("settled",)]
+    finally:
+        registry.stop(0.5)
