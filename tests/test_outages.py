@@ -489,6 +489,47 @@ def test_node_made_just_before_a_crash_is_not_left_behind(
     assert len(zk.get_children(parent)) == 1
 
 
+def test_a_throttled_sweep_after_a_crash_is_tried_again(
+        zookeeper, zk, write_config, driver, base_path, tmp_path):
+    """Restarted after a crash, the listener lists its parents to delete the nodes of
+    its session that nothing wants.  ZooKeeper throttles that listing (error -127):
+    the listener runs on, tries the pass again shortly, and the node goes."""
+    from zkwatcher_supervisor import session_file
+
+    link = ZooKeeperLink(zookeeper.port)
+    flag = tmp_path / "up"
+    flag.touch()
+    try:
+        config = write_config(section(base_path, "a", 1, cmd=f"test -f {flag}"),
+                              hosts=link.hosts, session_timeout=10)
+        first = driver(config)
+        node = f"{base_path}/a/host1:1"
+        wait_until(lambda: node_exists(zk, node), 10, what="registered")
+        path = session_file.default_path(str(config))
+        wait_until(lambda: session_file.load(path) and session_file.load(path).nodes, 5,
+                   what="session file written")
+        saved = session_file.load(path)  # as if it died before saving the node
+        session_file.save(path, session_file.SavedSession(saved.session_id, saved.password,
+                                                          {}))
+        first.process.kill()
+        first.process.wait()
+        flag.unlink()  # unhealthy when the next listener starts: the node is unwanted
+        link.refuse(GET_CHILDREN, THROTTLED)
+        second = driver(config)
+        wait_until(lambda: "reattached to session" in second.stderr(), 5, what="reattached")
+        wait_until(lambda: "ZooKeeper refused a read of this pass (ThrottledOpError" in
+                   second.stderr(), 10, what="the throttled listing logged")
+        wait_until(lambda: not node_exists(zk, node), 5, interval=0.05,
+                   what="the unwanted node deleted on the pass again")
+        second.tick()
+        assert second.process.poll() is None, second.stderr()
+    finally:
+        link.close()
+
+
+GET_CHILDREN, THROTTLED = 8, -127  # ZooKeeper's opcode and error code
+
+
 def test_permanent_refusal_backs_off_and_registers_once_allowed(
         write_config, driver, zk, zookeeper, base_path):
     """The parent ``zookeeper_path`` belongs to another identity and lets the world only

@@ -46,13 +46,18 @@ from kazoo.exceptions import (
     NoAuthError,
     NodeExistsError,
     NoNodeError,
+    OperationTimeoutError,
+    RequestTimeoutError,
     SessionExpiredError,
+    SessionMovedError,
+    ThrottledOpError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KeeperState
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from . import session_file
+from .backoff import backoff
 from .config import ZooKeeperSettings
 from .logs import KAZOO_REPEATS
 from .neighbours import NeighbourScans, Scan
@@ -93,6 +98,13 @@ log = logging.getLogger(__name__)
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
+# ZooKeeper's refusals of the moment.  A pass cut short by one (reading a whole
+# parent, where no single key can be retried) is tried again after this,
+# doubling up to the cap.
+MOMENTARY_ERRORS = (ThrottledOpError, OperationTimeoutError, RequestTimeoutError,
+                    SessionMovedError)
+PASS_RETRY_BASE = 0.5
+PASS_RETRY_CAP = 30.0
 # While a low-priority read is outstanding, how often the worker looks
 # whether real work has come up meanwhile.
 YIELD_CHECK_INTERVAL = 0.01
@@ -157,6 +169,8 @@ class Registry:
         self._members = MemberNodes()  # the node ZooKeeper named for each member's key
         # Members' keys whose create reply was lost: (parent cversion before, data).
         self._uncertain: dict[str, tuple[int | None, bytes]] = {}
+        self._refusals = 0  # passes in a row ended by a ZooKeeper error of the moment
+        self._pass_again_at: float | None = None
         # After a reattach: parents whose members our old incarnation may have
         # created without saving their names (killed in between); swept once settled.
         self._reattached = False
@@ -392,9 +406,11 @@ class Registry:
             # Retries wait for their time only while connected; a reconnect
             # wakes us and clears them (waiting for a past retry would spin).
             retry_at = self._retries.next_at()
-            if retry_at is None or not self._client.connected:
+            again, self._pass_again_at = self._pass_again_at, None
+            if not self._client.connected:
                 return None
-            return max(0.0, retry_at - time.monotonic())
+            due = [when for when in (retry_at, again) if when is not None]
+            return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _progress_wait(self) -> float | None:
         """Seconds until the next line about an outage; None while connected."""
@@ -459,6 +475,7 @@ class Registry:
                         if (owned := self._owned.get(key)) is not None and owned.data is None}
             try:
                 failed = self._reconcile(changed - suspect, suspect, wanted, session_id)
+                self._refusals = 0
             except CONNECTION_ERRORS:
                 # Everything again once connected; a reconnect wakes us.
                 with self._lock:
@@ -466,6 +483,16 @@ class Registry:
                     self._examine_all = True
                 if self._client.connected:
                     self._wake.set()
+                failed = set()
+            except MOMENTARY_ERRORS as exc:
+                self._refusals += 1
+                delay = backoff(self._refusals, PASS_RETRY_BASE, PASS_RETRY_CAP)
+                log.warning("ZooKeeper refused a read of this pass (%r); the pass again "
+                            "in %.1f s", exc, delay)
+                with self._lock:
+                    self._suspect |= changed | suspect
+                    self._examine_all = True
+                self._pass_again_at = time.monotonic() + delay
                 failed = set()
             self._schedule_retries(failed, (changed | suspect) - failed)
             self._warn_open_parents()

@@ -24,6 +24,8 @@ class ZooKeeperLink:
         self.delay = delay  # server -> client
         self.request_delay = delay if request_delay is None else request_delay
         self.requests: list[tuple[float, int]] = []
+        self._refuse: dict[int, list] = {}  # opcode -> [error code, replies left to refuse]
+        self._refused_xids: dict[int, int] = {}  # xid -> the error its reply gets
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._sockets: list[socket.socket] = []
@@ -40,6 +42,11 @@ class ZooKeeperLink:
         """Requests other than pings, auth, watch re-arming and session close in [start, end)."""
         idle = {self.PING, self.AUTH, self.SET_WATCHES, self.CLOSE}
         return sum(1 for t, op in list(self.requests) if start <= t < end and op not in idle)
+
+    def refuse(self, opcode: int, error: int, count: int = 1) -> None:
+        """Answer the next ``count`` requests with ``opcode`` with ZooKeeper error
+        ``error`` (e.g. -127, throttled) instead of the server's reply."""
+        self._refuse[opcode] = [error, count]
 
     def stall(self) -> None:
         """Stop delivering bytes either way while every connection stays open: a
@@ -83,6 +90,8 @@ class ZooKeeperLink:
                                  daemon=True).start()
 
     def _read(self, src, queue, ready, parse) -> None:
+        """Relay ``src`` to its writer: requests (``parse``) as they come, read for
+        their opcodes; replies frame by frame, so that one can be refused."""
         buffer, first = b"", True
         while True:
             try:
@@ -90,22 +99,33 @@ class ZooKeeperLink:
             except OSError:
                 chunk = b""
             now = time.monotonic()
-            with ready:
-                queue.append((now + (self.request_delay if parse else self.delay), chunk))
-                ready.notify()
+            buffer += chunk
+            out = chunk if parse else b""
+            while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack(">i", buffer[:4])[0]:
+                size = struct.unpack(">i", buffer[:4])[0]
+                frame, buffer = buffer[4:4 + size], buffer[4 + size:]
+                if first:
+                    first = False  # ConnectRequest / ConnectResponse: no xid
+                elif parse and len(frame) >= 8:
+                    xid, opcode = struct.unpack(">ii", frame[:8])
+                    self.requests.append((now, opcode))
+                    rule = self._refuse.get(opcode)
+                    if rule and rule[1] > 0:
+                        rule[1] -= 1
+                        self._refused_xids[xid] = rule[0]
+                elif not parse and len(frame) >= 16:
+                    xid, zxid = struct.unpack(">iq", frame[:12])
+                    error = self._refused_xids.pop(xid, None)
+                    if error is not None:  # the reply header alone, with the error
+                        frame = struct.pack(">iqi", xid, zxid, error)
+                if not parse:
+                    out += struct.pack(">i", len(frame)) + frame
+            if out or not chunk:  # an empty chunk tells the writer the end came
+                with ready:
+                    queue.append((now + (self.request_delay if parse else self.delay), out))
+                    ready.notify()
             if not chunk:
                 return
-            if parse:
-                buffer += chunk
-                while len(buffer) >= 4:
-                    size = struct.unpack(">i", buffer[:4])[0]
-                    if len(buffer) < 4 + size:
-                        break
-                    frame, buffer = buffer[4:4 + size], buffer[4 + size:]
-                    if first:
-                        first = False  # ConnectRequest: no xid/opcode
-                    elif len(frame) >= 8:
-                        self.requests.append((now, struct.unpack(">ii", frame[:8])[1]))
 
     def _write(self, dst, queue, ready) -> None:
         while True:
