@@ -40,6 +40,9 @@ ACK_TIMEOUT = 2.0
 CONFIRM_TIMEOUT = 5.0
 # drain --stop: how long a program someone else is stopping may take to stop.
 STOPPING_WAIT = 60.0
+# ... and how long an EXITED one must stay so: supervisord restarts a program
+# with autorestart within a pass of its loop (about a second).
+EXITED_SETTLE = 1.5
 ACTIONS = ("drain", "undrain")
 # Bounds on a request from outside: far above any real one.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -347,25 +350,46 @@ class DrainClient:
                     failed.append(f"{process} ({result.get('description')})")
             if not results:
                 done.append(f"{target} (stopped already)")
-        stopping = self._still_stopping(asked, STOPPING_WAIT)
-        failed += [f"{process} (still STOPPING after {STOPPING_WAIT:g}s)" for process in stopping]
+        running = self._settle_stopped(asked, STOPPING_WAIT)
+        failed += [f"{process} (still {state} after {STOPPING_WAIT:g}s)"
+                   for process, state in running.items()]
         done = [entry for entry in done
-                if not any(_covers(entry.split(" ", 1)[0], process) for process in stopping)]
+                if not any(_covers(entry.split(" ", 1)[0], process) for process in running)]
         return done, failed
 
-    def _still_stopping(self, targets: set[str], timeout: float) -> list[str]:
-        """Wait until no process of ``targets`` (``group:name`` or ``group:*``) is
-        STOPPING; returns those that still are after ``timeout``."""
+    def _settle_stopped(self, targets: set[str], timeout: float) -> dict[str, str]:
+        """Wait until every process of ``targets`` (``group:name`` or ``group:*``) is
+        stopped and stays so, stopping again any that someone (a restart) or
+        supervisord (``autorestart`` after it exited) starts meanwhile; returns
+        those not stopped after ``timeout``, with their state."""
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import Faults
+
         deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
         while True:
-            stopping = sorted(
-                f"{info['group']}:{info['name']}"
-                for info in self.rpc.supervisor.getAllProcessInfo()
-                if info.get("statename") == "STOPPING"
-                and any(_covers(target, f"{info['group']}:{info['name']}")
-                        for target in targets))
-            if not stopping or time.monotonic() >= deadline:
-                return stopping
+            states = {f"{info['group']}:{info['name']}": info.get("statename")
+                      for info in self.rpc.supervisor.getAllProcessInfo()
+                      if any(_covers(target, f"{info['group']}:{info['name']}")
+                             for target in targets)}
+            now = time.monotonic()
+            running = {name: state for name, state in states.items()
+                       if state in ("STARTING", "RUNNING", "BACKOFF", "STOPPING")}
+            if running:
+                quiet_since = now
+            elif all(state in ("STOPPED", "FATAL") for state in states.values()) \
+                    or now - quiet_since >= EXITED_SETTLE:
+                return {}
+            if now >= deadline:
+                return running
+            for name, state in running.items():
+                if state != "STOPPING":
+                    try:
+                        self.rpc.supervisor.stopProcess(name, False)
+                    except xmlrpc.client.Fault as exc:
+                        if exc.faultCode != Faults.NOT_RUNNING:
+                            raise
             time.sleep(0.1)
 
 
