@@ -402,3 +402,10 @@ def test_utf_8_in_events_keeps_the_protocol_in_step(host, zk):
     status = wait_until(lambda: "DRAINED" in (r := cli(server, config, "status")).stdout and r,
                         5, interval=0.2, what="status shows the drain")
     assert "(déploiement ☃ 42)" in status.stdout
+
+
+def test_a_target_covers_its_own_processes_only():
+    from zkwatcher_supervisor.drain import _covers
+
+    assert _covers("pool:*", "pool:pool_0") and _covers("web:web", "web:web")
+    assert not _covers("pool:*", "poolx:a") and not _covers("pool:a", "pool:ab")
