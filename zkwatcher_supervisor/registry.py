@@ -63,7 +63,9 @@ from .logs import KAZOO_REPEATS
 from .neighbours import NeighbourScans, Scan
 from .outage import Outage, connected_line, progress_line
 from .registry_decisions import (
+    MAX_RETRY_DELAY,
     REPLY_TIMEOUT,
+    RETRY_DELAY,
     Create,
     CreateParent,
     Delete,
@@ -99,12 +101,10 @@ log = logging.getLogger(__name__)
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
 # ZooKeeper's refusals of the moment.  A pass cut short by one (reading a whole
-# parent, where no single key can be retried) is tried again after this,
-# doubling up to the cap.
+# parent, where no single key can be retried) is tried again with the backoff
+# of a key's retries.
 MOMENTARY_ERRORS = (ThrottledOpError, OperationTimeoutError, RequestTimeoutError,
                     SessionMovedError)
-PASS_RETRY_BASE = 0.5
-PASS_RETRY_CAP = 30.0
 # While a low-priority read is outstanding, how often the worker looks
 # whether real work has come up meanwhile.
 YIELD_CHECK_INTERVAL = 0.01
@@ -486,7 +486,7 @@ class Registry:
                 failed = set()
             except MOMENTARY_ERRORS as exc:
                 self._refusals += 1
-                delay = backoff(self._refusals, PASS_RETRY_BASE, PASS_RETRY_CAP)
+                delay = backoff(self._refusals, RETRY_DELAY, MAX_RETRY_DELAY)
                 log.warning("ZooKeeper refused a read of this pass (%r); the pass again "
                             "in %.1f s", exc, delay)
                 with self._lock:
