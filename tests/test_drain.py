@@ -176,7 +176,7 @@ def test_drain_stop_waits_for_a_stop_already_under_way(write_config, supervisord
     """Someone else's stop is still in progress: supervisord says NOT_RUNNING, yet
     drain --stop exits 0 only once the program is STOPPED."""
     server, config, began = slow_host(write_config, supervisord, zk, base_path)
-    result = cli(server, config, "drain", "slow", "--stop", "--wait", "0")
+    result = cli(server, config, "drain", "slow", "--stop", "--wait", "0", timeout=90)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "stopped slow:slow (stopped already)"
     assert server.info("slow")["statename"] == "STOPPED"
@@ -198,7 +198,7 @@ def test_drain_stop_stops_what_a_restart_under_way_starts_again(write_config, su
 
     other = threading.Thread(target=restart)
     other.start()
-    result = cli(server, config, "drain", "slow", "--stop", "--wait", "0")
+    result = cli(server, config, "drain", "slow", "--stop", "--wait", "0", timeout=90)
     other.join()
     assert restarted == [True]
     assert result.returncode == 0, result.stderr

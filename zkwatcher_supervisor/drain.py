@@ -40,8 +40,9 @@ ACK_TIMEOUT = 2.0
 CONFIRM_TIMEOUT = 5.0
 # drain --stop: how long a program someone else is stopping may take to stop.
 STOPPING_WAIT = 60.0
-# ... and how long an EXITED one must stay so: supervisord restarts a program
-# with autorestart within a pass of its loop (about a second).
+# ... and how long one seen running, starting or stopping meanwhile must stay
+# stopped: supervisord restarts an EXITED program with autorestart within a pass
+# of its loop (about a second), and a restart under way starts it right after.
 EXITED_SETTLE = 1.5
 ACTIONS = ("drain", "undrain")
 # Bounds on a request from outside: far above any real one.
@@ -368,6 +369,9 @@ class DrainClient:
 
         deadline = time.monotonic() + timeout
         quiet_since = time.monotonic()
+        # Seen not stopped during this wait: someone's restart may be under way,
+        # and it starts the program a moment after STOPPED.
+        stirred = False
         while True:
             states = {f"{info['group']}:{info['name']}": info.get("statename")
                       for info in self.rpc.supervisor.getAllProcessInfo()
@@ -377,9 +381,9 @@ class DrainClient:
             running = {name: state for name, state in states.items()
                        if state in ("STARTING", "RUNNING", "BACKOFF", "STOPPING")}
             if running:
-                quiet_since = now
-            elif all(state in ("STOPPED", "FATAL") for state in states.values()) \
-                    or now - quiet_since >= EXITED_SETTLE:
+                quiet_since, stirred = now, True
+            elif now - quiet_since >= EXITED_SETTLE or (not stirred and all(
+                    state in ("STOPPED", "FATAL") for state in states.values())):
                 return {}
             if now >= deadline:
                 return running
@@ -388,7 +392,8 @@ class DrainClient:
                     try:
                         self.rpc.supervisor.stopProcess(name, False)
                     except xmlrpc.client.Fault as exc:
-                        if exc.faultCode != Faults.NOT_RUNNING:
+                        # Stopped meanwhile, or removed by a supervisorctl update.
+                        if exc.faultCode not in (Faults.NOT_RUNNING, Faults.BAD_NAME):
                             raise
             time.sleep(0.1)
 

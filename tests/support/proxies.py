@@ -25,7 +25,6 @@ class ZooKeeperLink:
         self.request_delay = delay if request_delay is None else request_delay
         self.requests: list[tuple[float, int]] = []
         self._refuse: dict[int, list] = {}  # opcode -> [error code, replies left to refuse]
-        self._refused_xids: dict[int, int] = {}  # xid -> the error its reply gets
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._sockets: list[socket.socket] = []
@@ -45,7 +44,9 @@ class ZooKeeperLink:
 
     def refuse(self, opcode: int, error: int, count: int = 1) -> None:
         """Answer the next ``count`` requests with ``opcode`` with ZooKeeper error
-        ``error`` (e.g. -127, throttled) instead of the server's reply."""
+        ``error`` (e.g. -127, throttled) instead of the server's reply.  The server
+        still carries the request out: for a read that is a refusal, for a write
+        it is a lost reply."""
         self._refuse[opcode] = [error, count]
 
     def stall(self) -> None:
@@ -81,15 +82,17 @@ class ZooKeeperLink:
             except OSError:
                 continue
             self._sockets += [client, upstream]
-            for src, dst, parse in ((client, upstream, True), (upstream, client, False)):
+            refused: dict[int, int] = {}  # xid -> the error its reply gets (xids restart
+            for src, dst, parse in ((client, upstream, True),  # with each connection)
+                                    (upstream, client, False)):
                 queue: list = []
                 ready = threading.Condition()
-                threading.Thread(target=self._read, args=(src, queue, ready, parse),
+                threading.Thread(target=self._read, args=(src, queue, ready, parse, refused),
                                  daemon=True).start()
                 threading.Thread(target=self._write, args=(dst, queue, ready),
                                  daemon=True).start()
 
-    def _read(self, src, queue, ready, parse) -> None:
+    def _read(self, src, queue, ready, parse, refused: dict[int, int]) -> None:
         """Relay ``src`` to its writer: requests (``parse``) as they come, read for
         their opcodes; replies frame by frame, so that one can be refused."""
         buffer, first = b"", True
@@ -112,10 +115,10 @@ class ZooKeeperLink:
                     rule = self._refuse.get(opcode)
                     if rule and rule[1] > 0:
                         rule[1] -= 1
-                        self._refused_xids[xid] = rule[0]
+                        refused[xid] = rule[0]
                 elif not parse and len(frame) >= 16:
                     xid, zxid = struct.unpack(">iq", frame[:12])
-                    error = self._refused_xids.pop(xid, None)
+                    error = refused.pop(xid, None)
                     if error is not None:  # the reply header alone, with the error
                         frame = struct.pack(">iqi", xid, zxid, error)
                 if not parse:
