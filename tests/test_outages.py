@@ -492,35 +492,49 @@ def test_node_made_just_before_a_crash_is_not_left_behind(
 def test_a_throttled_sweep_after_a_crash_is_tried_again(
         zookeeper, zk, write_config, driver, base_path, tmp_path):
     """Restarted after a crash, the listener lists its parents to delete the nodes of
-    its session that nothing wants.  ZooKeeper throttles that listing (error -127):
-    the listener runs on, tries the pass again shortly, and the node goes."""
+    its session that nothing wants.  ZooKeeper throttles that listing (error -127)
+    four passes running: the listener runs on, tries again with a backoff, and the node goes.
+    Meanwhile another section's failing check takes its node out at once."""
     from zkwatcher_supervisor import session_file
 
     link = ZooKeeperLink(zookeeper.port)
-    flag = tmp_path / "up"
-    flag.touch()
+    up_a, up_b = tmp_path / "a", tmp_path / "b"
+    up_a.touch()
+    up_b.touch()
     try:
-        config = write_config(section(base_path, "a", 1, cmd=f"test -f {flag}"),
+        config = write_config(section(base_path, "a", 1, cmd=f"test -f {up_a}")
+                              + section(base_path, "b", 2, cmd=f"test -f {up_b}"),
                               hosts=link.hosts, session_timeout=10)
         first = driver(config)
-        node = f"{base_path}/a/host1:1"
-        wait_until(lambda: node_exists(zk, node), 10, what="registered")
+        node_a, node_b = f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"
+        wait_until(lambda: node_exists(zk, node_a) and node_exists(zk, node_b), 10,
+                   what="registered")
         path = session_file.default_path(str(config))
-        wait_until(lambda: session_file.load(path) and session_file.load(path).nodes, 5,
-                   what="session file written")
-        saved = session_file.load(path)  # as if it died before saving the node
-        session_file.save(path, session_file.SavedSession(saved.session_id, saved.password,
-                                                          {}))
+        wait_until(lambda: session_file.load(path) and len(session_file.load(path).nodes) == 2,
+                   5, what="session file written")
+        saved = session_file.load(path)  # as if it died before saving a's node
+        session_file.save(path, session_file.SavedSession(
+            saved.session_id, saved.password,
+            {key: node for key, node in saved.nodes.items() if "/a/" not in key}))
         first.process.kill()
         first.process.wait()
-        flag.unlink()  # unhealthy when the next listener starts: the node is unwanted
-        link.refuse(GET_CHILDREN, THROTTLED)
+        up_a.unlink()  # unhealthy when the next listener starts: a's node is unwanted
+        # Four passes' listings (two parents each) refused.
+        link.refuse(GET_CHILDREN, THROTTLED, count=8)
         second = driver(config)
         wait_until(lambda: "reattached to session" in second.stderr(), 5, what="reattached")
-        wait_until(lambda: "ZooKeeper refused a read of this pass (ThrottledOpError" in
+        wait_until(lambda: "ZooKeeper refused reading a parent (ThrottledOpError" in
                    second.stderr(), 10, what="the throttled listing logged")
-        wait_until(lambda: not node_exists(zk, node), 5, interval=0.05,
-                   what="the unwanted node deleted on the pass again")
+        up_b.unlink()
+        failed = time.monotonic()
+        wait_until(lambda: not node_exists(zk, node_b), 5, interval=0.02,
+                   what="b's node out while the sweep waits")
+        print(f"b's check failing -> node gone: {time.monotonic() - failed:.2f}s")
+        assert time.monotonic() - failed < 3.0  # refresh 1 s, not the sweep's 7.5 s
+        assert node_exists(zk, node_a)
+        wait_until(lambda: not node_exists(zk, node_a), 15, interval=0.05,
+                   what="the unwanted node deleted once the listing is allowed")
+        assert second.stderr().count("ZooKeeper refused reading a parent") == 4
         second.tick()
         assert second.process.poll() is None, second.stderr()
     finally:

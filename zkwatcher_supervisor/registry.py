@@ -100,9 +100,8 @@ log = logging.getLogger(__name__)
 # Errors that mean "the connection, not this request": retry the whole pass
 # once connected again.
 CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, KazooTimeoutError, AuthFailedError)
-# ZooKeeper's refusals of the moment.  A pass cut short by one (reading a whole
-# parent, where no single key can be retried) is tried again with the backoff
-# of a key's retries.
+# ZooKeeper's refusals of the moment.  Reading a whole parent (where no single
+# key can be retried), one is tried again with the backoff of a key's retries.
 MOMENTARY_ERRORS = (ThrottledOpError, OperationTimeoutError, RequestTimeoutError,
                     SessionMovedError)
 # While a low-priority read is outstanding, how often the worker looks
@@ -475,7 +474,6 @@ class Registry:
                         if (owned := self._owned.get(key)) is not None and owned.data is None}
             try:
                 failed = self._reconcile(changed - suspect, suspect, wanted, session_id)
-                self._refusals = 0
             except CONNECTION_ERRORS:
                 # Everything again once connected; a reconnect wakes us.
                 with self._lock:
@@ -483,16 +481,6 @@ class Registry:
                     self._examine_all = True
                 if self._client.connected:
                     self._wake.set()
-                failed = set()
-            except MOMENTARY_ERRORS as exc:
-                self._refusals += 1
-                delay = backoff(self._refusals, RETRY_DELAY, MAX_RETRY_DELAY)
-                log.warning("ZooKeeper refused a read of this pass (%r); the pass again "
-                            "in %.1f s", exc, delay)
-                with self._lock:
-                    self._suspect |= changed | suspect
-                    self._examine_all = True
-                self._pass_again_at = time.monotonic() + delay
                 failed = set()
             self._schedule_retries(failed, (changed | suspect) - failed)
             self._warn_open_parents()
@@ -614,6 +602,16 @@ class Registry:
                             "registering when it goes", key, holder)
         return decision.action
 
+    def _momentary_refusal(self, exc: BaseException) -> bool:
+        """ZooKeeper refused a whole parent's read for the moment: that step again
+        after a backoff (the keys' retry delays).  Returns True."""
+        self._refusals += 1
+        delay = backoff(self._refusals, RETRY_DELAY, MAX_RETRY_DELAY)
+        log.warning("ZooKeeper refused reading a parent (%r); trying again in %.1f s",
+                    exc, delay)
+        self._pass_again_at = time.monotonic() + delay
+        return True
+
     def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
                    session_id: int) -> set[str]:
         """One pass; returns the keys to look at again.
@@ -624,10 +622,26 @@ class Registry:
         """
         if self._reattached:
             self._find_unsaved_members(wanted)
+        # Reading whole parents: refused for the moment, they are tried again
+        # later while the rest of the pass goes on (a dead program's deletion
+        # must not wait for them).
+        held: set[str] = set()
+        refused = False
         if self._uncertain:
-            self._resolve_uncertain(session_id)
+            try:
+                self._resolve_uncertain(session_id)
+            except MOMENTARY_ERRORS as exc:
+                refused = self._momentary_refusal(exc)
+                # Not created again before we know whether their create happened.
+                held = set(self._uncertain)
+                changed, suspect = changed - held, suspect - held
         if self._reattached and not self._holding:
-            self._sweep_unclaimed(session_id, wanted)
+            try:
+                self._sweep_unclaimed(session_id, wanted)
+            except MOMENTARY_ERRORS as exc:
+                refused = self._momentary_refusal(exc)
+        if not refused:
+            self._refusals = 0
         # Changes known from memory (a dead program's deletion) go out first.
         actions = {key: decide_from_memory(self._owned.get(key), wanted.get(key))
                    for key in changed}
@@ -678,7 +692,7 @@ class Registry:
                 self._ensure_path(parent)
             actions = {key: Create(action.data) for key, action in again.items()}
             watched |= set(actions)
-        return retry | set(again)
+        return retry | set(again) | held
 
     def _apply(self, actions: dict[str, Action | None], watched: set[str]
                ) -> tuple[dict[str, CreateParent], set[str]]:
