@@ -168,7 +168,7 @@ class Registry:
         self._members = MemberNodes()  # the node ZooKeeper named for each member's key
         # Members' keys whose create reply was lost: (parent cversion before, data).
         self._uncertain: dict[str, tuple[int | None, bytes]] = {}
-        self._refusals = 0  # passes in a row ended by a ZooKeeper error of the moment
+        self._refusals = 0  # passes in a row with a parent's read refused for the moment
         self._pass_again_at: float | None = None
         # After a reattach: parents whose members our old incarnation may have
         # created without saving their names (killed in between); swept once settled.
@@ -602,15 +602,14 @@ class Registry:
                             "registering when it goes", key, holder)
         return decision.action
 
-    def _momentary_refusal(self, exc: BaseException) -> bool:
+    def _momentary_refusal(self, exc: BaseException) -> None:
         """ZooKeeper refused a whole parent's read for the moment: that step again
-        after a backoff (the keys' retry delays).  Returns True."""
+        after a backoff (the keys' retry delays)."""
         self._refusals += 1
         delay = backoff(self._refusals, RETRY_DELAY, MAX_RETRY_DELAY)
         log.warning("ZooKeeper refused reading a parent (%r); trying again in %.1f s",
                     exc, delay)
         self._pass_again_at = time.monotonic() + delay
-        return True
 
     def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
                    session_id: int) -> set[str]:
@@ -626,21 +625,32 @@ class Registry:
         # later while the rest of the pass goes on (a dead program's deletion
         # must not wait for them).
         held: set[str] = set()
-        refused = False
+        refusal: BaseException | None = None
         if self._uncertain:
+            resolving = set(self._uncertain)
             try:
                 self._resolve_uncertain(session_id)
             except MOMENTARY_ERRORS as exc:
-                refused = self._momentary_refusal(exc)
-                # Not created again before we know whether their create happened.
+                refusal = exc
+                # Not created again before we know whether their create happened:
+                # looked at in the pass that finds out (kept across reconnects).
                 held = set(self._uncertain)
                 changed, suspect = changed - held, suspect - held
-        if self._reattached and not self._holding:
+                with self._lock:
+                    self._suspect |= held
+            # Resolved: found (kept, or deleted if no longer wanted) or not (created
+            # if still wanted) -- decided below like any other key.
+            suspect |= (resolving - set(self._uncertain)) - changed
+        # A node of a held key's lost create is ours and unclaimed: no sweep until
+        # we know which it is.
+        if self._reattached and not self._holding and not held:
             try:
                 self._sweep_unclaimed(session_id, wanted)
             except MOMENTARY_ERRORS as exc:
-                refused = self._momentary_refusal(exc)
-        if not refused:
+                refusal = exc
+        if refusal is not None:
+            self._momentary_refusal(refusal)
+        else:
             self._refusals = 0
         # Changes known from memory (a dead program's deletion) go out first.
         actions = {key: decide_from_memory(self._owned.get(key), wanted.get(key))
@@ -692,7 +702,7 @@ class Registry:
                 self._ensure_path(parent)
             actions = {key: Create(action.data) for key, action in again.items()}
             watched |= set(actions)
-        return retry | set(again) | held
+        return retry | set(again)
 
     def _apply(self, actions: dict[str, Action | None], watched: set[str]
                ) -> tuple[dict[str, CreateParent], set[str]]:
@@ -837,8 +847,9 @@ class Registry:
         if self._wake.is_set() or self._stopping or not self._client.connected:
             return True
         with self._lock:
-            retry_at = self._retries.next_at()
-        return retry_at is not None and retry_at <= time.monotonic()
+            due = [when for when in (self._retries.next_at(), self._pass_again_at)
+                   if when is not None]
+        return bool(due) and min(due) <= time.monotonic()
 
     def _low_priority_reply(self, result):
         """The reply to a low-priority request, or None when real work came up
