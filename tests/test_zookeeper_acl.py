@@ -23,7 +23,8 @@ from kazoo.security import (
     make_digest_acl_credential,
 )
 from support.driver import tick_until
-from support.proxies import CREATE_OPCODES, ZooKeeperLink
+from support.lost_reply import lose_the_create_reply
+from support.proxies import ZooKeeperLink
 from support.sections import section
 from support.watches import node_exists
 
@@ -219,12 +220,7 @@ def test_a_lost_create_reply_under_a_parent_we_may_not_list_is_no_crash(
                                       hostname="h2", path=parent, payload_format="serverset"),
                               hosts=proxy.hosts, session_timeout=10)
         drv = driver(config)
-        time.sleep(1.5)  # connected, first check failed
-        flag.touch()
-        wait_until(lambda: any(op in CREATE_OPCODES for _, op in link.requests), 5,
-                   interval=0.005, what="create sent")
-        time.sleep(0.1)
-        link.drop()  # the create reached ZooKeeper; its reply is lost on the way back
+        lose_the_create_reply(flag, link)
         wait_until(lambda: "not allowed to list it, so 1 member(s) whose create reply was "
                    "lost count as not created" in drv.stderr(), 10, what="the doubt logged")
         wait_until(lambda: other.get_children(parent), 5, what="a member")

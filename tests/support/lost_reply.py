@@ -12,6 +12,18 @@ from support.proxies import CREATE_OPCODES, ZooKeeperLink
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 
 
+def lose_the_create_reply(flag: Path, link: ZooKeeperLink) -> None:
+    """A listener connected through ``link`` checks ``flag`` (absent): the flag
+    appears, and the connection drops once the create it brings has reached
+    ZooKeeper, so the create's reply is lost on the way back."""
+    time.sleep(1.5)  # connected, first check failed
+    flag.touch()
+    wait_until(lambda: any(op in CREATE_OPCODES for _, op in link.requests), 5,
+               interval=0.005, what="create sent")
+    time.sleep(0.1)
+    link.drop()
+
+
 def lost_reply_expiry_and_crash(zk, path: str, read: Callable[[object, str], dict],
                                 drv: ProtocolDriver, config: Path, flag: Path,
                                 link: ZooKeeperLink,
@@ -23,12 +35,7 @@ def lost_reply_expiry_and_crash(zk, path: str, read: Callable[[object, str], dic
     show exactly one node throughout: a new one after the expiry, the same one after
     the restart.  Returns the first node's name and the restarted listener, running
     (the caller stops it)."""
-    time.sleep(1.5)  # connected, first check failed
-    flag.touch()
-    wait_until(lambda: any(op in CREATE_OPCODES for _, op in link.requests), 5,
-               interval=0.005, what="create sent")
-    time.sleep(0.1)
-    link.drop()  # the create reached ZooKeeper; its reply is lost on the way back
+    lose_the_create_reply(flag, link)
     wait_until(lambda: len(read(zk, path)) == 1, 5, what="node")
     time.sleep(2)  # reconnected, and any duplicate would have been made by now
     assert len(read(zk, path)) == 1
