@@ -313,6 +313,38 @@ def test_drain_reads_any_answer_the_status_file_check_lets_through(tmp_path):
     counted.report()
 
 
+def test_supervisord_answers_to_drain_stop():
+    """drain --stop reads supervisord's XML-RPC answers (another process's): an
+    answer of any shape is read into names and states, or refused as Unusable."""
+    from zkwatcher_supervisor.drain import process_states, stop_results
+    from zkwatcher_supervisor.untrusted import Unusable
+
+    counted = Counted("supervisord answers")
+    entry = json_values | st.fixed_dictionaries({}, optional={
+        "group": json_values | st.text(max_size=4), "name": json_values | st.text(max_size=4),
+        "statename": json_values | st.sampled_from(["RUNNING", "STOPPED"]),
+        "status": json_values | st.sampled_from([80, 70, 30]), "description": json_values})
+
+    @FUZZ
+    @given(answer=json_values | st.lists(entry, max_size=4))
+    def run(answer):
+        counted()
+        for read in (process_states, stop_results):
+            try:
+                result = read(answer)
+            except Unusable:
+                continue
+            if read is process_states:
+                assert all(isinstance(k, str) and isinstance(v, str) for k, v in result.items())
+            else:
+                assert all(isinstance(name, str) and ":" in name and isinstance(why, str)
+                           and (status is None or isinstance(status, int))
+                           for name, status, why in result)
+
+    run()
+    counted.report()
+
+
 def asks_for_help_or_version(argv: list[str]) -> bool:
     """-h (alone or among short flags: -vh) or an abbreviation of --help or --version."""
     return any((word.startswith("-") and not word.startswith("--") and "h" in word)

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 from . import statedir
 from .config import MAX_NODE_PATH_CHARS, MAX_SECTION_NAME_CHARS
-from .untrusted import Unusable, load_json, number, printable, text_field
+from .untrusted import Unusable, excerpt, load_json, number, printable, text_field
 
 log = logging.getLogger(__name__)
 
@@ -342,13 +342,12 @@ class DrainClient:
                 done.append(target)
                 continue
             # One result per process that was running; a failure is in its result.
-            results = self.rpc.supervisor.stopProcessGroup(spec.group, True)
-            for result in results:
-                process = f"{result.get('group')}:{result.get('name')}"
-                if result.get("status") in (Faults.SUCCESS, Faults.NOT_RUNNING):
+            results = stop_results(self.rpc.supervisor.stopProcessGroup(spec.group, True))
+            for process, status, description in results:
+                if status in (Faults.SUCCESS, Faults.NOT_RUNNING):
                     done.append(process)
                 else:
-                    failed.append(f"{process} ({result.get('description')})")
+                    failed.append(f"{process} ({description})")
             if not results:
                 done.append(f"{target} (stopped already)")
         running = self._settle_stopped(asked, STOPPING_WAIT)
@@ -373,10 +372,9 @@ class DrainClient:
         # and it starts the program a moment after STOPPED.
         stirred = False
         while True:
-            states = {f"{info['group']}:{info['name']}": info.get("statename")
-                      for info in self.rpc.supervisor.getAllProcessInfo()
-                      if any(_covers(target, f"{info['group']}:{info['name']}")
-                             for target in targets)}
+            states = {name: state for name, state in
+                      process_states(self.rpc.supervisor.getAllProcessInfo()).items()
+                      if any(_covers(target, name) for target in targets)}
             now = time.monotonic()
             running = {name: state for name, state in states.items()
                        if state in ("STARTING", "RUNNING", "BACKOFF", "STOPPING")}
@@ -396,6 +394,46 @@ class DrainClient:
                         if exc.faultCode not in (Faults.NOT_RUNNING, Faults.BAD_NAME):
                             raise
             time.sleep(0.1)
+
+
+def _process_name(entry, what: str) -> str:
+    """``group:name`` of one entry of supervisord's answer to ``what``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("group"), str) \
+            or not isinstance(entry.get("name"), str):
+        raise Unusable(f"supervisord's answer to {what} names no group and name: "
+                       f"{excerpt(entry, 80)}")
+    return f"{entry['group']}:{entry['name']}"
+
+
+def process_states(infos) -> dict[str, str]:
+    """supervisord's ``getAllProcessInfo`` answer as ``group:name`` -> state name;
+    Unusable when it has another shape."""
+    if not isinstance(infos, list):
+        raise Unusable(f"supervisord's answer to getAllProcessInfo is not a list: "
+                       f"{excerpt(infos, 80)}")
+    states = {}
+    for info in infos:
+        name = _process_name(info, "getAllProcessInfo")
+        if not isinstance(info.get("statename"), str):
+            raise Unusable(f"supervisord's answer to getAllProcessInfo gives {name!r} no "
+                           "state")
+        states[name] = info["statename"]
+    return states
+
+
+def stop_results(results) -> list[tuple[str, int | None, str]]:
+    """supervisord's ``stopProcessGroup`` answer: ``(group:name, status, description)``
+    for each process it tried to stop; Unusable when it has another shape."""
+    if not isinstance(results, list):
+        raise Unusable(f"supervisord's answer to stopProcessGroup is not a list: "
+                       f"{excerpt(results, 80)}")
+    outcomes = []
+    for result in results:
+        name = _process_name(result, "stopProcessGroup")
+        status = result.get("status")
+        outcomes.append((name, status if isinstance(status, int) else None,
+                         excerpt(result.get("description"), 200)))
+    return outcomes
 
 
 def _covers(target: str, process: str) -> bool:
@@ -511,11 +549,11 @@ def run_drain(config, args, rpc=None, where: str | None = None,
         stopped, failed = client.stop_programs(sections)
     except Exception as exc:
         return fail(f"stopping through {where}: {describe_error(exc)}")
-    if stopped or not failed:
-        print("stopped " + (", ".join(stopped) if stopped else "nothing (no bound program)"),
-              flush=True)
+    if stopped or not failed:  # names as supervisord gave them, escaped
+        print("stopped " + (printable(", ".join(stopped)) if stopped
+                            else "nothing (no bound program)"), flush=True)
     if failed:
-        return fail(f"{where} could not stop " + ", ".join(failed))
+        return fail(f"{where} could not stop " + printable(", ".join(failed)))
     return 0
 
 
