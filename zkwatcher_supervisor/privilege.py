@@ -264,9 +264,10 @@ def executable_of(command: str, path: str | None) -> str | None:
 
 
 def find_program(name: str, path: str | None) -> str | None:
-    """``name`` looked up on ``path`` (os.pathsep-separated; None: our PATH) as
-    ``shutil.which`` does on POSIX: the first executable regular file, or None.
-    Not shutil itself: it brings the bz2 and lzma modules, half a MB."""
+    """``name`` looked up on ``path`` (os.pathsep-separated; None: our PATH, else
+    os.defpath): the first executable that is not a directory, or None.  Like
+    ``shutil.which`` on POSIX except that an empty entry (the current directory)
+    is skipped.  Not shutil itself: it brings the bz2 and lzma modules, half a MB."""
     if "/" in name:
         return name if _executable_file(name) else None
     if path is None:

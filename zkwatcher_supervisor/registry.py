@@ -946,8 +946,6 @@ class Registry:
                 children = listing.get(timeout=REPLY_TIMEOUT)
             except NoNodeError:
                 continue
-            except CONNECTION_ERRORS:
-                raise
             except NoAuthError:  # a parent we may not list: not ours to fix
                 log.error("%s: not allowed to list it, so nodes of our session that no "
                           "section wants there stay until the session ends", parent)
