@@ -7,6 +7,7 @@ lost create reply, session expiry and a crash."""
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import re
 import signal
@@ -21,10 +22,13 @@ from support.lost_reply import lost_reply_expiry_and_crash
 from support.proxies import ZooKeeperLink
 from support.sections import listener_section, programs
 
-from zkwatcher_supervisor.config import ConfigError, load_config
+from zkwatcher_supervisor import neighbours as neighbours_module
+from zkwatcher_supervisor import registry as registry_module
+from zkwatcher_supervisor.config import ConfigError, ZooKeeperSettings, load_config
 from zkwatcher_supervisor.neighbours import MAX_SIBLINGS_READ, NeighbourScans, endpoint_of
 from zkwatcher_supervisor.neighbours import RETRY_DELAY as NEIGHBOUR_RETRY_DELAY
 from zkwatcher_supervisor.payload import announced_endpoints, names_endpoint, node_payload
+from zkwatcher_supervisor.registry import Registry
 from zkwatcher_supervisor.registry_decisions import PIPELINE_DEPTH
 from zkwatcher_supervisor.testing import FaultProxy, wait_until
 from zkwatcher_supervisor.testing.consumers import LocalPrometheus
@@ -356,6 +360,33 @@ def test_another_sessions_node_for_our_endpoint_is_logged_once(
     assert zk.exists(nerves) is not None  # never ours to delete
 
 
+def test_a_throttled_look_for_other_sessions_nodes_is_tried_again(
+        zk, zookeeper, base_path, monkeypatch, caplog):
+    """ZooKeeper throttles (error -127) the listing of the parent in which the
+    registry looks for other sessions' nodes announcing its endpoint, three looks
+    running: each is tried again after its pause, and Nerve's node is still found
+    and logged (a real Registry and ZooKeeper, the pauses shortened)."""
+    path = f"{base_path}/nerve/web"
+    zk.ensure_path(path)
+    nerves = zk.create(f"{path}/web-h2_", b'{"host":"h2","port":80,"name":"web-h2"}',
+                       ephemeral=True, sequence=True)
+    monkeypatch.setattr(neighbours_module, "RETRY_DELAY", 0.2)
+    link = ZooKeeperLink(zookeeper.port)
+    registry = Registry(ZooKeeperSettings(hosts=link.hosts, session_timeout=10))
+    caplog.set_level(logging.INFO, logger=registry_module.__name__)
+    try:
+        link.refuse(GET_CHILDREN, THROTTLED, count=3)
+        registry.update({f"{path}/web-h2_#h2:80": b'{"host":"h2","port":80,"name":"web-h2"}'})
+        registry.start()
+        wait_until(lambda: f"{nerves}, another session's node, announces the same endpoint"
+                   in caplog.text, 10, what="Nerve's node found on a later look")
+        assert sum(1 for _, op in link.requests if op == GET_CHILDREN) >= 4
+    finally:
+        registry.stop()
+        link.close()
+
+
+GET_CHILDREN, THROTTLED = 8, -127  # ZooKeeper's opcode and error code
 FOREIGN_SIBLINGS = 3000
 NEW_SECTIONS_PER_ROUND = 5
 

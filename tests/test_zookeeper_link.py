@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 import trustme
@@ -19,6 +20,7 @@ from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import ACL, Id, Permissions
 from support.credentials import Credentials, private_file, tls_zookeeper
+from support.proxies import ZooKeeperLink
 from support.sections import section
 
 from zkwatcher_supervisor import registry as registry_module
@@ -485,6 +487,39 @@ def test_a_slow_sasl_login_confirmation_still_registers(tmp_path, base_path, mon
         anyone.stop()
         anyone.close()
         server.stop()
+
+
+def test_a_throttled_sasl_login_confirmation_is_tried_again(tmp_path, base_path):
+    """ZooKeeper throttles (error -127) the read that confirms a SASL login.  No
+    state change follows to wake the worker: it must try again by itself, after
+    its backoff, and register."""
+    server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"})
+    link = ZooKeeperLink(server.port)
+    anyone = KazooClient(hosts=server.hosts, timeout=5)
+    registry = None
+    try:
+        anyone.start(timeout=30)
+        link.refuse(EXISTS, THROTTLED, count=1)
+        registry = Registry(ZooKeeperSettings(hosts=link.hosts, session_timeout=30,
+                                              auth=Auth("deploy", "s3cret", "DIGEST-MD5")))
+        node = f"{base_path}/svc/host1:1"
+        registry.update({node: b"{}"})
+        started = time.monotonic()
+        registry.start()
+        wait_until(lambda: anyone.exists(node), 10, what="registered after the throttled read")
+        print(f"registered {time.monotonic() - started:.2f}s after start")
+        assert sum(1 for _, op in link.requests if op == EXISTS) >= 2  # refused, then again
+        assert registry.connected
+    finally:
+        if registry is not None:
+            registry.stop()
+        link.close()
+        anyone.stop()
+        anyone.close()
+        server.stop()
+
+
+EXISTS, THROTTLED = 3, -127  # ZooKeeper's opcode and error code
 
 
 def foreign_file(tmp_path):

@@ -267,6 +267,11 @@ class Registry:
             return "not connected to ZooKeeper: there is no session to hand over"
         return None
 
+    def state_directory_problem(self) -> str | None:
+        """Why a successor would not trust the session file's directory, or None;
+        it stats the directory, so not on the loop."""
+        return None if self._store is None else self._store.directory_problem()
+
     def hand_over(self, timeout: float = 0.5) -> str | None:
         """Stop without closing the session: a successor reattaches to it (see
         :mod:`.session_file`) and every node stays.  Returns why it could not
@@ -524,6 +529,9 @@ class Registry:
             # wakes us): look again when the answer comes.
             confirmation.rawlink(lambda _: self._wake.set())
             return False
+        except MOMENTARY_ERRORS as exc:  # no state change comes to wake us
+            self._momentary_refusal(exc, "confirming the login")
+            return False
         except (KazooException, *CONNECTION_ERRORS):
             return False  # refused, or the connection went: a state change wakes us
         with self._lock:
@@ -602,13 +610,12 @@ class Registry:
                             "registering when it goes", key, holder)
         return decision.action
 
-    def _momentary_refusal(self, exc: BaseException) -> None:
-        """ZooKeeper refused a whole parent's read for the moment: that step again
-        after a backoff (the keys' retry delays)."""
+    def _momentary_refusal(self, exc: BaseException, what: str = "reading a parent") -> None:
+        """ZooKeeper refused ``what`` for the moment: that step again after a
+        backoff (the keys' retry delays)."""
         self._refusals += 1
         delay = backoff(self._refusals, RETRY_DELAY, MAX_RETRY_DELAY)
-        log.warning("ZooKeeper refused reading a parent (%r); trying again in %.1f s",
-                    exc, delay)
+        log.warning("ZooKeeper refused %s (%r); trying again in %.1f s", what, exc, delay)
         self._pass_again_at = time.monotonic() + delay
 
     def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
@@ -881,7 +888,7 @@ class Registry:
             try:
                 if not self._scan_step(scan, session_id):
                     return
-            except CONNECTION_ERRORS as exc:
+            except (*CONNECTION_ERRORS, *MOMENTARY_ERRORS) as exc:
                 log.debug("%s: looking for other nodes announcing our endpoints was cut "
                           "short: %r", scan.parent, exc)
                 self._neighbours.failed(scan, time.monotonic())
