@@ -249,6 +249,35 @@ def test_handoff_is_refused_while_the_session_cannot_be_saved(
         os.chmod(directory, mode)
 
 
+def test_sigusr2_into_a_state_directory_others_may_write_is_refused_by_the_listener(
+        write_config, driver, zk, base_path):
+    """SIGUSR2 straight to the listener (no command checks first): it looks at its
+    state directory (off its loop) and, since the successor would not trust one
+    others may write, refuses, says why, and runs on with the same nodes."""
+    from zkwatcher_supervisor import session_file
+
+    config = write_config(sections(base_path, 1), session_timeout=10)
+    drv = driver(config)
+    node = f"{base_path}/s0/host1:1"
+    wait_until(lambda: node_exists(zk, node), 10, what="registered")
+    czxid = zk.exists(node).czxid
+    directory = os.path.dirname(session_file.default_path(str(config)))
+    mode = os.stat(directory).st_mode & 0o777
+    try:
+        os.chmod(directory, 0o775)
+        drv.process.send_signal(signal.SIGUSR2)
+        wait_until(lambda: "SIGUSR2: cannot hand over (" in drv.stderr(), 5,
+                   what="the refusal logged")
+    finally:
+        os.chmod(directory, mode)
+    assert (f"SIGUSR2: cannot hand over ({directory} is not private any more: a successor "
+            "would not trust the session file); still running, nothing changed"
+            ) in drv.stderr()
+    drv.tick()
+    assert drv.process.poll() is None, drv.stderr()
+    assert zk.exists(node).czxid == czxid
+
+
 def test_an_upgrade_takes_over_the_session_and_drains_an_earlier_version_left(
         write_config, supervisord, zk, base_path, tmp_path):
     """Earlier versions named their files after the config's resolved path and kept

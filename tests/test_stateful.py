@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
+import time
 import uuid
 
 from hypothesis import settings
@@ -295,5 +297,41 @@ def test_the_registry_hears_settled_only_after_the_update_with_the_last_verdict(
         assert ("settled",) not in calls
         controller.pump()
         assert calls == [("update", ["/settle/h:80"]), ("settled",)]
+    finally:
+        registry.stop(0.5)
+
+
+def test_sigusr2_looks_at_the_state_directory_off_the_loop(tmp_path):
+    """The hand-over's look at the state directory is a stat, which an NFS mount
+    can hang: it runs on a thread of its own, and the answer (here: refused, no
+    session file) comes back to the loop, which keeps running meanwhile."""
+    path = tmp_path / "handoff.cfg"
+    path.write_text("[zkwatcher]\nhosts = 127.0.0.1:1\n[web]\ncmd = true\nservice_port = 80\n"
+                    "service_hostname = h\nzookeeper_path = /handoff\n")
+    config = load_config(str(path))
+    registry = Registry(config.zookeeper)
+    looked_from = []
+    real_look = registry.state_directory_problem
+
+    def look():
+        looked_from.append(threading.current_thread())
+        return real_look()
+
+    registry.state_directory_problem = look
+    loop = EventLoop()
+    controller = Controller(config, registry, loop)
+    controller.checks = RecordedChecks()
+    controller.start()
+    try:
+        controller.request_hand_over()
+        controller.request_hand_over()  # a second SIGUSR2 while the first is looked into
+        deadline = time.monotonic() + 5
+        while controller.handoff_refused is None:
+            assert time.monotonic() < deadline, "no answer to SIGUSR2"
+            loop.run_once(timeout=0.05)
+        assert len(looked_from) == 1
+        assert looked_from[0] is not threading.main_thread()
+        assert controller.handoff_refused["why"] == "no session file"
+        assert not controller.handing_over
     finally:
         registry.stop(0.5)

@@ -106,6 +106,7 @@ class Controller:
         self.drops = DropLog(clock=loop.clock)  # outside input we could not use
         self.handoff_refused: dict | None = None  # the last SIGUSR2 we could not honour
         self.handing_over = False
+        self._hand_over_checking = False  # SIGUSR2's state directory look is under way
         self._registrations: dict[str, Registration] = {}  # by section, while up
         self._holder: dict[str, str] = {}  # znode path -> the section registering it
         self._wanted: dict[str, bytes] = {}  # what the registry was last told
@@ -174,8 +175,20 @@ class Controller:
 
     def request_hand_over(self) -> None:
         """SIGUSR2: leave the session to the next listener — only if it can take it,
-        and only with every drain on disk (the successor starts from the file)."""
-        problem = self.registry.hand_over_problem()
+        and only with every drain on disk (the successor starts from the file).
+        The state directory is looked at off the loop; the rest once that is back."""
+        if self._hand_over_checking:
+            return  # the check under way answers this SIGUSR2 too
+        self._hand_over_checking = True
+        offload(self.loop, self.registry.state_directory_problem, self._hand_over_checked,
+                "handoff-check")
+
+    def _hand_over_checked(self, problem: str | None, error: BaseException | None) -> None:
+        self._hand_over_checking = False
+        if error is not None:
+            problem = f"cannot look at the state directory: {error}"
+        if problem is None:
+            problem = self.registry.hand_over_problem()
         if problem is None:
             problem = self.drains.hand_over_problem()
         if problem is not None:

@@ -157,9 +157,12 @@ class SessionStore:
 
     def hand_over_problem(self) -> str | None:
         """Why a successor could not reattach from this file now: the last write
-        failed, or its directory is no longer one it would trust.  Reads only."""
-        if self.problem is not None:
-            return self.problem
+        failed.  (Its directory: :meth:`directory_problem`.)"""
+        return self.problem
+
+    def directory_problem(self) -> str | None:
+        """Why a successor would not trust the file's directory now, or None.
+        A stat: for a thread other than the loop's (an NFS mount may hang it)."""
         directory = os.path.dirname(self.path)
         try:
             private = statedir.trusted(os.stat(directory))
