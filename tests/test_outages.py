@@ -535,6 +535,14 @@ def test_a_throttled_sweep_after_a_crash_is_tried_again(
         wait_until(lambda: not node_exists(zk, node_a), 15, interval=0.05,
                    what="the unwanted node deleted once the listing is allowed")
         assert second.stderr().count("ZooKeeper refused reading a parent") == 4
+        # Each listing (both parents at once) only after the backoff its refusal
+        # started, b's deletion pass included: 0.5 s, doubling.
+        listings = [t for t, op in list(link.requests) if op == GET_CHILDREN]
+        attempts = [t for i, t in enumerate(listings) if i == 0 or t - listings[i - 1] > 0.2]
+        gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+        print("listing attempts apart:", ", ".join(f"{gap:.2f}s" for gap in gaps))
+        assert len(attempts) == 5, gaps
+        assert all(gap >= 0.9 * 0.5 * 2 ** n for n, gap in enumerate(gaps)), gaps
         second.tick()
         assert second.process.poll() is None, second.stderr()
     finally:

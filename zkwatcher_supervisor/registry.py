@@ -170,6 +170,9 @@ class Registry:
         self._uncertain: dict[str, tuple[int | None, bytes]] = {}
         self._refusals = 0  # passes in a row with a parent's read refused for the moment
         self._pass_again_at: float | None = None
+        # Until then no whole parent is read again (a pass other work brings
+        # meanwhile leaves them alone): the backoff after a refusal of the moment.
+        self._parents_refused_until = 0.0
         # After a reattach: parents whose members our old incarnation may have
         # created without saving their names (killed in between); swept once settled.
         self._reattached = False
@@ -617,6 +620,8 @@ class Registry:
         delay = backoff(self._refusals, RETRY_DELAY, MAX_RETRY_DELAY)
         log.warning("ZooKeeper refused %s (%r); trying again in %.1f s", what, exc, delay)
         self._pass_again_at = time.monotonic() + delay
+        if what == "reading a parent":
+            self._parents_refused_until = self._pass_again_at
 
     def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
                    session_id: int) -> set[str]:
@@ -633,12 +638,19 @@ class Registry:
         # must not wait for them).
         held: set[str] = set()
         refusal: BaseException | None = None
+        backing_off = time.monotonic() < self._parents_refused_until
+        if backing_off:  # the pass that reads them again, at the backoff's end
+            self._pass_again_at = self._parents_refused_until
         if self._uncertain:
             resolving = set(self._uncertain)
-            try:
-                self._resolve_uncertain(session_id)
-            except MOMENTARY_ERRORS as exc:
-                refusal = exc
+            unresolved = backing_off
+            if not backing_off:
+                try:
+                    self._resolve_uncertain(session_id)
+                except MOMENTARY_ERRORS as exc:
+                    refusal = exc
+                    unresolved = True
+            if unresolved:
                 # Not created again before we know whether their create happened:
                 # looked at in the pass that finds out (kept across reconnects).
                 held = set(self._uncertain)
@@ -650,14 +662,14 @@ class Registry:
             suspect |= (resolving - set(self._uncertain)) - changed
         # A node of a held key's lost create is ours and unclaimed: no sweep until
         # we know which it is.
-        if self._reattached and not self._holding and not held:
+        if self._reattached and not self._holding and not held and not backing_off:
             try:
                 self._sweep_unclaimed(session_id, wanted)
             except MOMENTARY_ERRORS as exc:
                 refusal = exc
         if refusal is not None:
             self._momentary_refusal(refusal)
-        else:
+        elif not backing_off:
             self._refusals = 0
         # Changes known from memory (a dead program's deletion) go out first.
         actions = {key: decide_from_memory(self._owned.get(key), wanted.get(key))
