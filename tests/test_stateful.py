@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -45,6 +46,7 @@ from hypothesis.stateful import (
 )
 from kazoo.exceptions import NoNodeError
 
+from zkwatcher_supervisor import listener as listener_module
 from zkwatcher_supervisor.checks import CheckOutcome
 from zkwatcher_supervisor.config import load_config
 from zkwatcher_supervisor.listener import Controller
@@ -305,33 +307,98 @@ def test_sigusr2_looks_at_the_state_directory_off_the_loop(tmp_path):
     """The hand-over's look at the state directory is a stat, which an NFS mount
     can hang: it runs on a thread of its own, and the answer (here: refused, no
     session file) comes back to the loop, which keeps running meanwhile."""
-    path = tmp_path / "handoff.cfg"
-    path.write_text("[zkwatcher]\nhosts = 127.0.0.1:1\n[web]\ncmd = true\nservice_port = 80\n"
-                    "service_hostname = h\nzookeeper_path = /handoff\n")
-    config = load_config(str(path))
-    registry = Registry(config.zookeeper)
     looked_from = []
-    real_look = registry.state_directory_problem
 
     def look():
         looked_from.append(threading.current_thread())
-        return real_look()
+        return None
 
-    registry.state_directory_problem = look
-    loop = EventLoop()
-    controller = Controller(config, registry, loop)
-    controller.checks = RecordedChecks()
-    controller.start()
+    controller = hand_over_controller(tmp_path, look)
     try:
         controller.request_hand_over()
         controller.request_hand_over()  # a second SIGUSR2 while the first is looked into
         deadline = time.monotonic() + 5
         while controller.handoff_refused is None:
             assert time.monotonic() < deadline, "no answer to SIGUSR2"
-            loop.run_once(timeout=0.05)
+            controller.loop.run_once(timeout=0.05)
         assert len(looked_from) == 1
         assert looked_from[0] is not threading.main_thread()
         assert controller.handoff_refused["why"] == "no session file"
         assert not controller.handing_over
     finally:
-        registry.stop(0.5)
+        controller.registry.stop(0.5)
+
+
+def hand_over_controller(tmp_path, look):
+    """A Controller whose registry looks at the state directory with ``look``."""
+    path = tmp_path / "handoff.cfg"
+    path.write_text("[zkwatcher]\nhosts = 127.0.0.1:1\n[web]\ncmd = true\nservice_port = 80\n"
+                    "service_hostname = h\nzookeeper_path = /handoff\n")
+    config = load_config(str(path))
+    registry = Registry(config.zookeeper)
+    registry.state_directory_problem = look
+    loop = EventLoop()
+    controller = Controller(config, registry, loop)
+    controller.checks = RecordedChecks()
+    controller.start()
+    return controller
+
+
+def test_a_hung_state_directory_look_is_a_refusal_and_its_late_answer_is_dropped(
+        tmp_path, monkeypatch):
+    """An NFS state directory that hangs the stat: SIGUSR2 is refused (logged and in
+    the status) after HAND_OVER_LOOK_TIMEOUT; the next SIGUSR2 looks again; the hung
+    look's late answer changes nothing."""
+    monkeypatch.setattr(listener_module, "HAND_OVER_LOOK_TIMEOUT", 0.3)
+    release = threading.Event()
+    answers = iter(["first look, answered late", None])
+
+    def look():
+        answer = next(answers)
+        if answer is not None:
+            release.wait(10)
+        return answer
+
+    controller = hand_over_controller(tmp_path, look)
+    loop = controller.loop
+    try:
+        controller.request_hand_over()
+        started = time.monotonic()
+        while controller.handoff_refused is None:
+            assert time.monotonic() - started < 5, "no answer to SIGUSR2"
+            loop.run_once(timeout=0.05)
+        assert 0.3 <= time.monotonic() - started < 2
+        assert controller.handoff_refused["why"] == "the state directory did not answer within 0.3s"
+        refused = controller.handoff_refused
+        controller.request_hand_over()  # looks again: no session file this time
+        while controller.handoff_refused is refused:
+            loop.run_once(timeout=0.05)
+        assert controller.handoff_refused["why"] == "no session file"
+        second = controller.handoff_refused
+        release.set()  # the hung look answers now: too late to count
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            loop.run_once(timeout=0.05)
+        assert controller.handoff_refused is second
+        assert not controller.handing_over
+    finally:
+        release.set()
+        controller.registry.stop(0.5)
+
+
+def test_an_error_in_the_state_directory_look_ends_the_listener(tmp_path):
+    """What the directory can answer (missing, not private) is a refusal; any other
+    error there is a bug of ours and leaves the loop (the listener exits 1)."""
+    def look():
+        raise RuntimeError("a bug")
+
+    controller = hand_over_controller(tmp_path, look)
+    try:
+        controller.request_hand_over()
+        with pytest.raises(RuntimeError, match="a bug"):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                controller.loop.run_once(timeout=0.05)
+        assert controller.handoff_refused is None
+    finally:
+        controller.registry.stop(0.5)

@@ -62,6 +62,9 @@ RPC_TIMEOUT = 5.0
 # Shutdown budget: ZooKeeper's session close, and killing running checks.
 REGISTRY_STOP_TIMEOUT = 0.7
 CHECKS_STOP_TIMEOUT = 0.1
+# A SIGUSR2 whose look at the state directory (a stat: an NFS mount may hang it)
+# takes longer is refused; ``handoff`` waits 15 s for an answer.
+HAND_OVER_LOOK_TIMEOUT = 5.0
 EXIT_CRASH = 1
 # After a restart, nodes of the reattached session that nothing wants are kept
 # until every section's health is known again (first check results, the
@@ -106,7 +109,9 @@ class Controller:
         self.drops = DropLog(clock=loop.clock)  # outside input we could not use
         self.handoff_refused: dict | None = None  # the last SIGUSR2 we could not honour
         self.handing_over = False
-        self._hand_over_checking = False  # SIGUSR2's state directory look is under way
+        self._hand_over_look: int | None = None  # the SIGUSR2 look under way, if any
+        self._hand_over_looks = 0
+        self._hand_over_timer: Timer | None = None
         self._registrations: dict[str, Registration] = {}  # by section, while up
         self._holder: dict[str, str] = {}  # znode path -> the section registering it
         self._wanted: dict[str, bytes] = {}  # what the registry was last told
@@ -177,16 +182,33 @@ class Controller:
         """SIGUSR2: leave the session to the next listener — only if it can take it,
         and only with every drain on disk (the successor starts from the file).
         The state directory is looked at off the loop; the rest once that is back."""
-        if self._hand_over_checking:
-            return  # the check under way answers this SIGUSR2 too
-        self._hand_over_checking = True
-        offload(self.loop, self.registry.state_directory_problem, self._hand_over_checked,
+        if self.handing_over:
+            return
+        if self._hand_over_look is not None:
+            log.info("SIGUSR2: still looking at the state directory for the one before; "
+                     "its answer goes for this one too")
+            return
+        self._hand_over_looks += 1
+        look = self._hand_over_looks
+        self._hand_over_look = look
+        self._hand_over_timer = self.loop.call_later(
+            HAND_OVER_LOOK_TIMEOUT, lambda: self._hand_over_looked(
+                look, f"the state directory did not answer within {HAND_OVER_LOOK_TIMEOUT:g}s",
+                None))
+        offload(self.loop, self.registry.state_directory_problem,
+                lambda problem, error: self._hand_over_looked(look, problem, error),
                 "handoff-check")
 
-    def _hand_over_checked(self, problem: str | None, error: BaseException | None) -> None:
-        self._hand_over_checking = False
+    def _hand_over_looked(self, look: int, problem: str | None,
+                          error: BaseException | None) -> None:
+        if look != self._hand_over_look:
+            return  # answered already: it did not answer in time
+        self._hand_over_look = None
+        self._hand_over_timer.cancel()
         if error is not None:
-            problem = f"cannot look at the state directory: {error}"
+            raise error  # a bug of ours: what the directory can say is in ``problem``
+        if self.handing_over:
+            return
         if problem is None:
             problem = self.registry.hand_over_problem()
         if problem is None:
