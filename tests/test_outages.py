@@ -489,41 +489,53 @@ def test_node_made_just_before_a_crash_is_not_left_behind(
     assert len(zk.get_children(parent)) == 1
 
 
+def crashed_before_saving_a_node(zk, write_config, driver, base_path, tmp_path, link,
+                                 check_b):
+    """Sections a and b registered through ``link`` by a listener killed -9 as if
+    before saving a's node in its session file; a's check now fails, so its node
+    is one of the session's that no section wants.  Returns (config, a's node, b's)."""
+    from zkwatcher_supervisor import session_file
+
+    up_a = tmp_path / "a"
+    up_a.touch()
+    config = write_config(section(base_path, "a", 1, cmd=f"test -f {up_a}")
+                          + section(base_path, "b", 2, cmd=check_b),
+                          hosts=link.hosts, session_timeout=10)
+    first = driver(config)
+    node_a, node_b = f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"
+    wait_until(lambda: node_exists(zk, node_a) and node_exists(zk, node_b), 10,
+               what="registered")
+    path = session_file.default_path(str(config))
+    wait_until(lambda: session_file.load(path) and len(session_file.load(path).nodes) == 2,
+               5, what="session file written")
+    saved = session_file.load(path)
+    session_file.save(path, session_file.SavedSession(
+        saved.session_id, saved.password,
+        {key: node for key, node in saved.nodes.items() if "/a/" not in key}))
+    first.process.kill()
+    first.process.wait()
+    up_a.unlink()
+    return config, node_a, node_b
+
+
 def test_a_throttled_sweep_after_a_crash_is_tried_again(
         zookeeper, zk, write_config, driver, base_path, tmp_path):
     """Restarted after a crash, the listener lists its parents to delete the nodes of
     its session that nothing wants.  ZooKeeper throttles that listing (error -127)
     four passes running: the listener runs on, tries again with a backoff, and the node goes.
     Meanwhile another section's failing check takes its node out at once."""
-    from zkwatcher_supervisor import session_file
 
     link = ZooKeeperLink(zookeeper.port)
-    up_a, up_b = tmp_path / "a", tmp_path / "b"
-    up_a.touch()
+    up_b = tmp_path / "b"
     up_b.touch()
     try:
-        config = write_config(section(base_path, "a", 1, cmd=f"test -f {up_a}")
-                              + section(base_path, "b", 2, cmd=f"test -f {up_b}"),
-                              hosts=link.hosts, session_timeout=10)
-        first = driver(config)
-        node_a, node_b = f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"
-        wait_until(lambda: node_exists(zk, node_a) and node_exists(zk, node_b), 10,
-                   what="registered")
-        path = session_file.default_path(str(config))
-        wait_until(lambda: session_file.load(path) and len(session_file.load(path).nodes) == 2,
-                   5, what="session file written")
-        saved = session_file.load(path)  # as if it died before saving a's node
-        session_file.save(path, session_file.SavedSession(
-            saved.session_id, saved.password,
-            {key: node for key, node in saved.nodes.items() if "/a/" not in key}))
-        first.process.kill()
-        first.process.wait()
-        up_a.unlink()  # unhealthy when the next listener starts: a's node is unwanted
+        config, node_a, node_b = crashed_before_saving_a_node(
+            zk, write_config, driver, base_path, tmp_path, link, f"test -f {up_b}")
         # Four passes' listings (two parents each) refused.
         link.refuse(GET_CHILDREN, THROTTLED, count=8)
         second = driver(config)
         wait_until(lambda: "reattached to session" in second.stderr(), 5, what="reattached")
-        wait_until(lambda: "ZooKeeper refused reading a parent (ThrottledOpError" in
+        wait_until(lambda: "ZooKeeper refused reading or sweeping a parent (ThrottledOpError" in
                    second.stderr(), 10, what="the throttled listing logged")
         up_b.unlink()
         failed = time.monotonic()
@@ -534,7 +546,7 @@ def test_a_throttled_sweep_after_a_crash_is_tried_again(
         assert node_exists(zk, node_a)
         wait_until(lambda: not node_exists(zk, node_a), 15, interval=0.05,
                    what="the unwanted node deleted once the listing is allowed")
-        assert second.stderr().count("ZooKeeper refused reading a parent") == 4
+        assert second.stderr().count("ZooKeeper refused reading or sweeping a parent") == 4
         # Each listing (both parents at once) only after the backoff its refusal
         # started, b's deletion pass included: 0.5 s, doubling.
         listings = [t for t, op in list(link.requests) if op == GET_CHILDREN]
@@ -550,6 +562,34 @@ def test_a_throttled_sweep_after_a_crash_is_tried_again(
 
 
 GET_CHILDREN, THROTTLED = 8, -127  # ZooKeeper's opcode and error code
+
+
+def test_a_throttled_delete_of_the_sweep_after_a_crash_is_tried_again(
+        zookeeper, zk, write_config, driver, base_path, tmp_path):
+    """Restarted after a crash, the listener deletes the node of its session that no
+    section wants (its predecessor died before saving it).  ZooKeeper throttles that
+    delete, doing nothing: the sweep is tried again after the backoff and the node
+    goes, rather than staying registered until the session ends."""
+
+    link = ZooKeeperLink(zookeeper.port)
+    try:
+        config, node_a, node_b = crashed_before_saving_a_node(
+            zk, write_config, driver, base_path, tmp_path, link, "true")
+        link.refuse(ZooKeeperLink.DELETE, THROTTLED, count=1, carried_out=False)
+        second = driver(config)
+        wait_until(lambda: "reattached to session" in second.stderr(), 5, what="reattached")
+        wait_until(lambda: "ZooKeeper refused reading or sweeping a parent (ThrottledOpError"
+                   in second.stderr(), 10, what="the throttled delete logged")
+        assert node_exists(zk, node_a)  # the refused delete did nothing
+        wait_until(lambda: not node_exists(zk, node_a), 10, interval=0.05,
+                   what="the unwanted node deleted by the sweep tried again")
+        deletes = [t for t, op in link.requests if op == ZooKeeperLink.DELETE]
+        assert len(deletes) == 2 and deletes[1] - deletes[0] >= 0.45, deletes
+        assert node_exists(zk, node_b)
+        second.tick()
+        assert second.process.poll() is None, second.stderr()
+    finally:
+        link.close()
 
 
 def test_permanent_refusal_backs_off_and_registers_once_allowed(

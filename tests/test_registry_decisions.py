@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from kazoo.protocol.states import ZnodeStat
 from kazoo.security import ACL, Id, Permissions
 
-from zkwatcher_supervisor.backoff import backoff
+from zkwatcher_supervisor.backoff import Refusals, backoff
 from zkwatcher_supervisor.outage import (
     PROGRESS_INTERVAL,
     Outage,
@@ -397,3 +397,13 @@ def test_a_login_cut_short_is_retried_quickly_and_apart_from_refusals():
     login.accepted()
     assert login.failed(dropped=True, now=0.0) and login.wait(0.0) == 0.1
     assert login.failed(dropped=False, now=0.0) and login.wait(0.0) == 2.0
+
+
+def test_a_refused_step_waits_its_backoff_doubling_and_a_success_resets_it():
+    step = Refusals(0.5, 30.0)
+    assert not step.waiting(100.0)
+    assert [step.refused(100.0) for _ in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert step.waiting(129.9) and not step.waiting(130.0)  # the last refusal's 30 s
+    step.succeeded()
+    assert not step.waiting(100.0)
+    assert step.refused(200.0) == 0.5 and step.until == 200.5

@@ -4,6 +4,7 @@ file with DigestLoginModule), and secrets kept in files of their own."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import re
@@ -489,14 +490,15 @@ def test_a_slow_sasl_login_confirmation_still_registers(tmp_path, base_path, mon
         server.stop()
 
 
-def test_a_throttled_sasl_login_confirmation_is_tried_again(tmp_path, base_path):
+def test_a_throttled_sasl_login_confirmation_is_tried_again(tmp_path, base_path, caplog):
     """ZooKeeper throttles (error -127) the read that confirms a SASL login.  No
     state change follows to wake the worker: it must try again by itself, after
-    its backoff, and register."""
+    its backoff (not sooner, though wishes wake it meanwhile), and register."""
     server = sasl_zookeeper(tmp_path / "zk", {"deploy": "s3cret"})
     link = ZooKeeperLink(server.port)
     anyone = KazooClient(hosts=server.hosts, timeout=5)
     registry = None
+    caplog.set_level(logging.INFO, logger=registry_module.__name__)
     try:
         anyone.start(timeout=30)
         link.refuse(EXISTS, THROTTLED, count=1)
@@ -506,9 +508,16 @@ def test_a_throttled_sasl_login_confirmation_is_tried_again(tmp_path, base_path)
         registry.update({node: b"{}"})
         started = time.monotonic()
         registry.start()
+        wait_until(lambda: any(op == EXISTS for _, op in link.requests), 10,
+                   what="the confirming read sent")
+        for port in range(2, 6):  # wishes during the backoff wake the worker
+            registry.update({f"{base_path}/svc/host1:{port}": b"{}"})
+            time.sleep(0.05)
         wait_until(lambda: anyone.exists(node), 10, what="registered after the throttled read")
         print(f"registered {time.monotonic() - started:.2f}s after start")
-        assert sum(1 for _, op in link.requests if op == EXISTS) >= 2  # refused, then again
+        assert "ZooKeeper refused confirming the login (ThrottledOpError" in caplog.text
+        confirming = [t for t, op in link.requests if op == EXISTS]
+        assert len(confirming) >= 2 and confirming[1] - confirming[0] >= 0.45, confirming
         assert registry.connected
     finally:
         if registry is not None:

@@ -57,7 +57,7 @@ from kazoo.protocol.states import KeeperState
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from . import session_file
-from .backoff import backoff
+from .backoff import Refusals
 from .config import ZooKeeperSettings
 from .logs import KAZOO_REPEATS
 from .neighbours import NeighbourScans, Scan
@@ -168,11 +168,11 @@ class Registry:
         self._members = MemberNodes()  # the node ZooKeeper named for each member's key
         # Members' keys whose create reply was lost: (parent cversion before, data).
         self._uncertain: dict[str, tuple[int | None, bytes]] = {}
-        self._refusals = 0  # passes in a row with a parent's read refused for the moment
+        # Steps ZooKeeper refused for the moment wait out a backoff (the keys'
+        # retry delays), even when other work brings a pass sooner.
+        self._parent_reads = Refusals(RETRY_DELAY, MAX_RETRY_DELAY)
+        self._login_reads = Refusals(RETRY_DELAY, MAX_RETRY_DELAY)
         self._pass_again_at: float | None = None
-        # Until then no whole parent is read again (a pass other work brings
-        # meanwhile leaves them alone): the backoff after a refusal of the moment.
-        self._parents_refused_until = 0.0
         # After a reattach: parents whose members our old incarnation may have
         # created without saving their names (killed in between); swept once settled.
         self._reattached = False
@@ -524,6 +524,9 @@ class Registry:
     def _confirm_credentials(self) -> bool:
         """SASL: one read on a new connection tells whether the server accepted
         our login (a refusal is logged by the state listener)."""
+        if self._login_reads.waiting(time.monotonic()):
+            self._pass_again_at = self._login_reads.until
+            return False
         confirmation = self._client.exists_async("/")
         try:
             confirmation.get(timeout=REPLY_TIMEOUT)
@@ -533,10 +536,11 @@ class Registry:
             confirmation.rawlink(lambda _: self._wake.set())
             return False
         except MOMENTARY_ERRORS as exc:  # no state change comes to wake us
-            self._momentary_refusal(exc, "confirming the login")
+            self._momentary_refusal(self._login_reads, exc, "confirming the login")
             return False
         except (KazooException, *CONNECTION_ERRORS):
             return False  # refused, or the connection went: a state change wakes us
+        self._login_reads.succeeded()
         with self._lock:
             if not self._unconfirmed:
                 return True
@@ -613,15 +617,11 @@ class Registry:
                             "registering when it goes", key, holder)
         return decision.action
 
-    def _momentary_refusal(self, exc: BaseException, what: str = "reading a parent") -> None:
-        """ZooKeeper refused ``what`` for the moment: that step again after a
-        backoff (the keys' retry delays)."""
-        self._refusals += 1
-        delay = backoff(self._refusals, RETRY_DELAY, MAX_RETRY_DELAY)
+    def _momentary_refusal(self, step: Refusals, exc: BaseException, what: str) -> None:
+        """ZooKeeper refused ``what`` for the moment: that step again after its backoff."""
+        delay = step.refused(time.monotonic())
         log.warning("ZooKeeper refused %s (%r); trying again in %.1f s", what, exc, delay)
-        self._pass_again_at = time.monotonic() + delay
-        if what == "reading a parent":
-            self._parents_refused_until = self._pass_again_at
+        self._pass_again_at = step.until
 
     def _reconcile(self, changed: set[str], suspect: set[str], wanted: dict[str, bytes],
                    session_id: int) -> set[str]:
@@ -638,9 +638,9 @@ class Registry:
         # must not wait for them).
         held: set[str] = set()
         refusal: BaseException | None = None
-        backing_off = time.monotonic() < self._parents_refused_until
+        backing_off = self._parent_reads.waiting(time.monotonic())
         if backing_off:  # the pass that reads them again, at the backoff's end
-            self._pass_again_at = self._parents_refused_until
+            self._pass_again_at = self._parent_reads.until
         if self._uncertain:
             resolving = set(self._uncertain)
             unresolved = backing_off
@@ -668,9 +668,9 @@ class Registry:
             except MOMENTARY_ERRORS as exc:
                 refusal = exc
         if refusal is not None:
-            self._momentary_refusal(refusal)
+            self._momentary_refusal(self._parent_reads, refusal, "reading or sweeping a parent")
         elif not backing_off:
-            self._refusals = 0
+            self._parent_reads.succeeded()
         # Changes known from memory (a dead program's deletion) go out first.
         actions = {key: decide_from_memory(self._owned.get(key), wanted.get(key))
                    for key in changed}
@@ -843,7 +843,7 @@ class Registry:
         for parent, lookup in lookups:
             try:
                 acls, _ = lookup.get(timeout=REPLY_TIMEOUT)
-            except CONNECTION_ERRORS:
+            except (*CONNECTION_ERRORS, *MOMENTARY_ERRORS):
                 with self._lock:  # looked at again on the next pass
                     self._acl_checks.add(parent)
                 continue
@@ -885,15 +885,21 @@ class Registry:
     def _neighbours_wait(self) -> float | None:
         if self._unconfirmed:
             return None  # no pass runs until the login is confirmed: nothing to wait for
-        return self._neighbours.wait(self._members.as_dict(), time.monotonic())
+        now = time.monotonic()
+        wait = self._neighbours.wait(self._members.as_dict(), now)
+        if wait is not None and self._parent_reads.waiting(now):
+            # Parents are not listed while a refusal's backoff lasts.
+            wait = max(wait, self._parent_reads.until - now)
+        return wait
 
     def _look_for_neighbours(self, session_id: int) -> None:
         """Once per sequential registration, when nothing else is to be done: say
         so if another session's node under the same parent announces the same
         endpoint (readers list both).  Each parent is listed once for all our
         keys under it and its other children read PIPELINE_DEPTH at a time;
-        put aside as soon as real work is waiting, carried on with later."""
-        while not self._work_waiting():
+        put aside as soon as real work is waiting, carried on with later (and
+        while reading parents waits out a refusal's backoff)."""
+        while not self._work_waiting() and not self._parent_reads.waiting(time.monotonic()):
             scan = self._neighbours.next_scan(self._members.as_dict(), time.monotonic())
             if scan is None:
                 return
@@ -981,14 +987,21 @@ class Registry:
             if stat is not None and stat.ephemeralOwner == session_id:
                 log.info("deleting %s: a node of our session that no section wants", node)
                 deletions.append((node, self._client.delete_async(node, stat.version)))
-        self._await_deletions(deletions)
+        refusal = self._await_deletions(deletions)
         for node, _ in deletions:
             self._forget_node(self._members.key(node))
+        if refusal is not None:
+            # The parents stay to sweep: a node whose delete was refused is listed
+            # again, still unclaimed, once the backoff is over.
+            raise refusal
         with self._lock:
             self._sweep.difference_update(parents)
         self._reattached = False
 
-    def _await_deletions(self, deletions: list) -> None:
+    def _await_deletions(self, deletions: list) -> BaseException | None:
+        """Wait for each delete; returns the first refusal of the moment, for the
+        caller to raise once its bookkeeping is done."""
+        refusal = None
         for node, deletion in deletions:
             try:
                 deletion.get(timeout=REPLY_TIMEOUT)
@@ -996,8 +1009,11 @@ class Registry:
                 pass  # gone already, or changed: the next look decides
             except CONNECTION_ERRORS:
                 raise
+            except MOMENTARY_ERRORS as exc:
+                refusal = refusal or exc
             except KazooException as exc:
                 log.error("%s: delete failed: %r", node, exc)
+        return refusal
 
     def _resolve_uncertain(self, session_id: int) -> None:
         """Find the members whose create reply a lost connection swallowed.
@@ -1050,7 +1066,11 @@ class Registry:
                     log.info("deleting %s: a duplicate member from a create whose reply "
                              "was lost", node)
                     deletions.append((node, self._client.delete_async(node, stat.version)))
-                self._await_deletions(deletions)
+                refusal = self._await_deletions(deletions)
+                if refusal is not None:
+                    # Their keys are settled now; nothing would list the parent again.
+                    log.error("ZooKeeper refused deleting a duplicate member (%r); it stays "
+                              "until the session ends", refusal)
             for key in keys:  # only now: a connection lost above means "look again"
                 self._uncertain.pop(key, None)
 

@@ -17,6 +17,7 @@ class ZooKeeperLink:
     sends, read from ZooKeeper's length-prefixed frames: ``(monotonic time, opcode)``."""
 
     PING, AUTH, SET_WATCHES, CLOSE = 11, 100, 101, -11
+    DELETE, EXISTS = 2, 3
 
     def __init__(self, target_port: int, delay: float = 0.0,
                  request_delay: float | None = None) -> None:
@@ -42,12 +43,16 @@ class ZooKeeperLink:
         idle = {self.PING, self.AUTH, self.SET_WATCHES, self.CLOSE}
         return sum(1 for t, op in list(self.requests) if start <= t < end and op not in idle)
 
-    def refuse(self, opcode: int, error: int, count: int = 1) -> None:
+    def refuse(self, opcode: int, error: int, count: int = 1, carried_out: bool = True) -> None:
         """Answer the next ``count`` requests with ``opcode`` with ZooKeeper error
         ``error`` (e.g. -127, throttled) instead of the server's reply.  The server
         still carries the request out: for a read that is a refusal, for a write
-        it is a lost reply."""
-        self._refuse[opcode] = [error, count]
+        it is a lost reply.  ``carried_out=False`` (a delete): the server gets an
+        ``exists`` of the same path instead, so nothing changes, as when ZooKeeper
+        itself throttles the delete, and its reply comes in the order kazoo awaits."""
+        if not carried_out and opcode != self.DELETE:
+            raise ValueError("only a delete can be refused without being carried out")
+        self._refuse[opcode] = [error, count, carried_out]
 
     def stall(self) -> None:
         """Stop delivering bytes either way while every connection stays open: a
@@ -103,7 +108,7 @@ class ZooKeeperLink:
                 chunk = b""
             now = time.monotonic()
             buffer += chunk
-            out = chunk if parse else b""
+            out = b""
             while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack(">i", buffer[:4])[0]:
                 size = struct.unpack(">i", buffer[:4])[0]
                 frame, buffer = buffer[4:4 + size], buffer[4 + size:]
@@ -116,13 +121,17 @@ class ZooKeeperLink:
                     if rule and rule[1] > 0:
                         rule[1] -= 1
                         refused[xid] = rule[0]
+                        if not rule[2]:  # DeleteRequest (path, version) -> ExistsRequest
+                            (length,) = struct.unpack(">i", frame[8:12])
+                            path = frame[12:12 + length]
+                            frame = struct.pack(f">iii{length}s?", xid, self.EXISTS, length,
+                                                path, False)
                 elif not parse and len(frame) >= 16:
                     xid, zxid = struct.unpack(">iq", frame[:12])
                     error = refused.pop(xid, None)
                     if error is not None:  # the reply header alone, with the error
                         frame = struct.pack(">iqi", xid, zxid, error)
-                if not parse:
-                    out += struct.pack(">i", len(frame)) + frame
+                out += struct.pack(">i", len(frame)) + frame
             if out or not chunk:  # an empty chunk tells the writer the end came
                 with ready:
                     queue.append((now + (self.request_delay if parse else self.delay), out))
