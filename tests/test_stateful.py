@@ -326,11 +326,12 @@ def test_sigusr2_looks_at_the_state_directory_off_the_loop(tmp_path):
         assert controller.handoff_refused["why"] == "no session file"
         assert not controller.handing_over
     finally:
-        controller.registry.stop(0.5)
+        stop_hand_over_controller(controller)
 
 
 def hand_over_controller(tmp_path, look):
-    """A Controller whose registry looks at the state directory with ``look``."""
+    """A Controller whose registry looks at the state directory with ``look``
+    (its status file under ``tmp_path``)."""
     path = tmp_path / "handoff.cfg"
     path.write_text("[zkwatcher]\nhosts = 127.0.0.1:1\n[web]\ncmd = true\nservice_port = 80\n"
                     "service_hostname = h\nzookeeper_path = /handoff\n")
@@ -338,52 +339,70 @@ def hand_over_controller(tmp_path, look):
     registry = Registry(config.zookeeper)
     registry.state_directory_problem = look
     loop = EventLoop()
-    controller = Controller(config, registry, loop)
+    controller = Controller(config, registry, loop, status_path=str(tmp_path / "status.json"))
     controller.checks = RecordedChecks()
     controller.start()
     return controller
 
 
+def stop_hand_over_controller(controller):
+    controller.status.stop()
+    controller.registry.stop(0.5)
+
+
+def run_until_refused_anew(controller, before, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while controller.handoff_refused is before:
+        assert time.monotonic() < deadline, "no answer to SIGUSR2"
+        controller.loop.run_once(timeout=0.05)
+    return controller.handoff_refused["why"]
+
+
 def test_a_hung_state_directory_look_is_a_refusal_and_its_late_answer_is_dropped(
         tmp_path, monkeypatch):
     """An NFS state directory that hangs the stat: SIGUSR2 is refused (logged and in
-    the status) after HAND_OVER_LOOK_TIMEOUT; the next SIGUSR2 looks again; the hung
-    look's late answer changes nothing."""
+    the status) after HAND_OVER_LOOK_TIMEOUT; while that look hangs, the next SIGUSR2
+    is refused at once (no second thread stuck); its late answer counts for
+    nothing, and the SIGUSR2 after it looks again."""
     monkeypatch.setattr(listener_module, "HAND_OVER_LOOK_TIMEOUT", 0.3)
-    release = threading.Event()
+    release, answered = threading.Event(), threading.Event()
     answers = iter(["first look, answered late", None])
+    looks = []
 
     def look():
         answer = next(answers)
+        looks.append(answer)
         if answer is not None:
             release.wait(10)
+            answered.set()
         return answer
 
     controller = hand_over_controller(tmp_path, look)
-    loop = controller.loop
     try:
-        controller.request_hand_over()
         started = time.monotonic()
-        while controller.handoff_refused is None:
-            assert time.monotonic() - started < 5, "no answer to SIGUSR2"
-            loop.run_once(timeout=0.05)
+        controller.request_hand_over()
+        assert run_until_refused_anew(controller, None) == (
+            "the state directory did not answer within 0.3s")
         assert 0.3 <= time.monotonic() - started < 2
-        assert controller.handoff_refused["why"] == "the state directory did not answer within 0.3s"
+        first = controller.handoff_refused
+        controller.request_hand_over()  # the first look still hangs
+        assert run_until_refused_anew(controller, first, 0.5) == (
+            "the state directory has still not answered the look of an earlier SIGUSR2")
+        assert len(looks) == 1
         refused = controller.handoff_refused
-        controller.request_hand_over()  # looks again: no session file this time
-        while controller.handoff_refused is refused:
-            loop.run_once(timeout=0.05)
-        assert controller.handoff_refused["why"] == "no session file"
-        second = controller.handoff_refused
         release.set()  # the hung look answers now: too late to count
-        deadline = time.monotonic() + 0.5
+        answered.wait(5)
+        deadline = time.monotonic() + 0.3
         while time.monotonic() < deadline:
-            loop.run_once(timeout=0.05)
-        assert controller.handoff_refused is second
+            controller.loop.run_once(timeout=0.05)
+        assert controller.handoff_refused is refused
+        controller.request_hand_over()  # looks again: no session file this time
+        assert run_until_refused_anew(controller, refused) == "no session file"
+        assert len(looks) == 2
         assert not controller.handing_over
     finally:
         release.set()
-        controller.registry.stop(0.5)
+        stop_hand_over_controller(controller)
 
 
 def test_an_error_in_the_state_directory_look_ends_the_listener(tmp_path):
@@ -401,4 +420,4 @@ def test_an_error_in_the_state_directory_look_ends_the_listener(tmp_path):
                 controller.loop.run_once(timeout=0.05)
         assert controller.handoff_refused is None
     finally:
-        controller.registry.stop(0.5)
+        stop_hand_over_controller(controller)

@@ -510,6 +510,7 @@ def test_a_throttled_sasl_login_confirmation_is_tried_again(tmp_path, base_path,
         registry.start()
         wait_until(lambda: any(op == EXISTS for _, op in link.requests), 10,
                    what="the confirming read sent")
+        first_wish = time.monotonic()
         for port in range(2, 6):  # wishes during the backoff wake the worker
             registry.update({f"{base_path}/svc/host1:{port}": b"{}"})
             time.sleep(0.05)
@@ -518,6 +519,7 @@ def test_a_throttled_sasl_login_confirmation_is_tried_again(tmp_path, base_path,
         assert "ZooKeeper refused confirming the login (ThrottledOpError" in caplog.text
         confirming = [t for t, op in link.requests if op == EXISTS]
         assert len(confirming) >= 2 and confirming[1] - confirming[0] >= 0.45, confirming
+        assert first_wish < confirming[0] + 0.45  # the wishes did come during the backoff
         assert registry.connected
     finally:
         if registry is not None:

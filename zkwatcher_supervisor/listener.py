@@ -112,6 +112,7 @@ class Controller:
         self._hand_over_look: int | None = None  # the SIGUSR2 look under way, if any
         self._hand_over_looks = 0
         self._hand_over_timer: Timer | None = None
+        self._hung_look: int | None = None  # a look past its time, still not answered
         self._registrations: dict[str, Registration] = {}  # by section, while up
         self._holder: dict[str, str] = {}  # znode path -> the section registering it
         self._wanted: dict[str, bytes] = {}  # what the registry was last told
@@ -188,39 +189,52 @@ class Controller:
             log.info("SIGUSR2: still looking at the state directory for the one before; "
                      "its answer goes for this one too")
             return
+        if self._hung_look is not None:
+            # Not one more thread stuck on the same mount.
+            self._refuse_hand_over("the state directory has still not answered the look "
+                                   "of an earlier SIGUSR2")
+            return
         self._hand_over_looks += 1
         look = self._hand_over_looks
         self._hand_over_look = look
         self._hand_over_timer = self.loop.call_later(
-            HAND_OVER_LOOK_TIMEOUT, lambda: self._hand_over_looked(
-                look, f"the state directory did not answer within {HAND_OVER_LOOK_TIMEOUT:g}s",
-                None))
+            HAND_OVER_LOOK_TIMEOUT, lambda: self._hand_over_look_timed_out(look))
         offload(self.loop, self.registry.state_directory_problem,
                 lambda problem, error: self._hand_over_looked(look, problem, error),
                 "handoff-check")
 
     def _hand_over_looked(self, look: int, problem: str | None,
                           error: BaseException | None) -> None:
+        if error is not None:
+            raise error  # a bug of ours, late or not: what the directory says is ``problem``
+        if look == self._hung_look:
+            self._hung_look = None  # answered at last: too late to count
         if look != self._hand_over_look:
-            return  # answered already: it did not answer in time
+            return
         self._hand_over_look = None
         self._hand_over_timer.cancel()
-        if error is not None:
-            raise error  # a bug of ours: what the directory can say is in ``problem``
-        if self.handing_over:
-            return
         if problem is None:
             problem = self.registry.hand_over_problem()
         if problem is None:
             problem = self.drains.hand_over_problem()
         if problem is not None:
-            log.error("SIGUSR2: cannot hand over (%s); still running, nothing changed",
-                      problem)
-            self.handoff_refused = {"at": time.time(), "why": problem}
-            self.status.changed()
+            self._refuse_hand_over(problem)
             return
         self.handing_over = True
         self.loop.stop()
+
+    def _hand_over_look_timed_out(self, look: int) -> None:
+        if look != self._hand_over_look:
+            return
+        self._hand_over_look = None
+        self._hung_look = look
+        self._refuse_hand_over(f"the state directory did not answer within "
+                               f"{HAND_OVER_LOOK_TIMEOUT:g}s")
+
+    def _refuse_hand_over(self, why: str) -> None:
+        log.error("SIGUSR2: cannot hand over (%s); still running, nothing changed", why)
+        self.handoff_refused = {"at": time.time(), "why": why}
+        self.status.changed()
 
     def stop(self, hand_over: bool = False) -> bool:
         """Stop; with ``hand_over`` leave the ZooKeeper session and its nodes to a

@@ -177,6 +177,7 @@ class Registry:
         # created without saving their names (killed in between); swept once settled.
         self._reattached = False
         self._sweep: set[str] = set()
+        self._sweep_again = False  # a sweep's delete was refused: swept once more
         # With [auth]: parents whose ACL is still to be looked at, once each.
         self._acl_checks: set[str] = set()
         self._acl_checked: set[str] = set()
@@ -412,7 +413,9 @@ class Registry:
                 return reopen
             # Retries wait for their time only while connected; a reconnect
             # wakes us and clears them (waiting for a past retry would spin).
-            retry_at = self._retries.next_at()
+            # No pass runs before the login is confirmed: a retry due meanwhile
+            # is no reason to wake (it would spin); the confirmation's own is.
+            retry_at = None if self._unconfirmed else self._retries.next_at()
             again, self._pass_again_at = self._pass_again_at, None
             if not self._client.connected:
                 return None
@@ -570,6 +573,7 @@ class Registry:
             self._members = MemberNodes()
             self._reattached = False
         self._uncertain.clear()  # a lost create of the old session died with it
+        self._sweep_again = False  # a new session has nothing to sweep
         self._neighbours.abandon()
         self._session_id = session_id
         self._password = password
@@ -662,7 +666,8 @@ class Registry:
             suspect |= (resolving - set(self._uncertain)) - changed
         # A node of a held key's lost create is ours and unclaimed: no sweep until
         # we know which it is.
-        if self._reattached and not self._holding and not held and not backing_off:
+        if ((self._reattached or self._sweep_again) and not self._holding and not held
+                and not backing_off):
             try:
                 self._sweep_unclaimed(session_id, wanted)
             except MOMENTARY_ERRORS as exc:
@@ -979,29 +984,40 @@ class Registry:
                            if posixpath.join(parent, child) not in claimed]
         lookups = [(node, self._client.exists_async(node)) for node in candidates]
         deletions = []
+        refusal = None
         for node, lookup in lookups:
             try:
                 stat = lookup.get(timeout=REPLY_TIMEOUT)
             except NoAuthError:
                 continue  # not a node we could have created
+            except MOMENTARY_ERRORS as exc:  # looked at in the sweep after the backoff
+                refusal = refusal or exc
+                continue
             if stat is not None and stat.ephemeralOwner == session_id:
                 log.info("deleting %s: a node of our session that no section wants", node)
                 deletions.append((node, self._client.delete_async(node, stat.version)))
-        refusal = self._await_deletions(deletions)
+        delete_refusal, refused = self._await_deletions(deletions)
         for node, _ in deletions:
-            self._forget_node(self._members.key(node))
+            if node not in refused:
+                self._forget_node(self._members.key(node))
+        # Unsaved members are looked for once, now the listing is done: one
+        # wanted from now on is new, not one to find.
+        self._reattached = False
+        refusal = refusal or delete_refusal
         if refusal is not None:
             # The parents stay to sweep: a node whose delete was refused is listed
             # again, still unclaimed, once the backoff is over.
+            self._sweep_again = True
             raise refusal
         with self._lock:
             self._sweep.difference_update(parents)
-        self._reattached = False
+        self._sweep_again = False
 
-    def _await_deletions(self, deletions: list) -> BaseException | None:
-        """Wait for each delete; returns the first refusal of the moment, for the
-        caller to raise once its bookkeeping is done."""
+    def _await_deletions(self, deletions: list) -> tuple[BaseException | None, set[str]]:
+        """Wait for each delete; returns the first refusal of the moment (for the
+        caller to raise once its bookkeeping is done) and the nodes refused so."""
         refusal = None
+        refused = set()
         for node, deletion in deletions:
             try:
                 deletion.get(timeout=REPLY_TIMEOUT)
@@ -1011,9 +1027,10 @@ class Registry:
                 raise
             except MOMENTARY_ERRORS as exc:
                 refusal = refusal or exc
+                refused.add(node)
             except KazooException as exc:
                 log.error("%s: delete failed: %r", node, exc)
-        return refusal
+        return refusal, refused
 
     def _resolve_uncertain(self, session_id: int) -> None:
         """Find the members whose create reply a lost connection swallowed.
@@ -1066,7 +1083,7 @@ class Registry:
                     log.info("deleting %s: a duplicate member from a create whose reply "
                              "was lost", node)
                     deletions.append((node, self._client.delete_async(node, stat.version)))
-                refusal = self._await_deletions(deletions)
+                refusal, _ = self._await_deletions(deletions)
                 if refusal is not None:
                     # Their keys are settled now; nothing would list the parent again.
                     log.error("ZooKeeper refused deleting a duplicate member (%r); it stays "
