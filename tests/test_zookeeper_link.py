@@ -452,6 +452,21 @@ def test_sasl_session_survives_a_server_restart(
         server.stop()
 
 
+def deploy_registry(hosts: str) -> Registry:
+    """A Registry logging in as deploy (SASL DIGEST-MD5) through ``hosts``."""
+    return Registry(ZooKeeperSettings(hosts=hosts, session_timeout=30,
+                                      auth=Auth("deploy", "s3cret", "DIGEST-MD5")))
+
+
+def close_all(registry, relay, anyone, server) -> None:
+    if registry is not None:
+        registry.stop()
+    relay.close()
+    anyone.stop()
+    anyone.close()
+    server.stop()
+
+
 def test_a_slow_sasl_login_confirmation_still_registers(tmp_path, base_path, monkeypatch):
     """The first read on a new SASL connection confirms the login; when its answer
     comes later than the worker waits for one, registering follows as it comes."""
@@ -473,8 +488,7 @@ def test_a_slow_sasl_login_confirmation_still_registers(tmp_path, base_path, mon
         anyone.start(timeout=30)
         monkeypatch.setattr(registry_module, "REPLY_TIMEOUT", 1.0)
         monkeypatch.setattr(KazooClient, "exists_async", exists_async)
-        registry = Registry(ZooKeeperSettings(hosts=proxy.hosts, session_timeout=30,
-                                              auth=Auth("deploy", "s3cret", "DIGEST-MD5")))
+        registry = deploy_registry(proxy.hosts)
         node = f"{base_path}/svc/host1:1"
         registry.update({node: b"{}"})
         registry.start()
@@ -482,12 +496,7 @@ def test_a_slow_sasl_login_confirmation_still_registers(tmp_path, base_path, mon
         wait_until(lambda: anyone.exists(node), 15, what="registered after the late answer")
         assert registry.connected
     finally:
-        if registry is not None:
-            registry.stop()
-        proxy.close()
-        anyone.stop()
-        anyone.close()
-        server.stop()
+        close_all(registry, proxy, anyone, server)
 
 
 def test_a_throttled_sasl_login_confirmation_is_tried_again(tmp_path, base_path, caplog):
@@ -502,8 +511,7 @@ def test_a_throttled_sasl_login_confirmation_is_tried_again(tmp_path, base_path,
     try:
         anyone.start(timeout=30)
         link.refuse(EXISTS, THROTTLED, count=1)
-        registry = Registry(ZooKeeperSettings(hosts=link.hosts, session_timeout=30,
-                                              auth=Auth("deploy", "s3cret", "DIGEST-MD5")))
+        registry = deploy_registry(link.hosts)
         node = f"{base_path}/svc/host1:1"
         registry.update({node: b"{}"})
         started = time.monotonic()
@@ -522,12 +530,7 @@ def test_a_throttled_sasl_login_confirmation_is_tried_again(tmp_path, base_path,
         assert first_wish < confirming[0] + 0.45  # the wishes did come during the backoff
         assert registry.connected
     finally:
-        if registry is not None:
-            registry.stop()
-        link.close()
-        anyone.stop()
-        anyone.close()
-        server.stop()
+        close_all(registry, link, anyone, server)
 
 
 EXISTS, THROTTLED = 3, -127  # ZooKeeper's opcode and error code

@@ -527,8 +527,7 @@ class Registry:
     def _confirm_credentials(self) -> bool:
         """SASL: one read on a new connection tells whether the server accepted
         our login (a refusal is logged by the state listener)."""
-        if self._login_reads.waiting(time.monotonic()):
-            self._pass_again_at = self._login_reads.until
+        if self._waiting_out(self._login_reads):
             return False
         confirmation = self._client.exists_async("/")
         try:
@@ -621,6 +620,14 @@ class Registry:
                             "registering when it goes", key, holder)
         return decision.action
 
+    def _waiting_out(self, step: Refusals) -> bool:
+        """Whether ``step`` still waits out a refusal's backoff; if so, a pass
+        comes at its end (this one, brought by other work, leaves it alone)."""
+        if not step.waiting(time.monotonic()):
+            return False
+        self._pass_again_at = step.until
+        return True
+
     def _momentary_refusal(self, step: Refusals, exc: BaseException, what: str) -> None:
         """ZooKeeper refused ``what`` for the moment: that step again after its backoff."""
         delay = step.refused(time.monotonic())
@@ -642,9 +649,7 @@ class Registry:
         # must not wait for them).
         held: set[str] = set()
         refusal: BaseException | None = None
-        backing_off = self._parent_reads.waiting(time.monotonic())
-        if backing_off:  # the pass that reads them again, at the backoff's end
-            self._pass_again_at = self._parent_reads.until
+        backing_off = self._waiting_out(self._parent_reads)
         if self._uncertain:
             resolving = set(self._uncertain)
             unresolved = backing_off
