@@ -342,8 +342,10 @@ class DrainClient:
                 done.append(target)
                 continue
             # One result per process that was running; a failure is in its result.
+            # In the order they stopped, which varies: name order reads the same
+            # every time.
             results = stop_results(self.rpc.supervisor.stopProcessGroup(spec.group, True))
-            for process, status, description in results:
+            for process, status, description in sorted(results, key=lambda result: result[0]):
                 if status in (Faults.SUCCESS, Faults.NOT_RUNNING):
                     done.append(process)
                 else:
