@@ -592,6 +592,45 @@ def test_a_throttled_delete_of_the_sweep_after_a_crash_is_tried_again(
         link.close()
 
 
+@pytest.mark.parametrize("payload_format", ["nd_service_registry", "serverset"])
+def test_a_refused_watch_on_a_new_node_is_set_again(
+        zookeeper, zk, write_config, driver, base_path, tmp_path, payload_format):
+    """A check starts passing and the node goes in; ZooKeeper throttles the
+    ``exists`` that sets its watch.  Without that watch nothing would notice a
+    deletion by hand: the listener sets it again, and the node deleted by hand
+    comes back."""
+    link = ZooKeeperLink(zookeeper.port)
+    up = tmp_path / "up"
+    parent = f"{base_path}/a"
+    try:
+        config = write_config(section(base_path, "a", 1, cmd=f"test -f {up}",
+                                      payload_format=payload_format)
+                              + section(base_path, "b", 2, cmd="true"), hosts=link.hosts)
+        drv = driver(config)
+        wait_until(lambda: node_exists(zk, f"{base_path}/b/host1:2"), 10, what="b registered")
+        zk.ensure_path(parent)  # a's create is the only write when its check passes
+        time.sleep(1.5)  # a's failing checks are in: nothing else is under way
+        # A member's create comes after a read of its parent: that one refused too.
+        link.refuse(ZooKeeperLink.EXISTS, THROTTLED,
+                    count=1 if payload_format == "nd_service_registry" else 2)
+        up.touch()
+        wait_until(lambda: zk.get_children(parent), 10, what="a registered")
+        wait_until(lambda: "ZooKeeper refused watching it (ThrottledOpError" in drv.stderr(),
+                   5, what="the refused watch logged")
+        time.sleep(2)  # the watch set again (after the retry's backoff)
+        [node] = zk.get_children(parent)
+        zk.delete(f"{parent}/{node}")
+        deleted = time.monotonic()
+        wait_until(lambda: zk.get_children(parent), 5, interval=0.02,
+                   what="a's node back after its deletion by hand")
+        print(f"deleted by hand -> back: {time.monotonic() - deleted:.2f}s")
+        assert len(zk.get_children(parent)) == 1
+        drv.tick()
+        assert drv.process.poll() is None, drv.stderr()
+    finally:
+        link.close()
+
+
 def test_permanent_refusal_backs_off_and_registers_once_allowed(
         write_config, driver, zk, zookeeper, base_path):
     """The parent ``zookeeper_path`` belongs to another identity and lets the world only

@@ -747,21 +747,45 @@ class Registry:
         # ZooKeeper and kazoo's thread always have work: at most two batches
         # in flight.
         in_flight: list[dict[str, tuple]] = []
+        watches: list[tuple[str, object]] = []
         for batch in batches(todo):
-            in_flight.append(self._send(dict(batch), watched))
+            in_flight.append(self._send(dict(batch), watched, watches))
             if len(in_flight) == 2:
-                batch_again, batch_retry = self._collect(in_flight.pop(0))
+                batch_again, batch_retry = self._collect(in_flight.pop(0), watches)
                 again.update(batch_again)
                 retry |= batch_retry
         for pending in in_flight:
-            batch_again, batch_retry = self._collect(pending)
+            batch_again, batch_retry = self._collect(pending, watches)
             again.update(batch_again)
             retry |= batch_retry
-        return again, retry
+        return again, retry | self._unwatched(watches)
 
-    def _send(self, actions: dict[str, Action], watched: set[str]) -> dict[str, tuple]:
+    def _unwatched(self, watches: list[tuple[str, object]]) -> set[str]:
+        """The keys whose new node's watch was not set (refused), or which
+        are gone already (deleted by hand before the watch): looked at again,
+        or a deletion by hand would not bring them back."""
+        unwatched = set()
+        for key, result in watches:
+            try:
+                stat = result.get(timeout=REPLY_TIMEOUT)
+            except CONNECTION_ERRORS:
+                raise
+            except KazooException as exc:
+                log.warning("%s: ZooKeeper refused watching it (%r); looking again", key, exc)
+                unwatched.add(key)
+                continue
+            # Not created (sent again once its parent is made): the watch is one
+            # for its creation.
+            if stat is None and key in self._owned:
+                log.info("%s: deleted as soon as it was created; looking again", key)
+                unwatched.add(key)
+        return unwatched
+
+    def _send(self, actions: dict[str, Action], watched: set[str],
+              watches: list[tuple[str, object]]) -> dict[str, tuple]:
         """Send each action; returns key -> (action, its async result, the
-        parent's stat read just before a member's create)."""
+        parent's stat read just before a member's create).  The watches set
+        on new nodes go into ``watches``."""
         client = self._client
         pending = {}
         for key, action in actions.items():
@@ -778,7 +802,7 @@ class Registry:
                 result = client.create_async(key, action.data, acl=self._acl, ephemeral=True)
                 if key not in watched:
                     # Watch it from now on, so a deletion by hand brings it back.
-                    client.exists_async(key, watch=self._on_watch)
+                    watches.append((key, client.exists_async(key, watch=self._on_watch)))
             elif isinstance(action, SetData):
                 result = client.set_async(self._members.node(key), action.data, action.version)
             else:
@@ -786,9 +810,11 @@ class Registry:
             pending[key] = (action, result, parent_stat)
         return pending
 
-    def _collect(self, pending: dict[str, tuple]) -> tuple[dict[str, CreateParent], set[str]]:
+    def _collect(self, pending: dict[str, tuple], watches: list[tuple[str, object]]
+                 ) -> tuple[dict[str, CreateParent], set[str]]:
         """Wait for each reply and note what it did; returns the creates that
-        need their parent made and the keys to retry later."""
+        need their parent made and the keys to retry later.  The watches set
+        on new members go into ``watches``."""
         again: dict[str, CreateParent] = {}
         retry: set[str] = set()
         for key, (action, result, parent_stat) in pending.items():
@@ -831,7 +857,8 @@ class Registry:
                 if sequence_prefix(key) is not None:
                     self._uncertain.pop(key, None)
                     self._members.add(key, outcome)
-                    self._client.exists_async(outcome, watch=self._on_watch)
+                    watches.append((key, self._client.exists_async(outcome,
+                                                                   watch=self._on_watch)))
                 log.info("registered %s", self._members.node(key))
             elif isinstance(action, SetData):
                 self._owned[key] = Owned(action.data, outcome.version)
