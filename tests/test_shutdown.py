@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 
 import pytest
@@ -165,3 +166,43 @@ def test_sigterm_during_the_startup_process_snapshot_exits_promptly_and_cleanly(
     finally:
         drv.stop()
         silent.close()
+
+
+# The listener with one bug of ours planted: a thread that dies while the
+# registry shuts down (after the event loop has ended).
+_FAILS_WHILE_STOPPING = """
+import sys, threading
+from zkwatcher_supervisor import registry
+from zkwatcher_supervisor.cli import main
+
+stop = registry.Registry.stop
+
+def failing_stop(self, *args, **kwargs):
+    def bug():
+        raise RuntimeError("planted bug")
+    thread = threading.Thread(target=bug, name="planted")
+    thread.start()
+    thread.join()
+    return stop(self, *args, **kwargs)
+
+registry.Registry.stop = failing_stop
+sys.exit(main())
+"""
+
+
+def test_a_thread_that_fails_while_stopping_makes_the_exit_status_1(
+        write_config, zk, base_path, tmp_path):
+    """Crash-only holds to the end: a thread of ours that dies after SIGTERM has
+    ended the event loop still makes the exit status 1, not 0."""
+    config = write_config(section(base_path, "svc", 1, cmd="true"))
+    drv = ProtocolDriver(config, command=(sys.executable, "-c", _FAILS_WHILE_STOPPING))
+    try:
+        drv.wait_ready()
+        wait_until(lambda: node_exists(zk, f"{base_path}/svc/host1:1"), 10, what="registered")
+        status, _ = terminate(drv)
+        assert status == 1, drv.stderr()
+        assert "thread planted failed" in drv.stderr()
+        assert "a thread failed while stopping (RuntimeError('planted bug'))" in drv.stderr()
+        assert not node_exists(zk, f"{base_path}/svc/host1:1")  # the stop still went on
+    finally:
+        drv.stop()

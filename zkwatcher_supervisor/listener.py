@@ -706,5 +706,10 @@ def run(config: Config, hosts_override: str | None = None,
         if hand_over:
             # Not 0 either way: supervisord must start the successor.
             status = EXIT_HANDED_OVER if handed else EXIT_CRASH
+        if loop.failure is not None and status != EXIT_CRASH:
+            # A thread that failed while we shut down (logged where it failed).
+            log.critical("a thread failed while stopping (%r); exiting %d",
+                         loop.failure, EXIT_CRASH)
+            status = EXIT_CRASH
         log.info("stopped")
     return status

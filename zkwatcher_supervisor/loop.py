@@ -64,6 +64,7 @@ class EventLoop:
         self._inbox: deque[Callback] = deque()  # filled by other threads and signal handlers
         self._idle: list[Callback] = []
         self._running = False
+        self.failure: BaseException | None = None  # the first a thread handed to fail()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._owner: int | None = None
@@ -115,7 +116,11 @@ class EventLoop:
         self._wake()
 
     def fail(self, error: BaseException) -> None:
-        """End the loop with ``error`` (from any thread)."""
+        """End the loop with ``error`` (from any thread).  Kept in ``failure``
+        too: a thread may fail after the loop has ended (while shutting down)."""
+        if self.failure is None:
+            self.failure = error
+
         def crash() -> None:
             raise ThreadFailed(f"{threading.current_thread().name}: {error!r}") from error
 
