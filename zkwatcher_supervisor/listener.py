@@ -701,7 +701,9 @@ def run(config: Config, hosts_override: str | None = None,
     finally:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        hand_over = status == 0 and not stopping and controller.handing_over
+        # Not after a failure: a listener with a bug closes its session.
+        hand_over = (status == 0 and not stopping and controller.handing_over
+                     and loop.failure is None)
         handed = controller.stop(hand_over=hand_over)
         if hand_over:
             # Not 0 either way: supervisord must start the successor.

@@ -402,9 +402,12 @@ class Registry:
         try:
             self._work()
         except BaseException as exc:  # crash-only: the listener exits and is restarted
-            if not self._stopping:
-                log.critical("ZooKeeper worker failed", exc_info=True)
-                self.on_fatal(exc)
+            if self._stopping and isinstance(exc, (KazooException, *CONNECTION_ERRORS)):
+                # The client closed under the pass in flight: what stopping does.
+                log.debug("ZooKeeper worker's last pass cut short by the stop: %r", exc)
+                return
+            log.critical("ZooKeeper worker failed", exc_info=True)
+            self.on_fatal(exc)
 
     def _next_wait(self) -> float | None:
         with self._lock:
@@ -771,13 +774,15 @@ class Registry:
             except CONNECTION_ERRORS:
                 raise
             except KazooException as exc:
-                log.warning("%s: ZooKeeper refused watching it (%r); looking again", key, exc)
+                log.warning("%s: ZooKeeper refused watching it (%r); looking again",
+                            self._members.node(key) or key, exc)
                 unwatched.add(key)
                 continue
             # Not created (sent again once its parent is made): the watch is one
             # for its creation.
             if stat is None and key in self._owned:
-                log.info("%s: deleted as soon as it was created; looking again", key)
+                log.info("%s: deleted as soon as it was created; looking again",
+                         self._members.node(key) or key)
                 unwatched.add(key)
         return unwatched
 
