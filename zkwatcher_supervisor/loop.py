@@ -64,7 +64,11 @@ class EventLoop:
         self._inbox: deque[Callback] = deque()  # filled by other threads and signal handlers
         self._idle: list[Callback] = []
         self._running = False
-        self.failure: BaseException | None = None  # the first a thread handed to fail()
+        # The first error a thread handed to fail().  The one field other
+        # threads write: one reference, read once after the loop has ended and
+        # the listener has stopped its parts, so no lock and no queue (a thread
+        # failing later still, past its stop's timeout, is logged only).
+        self.failure: BaseException | None = None
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._owner: int | None = None
