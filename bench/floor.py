@@ -1,7 +1,7 @@
 """Floors: what no listener can beat on this machine and this ZooKeeper.
 
     python bench/floor.py [-n 200]        kill -9 -> znode gone
-    python bench/floor.py --start 1000    start-up: pipelined creates, spawns of `true`
+    python bench/floor.py --start 1000    start-up: pipelined creates, spawns of `true`, both
 
 The floor under "kill -9 -> znode gone": a pidfd, one kazoo delete, another client's watch.
 
@@ -113,6 +113,33 @@ def spawn_floor(count: int) -> float:
     return time.monotonic() - started
 
 
+def check_and_register_floor(hosts: str, parent: str, count: int) -> float:
+    """Seconds for one process to do what start-up with ``count`` sections of
+    ``cmd: true`` asks: posix_spawn every check, reap each, and send its node's
+    ephemeral create as soon as it is reaped, all pipelined through one fresh
+    kazoo client, until the last reply.  The least a listener can take from
+    connected to its last node: it cannot register before the check has passed.
+    (Spawns and creates compete for the same interpreter and the same cores, so
+    this is more than either floor alone and less than their sum.)"""
+    true = shutil.which("true")
+    zk = KazooClient(hosts=hosts, timeout=30)
+    zk.start(timeout=30)
+    try:
+        zk.ensure_path(parent)
+        started = time.monotonic()
+        pids = [os.posix_spawn(true, [true], os.environ) for _ in range(count)]
+        pending = []
+        for i, pid in enumerate(pids):
+            os.waitpid(pid, 0)
+            pending.append(zk.create_async(f"{parent}/n{i}", b"n=%d" % i, ephemeral=True))
+        for result in pending:
+            result.get(timeout=60)
+        return time.monotonic() - started
+    finally:
+        zk.stop()
+        zk.close()
+
+
 def run_deleter(hosts: str, path: str) -> None:
     """One pid per stdin line: create the node, wait for the pid's death, delete the node."""
     zk = KazooClient(hosts=hosts)
@@ -151,6 +178,8 @@ def main() -> int:
     if args.start:
         try:
             creates = [create_floor(zookeeper.hosts, f"/floor{i}", args.start) for i in range(3)]
+            both = [check_and_register_floor(zookeeper.hosts, f"/both{i}", args.start)
+                    for i in range(3)]
         finally:
             zookeeper.stop()
         spawns = [spawn_floor(args.start) for _ in range(3)]
@@ -158,6 +187,8 @@ def main() -> int:
               f"{', '.join(f'{t:.3f}' for t in creates)} s")
         print(f"{args.start} posix_spawns of `true`, reaped:          "
               f"{', '.join(f'{t:.3f}' for t in spawns)} s")
+        print(f"{args.start} of both, each create sent as its check is reaped: "
+              f"{', '.join(f'{t:.3f}' for t in both)} s")
         return 0
     observer = KazooClient(hosts=zookeeper.hosts)
     observer.start()

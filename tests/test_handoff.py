@@ -87,8 +87,8 @@ def test_sigusr2_hands_50_nodes_over_without_any_event(
     print(f"hand-over gap (signal -> successor reattached): "
           f"{time.monotonic() - stopped:.2f}s")
     # The successor's first check of every section has passed and been applied.
-    wait_until(lambda: log.read_text().rsplit("watching ", 1)[1].count("check passed") >= 50,
-               10, what="the successor's first checks")
+    wait_until(lambda: log.read_text().rsplit("watching ", 1)[1]
+               .count("healthy: registering") >= 50, 10, what="the successor's first checks")
     assert consumer.events == []
     for n in nodes:
         stat = zk.exists(n)
@@ -391,7 +391,7 @@ def test_handoff_keeps_serverset_and_nerve_nodes_and_never_doubles_them(
     assert f"session 0x{owner:x} kept" in result.stdout
     assert listener_pid(server) not in (0, old)
     log = config.parent / "zkwatcher.log"
-    wait_until(lambda: log.read_text().rsplit("watching ", 1)[1].count("check passed") >= 2,
+    wait_until(lambda: log.read_text().rsplit("watching ", 1)[1].count("healthy: registering") >= 2,
                10, what="the successor's first checks")
     time.sleep(1)  # any second node would have been created by now
     assert consumer.events == []

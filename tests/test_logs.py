@@ -244,3 +244,35 @@ def test_verbose_logs_kazoo_and_syslog_without_dev_log_falls_back_to_stderr(
         wait_until(lambda: "registered " in syslog.stderr(), 5, what="registration logged")
         assert "--syslog: /dev/log does not exist; logging to stderr" in syslog.stderr()
         assert " DEBUG " not in syslog.stderr()
+
+
+@pytest.mark.e2e
+def test_a_pass_that_makes_a_section_healthy_is_one_line(write_config, supervisord, zk,
+                                                         base_path, tmp_path):
+    """At start-up a thousand sections are a thousand "healthy: registering"
+    lines, not one more "check passed" each; a pass that registers nothing (the
+    section is drained) still says "check passed"."""
+    flag = tmp_path / "flag"
+    config = write_config(section(base_path, "a", 1, cmd="true")
+                          + section(base_path, "b", 2, cmd=f"test -e {flag}")
+                          + section(base_path, "c", 3, cmd="true", start_drained="true"))
+    supervisord(listener_section(config))
+    log = config.parent / "zkwatcher.log"
+    a, b = f"{base_path}/a/host1:1", f"{base_path}/b/host1:2"
+    wait_until(lambda: node_exists(zk, a), 10, what="a registered")
+    wait_until(lambda: any("[c] check passed" in line for line in log_lines(log)), 5,
+               what="c's pass logged")
+    flag.touch()
+    wait_until(lambda: node_exists(zk, b), 10, what="b registered")
+    wait_until(lambda: sum(" registered " in line for line in log_lines(log)) == 2, 5,
+               what="both registrations logged")
+    lines = [without_stamp(line) for line in log_lines(log)]
+    ours = [line for line in lines if re.match(r"\w+ \[[abc]\] ", line)]
+    print("\n".join(ours))
+    assert ours.count(f"INFO [a] healthy: registering {a}") == 1
+    assert ours.count("INFO [c] check passed") == 1
+    assert ours.count(f"INFO [b] healthy: registering {b}") == 1
+    assert ours.count("INFO [b] check passed") == 0
+    assert any(line.startswith("WARNING [b] check failed: exit status 1") for line in ours)
+    assert not any(line.startswith(("INFO [a] check passed", "INFO [c] healthy"))
+                   for line in ours)

@@ -155,3 +155,38 @@ def test_an_unblocked_writer_writes_everything_in_order():
             time.sleep(0.1)  # the writer catches up between bursts
     writer.stop()
     assert handler.lines == [f"line {i}" for i in range(250)]
+
+
+class CountingStream:
+    """A stderr of the test's own: what was written, and in how many writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_lines_to_stderr_go_out_in_order_a_batch_per_write():
+    stream = CountingStream()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    writer = LogWriter(handler)
+    writer.start()
+    logger = logging.getLogger("test_log_writer.batches")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(writer.queue_handler())
+    try:
+        for i in range(1000):  # a start-up's worth, at once
+            logger.info("registered /svc/host:%d", i)
+        writer.stop()
+    finally:
+        logger.handlers.clear()
+    assert "".join(stream.writes) == "".join(f"INFO registered /svc/host:{i}\n"
+                                             for i in range(1000))
+    # Each write wakes supervisord to copy it into its log: a few, not a thousand.
+    assert len(stream.writes) <= 10, len(stream.writes)

@@ -349,7 +349,7 @@ def test_crashed_listener_reattaches_its_session_and_the_node_never_goes(
                what="reattached")
     print(f"restart -> reattached: {time.monotonic() - restarted:.2f}s")
     # Its first check has passed and the result has been applied.
-    wait_until(lambda: "[a] check passed" in log.read_text().rsplit("watching ", 1)[1],
+    wait_until(lambda: "[a] healthy: registering" in log.read_text().rsplit("watching ", 1)[1],
                5, interval=0.01, what="first check of the new listener")
     after = zk.exists(node)
     # Not even rewritten: the payload differs only in pid and start time.

@@ -315,6 +315,10 @@ def setup_logging(verbose: bool, syslog: bool) -> LogWriter:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    # No format of ours names the source line, thread or process: not looked up
+    # for every record (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     writer = LogWriter(handler)
     writer.start()
     to_writer = writer.queue_handler()

@@ -319,7 +319,12 @@ class Controller:
             return  # the section was reset or reloaded while it ran
         self._last_checks[run.section] = (time.time(), outcome)
         if before is not outcome.passed:
-            if outcome.passed:
+            if outcome.passed and section.up and not was_up \
+                    and not self.drains.is_drained(run.section):
+                # "healthy: registering" follows in this pass and says it: one
+                # line, not two, for each of a thousand sections at start-up.
+                log.debug("[%s] check passed", run.section)
+            elif outcome.passed:
                 log.info("[%s] check passed", run.section)
             else:
                 log.warning("[%s] check failed: %s", run.section, outcome.describe())

@@ -12,7 +12,6 @@ the event loop, and without a library repeating itself line by line.
 
 from __future__ import annotations
 
-import copy
 import logging
 import queue
 import threading
@@ -88,26 +87,47 @@ class LogWriter:
             # Taken after the batch: what was dropped came after (most of) it.
             with self._lock:
                 dropped, self._dropped = self._dropped, 0
-            stopping = False
-            for record in batch:
-                if record is None:
-                    stopping = True
-                    break
-                self._write(record)
-                with self._lock:
-                    self._pending -= 1
+            stopping = None in batch
+            if stopping:
+                batch = batch[:batch.index(None)]
+            self._write(batch)
+            with self._lock:
+                self._pending -= len(batch)
             if dropped:
-                self._write(log.makeRecord(
+                self._write([log.makeRecord(
                     log.name, logging.WARNING, __file__, 0,
-                    "dropped %d log records while the log was blocked", (dropped,), None))
+                    "dropped %d log records while the log was blocked", (dropped,), None)])
             if stopping:
                 return
 
-    def _write(self, record: logging.LogRecord) -> None:
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        handler = self._handler
+        if type(handler) is not logging.StreamHandler:
+            for record in records:  # syslog: a datagram each
+                try:
+                    handler.handle(record)
+                except Exception:  # the handler's own errors are reported, not fatal
+                    handler.handleError(record)
+            return
+        # A batch in one write: one wake-up of supervisord to copy it into its
+        # log, not one per line (a thousand at start-up).
+        lines = []
+        for record in records:
+            try:
+                if handler.filter(record):
+                    lines.append(handler.format(record) + handler.terminator)
+            except Exception:
+                handler.handleError(record)
+        if not lines:
+            return
+        handler.acquire()
         try:
-            self._handler.handle(record)
-        except Exception:  # the handler's own errors are reported, not fatal
-            self._handler.handleError(record)
+            handler.stream.write("".join(lines))
+            handler.flush()
+        except Exception:
+            handler.handleError(records[-1])
+        finally:
+            handler.release()
 
 
 class _Enqueue(logging.Handler):
@@ -127,7 +147,10 @@ class _Enqueue(logging.Handler):
             return
         try:
             message = self.format(record)
-            record = copy.copy(record)  # other handlers may still see the original
+            # A copy: other handlers may still see the original.  (Not
+            # copy.copy, which takes longer than making the record did.)
+            original, record = record, record.__class__.__new__(record.__class__)
+            record.__dict__.update(original.__dict__)
             record.message = record.msg = message
             record.args = record.exc_info = record.exc_text = record.stack_info = None
             self._writer.offer(record)
