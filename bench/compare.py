@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from common import as_installed, deletion_watch, percentile
-from floor import check_and_register_floor, create_floor, spawn_floor
+from floor import check_and_register_reference, create_floor, spawn_floor
 from kazoo.client import KazooClient
 
 from zkwatcher_supervisor.testing import (
@@ -350,7 +350,7 @@ def thread_names(pid: int) -> list[str]:
     for task in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
         try:
             comm = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue  # a short-lived thread (zk_watcher starts one per check run)
         result.append(names.get(int(task), f"comm={comm}"))
     return result
@@ -379,7 +379,7 @@ class ScaleRun(NamedTuple):
     phases: dict[str, float]  # ours only: each start-up phase's end, from its log
     create_floor: float  # S pipelined creates through one kazoo client, this run
     spawn_floor: float  # S posix_spawns of `true`, reaped, this run
-    both_floor: float  # both in one process, each create sent as its check is reaped
+    both_floor: float  # both in one bare process (floor.check_and_register_reference)
 
 
 # Our start-up phases, each ended by the first (or last) log line that says so.
@@ -469,17 +469,17 @@ def print_phases(count: int, runs: list[ScaleRun]) -> None:
     print(f"{'':>8} {'connected -> last node':<20} {median_range(registering, '.2f')} s")
     print(f"{'':>6} floors (same runs): {count} pipelined creates through one kazoo client "
           f"{median_range(creates, '.2f')} s; {count} posix_spawns of `true`, reaped "
-          f"{median_range(spawns, '.2f')} s; both in one process, each create sent as its "
-          f"check is reaped {median_range(both, '.2f')} s")
+          f"{median_range(spawns, '.2f')} s; reference: both in one bare process, each "
+          f"create sent as its check is reaped {median_range(both, '.2f')} s")
     timed = [run for run in runs if "connected" in run.phases]
-    for name, floor_of in (("creates", lambda run: run.create_floor),
-                           ("both", lambda run: run.both_floor)):
+    for name, floor_of in (("the creates' floor", lambda run: run.create_floor),
+                           ("the reference", lambda run: run.both_floor)):
         ratios = [(run.phases["last node"] - run.phases["connected"]) / floor_of(run)
                   for run in timed]
         met = sum(1 for run in timed if run.phases["last node"] - run.phases["connected"]
                   <= 1.3 * floor_of(run) + 0.3)
-        print(f"{'':>6} connected -> last node / floor of {name}, per run: "
-              f"{median_range(ratios, '.2f')}x; within 1.3x that floor + 0.3 s in "
+        print(f"{'':>6} connected -> last node / {name}, per run: "
+              f"{median_range(ratios, '.2f')}x; within 1.3x that + 0.3 s in "
               f"{met}/{len(runs)} run(s)")
     print(f"{'':>6} supervisord start -> last node <= 2.0 s in "
           f"{sum(1 for run in runs if run.phases['last node'] <= 2.0)}/{len(runs)}", flush=True)
@@ -497,7 +497,7 @@ def scale_once(args, count: int, tool: str, cmd: str, extra: str = "") -> ScaleR
     try:
         creates = create_floor(bench.zookeeper.hosts, "/floor", count)
         spawns = spawn_floor(count)
-        both = check_and_register_floor(bench.zookeeper.hosts, "/both", count)
+        both = check_and_register_reference(bench.zookeeper.hosts, "/both", count)
         prefix = f"/{tool}"
         text = sections(count, prefix, cmd, extra=extra)
         stats = bench.start_ours(text) if tool == "ours" else bench.start_peer(text)

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zkwatcher_supervisor.logs import LogWriter, RepeatSummary
+from zkwatcher_supervisor.testing import wait_until
 
 
 def record(name: str, message: str, level: int = logging.WARNING, *args) -> logging.LogRecord:
@@ -158,35 +159,67 @@ def test_an_unblocked_writer_writes_everything_in_order():
 
 
 class CountingStream:
-    """A stderr of the test's own: what was written, and in how many writes."""
+    """A stderr of the test's own: what was written, and in how many writes.
+    The first write waits for ``gate``; ``fail`` makes writes raise."""
 
     def __init__(self) -> None:
         self.writes: list[str] = []
+        self.gate = threading.Event()
+        self.fail = False
 
     def write(self, text: str) -> None:
+        self.gate.wait(10)
+        if self.fail:
+            raise BrokenPipeError(32, "Broken pipe")
         self.writes.append(text)
 
     def flush(self) -> None:
         pass
 
 
-def test_lines_to_stderr_go_out_in_order_a_batch_per_write():
-    stream = CountingStream()
+def stream_writer(stream: CountingStream) -> tuple[LogWriter, logging.Logger]:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     writer = LogWriter(handler)
     writer.start()
-    logger = logging.getLogger("test_log_writer.batches")
+    logger = logging.getLogger(f"test_log_writer.stream{id(stream)}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
     logger.addHandler(writer.queue_handler())
+    return writer, logger
+
+
+def test_lines_to_stderr_go_out_in_order_a_batch_per_write():
+    stream = CountingStream()
+    writer, logger = stream_writer(stream)
     try:
-        for i in range(1000):  # a start-up's worth, at once
+        for i in range(1000):  # a start-up's worth while the first write waits
             logger.info("registered /svc/host:%d", i)
+        stream.gate.set()
         writer.stop()
     finally:
         logger.handlers.clear()
     assert "".join(stream.writes) == "".join(f"INFO registered /svc/host:{i}\n"
                                              for i in range(1000))
-    # Each write wakes supervisord to copy it into its log: a few, not a thousand.
-    assert len(stream.writes) <= 10, len(stream.writes)
+    # Each write wakes supervisord to copy it into its log: the first line(s),
+    # then the rest in one, not a thousand.
+    assert len(stream.writes) <= 3, [text.count("\n") for text in stream.writes]
+
+
+def test_lines_a_failed_write_lost_are_counted_and_said_when_writing_works_again():
+    stream = CountingStream()
+    stream.gate.set()
+    stream.fail = True
+    writer, logger = stream_writer(stream)
+    try:
+        for i in range(5):
+            logger.info("line %d", i)
+        wait_until(lambda: writer.records.empty() and not writer.full, 5)
+        time.sleep(0.1)  # the writer's batch is written (and fails)
+        stream.fail = False
+        logger.info("after")
+        writer.stop()
+    finally:
+        logger.handlers.clear()
+    assert "".join(stream.writes) == ("INFO after\n"
+                                      "WARNING dropped 5 log records while the log was blocked\n")

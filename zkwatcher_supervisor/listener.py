@@ -117,6 +117,7 @@ class Controller:
         self._holder: dict[str, str] = {}  # znode path -> the section registering it
         self._wanted: dict[str, bytes] = {}  # what the registry was last told
         self._dirty: set[str] = set(self.services)  # sections to bring in line
+        self._passes_to_log: set[str] = set()  # passes the next sync reports
         self._last_checks: dict[str, tuple[float, CheckOutcome]] = {}  # wall time, outcome
         self._check_timer: Timer | None = None
         # Ordering of process news: a snapshot requested before an event must
@@ -319,11 +320,11 @@ class Controller:
             return  # the section was reset or reloaded while it ran
         self._last_checks[run.section] = (time.time(), outcome)
         if before is not outcome.passed:
-            if outcome.passed and section.up and not was_up \
-                    and not self.drains.is_drained(run.section):
-                # "healthy: registering" follows in this pass and says it: one
-                # line, not two, for each of a thousand sections at start-up.
-                log.debug("[%s] check passed", run.section)
+            if outcome.passed and section.up != was_up:
+                # Said by "healthy: registering" if this pass registers the
+                # section (one line, not two, for each of a thousand sections
+                # at start-up), else on its own once the pass has synced it.
+                self._passes_to_log.add(run.section)
             elif outcome.passed:
                 log.info("[%s] check passed", run.section)
             else:
@@ -345,6 +346,9 @@ class Controller:
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
             changes = self._sync_registrations(dirty)
+            for name in sorted(self._passes_to_log):  # those that did not register
+                log.info("[%s] check passed", name)
+            self._passes_to_log.clear()
             if changes:
                 self.registry.update(changes)
                 self.status.changed()
@@ -428,6 +432,7 @@ class Controller:
             del self._holder[current.path]
         self._holder[path] = name
         if current is None:
+            self._passes_to_log.discard(name)
             log.info("[%s] healthy: registering %s", name, service.display_path)
         return path
 

@@ -114,7 +114,9 @@ class LogWriter:
         lines = []
         for record in records:
             try:
-                if handler.filter(record):
+                kept = handler.filter(record)  # 3.12+: may be a record to use instead
+                if kept:
+                    record = kept if isinstance(kept, logging.LogRecord) else record
                     lines.append(handler.format(record) + handler.terminator)
             except Exception:
                 handler.handleError(record)
@@ -124,8 +126,13 @@ class LogWriter:
         try:
             handler.stream.write("".join(lines))
             handler.flush()
-        except Exception:
-            handler.handleError(records[-1])
+        except Exception as exc:
+            # Lost with the write: counted, and said once writing works again.
+            with self._lock:
+                self._dropped += len(lines)
+            handler.handleError(log.makeRecord(
+                log.name, logging.ERROR, __file__, 0, "writing %d log lines failed: %s",
+                (len(lines), exc), None))
         finally:
             handler.release()
 
