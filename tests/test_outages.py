@@ -562,6 +562,7 @@ def test_a_throttled_sweep_after_a_crash_is_tried_again(
 
 
 GET_CHILDREN, THROTTLED = 8, -127  # ZooKeeper's opcode and error code
+NO_NODE = -101  # ZooKeeper's NONODE
 
 
 def test_a_throttled_delete_of_the_sweep_after_a_crash_is_tried_again(
@@ -625,6 +626,45 @@ def test_a_refused_watch_on_a_new_node_is_set_again(
                    what="a's node back after its deletion by hand")
         print(f"deleted by hand -> back: {time.monotonic() - deleted:.2f}s")
         assert len(zk.get_children(parent)) == 1
+        drv.tick()
+        assert drv.process.poll() is None, drv.stderr()
+    finally:
+        link.close()
+
+
+def test_a_new_node_its_watch_finds_gone_is_looked_at_again(
+        zookeeper, zk, write_config, driver, base_path, tmp_path):
+    """The ``exists`` that sets a new node's watch answers "no node" (as when
+    the node is deleted by hand before it): the listener looks at the node
+    again at once, watches it, and a later deletion by hand brings it back."""
+    link = ZooKeeperLink(zookeeper.port)
+    up = tmp_path / "up"
+    parent = f"{base_path}/a"
+    try:
+        config = write_config(section(base_path, "a", 1, cmd=f"test -f {up}")
+                              + section(base_path, "b", 2, cmd="true"), hosts=link.hosts)
+        drv = driver(config)
+        wait_until(lambda: node_exists(zk, f"{base_path}/b/host1:2"), 10, what="b registered")
+        zk.ensure_path(parent)
+        time.sleep(1.5)  # b's watch is set: the next exists is a's
+        link.refuse(ZooKeeperLink.EXISTS, NO_NODE)
+        refused_from = len(link.requests)
+        up.touch()
+        wait_until(lambda: zk.get_children(parent), 10, what="a registered")
+        wait_until(lambda: "deleted as soon as it was created; looking again" in drv.stderr(),
+                   5, what="the gone node logged")
+        time.sleep(0.5)  # the next pass's lookup, which sets the watch
+        exists = [at for at, opcode in link.requests[refused_from:]
+                  if opcode == ZooKeeperLink.EXISTS]
+        # The refused one, then the lookup at once: not after a retry's 0.5 s backoff.
+        assert len(exists) >= 2, exists
+        print(f"refused exists -> the next: {exists[1] - exists[0]:.3f}s")
+        assert exists[1] - exists[0] < 0.3
+        zk.delete(f"{parent}/host1:1")
+        deleted = time.monotonic()
+        wait_until(lambda: zk.get_children(parent), 5, interval=0.02,
+                   what="a's node back after its deletion by hand")
+        print(f"deleted by hand -> back: {time.monotonic() - deleted:.2f}s")
         drv.tick()
         assert drv.process.poll() is None, drv.stderr()
     finally:
