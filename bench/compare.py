@@ -379,7 +379,7 @@ class ScaleRun(NamedTuple):
     phases: dict[str, float]  # ours only: each start-up phase's end, from its log
     create_floor: float  # S pipelined creates through one kazoo client, this run
     spawn_floor: float  # S posix_spawns of `true`, reaped, this run
-    both_floor: float  # both in one bare process (floor.check_and_register_reference)
+    reference: float  # both in one bare process (floor.check_and_register_reference)
 
 
 # Our start-up phases, each ended by the first (or last) log line that says so.
@@ -465,7 +465,7 @@ def print_phases(count: int, runs: list[ScaleRun]) -> None:
                    if "connected" in run.phases]
     creates = [run.create_floor for run in runs]
     spawns = [run.spawn_floor for run in runs]
-    both = [run.both_floor for run in runs]
+    both = [run.reference for run in runs]
     print(f"{'':>8} {'connected -> last node':<20} {median_range(registering, '.2f')} s")
     print(f"{'':>6} floors (same runs): {count} pipelined creates through one kazoo client "
           f"{median_range(creates, '.2f')} s; {count} posix_spawns of `true`, reaped "
@@ -473,7 +473,7 @@ def print_phases(count: int, runs: list[ScaleRun]) -> None:
           f"create sent as its check is reaped {median_range(both, '.2f')} s")
     timed = [run for run in runs if "connected" in run.phases]
     for name, floor_of in (("the creates' floor", lambda run: run.create_floor),
-                           ("the reference", lambda run: run.both_floor)):
+                           ("the reference", lambda run: run.reference)):
         ratios = [(run.phases["last node"] - run.phases["connected"]) / floor_of(run)
                   for run in timed]
         met = sum(1 for run in timed if run.phases["last node"] - run.phases["connected"]

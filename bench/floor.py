@@ -19,6 +19,7 @@ prints it beside the listener's figure, sampled in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import shutil
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import deletion_watch, summary_ms
@@ -83,23 +85,30 @@ class Floor:
             self.deleter.wait()
 
 
-def create_floor(hosts: str, parent: str, count: int) -> float:
-    """Seconds for ``count`` ephemeral creates under ``parent`` through one fresh
-    kazoo client, all sent before the first reply is awaited: the least a
-    listener's registrations can take once it is connected."""
+@contextlib.contextmanager
+def fresh_client(hosts: str, parent: str) -> Iterator[KazooClient]:
+    """A kazoo client of its own, connected, with ``parent`` made; closed after."""
     zk = KazooClient(hosts=hosts, timeout=30)
     zk.start(timeout=30)
     try:
         zk.ensure_path(parent)
+        yield zk
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def create_floor(hosts: str, parent: str, count: int) -> float:
+    """Seconds for ``count`` ephemeral creates under ``parent`` through one fresh
+    kazoo client, all sent before the first reply is awaited: the least a
+    listener's registrations can take once it is connected."""
+    with fresh_client(hosts, parent) as zk:
         started = time.monotonic()
         pending = [zk.create_async(f"{parent}/n{i}", b"n=%d" % i, ephemeral=True)
                    for i in range(count)]
         for result in pending:
             result.get(timeout=60)
         return time.monotonic() - started
-    finally:
-        zk.stop()
-        zk.close()
 
 
 def spawn_floor(count: int) -> float:
@@ -124,10 +133,7 @@ def check_and_register_reference(hosts: str, parent: str, count: int) -> float:
     listener also reads supervisord's events and keeps state on top of this.
     """
     true = shutil.which("true")
-    zk = KazooClient(hosts=hosts, timeout=30)
-    zk.start(timeout=30)
-    try:
-        zk.ensure_path(parent)
+    with fresh_client(hosts, parent) as zk:
         started = time.monotonic()
         pids = [os.posix_spawn(true, [true], os.environ) for _ in range(count)]
         pending = []
@@ -137,9 +143,6 @@ def check_and_register_reference(hosts: str, parent: str, count: int) -> float:
         for result in pending:
             result.get(timeout=60)
         return time.monotonic() - started
-    finally:
-        zk.stop()
-        zk.close()
 
 
 def run_deleter(hosts: str, path: str) -> None:

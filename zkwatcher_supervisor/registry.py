@@ -79,6 +79,7 @@ from .registry_decisions import (
     lost_create_candidates,
     match_lost_creates,
     open_parent_risks,
+    pipelined,
     sequence_prefix,
 )
 from .zookeeper import (
@@ -755,18 +756,9 @@ class Registry:
         again: dict[str, CreateParent] = {}
         retry: set[str] = set()
         todo = [(key, action) for key, action in actions.items() if action is not None]
-        # The next batch goes out before this one's replies are read, so
-        # ZooKeeper and kazoo's thread always have work: at most two batches
-        # in flight.
-        in_flight: list[dict[str, tuple]] = []
-        for batch in batches(todo):
-            in_flight.append(self._send(dict(batch)))
-            if len(in_flight) == 2:
-                batch_again, batch_retry = self._collect(in_flight.pop(0), watched)
-                again.update(batch_again)
-                retry |= batch_retry
-        for pending in in_flight:
-            batch_again, batch_retry = self._collect(pending, watched)
+        for batch_again, batch_retry in pipelined(
+                todo, lambda batch: self._send(dict(batch)),
+                lambda pending: self._collect(pending, watched)):
             again.update(batch_again)
             retry |= batch_retry
         return again, retry
@@ -793,14 +785,11 @@ class Registry:
         todo = [(key, node) for key, node in later.items()
                 if key in self._owned and (self._members.node(key) or key) == node]
         unwatched: set[str] = set()
-        in_flight: list[list[tuple[str, str, object]]] = []
-        for chunk in batches(todo):
-            in_flight.append([(key, node, self._client.exists_async(node, watch=self._on_watch))
-                              for key, node in chunk])
-            if len(in_flight) == 2:
-                unwatched |= self._collect_watches(in_flight.pop(0))
-        for sent in in_flight:
-            unwatched |= self._collect_watches(sent)
+        for refused in pipelined(
+                todo, lambda chunk: [(key, node, self._client.exists_async(
+                    node, watch=self._on_watch)) for key, node in chunk],
+                self._collect_watches):
+            unwatched |= refused
         return unwatched
 
     def _collect_watches(self, sent: list[tuple[str, str, object]]) -> set[str]:

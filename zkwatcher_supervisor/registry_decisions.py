@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import posixpath
 from collections import namedtuple
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from kazoo.security import ACL, Permissions
@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
     from kazoo.protocol.states import ZnodeStat
 
-    T = TypeVar("T")
+    R = TypeVar("R")
     S = TypeVar("S")
+    T = TypeVar("T")
 
 # A key whose last element holds this mark stands for a sequential member.
 SEQUENCE_MARK = "#"
@@ -62,6 +63,21 @@ def batches(items: Sequence[T], size: int = PIPELINE_DEPTH) -> Iterator[Sequence
     """``items`` in consecutive runs of at most ``size``: what is pipelined at once."""
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def pipelined(items: Sequence[T], send: Callable[[Sequence[T]], S],
+              collect: Callable[[S], R]) -> Iterator[R]:
+    """``send`` the items a batch at a time and ``collect`` each batch's replies,
+    the next batch going out before the previous one is collected: ZooKeeper
+    and kazoo's thread always have work, and at most two batches are in flight
+    (memory stays bounded).  Yields what ``collect`` returns, batch by batch."""
+    in_flight: list[S] = []
+    for batch in batches(items):
+        in_flight.append(send(batch))
+        if len(in_flight) == 2:
+            yield collect(in_flight.pop(0))
+    for sent in in_flight:
+        yield collect(sent)
 
 
 @dataclass(frozen=True)
